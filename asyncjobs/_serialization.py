@@ -1,0 +1,54 @@
+"""Requests and results as JSON: dataclasses and plain values through msgspec, pydantic models
+through their own methods. Errors become :class:`SerializationError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .exceptions import SerializationError
+
+_encoder = msgspec.json.Encoder()
+
+
+def type_name(tp: Any) -> str:
+    """The stored name of a request or result type."""
+    return getattr(tp, "__name__", None) or repr(tp)
+
+
+def _is_pydantic(tp: Any) -> bool:
+    return isinstance(tp, type) and hasattr(tp, "model_validate_json")
+
+
+def encode(value: Any) -> str:
+    """JSON text for a request or result."""
+    if hasattr(value, "model_dump_json") and _is_pydantic(type(value)):
+        return str(value.model_dump_json())
+    try:
+        return _encoder.encode(value).decode()
+    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        raise SerializationError(
+            f"cannot store a {type(value).__name__} as JSON: {exc}. Requests and results must "
+            "be dataclasses, pydantic models, msgspec Structs or plain JSON values"
+        ) from exc
+
+
+def decode(text: str, tp: Any) -> Any:
+    """Load JSON text back into its declared type."""
+    try:
+        if _is_pydantic(tp):
+            return tp.model_validate_json(text)
+        if tp is None or tp is Any:
+            return msgspec.json.decode(text)
+        return msgspec.json.decode(text, type=tp)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
+        raise SerializationError(f"cannot load stored JSON as {type_name(tp)}: {exc}") from exc
+
+
+def check_encodable(value: Any, expected: Any) -> None:
+    """A request of the wrong type is a user error worth catching before it is stored."""
+    if isinstance(expected, type) and not isinstance(value, expected):
+        raise SerializationError(
+            f"expected a request of type {type_name(expected)}, got {type(value).__name__}"
+        )

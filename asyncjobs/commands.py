@@ -1,0 +1,259 @@
+"""Commands: the eight base classes and the registry of commands and API handlers.
+
+A command's request type comes from its generic parameter (``AsyncCommand[SendEmail]``) and is
+used to load the stored request back. ``SyncCommand*`` classes run in a worker thread.
+
+=============================  ==========  ========  ========
+class                          async/sync  request   result
+=============================  ==========  ========  ========
+AsyncCommand[Req]              async       yes       no
+AsyncCommandWithResult[Req,R]  async       yes       yes
+AsyncNoRequestCommand          async       no        no
+AsyncNoRequestCommandWithResult[R] async   no        yes
+SyncCommand[Req]               sync        yes       no
+SyncCommandWithResult[Req,R]   sync        yes       yes
+SyncNoRequestCommand           sync        no        no
+SyncNoRequestCommandWithResult[R]  sync    no        yes
+=============================  ==========  ========  ========
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, ClassVar, Generic, TypeVar
+
+from ._serialization import type_name
+from .exceptions import RegistrationError
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+
+class _Command:
+    """Shared class-level facts about a command shape."""
+
+    #: run every job of this command on this named (serial) worker
+    worker: ClassVar[str | None] = None
+    _is_async: ClassVar[bool]
+    _has_request: ClassVar[bool]
+
+
+class AsyncCommand(_Command, Generic[Req]):
+    _is_async = True
+    _has_request = True
+
+    async def run(self, request: Req) -> None:
+        raise NotImplementedError
+
+
+class AsyncCommandWithResult(_Command, Generic[Req, Res]):
+    _is_async = True
+    _has_request = True
+
+    async def run(self, request: Req) -> Res:
+        raise NotImplementedError
+
+
+class AsyncNoRequestCommand(_Command):
+    _is_async = True
+    _has_request = False
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+
+class AsyncNoRequestCommandWithResult(_Command, Generic[Res]):
+    _is_async = True
+    _has_request = False
+
+    async def run(self) -> Res:
+        raise NotImplementedError
+
+
+class SyncCommand(_Command, Generic[Req]):
+    _is_async = False
+    _has_request = True
+
+    def run(self, request: Req) -> None:
+        raise NotImplementedError
+
+
+class SyncCommandWithResult(_Command, Generic[Req, Res]):
+    _is_async = False
+    _has_request = True
+
+    def run(self, request: Req) -> Res:
+        raise NotImplementedError
+
+
+class SyncNoRequestCommand(_Command):
+    _is_async = False
+    _has_request = False
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+
+class SyncNoRequestCommandWithResult(_Command, Generic[Res]):
+    _is_async = False
+    _has_request = False
+
+    def run(self) -> Res:
+        raise NotImplementedError
+
+
+_BASES: tuple[type, ...] = (
+    AsyncCommand, AsyncCommandWithResult, AsyncNoRequestCommand, AsyncNoRequestCommandWithResult,
+    SyncCommand, SyncCommandWithResult, SyncNoRequestCommand, SyncNoRequestCommandWithResult,
+)  # fmt: skip
+
+ApiHandler = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandInfo:
+    """What the runtime needs to know to run a command class."""
+
+    name: str
+    cls: type[Any]
+    request_type: Any  # None for commands without a request
+    is_async: bool
+    worker: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiInfo:
+    """An API handler: runs for requests of one type."""
+
+    request_type: type[Any]
+    handler: ApiHandler
+
+
+def _request_type(cls: type[Any]) -> Any:
+    """The ``Req`` of ``class X(AsyncCommand[Req])``, found through any intermediate bases."""
+    if not cls._has_request:
+        return None
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            origin = typing.get_origin(base)
+            if origin in _BASES:
+                arg = typing.get_args(base)[0]
+                if isinstance(arg, TypeVar):
+                    break
+                return arg
+    raise RegistrationError(
+        f"{cls.__name__} must name its request type, e.g. class {cls.__name__}"
+        f"(AsyncCommand[MyRequest])"
+    )
+
+
+def command_info(cls: type[Any]) -> CommandInfo:
+    if not (isinstance(cls, type) and issubclass(cls, _Command)) or cls in _BASES:
+        raise RegistrationError(f"{cls!r} is not a command class (subclass AsyncCommand & co.)")
+    return CommandInfo(cls.__name__, cls, _request_type(cls), cls._is_async, cls.worker)
+
+
+class Registry:
+    """Commands by name, API handlers and request types by type name."""
+
+    def __init__(self) -> None:
+        self.commands: dict[str, CommandInfo] = {}
+        self.apis: dict[str, ApiInfo] = {}
+        self.request_types: dict[str, Any] = {}
+
+    def add_command(self, cls: type[Any]) -> CommandInfo:
+        info = command_info(cls)
+        existing = self.commands.get(info.name)
+        if existing is not None and existing.cls is not cls:
+            raise RegistrationError(
+                f"two commands are named {info.name}: {existing.cls.__module__} and "
+                f"{cls.__module__}"
+            )
+        self.commands[info.name] = info
+        if info.request_type is not None:
+            self._add_request_type(info.request_type)
+        return info
+
+    def add_module(self, module: ModuleType) -> None:
+        """Register every command class defined in a module."""
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, _Command)
+                and value not in _BASES
+                and value.__module__ == module.__name__
+                and not inspect.isabstract(value)
+            ):
+                self.add_command(value)
+
+    def add_api(self, request_type: type[Any], handler: ApiHandler) -> None:
+        if not isinstance(request_type, type):
+            raise RegistrationError(
+                f"an API is registered for a request class, not {request_type!r}"
+            )
+        if not callable(handler):
+            raise RegistrationError(f"the API handler for {request_type.__name__} is not callable")
+        self.apis[type_name(request_type)] = ApiInfo(request_type, handler)
+        self._add_request_type(request_type)
+
+    def _add_request_type(self, tp: Any) -> None:
+        name = type_name(tp)
+        existing = self.request_types.get(name)
+        if existing is not None and existing is not tp:
+            raise RegistrationError(f"two request types are named {name}")
+        self.request_types[name] = tp
+
+    def command(self, name_or_cls: str | type[Any]) -> CommandInfo:
+        name = name_or_cls if isinstance(name_or_cls, str) else name_or_cls.__name__
+        info = self.commands.get(name)
+        if info is None:
+            if isinstance(name_or_cls, type) and issubclass(name_or_cls, _Command):
+                return self.add_command(name_or_cls)
+            known = ", ".join(sorted(self.commands)) or "none"
+            raise RegistrationError(f"unknown command {name!r}; registered commands: {known}")
+        return info
+
+    def api(self, request_type_name: str) -> ApiInfo:
+        info = self.apis.get(request_type_name)
+        if info is None:
+            raise RegistrationError(
+                f"no API is registered for request type {request_type_name!r}; "
+                "use jobs.register_api(RequestType, handler)"
+            )
+        return info
+
+    def request_type(self, name: str) -> Any:
+        tp = self.request_types.get(name)
+        if tp is None:
+            raise RegistrationError(f"unknown request type {name!r}")
+        return tp
+
+
+def instantiate(cls: type[Any], services: Mapping[type[Any], Any]) -> Any:
+    """Create a command, passing constructor arguments from ``services`` by type annotation."""
+    init = cls.__init__
+    if init is object.__init__:
+        return cls()
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception as exc:
+        raise RegistrationError(
+            f"cannot read the constructor types of {cls.__name__}: {exc}"
+        ) from exc
+    kwargs: dict[str, Any] = {}
+    for name, param in inspect.signature(init).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        wanted = hints.get(name)
+        if wanted is not None and wanted in services:
+            kwargs[name] = services[wanted]
+        elif param.default is param.empty:
+            raise RegistrationError(
+                f"{cls.__name__} needs a {type_name(wanted)} for {name!r}; pass it in "
+                f"BackgroundJobs(services={{{type_name(wanted)}: ...}})"
+            )
+    return cls(**kwargs)

@@ -1,0 +1,118 @@
+"""What a running job can see: ``current_job()``, ``job_logger()``, progress and cancellation."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .exceptions import NoCurrentJobError
+from .models import BackgroundJob
+
+_log = logging.getLogger("asyncjobs.job")
+
+#: logs kept per job; past this the oldest text is dropped behind a marker
+MAX_LOG_CHARS = 64 * 1024
+TRUNCATED_MARKER = "[... earlier log lines truncated ...]\n"
+CAPPED_MARKER = "[... log truncated: later lines are not stored ...]\n"
+
+
+@dataclass(slots=True, eq=False)
+class JobContext:
+    """The state of one running job shared by the job, its logger and the runtime."""
+
+    job: BackgroundJob
+    services: Any = None
+    #: set when the job is asked to stop; sync commands can poll it
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    #: log text not yet written to the database
+    pending_logs: list[str] = field(default_factory=list)
+    dirty: bool = False
+    _logged_chars: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def append_log(self, line: str) -> None:
+        text = line if line.endswith("\n") else line + "\n"
+        with self._lock:
+            self.job.logs = _cap((self.job.logs or "") + text)
+            # The stored log is capped too: past the cap one marker is written, then nothing.
+            room = MAX_LOG_CHARS - self._logged_chars
+            if room > 0:
+                kept = text if len(text) <= room else text[:room] + "\n" + CAPPED_MARKER
+                self.pending_logs.append(kept)
+                self._logged_chars += len(text)
+            self.dirty = True
+
+    def take_pending(self) -> tuple[str | None, float | None, str | None]:
+        """Log text, progress and status to write, clearing the pending state."""
+        with self._lock:
+            logs = "".join(self.pending_logs) or None
+            self.pending_logs.clear()
+            self.dirty = False
+            return logs, self.job.progress, self.job.status
+
+
+def _cap(text: str) -> str:
+    if len(text) <= MAX_LOG_CHARS:
+        return text
+    return TRUNCATED_MARKER + text[len(text) - MAX_LOG_CHARS + len(TRUNCATED_MARKER) :]
+
+
+_current: ContextVar[JobContext | None] = ContextVar("asyncjobs_current_job", default=None)
+
+
+def current_context() -> JobContext:
+    context = _current.get()
+    if context is None:
+        raise NoCurrentJobError("current_job() is only available inside a running job")
+    return context
+
+
+def current_job() -> BackgroundJob:
+    """The job being executed (a ``LookupError`` outside a job)."""
+    return current_context().job
+
+
+def update_status(*, progress: float | None = None, status: str | None = None) -> None:
+    """Report progress (0..1) and a status line for the running job."""
+    context = current_context()
+    if progress is not None:
+        if not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress must be between 0 and 1, got {progress}")
+        context.job.progress = progress
+    if status is not None:
+        context.job.status = status
+    context.job.last_activity_date = datetime.now(UTC)
+    context.dirty = True
+
+
+def cancellation_requested() -> bool:
+    """Whether the running job was asked to stop (for sync commands, which cannot be
+    interrupted)."""
+    return current_context().cancel_event.is_set()
+
+
+_formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+
+
+class JobLogger(logging.LoggerAdapter[logging.Logger]):
+    """Logs to the normal ``asyncjobs.job`` logger and to the running job's ``logs``."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        context = _current.get()
+        # The job's own log keeps INFO and above even when the app's logging is quieter.
+        if context is not None and (level >= logging.INFO or self.isEnabledFor(level)):
+            record = self.logger.makeRecord(self.logger.name, level, "(job)", 0, msg, args, None)
+            context.append_log(_formatter.format(record))
+        kwargs.setdefault("extra", {}).update(self.extra or {})
+        if self.logger.isEnabledFor(level):
+            self.logger.log(level, msg, *args, **kwargs)
+
+
+def job_logger() -> logging.LoggerAdapter[logging.Logger]:
+    """A logger that writes to the normal log *and* to the current job's ``logs``."""
+    context = current_context()
+    return JobLogger(_log, {"job_id": context.job.id, "job_ref_id": context.job.ref_id})

@@ -1,0 +1,111 @@
+"""The dialect interface the store talks to.
+
+A dialect opens connections and runs named queries; everything that differs between databases is
+either in its SQL files or in its :class:`Capabilities`. A :class:`Connection` has four methods:
+``fetch``, ``execute``, ``executemany`` and ``script``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .._sql import Queries
+from ..exceptions import ConfigurationError
+
+Row = dict[str, Any]
+Params = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the runtime may rely on, as data rather than ``if dialect == ...`` branches."""
+
+    #: archives are one table pair per month (``completed_job_YYYYMM``) rather than partitions
+    monthly_archive_tables: bool = False
+    #: partitions are managed by ``create_partitions`` / ``drop_partitions`` queries
+    partitioned_archive: bool = False
+    #: other processes can be woken with a notification (PostgreSQL LISTEN/NOTIFY)
+    notifications: bool = False
+    #: transactions from several processes may run concurrently (not SQLite's single writer)
+    concurrent_writers: bool = True
+
+
+class Connection(Protocol):
+    """A connection (inside a transaction, or autocommitting) that runs named queries."""
+
+    async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
+        """Run a query and return its rows as dicts."""
+        ...
+
+    async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
+        """Run a statement and return the number of rows it touched."""
+        ...
+
+    async def executemany(self, query: str, params: Sequence[Params], **templates: str) -> None:
+        """Run a statement once per parameter set, in one round trip where the driver can."""
+        ...
+
+    async def script(self, query: str, **templates: str) -> None:
+        """Run a multi-statement query (DDL) statement by statement."""
+        ...
+
+
+class Dialect(abc.ABC):
+    """A database the store can use."""
+
+    name: str
+    capabilities: Capabilities
+    queries: Queries
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect (a pool or a file)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every connection."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection inside a transaction that commits on success, rolls back on error."""
+
+    @abc.abstractmethod
+    def connection(self) -> AbstractAsyncContextManager[Connection]:
+        """An autocommitting connection for reads and single statements."""
+
+    def adopt(self, driver_connection: object) -> AbstractAsyncContextManager[Connection]:
+        """Run queries on the application's own driver connection (transactional enqueue)."""
+        raise ConfigurationError(f"{self.name} cannot enqueue on an application connection")
+
+    @abc.abstractmethod
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        """Whether a driver error is a unique-key violation."""
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """Whether a driver error means the database went away (the runtime retries)."""
+        return isinstance(exc, OSError | ConnectionError)
+
+    async def notify(self, channel: str, payload: str) -> None:  # noqa: B027 - optional
+        """Wake listeners in other processes; a no-op where there are none."""
+
+    def listen(
+        self, channel: str, on_message: Callable[[str], Awaitable[None] | None]
+    ) -> AbstractAsyncContextManager[None]:
+        """Call ``on_message`` for each notification while the context is open."""
+        return _no_listen()
+
+
+class _NoListen:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _no_listen() -> AbstractAsyncContextManager[None]:
+    return _NoListen()

@@ -1,0 +1,100 @@
+"""DSN parsing and choosing the dialect for a DSN."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ..exceptions import InvalidDsnError, MissingDriverError
+
+if TYPE_CHECKING:
+    from ._base import Dialect
+
+# scheme -> (dialect name, driver module, pip extra)
+_SCHEMES: dict[str, tuple[str, str, str]] = {
+    "sqlite": ("sqlite", "sqlite3", ""),
+    "postgresql": ("postgres", "asyncpg", "postgres"),
+    "postgres": ("postgres", "asyncpg", "postgres"),
+    "mysql": ("mysql", "aiomysql", "mysql"),
+    "mariadb": ("mysql", "aiomysql", "mysql"),
+    "mssql": ("mssql", "aioodbc", "mssql"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Dsn:
+    """A parsed DSN. For SQLite ``database`` is the file path (or ``:memory:``)."""
+
+    scheme: str
+    dialect: str
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    database: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+    raw: str = field(default="", repr=False)
+
+
+def parse_dsn(dsn: str) -> Dsn:
+    """Parse ``sqlite:///path``, ``postgresql://``, ``mysql://`` or ``mssql://`` URLs."""
+    if not isinstance(dsn, str) or "://" not in dsn:
+        raise InvalidDsnError(
+            f"invalid DSN {dsn!r}: expected a URL such as sqlite:///jobs.db or "
+            "postgresql://user@host/db"
+        )
+    scheme = dsn.split("://", 1)[0].lower()
+    base_scheme = scheme.split("+", 1)[0]
+    if base_scheme not in _SCHEMES:
+        known = ", ".join(sorted(_SCHEMES))
+        raise InvalidDsnError(f"unknown DSN scheme {scheme!r} in {dsn!r}; known schemes: {known}")
+    dialect = _SCHEMES[base_scheme][0]
+    if dialect == "sqlite":
+        rest = dsn.split("://", 1)[1]
+        path, _, query = rest.partition("?")
+        if not path.startswith("/"):
+            raise InvalidDsnError(
+                f"invalid SQLite DSN {dsn!r}: write sqlite:///relative.db or sqlite:////abs/path.db"
+            )
+        database = path[1:]
+        if not database:
+            raise InvalidDsnError(f"invalid SQLite DSN {dsn!r}: no database file")
+        return Dsn(scheme, dialect, database=database, options=dict(parse_qsl(query)), raw=dsn)
+    try:
+        parts = urlsplit(dsn)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidDsnError(f"invalid DSN {dsn!r}: {exc}") from None
+    return Dsn(
+        scheme,
+        dialect,
+        host=parts.hostname,
+        port=port,
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        database=unquote(parts.path.lstrip("/")),
+        options=dict(parse_qsl(parts.query)),
+        raw=dsn,
+    )
+
+
+def require_driver(dsn: Dsn) -> Any:
+    """Import the driver for a DSN, or say which pip extra installs it."""
+    _, module, extra = _SCHEMES[dsn.scheme.split("+", 1)[0]]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDriverError(
+            f"the {dsn.dialect} dialect needs the {module} driver: pip install 'asyncjobs[{extra}]'"
+        ) from exc
+
+
+def create_dialect(dsn: str, **settings: Any) -> Dialect:
+    """The dialect object for a DSN (the driver is imported here, not before)."""
+    parsed = parse_dsn(dsn)
+    require_driver(parsed)
+    module = importlib.import_module(f"asyncjobs.dialects.{parsed.dialect}")
+    dialect: Dialect = module.create(parsed, **settings)
+    return dialect

@@ -1,0 +1,182 @@
+"""SQLite, the embedded default, on the standard library's ``sqlite3``.
+
+One connection per process, used from a worker thread so the event loop never blocks on a busy
+database. Writers take the database lock up front (``BEGIN IMMEDIATE``), which is what makes a
+claim atomic across processes sharing the file. WAL mode lets readers in other processes proceed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from .._sql import Queries, load_queries, split_statements
+from ._base import Capabilities, Connection, Dialect, Params, Row
+from ._dsn import Dsn
+
+T = TypeVar("T")
+
+# Columns stored as text 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC) and read back as aware datetimes.
+DATETIME_COLUMNS = frozenset(
+    {
+        "run_after", "created_date", "started_date", "completed_date", "notified_date",
+        "last_activity_date", "lease_expires", "applied_date", "last_run", "next_run",
+        "modified_date", "fire_time",
+    }
+)  # fmt: skip
+_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def to_db_time(value: datetime) -> str:
+    """The text form of an aware datetime; fixed width so text order is time order."""
+    return value.astimezone(UTC).strftime(_FORMAT)
+
+
+def _from_db_time(value: Any) -> Any:
+    if isinstance(value, str):
+        return datetime.strptime(value, _FORMAT).replace(tzinfo=UTC)
+    return value
+
+
+def _convert(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return to_db_time(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _row_factory(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
+    row: Row = {}
+    for (name, *_), value in zip(cursor.description, values, strict=True):
+        row[name] = _from_db_time(value) if name in DATETIME_COLUMNS else value
+    return row
+
+
+class SqliteConnection:
+    """Runs named queries on the dialect's connection, each call in the worker thread."""
+
+    def __init__(self, dialect: SqliteDialect) -> None:
+        self._dialect = dialect
+
+    async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
+        sql = self._dialect.sql(query, templates)
+        values = {k: _convert(v) for k, v in (params or {}).items()}
+        return await self._dialect.run(lambda db: db.execute(sql, values).fetchall())
+
+    async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
+        sql = self._dialect.sql(query, templates)
+        values = {k: _convert(v) for k, v in (params or {}).items()}
+        return await self._dialect.run(lambda db: db.execute(sql, values).rowcount)
+
+    async def executemany(self, query: str, params: Sequence[Params], **templates: str) -> None:
+        if not params:
+            return
+        sql = self._dialect.sql(query, templates)
+        rows = [{k: _convert(v) for k, v in p.items()} for p in params]
+        await self._dialect.run(lambda db: db.executemany(sql, rows))
+
+    async def script(self, query: str, **templates: str) -> None:
+        statements = split_statements(self._dialect.sql(query, templates))
+
+        def run_all(db: sqlite3.Connection) -> None:
+            for statement in statements:
+                db.execute(statement)
+
+        await self._dialect.run(run_all)
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    capabilities = Capabilities(monthly_archive_tables=True, concurrent_writers=False)
+    #: how datetimes are written inside JSON parameters (json_each reads them as text)
+    json_time = staticmethod(to_db_time)
+
+    def __init__(self, path: str, *, busy_timeout: float = 30.0) -> None:
+        self.path = path
+        self.queries: Queries = load_queries("sqlite")
+        self._busy_timeout = busy_timeout
+        self._db: sqlite3.Connection | None = None
+        self._lock = anyio.Lock()
+        self._thread_limiter = anyio.CapacityLimiter(1)
+        self._rendered: dict[tuple[object, ...], str] = {}
+
+    def sql(self, query: str, templates: dict[str, str]) -> str:
+        if not templates:
+            return self.queries[query].sql
+        key = (query, *sorted(templates.items()))
+        rendered = self._rendered.get(key)
+        if rendered is None:
+            rendered = self._rendered[key] = self.queries[query].render(**templates)
+        return rendered
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+
+        def connect() -> sqlite3.Connection:
+            db = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # used from one worker thread at a time, under a lock
+            )
+            db.row_factory = _row_factory
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable against a process crash (the failure this library guards
+            # against); only a power loss can drop the last commits.
+            db.execute("PRAGMA synchronous=NORMAL")
+            return db
+
+        self._db = await anyio.to_thread.run_sync(connect)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            with anyio.CancelScope(shield=True):
+                async with self._lock:
+                    await anyio.to_thread.run_sync(db.close, limiter=self._thread_limiter)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        if db is None:
+            raise RuntimeError("the SQLite dialect is not open")
+        return await anyio.to_thread.run_sync(lambda: fn(db), limiter=self._thread_limiter)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._lock:
+            await self.run(lambda db: db.execute("BEGIN IMMEDIATE"))
+            try:
+                yield SqliteConnection(self)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.run(lambda db: db.execute("ROLLBACK"))
+                raise
+            with anyio.CancelScope(shield=True):
+                await self.run(lambda db: db.execute("COMMIT"))
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        async with self._lock:
+            yield SqliteConnection(self)
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return (
+            isinstance(exc, sqlite3.IntegrityError)
+            and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CONSTRAINT_UNIQUE
+        )
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def create(dsn: Dsn, **settings: Any) -> SqliteDialect:
+    return SqliteDialect(dsn.database, **settings)

@@ -1,0 +1,194 @@
+"""The job records users see: options, references, states, jobs and results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from .exceptions import InvalidOptionsError
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. ``Failed`` and ``Cancelled`` are final and archived together."""
+
+    QUEUED = "Queued"
+    STARTED = "Started"
+    EXECUTED = "Executed"  # the command succeeded; its callback has not yet
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+
+
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobOptions:
+    """How to run one job. Every field is stored with the job and returned with it."""
+
+    ref_id: str | None = None  # unique; generated when absent
+    parent_id: int | None = None
+    worker: str | None = None  # jobs of one named worker run one at a time, in enqueue order
+    run_after: datetime | None = None  # timezone-aware
+    created_by: str | None = None
+    retry_limit: int | None = None  # retries after the first attempt
+    timeout: timedelta | None = None
+    callback: str | None = None  # a command run with the result after success
+    depends_on: int | None = None  # run only after this job completed
+    user_id: str | None = None
+    reply_to: str | None = None
+    tag: str | None = None
+    batch_id: str | None = None
+    args: Mapping[str, str] | None = None
+    meta: Mapping[str, Any] | None = None
+    priority: int = 0  # higher first
+    run_command: bool = False  # recurring tasks: run transiently instead of enqueueing
+
+    def __post_init__(self) -> None:
+        if self.retry_limit is not None and self.retry_limit < 0:
+            raise InvalidOptionsError(f"retry_limit must be >= 0, got {self.retry_limit}")
+        if self.run_after is not None and self.run_after.tzinfo is None:
+            raise InvalidOptionsError(
+                "run_after must be timezone-aware (e.g. datetime.now(UTC) + timedelta(...)); "
+                f"got naive {self.run_after.isoformat()}"
+            )
+        if self.timeout is not None and self.timeout <= timedelta(0):
+            raise InvalidOptionsError(f"timeout must be positive, got {self.timeout}")
+        if self.args is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.args.items()
+        ):
+            raise InvalidOptionsError("args must map str to str")
+        for name in ("worker", "tag", "batch_id", "ref_id", "callback", "created_by", "user_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidOptionsError(f"{name} must be a non-empty string, got {value!r}")
+        if not isinstance(self.priority, int):
+            raise InvalidOptionsError(f"priority must be an int, got {self.priority!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """What enqueueing returns: the job's id and its unique reference id."""
+
+    id: int
+    ref_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    """Why a job failed: the message, the exception type and its traceback."""
+
+    message: str
+    type: str
+    traceback: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class BackgroundJob:
+    """One job with every stored column. Inside a job, ``current_job()`` returns it.
+
+    It is mutable because a running (or transient) job's record is updated as it runs.
+    """
+
+    id: int
+    ref_id: str
+    request_type: str  # "CMD" or "API"
+    request: str  # the request type's name
+    request_body: str  # JSON
+    state: JobState
+    created_date: datetime
+    retry_limit: int
+    parent_id: int | None = None
+    worker: str | None = None
+    tag: str | None = None
+    batch_id: str | None = None
+    callback: str | None = None
+    depends_on: int | None = None
+    run_after: datetime | None = None
+    created_by: str | None = None
+    command: str | None = None
+    user_id: str | None = None
+    response: str | None = None
+    response_body: str | None = None
+    started_date: datetime | None = None
+    completed_date: datetime | None = None
+    notified_date: datetime | None = None
+    attempts: int = 0
+    duration_ms: int | None = None
+    timeout_secs: float | None = None
+    progress: float | None = None
+    status: str | None = None
+    logs: str | None = None
+    last_activity_date: datetime | None = None
+    reply_to: str | None = None
+    error_code: str | None = None
+    error: JobError | None = None
+    args: dict[str, str] | None = None
+    meta: dict[str, Any] | None = None
+    priority: int = 0
+    # Filled in for a running job only.
+    parent_job: BackgroundJob | None = field(default=None, repr=False)
+    user: Any = field(default=None, repr=False)
+    request_object: Any = field(default=None, repr=False)
+    result: Any = field(default=None, repr=False)
+
+    @property
+    def timeout(self) -> timedelta | None:
+        return None if self.timeout_secs is None else timedelta(seconds=self.timeout_secs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSummary:
+    """The small row kept for every job, active or archived."""
+
+    id: int
+    ref_id: str
+    request_type: str
+    request: str
+    state: JobState
+    created_date: datetime
+    parent_id: int | None = None
+    worker: str | None = None
+    tag: str | None = None
+    batch_id: str | None = None
+    callback: str | None = None
+    depends_on: int | None = None
+    created_by: str | None = None
+    command: str | None = None
+    user_id: str | None = None
+    started_date: datetime | None = None
+    completed_date: datetime | None = None
+    duration_ms: int | None = None
+    attempts: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """A job as found in the store: its summary and whichever table holds it now."""
+
+    summary: JobSummary
+    queued: BackgroundJob | None = None
+    completed: BackgroundJob | None = None
+    failed: BackgroundJob | None = None
+
+    @property
+    def job(self) -> BackgroundJob | None:
+        return self.queued or self.completed or self.failed
+
+    @property
+    def state(self) -> JobState:
+        job = self.job
+        return job.state if job is not None else self.summary.state
+
+
+_JOB_FIELDS = frozenset(f.name for f in fields(BackgroundJob))
+_SUMMARY_FIELDS = frozenset(f.name for f in fields(JobSummary))

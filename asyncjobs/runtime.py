@@ -1,0 +1,777 @@
+"""``BackgroundJobs``: the object users hold. It enqueues and queries jobs, and (with
+``execute=True``) runs them: a dispatcher claims runnable jobs in batches sized to free capacity,
+each job runs in its own cancel scope, and a finisher writes many outcomes per transaction."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import math
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import ModuleType, TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from ._retry import retry_backoff
+from ._serialization import check_encodable, decode, encode, type_name
+from .commands import CommandInfo, Registry, instantiate
+from .context import JobContext, _current
+from .dialects import Dialect, create_dialect
+from .exceptions import (
+    ConfigurationError,
+    InvalidOptionsError,
+    JobCancelledError,
+    JobFailedError,
+    JobNotFoundError,
+    RegistrationError,
+    SerializationError,
+)
+from .models import BackgroundJob, JobError, JobOptions, JobRef, JobResult, JobState
+from .store import NewJob, Outcome, Store, add_months, month_key, utcnow
+
+log = logging.getLogger("asyncjobs")
+
+#: errors that another attempt cannot fix
+_PERMANENT_ERRORS = (SerializationError, RegistrationError)
+UserResolver = Callable[[str], Awaitable[Any]]
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    """A job executing in this process."""
+
+    job: BackgroundJob
+    context: JobContext
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    #: why the scope was cancelled: "cancelled" (by a user) or "shutdown"
+    stop_reason: str | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class BackgroundJobs:
+    """Durable background jobs in your own database. Use as ``async with jobs: ...``."""
+
+    def __init__(
+        self,
+        dsn: str = "sqlite:///jobs.db",
+        *,
+        commands: Iterable[type[Any] | ModuleType] = (),
+        services: Mapping[type[Any], Any] | None = None,
+        default_retry_limit: int = 2,
+        default_timeout: timedelta | None = timedelta(minutes=10),
+        retry_delay: timedelta = timedelta(seconds=1),
+        max_retry_delay: timedelta = timedelta(minutes=10),
+        max_concurrency: int = 50,
+        max_sync_threads: int = 20,
+        poll_interval: timedelta = timedelta(seconds=1),
+        lease_duration: timedelta = timedelta(seconds=30),
+        shutdown_grace: timedelta = timedelta(seconds=30),
+        retention_months: int | None = None,
+        execute: bool = True,
+        user_resolver: UserResolver | None = None,
+        reply_to_env: Iterable[str] = (),
+        dialect: Dialect | None = None,
+        **dialect_settings: Any,
+    ) -> None:
+        if default_retry_limit < 0:
+            raise InvalidOptionsError(
+                f"default_retry_limit must be >= 0, got {default_retry_limit}"
+            )
+        if max_concurrency < 1:
+            raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if max_sync_threads < 1:
+            raise ConfigurationError(f"max_sync_threads must be >= 1, got {max_sync_threads}")
+        for name, value in (
+            ("poll_interval", poll_interval),
+            ("lease_duration", lease_duration),
+        ):
+            if value <= timedelta(0):
+                raise ConfigurationError(f"{name} must be positive, got {value}")
+        if retry_delay < timedelta(0):
+            raise ConfigurationError(f"retry_delay must be >= 0, got {retry_delay}")
+        if default_timeout is not None and default_timeout <= timedelta(0):
+            raise ConfigurationError(f"default_timeout must be positive, got {default_timeout}")
+        if retention_months is not None and retention_months < 1:
+            raise ConfigurationError(f"retention_months must be >= 1, got {retention_months}")
+        self.dsn = dsn
+        self.dialect = dialect or create_dialect(dsn, **dialect_settings)
+        self.store = Store(self.dialect)
+        self.registry = Registry()
+        for item in commands:
+            if isinstance(item, ModuleType):
+                self.registry.add_module(item)
+            else:
+                self.registry.add_command(item)
+        self.services: dict[type[Any], Any] = dict(services or {})
+        self.default_retry_limit = default_retry_limit
+        self.default_timeout = default_timeout
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.max_concurrency = max_concurrency
+        self.poll_interval = poll_interval
+        self.lease_duration = lease_duration
+        self.shutdown_grace = shutdown_grace
+        self.retention_months = retention_months
+        self.execute = execute
+        self.user_resolver = user_resolver
+        self.reply_to_env = frozenset(reply_to_env)
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+        self._exit_stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._loops_scope = anyio.CancelScope()
+        self._dispatch_scope = anyio.CancelScope()
+        self._wake = anyio.Event()
+        self._saturated = False
+        self._running: dict[int, _Running] = {}
+        self._running_unnamed = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._outcomes: list[Outcome] = []
+        self._outcome_ready = anyio.Event()
+        self._flushed = anyio.Event()
+        self._waiters: dict[int, anyio.Event] = {}
+        self._worker_locks: dict[str, anyio.Lock] = {}
+        self._thread_limiter = anyio.CapacityLimiter(max_sync_threads)
+        self._transient_ids = -1
+        self._started = False
+        self._stats = {"claimed": 0, "completed": 0, "failed": 0, "retried": 0, "cancelled": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await self.dialect.open()
+            stack.push_async_callback(self._close_dialect)
+            await self.store.migrate()
+            await self.store.ensure_archives(utcnow())
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._started = True
+            if self.execute:
+                await self.store.renew_node(
+                    self.node_id, socket.gethostname(), os.getpid(), self.lease_duration
+                )
+                stack.push_async_callback(self._shutdown)
+                self._tg.start_soon(self._loops)
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._exit_stack = self._exit_stack, None
+        self._started = False
+        if stack is not None:
+            return await stack.__aexit__(exc_type, exc, tb)
+        return None
+
+    async def _close_dialect(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.dialect.close()
+
+    async def _shutdown(self) -> None:
+        """Stop claiming, let running jobs finish within the grace period, then cancel and
+        requeue the rest, write every outcome, and release the node."""
+        with anyio.CancelScope(shield=True):
+            self._dispatch_scope.cancel()
+            with anyio.move_on_after(self.shutdown_grace.total_seconds()):
+                await self._idle.wait()
+            for running in list(self._running.values()):
+                running.stop_reason = running.stop_reason or "shutdown"
+                running.context.cancel_event.set()
+                running.scope.cancel()
+            await self._idle.wait()
+            await self._flush_outcomes()
+            self._loops_scope.cancel()
+            try:
+                await self.store.delete_node(self.node_id)
+            except Exception:
+                log.exception("could not release node %s", self.node_id)
+
+    async def _loops(self) -> None:
+        with self._loops_scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._dispatch_loop)
+                tg.start_soon(self._finish_loop)
+                tg.start_soon(self._heartbeat_loop)
+                tg.start_soon(self._progress_loop)
+                tg.start_soon(self._maintenance_loop)
+
+    def statistics(self) -> dict[str, int]:
+        """Counters of this process: jobs claimed, completed, failed, retried, cancelled."""
+        return {**self._stats, "running": len(self._running)}
+
+    # -- registration ---------------------------------------------------------------------
+
+    def register_command(self, command: type[Any]) -> None:
+        self.registry.add_command(command)
+
+    def register_api(
+        self, request_type: type[Any], handler: Callable[[Any], Awaitable[Any]]
+    ) -> None:
+        """Run ``handler(request)`` for jobs enqueued with ``enqueue_api(request)``."""
+        self.registry.add_api(request_type, handler)
+
+    def api(
+        self, request_type: type[Any]
+    ) -> Callable[[Callable[[Any], Awaitable[Any]]], Callable[[Any], Awaitable[Any]]]:
+        """Decorator form of :meth:`register_api`."""
+
+        def decorate(handler: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+            self.register_api(request_type, handler)
+            return handler
+
+        return decorate
+
+    # -- enqueue --------------------------------------------------------------------------
+
+    def _new_job(
+        self,
+        request_type: str,
+        command: str | None,
+        request: Any,
+        request_cls: Any,
+        options: JobOptions | None,
+        class_worker: str | None,
+    ) -> NewJob:
+        options = options or JobOptions()
+        if not isinstance(options, JobOptions):
+            raise InvalidOptionsError(f"options must be JobOptions, got {type(options).__name__}")
+        if request_cls is not None:
+            if request is None:
+                raise SerializationError(
+                    f"{command or 'this API'} needs a request of type {type_name(request_cls)}"
+                )
+            check_encodable(request, request_cls)
+        body = encode(request)
+        timeout = options.timeout or self.default_timeout
+        return NewJob(
+            ref_id=options.ref_id or uuid.uuid4().hex,
+            request_type=request_type,
+            command=command,
+            request=type_name(type(request)) if request is not None else "None",
+            request_body=body,
+            retry_limit=self.default_retry_limit
+            if options.retry_limit is None
+            else options.retry_limit,
+            created_date=utcnow(),
+            parent_id=options.parent_id,
+            worker=options.worker or class_worker,
+            tag=options.tag,
+            batch_id=options.batch_id,
+            callback=options.callback,
+            depends_on=options.depends_on,
+            run_after=options.run_after,
+            created_by=options.created_by,
+            user_id=options.user_id,
+            timeout_secs=None if timeout is None else timeout.total_seconds(),
+            reply_to=options.reply_to,
+            args=options.args,
+            meta=options.meta,
+            priority=options.priority,
+        )
+
+    def _command_job(
+        self, command: type[Any] | str, request: Any, options: JobOptions | None
+    ) -> NewJob:
+        info = self.registry.command(command)
+        if options is not None and options.callback is not None:
+            self.registry.command(options.callback)  # fail now, not after the job ran
+        return self._new_job("CMD", info.name, request, info.request_type, options, info.worker)
+
+    def _api_job(self, request: Any, options: JobOptions | None) -> NewJob:
+        api = self.registry.api(type_name(type(request)))
+        return self._new_job("API", None, request, api.request_type, options, None)
+
+    async def enqueue_command(
+        self,
+        command: type[Any] | str,
+        request: Any = None,
+        options: JobOptions | None = None,
+        *,
+        connection: object | None = None,
+    ) -> JobRef:
+        """Store a job that runs ``command`` with ``request``; returns its id and ref id.
+
+        With ``connection`` (the application's own driver connection inside a transaction),
+        the job exists only if that transaction commits.
+        """
+        return (await self._enqueue([self._command_job(command, request, options)], connection))[0]
+
+    async def enqueue_api(
+        self, request: Any, options: JobOptions | None = None, *, connection: object | None = None
+    ) -> JobRef:
+        """Store a job that runs the API handler registered for ``type(request)``."""
+        return (await self._enqueue([self._api_job(request, options)], connection))[0]
+
+    async def enqueue_many(
+        self,
+        items: Iterable[
+            tuple[type[Any] | str, Any] | tuple[type[Any] | str, Any, JobOptions | None]
+        ],
+        *,
+        connection: object | None = None,
+    ) -> list[JobRef]:
+        """Enqueue many command jobs in one transaction and one round trip."""
+        new_jobs = []
+        for item in items:
+            command, request, *rest = item
+            new_jobs.append(self._command_job(command, request, rest[0] if rest else None))
+        return await self._enqueue(new_jobs, connection)
+
+    async def _enqueue(self, new_jobs: Sequence[NewJob], connection: object | None) -> list[JobRef]:
+        if not new_jobs:
+            return []
+        self._require_started()
+        adopted = None if connection is None else self.dialect.adopt(connection)
+        ids = await self.store.enqueue(new_jobs, adopted)
+        if self.execute and connection is None:
+            self._wake_dispatcher()
+        return [JobRef(job_id, ref_id) for job_id, ref_id in ids]
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise ConfigurationError("use `async with jobs:` before enqueueing or querying jobs")
+
+    # -- queries and actions --------------------------------------------------------------
+
+    async def get_job(self, job_id: int) -> JobResult | None:
+        self._require_started()
+        return await self.store.get_job(job_id)
+
+    async def get_job_by_ref_id(self, ref_id: str) -> JobResult | None:
+        self._require_started()
+        return await self.store.get_job_by_ref_id(ref_id)
+
+    async def wait_for_job(self, job_id: int) -> JobResult:
+        """Return once the job is Completed, Failed or Cancelled (here or in any process).
+        Bound the wait with ``anyio.fail_after`` if needed."""
+        self._require_started()
+        while True:
+            event = self._waiters.setdefault(job_id, anyio.Event())
+            result = await self.store.get_job(job_id)
+            if result is None:
+                raise JobNotFoundError(f"no job with id {job_id}")
+            if result.summary.state.is_final:
+                return result
+            # Finished here: the event fires at once; elsewhere: the next poll sees it.
+            with anyio.move_on_after(self.poll_interval.total_seconds()):
+                await event.wait()
+
+    async def cancel_job(self, job_id: int) -> bool:
+        """Cancel a queued job (it never starts) or a running one (in any process)."""
+        return await self._cancel([job_id], f"job {job_id} was cancelled") > 0
+
+    async def cancel_jobs(self, *, state: JobState | None = None, worker: str | None = None) -> int:
+        """Cancel every active job in ``state`` and/or on ``worker``; returns how many."""
+        self._require_started()
+        ids = await self.store.select_job_ids(state, worker)
+        return await self._cancel(ids, "cancelled in bulk") if ids else 0
+
+    async def _cancel(self, ids: Sequence[int], reason: str) -> int:
+        self._require_started()
+        final, running = await self.store.cancel(ids, reason)
+        self._stats["cancelled"] += len(final)
+        self._resolve(final)
+        for job_id, _node in running:
+            self._cancel_local(job_id)
+        return len(final) + len(running)
+
+    def _cancel_local(self, job_id: int) -> None:
+        running = self._running.get(job_id)
+        if running is not None and running.stop_reason is None:
+            running.stop_reason = "cancelled"
+            running.context.cancel_event.set()
+            running.scope.cancel()
+
+    async def requeue_failed_job(self, job_id: int) -> None:
+        """Bring a failed or cancelled job back to the queue with the same id."""
+        self._require_started()
+        await self.store.requeue_failed(job_id)
+        self._waiters.pop(job_id, None)
+        self._wake_dispatcher()
+
+    # -- transient jobs -------------------------------------------------------------------
+
+    def _transient_job(
+        self, command: type[Any] | str, request: Any, options: JobOptions | None
+    ) -> tuple[BackgroundJob, CommandInfo]:
+        info = self.registry.command(command)
+        new = self._command_job(command, request, options)
+        self._transient_ids -= 1
+        job = BackgroundJob(
+            id=self._transient_ids,
+            ref_id=new.ref_id,
+            request_type=new.request_type,
+            request=new.request,
+            request_body=new.request_body,
+            state=JobState.QUEUED,
+            created_date=new.created_date,
+            retry_limit=new.retry_limit,
+            command=new.command,
+            worker=new.worker,
+            tag=new.tag,
+            batch_id=new.batch_id,
+            created_by=new.created_by,
+            user_id=new.user_id,
+            timeout_secs=new.timeout_secs,
+            reply_to=new.reply_to,
+            args=None if new.args is None else dict(new.args),
+            meta=None if new.meta is None else dict(new.meta),
+            priority=new.priority,
+        )
+        job.request_object = request
+        return job, info
+
+    async def run_command(
+        self, command: type[Any] | str, request: Any = None, options: JobOptions | None = None
+    ) -> BackgroundJob:
+        """Run a command now, through its named worker, without writing to the database.
+        Returns the in-memory job at once; it is updated as it runs."""
+        job, _info = self._transient_job(command, request, options)
+        if self._tg is None:
+            raise ConfigurationError("use `async with jobs:` before running commands")
+        self._tg.start_soon(self._run_transient, job)
+        return job
+
+    async def run_command_async(
+        self, command: type[Any] | str, request: Any = None, options: JobOptions | None = None
+    ) -> Any:
+        """Run a command now without the database and return its result (or raise its error)."""
+        job, _info = self._transient_job(command, request, options)
+        await self._run_transient(job)
+        if job.state is JobState.COMPLETED:
+            return job.result
+        if job.state is JobState.CANCELLED:
+            raise JobCancelledError(f"transient job {job.ref_id} was cancelled")
+        error = job.meta.get("_exception") if job.meta else None
+        if isinstance(error, BaseException):
+            raise error
+        raise JobFailedError(job.error.message if job.error else "the command failed")
+
+    async def _run_transient(self, job: BackgroundJob) -> None:
+        context = JobContext(job)
+        running = _Running(job, context)
+        lock = self._worker_lock(job.worker)
+        async with lock:
+            job.state = JobState.STARTED
+            job.attempts = 1
+            job.started_date = utcnow()
+            started = time.monotonic()
+            with running.scope:
+                try:
+                    job.result = await self._invoke(job, context)
+                except Exception as exc:
+                    job.state = JobState.FAILED
+                    job.error = _job_error(exc)
+                    job.meta = {**(job.meta or {}), "_exception": exc}
+                else:
+                    job.state = JobState.COMPLETED
+                    job.progress = 1.0
+            if running.scope.cancelled_caught:
+                job.state = JobState.CANCELLED
+            job.completed_date = utcnow()
+            job.duration_ms = int((time.monotonic() - started) * 1000)
+
+    def _worker_lock(self, worker: str | None) -> anyio.Lock | _NoLock:
+        if worker is None:
+            return _NO_LOCK
+        lock = self._worker_locks.get(worker)
+        if lock is None:
+            lock = self._worker_locks[worker] = anyio.Lock()
+        return lock
+
+    # -- the dispatcher -------------------------------------------------------------------
+
+    def _wake_dispatcher(self) -> None:
+        self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        failures = 0
+        with self._dispatch_scope:
+            while True:
+                self._wake = anyio.Event()
+                free = self.max_concurrency - self._running_unnamed
+                # With every unnamed slot busy, still look for named-worker jobs: a busy pool
+                # must not hold back a serial worker.
+                limit = free if free > 0 else 8
+                try:
+                    jobs = await self.store.claim(self.node_id, limit, named_only=free <= 0)
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    await self._pause_after_error("claiming jobs", exc, failures)
+                    continue
+                self._saturated = len(jobs) >= limit
+                for job in jobs:
+                    self._start(job)
+                if self._saturated and free > 0:
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                await self._sleep_until_work()
+
+    async def _sleep_until_work(self) -> None:
+        timeout = self.poll_interval.total_seconds()
+        with anyio.move_on_after(timeout):
+            await self._wake.wait()
+
+    async def _pause_after_error(self, what: str, exc: Exception, failures: int) -> None:
+        delay = min(0.1 * 2 ** min(failures, 10), 5.0)
+        log.warning("error while %s (retrying in %.1fs): %r", what, delay, exc)
+        await anyio.sleep(delay)
+
+    def _start(self, job: BackgroundJob) -> None:
+        assert self._tg is not None
+        running = _Running(job, JobContext(job))
+        self._running[job.id] = running
+        if job.worker is None:
+            self._running_unnamed += 1
+        self._idle = anyio.Event()
+        self._stats["claimed"] += 1
+        self._tg.start_soon(self._run_job, running)
+
+    async def _run_job(self, running: _Running) -> None:
+        job = running.job
+        started = time.monotonic()
+        outcome: Outcome | None = None
+        try:
+            async with self._worker_lock(job.worker):
+                with running.scope:
+                    timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
+                    with anyio.move_on_after(timeout) as deadline:
+                        try:
+                            await self._prepare(job)
+                            result = await self._invoke(job, running.context)
+                        except Exception as exc:
+                            outcome = self._failure(
+                                job, exc, permanent=isinstance(exc, _PERMANENT_ERRORS)
+                            )
+                        else:
+                            outcome = self._success(job, result)
+                    if deadline.cancelled_caught:
+                        outcome = self._failure(
+                            job, TimeoutError(f"job timed out after {timeout:g}s"), permanent=False
+                        )
+                        outcome.error_code = "Timeout"
+            if running.stop_reason == "cancelled":
+                outcome = Outcome(
+                    job,
+                    JobState.CANCELLED,
+                    error=JobError(f"job {job.id} was cancelled", "Cancelled"),
+                    error_code="Cancelled",
+                )
+            elif running.stop_reason == "shutdown" and running.scope.cancelled_caught:
+                outcome = Outcome(
+                    job,
+                    JobState.QUEUED,
+                    error=JobError("interrupted by a shutdown; requeued", "Shutdown"),
+                    error_code="Shutdown",
+                )
+        finally:
+            if outcome is None:  # cancelled from outside: give the job back
+                outcome = Outcome(
+                    job, JobState.QUEUED, error=JobError("interrupted", "Interrupted")
+                )
+            outcome.duration_ms = int((time.monotonic() - started) * 1000)
+            logs, _progress, _status = running.context.take_pending()
+            outcome.logs = logs
+            self._outcomes.append(outcome)
+            self._outcome_ready.set()
+            del self._running[job.id]
+            if job.worker is None:
+                self._running_unnamed -= 1
+            if not self._running:
+                self._idle.set()
+            running.done.set()
+
+    async def _prepare(self, job: BackgroundJob) -> None:
+        """Load what a job may read: its parent (for depends_on) and its user."""
+        if job.depends_on is not None:
+            parent = await self.store.get_job(job.depends_on)
+            job.parent_job = parent.job if parent is not None else None
+        if job.user_id is not None and self.user_resolver is not None:
+            job.user = await self.user_resolver(job.user_id)
+
+    async def _invoke(self, job: BackgroundJob, context: JobContext) -> Any:
+        """Run the job's command or API handler with its request; returns the result."""
+        _current.set(context)
+        if job.request_type == "API":
+            api = self.registry.api(job.request)
+            request = job.request_object
+            if request is None:
+                request = job.request_object = decode(job.request_body, api.request_type)
+            return await api.handler(request)
+        info = self.registry.command(job.command or "")
+        args: tuple[Any, ...] = ()
+        if info.request_type is not None:
+            if job.request_object is None:
+                job.request_object = decode(job.request_body, info.request_type)
+            args = (job.request_object,)
+        instance = instantiate(info.cls, self.services)
+        if info.is_async:
+            return await instance.run(*args)
+        ctx = contextvars.copy_context()
+        return await anyio.to_thread.run_sync(
+            lambda: ctx.run(instance.run, *args), limiter=self._thread_limiter
+        )
+
+    def _success(self, job: BackgroundJob, result: Any) -> Outcome:
+        job.result = result
+        response = None if result is None else type_name(type(result))
+        body = None if result is None else encode(result)
+        return Outcome(job, JobState.COMPLETED, response=response, response_body=body)
+
+    def _failure(self, job: BackgroundJob, exc: BaseException, *, permanent: bool) -> Outcome:
+        error = _job_error(exc)
+        code = type(exc).__name__
+        if not permanent and job.attempts <= job.retry_limit:
+            delay = retry_backoff(job.attempts, self.retry_delay, self.max_retry_delay)
+            run_after = utcnow() + delay if delay > timedelta(0) else None
+            return Outcome(job, JobState.QUEUED, error=error, error_code=code, run_after=run_after)
+        log.warning("job %s (%s) failed: %s", job.id, job.command or job.request, error.message)
+        return Outcome(job, JobState.FAILED, error=error, error_code=code)
+
+    # -- the finisher ---------------------------------------------------------------------
+
+    async def _finish_loop(self) -> None:
+        while True:
+            await self._outcome_ready.wait()
+            await self._flush_outcomes()
+
+    async def _flush_outcomes(self) -> None:
+        failures = 0
+        while self._outcomes:
+            self._outcome_ready = anyio.Event()
+            batch, self._outcomes = self._outcomes, []
+            try:
+                report = await self.store.finish(self.node_id, batch)
+            except Exception as exc:
+                self._outcomes[:0] = batch  # keep them: nothing is lost while the db is away
+                failures += 1
+                await self._pause_after_error("recording finished jobs", exc, failures)
+                continue
+            for outcome in batch:
+                if outcome.state is JobState.QUEUED:
+                    self._stats["retried"] += 1
+                elif outcome.state is JobState.COMPLETED:
+                    self._stats["completed"] += 1
+                elif outcome.state is JobState.FAILED:
+                    self._stats["failed"] += 1
+            if report.lost:
+                log.warning("jobs %s were taken over by another node; outcome dropped", report.lost)
+            self._resolve(report.final)
+            self._wake_dispatcher()
+
+    def _resolve(self, final: Mapping[int, JobState]) -> None:
+        for job_id in final:
+            event = self._waiters.pop(job_id, None)
+            if event is not None:
+                event.set()
+
+    # -- heartbeat, progress, maintenance -------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        """Renew this node's lease, stop jobs cancelled elsewhere, take back dead nodes' jobs."""
+        interval = min(self.poll_interval, self.lease_duration / 3).total_seconds()
+        last_renew = last_recover = time.monotonic()
+        failures = 0
+        while True:
+            await anyio.sleep(interval)
+            try:
+                now = time.monotonic()
+                if now - last_renew >= self.lease_duration.total_seconds() / 3:
+                    await self.store.renew_node(
+                        self.node_id, socket.gethostname(), os.getpid(), self.lease_duration
+                    )
+                    last_renew = now
+                if self._running:
+                    for job_id in await self.store.cancel_requests(self.node_id):
+                        self._cancel_local(job_id)
+                if now - last_recover >= self.lease_duration.total_seconds() / 2:
+                    final, requeued = await self.store.recover_orphans()
+                    last_recover = now
+                    self._resolve(final)
+                    if requeued:
+                        self._wake_dispatcher()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                await self._pause_after_error("renewing the node lease", exc, failures)
+
+    async def _progress_loop(self) -> None:
+        """Write progress, status and log lines of running jobs, batched."""
+        while True:
+            await anyio.sleep(0.5)
+            updates = []
+            now = utcnow()
+            for running in list(self._running.values()):
+                if running.context.dirty:
+                    logs, progress, status = running.context.take_pending()
+                    updates.append(
+                        {"id": running.job.id, "progress": progress, "status": status,
+                         "logs": logs, "now": now}
+                    )  # fmt: skip
+            try:
+                await self.store.update_progress(updates)
+            except Exception as exc:
+                log.warning("could not write job progress: %r", exc)
+
+    async def _maintenance_loop(self) -> None:
+        """Create archive months ahead of need; drop months past retention."""
+        while True:
+            try:
+                now = utcnow()
+                await self.store.ensure_archives(now)
+                if self.retention_months is not None:
+                    await self.drop_expired_archives(now)
+            except Exception as exc:
+                log.warning("archive maintenance failed: %r", exc)
+            await anyio.sleep(3600)
+
+    async def drop_expired_archives(self, now: datetime | None = None) -> list[str]:
+        """Drop archive months older than ``retention_months``; returns the months dropped."""
+        if self.retention_months is None:
+            return []
+        keep_from = add_months(month_key(now or utcnow()), -(self.retention_months - 1))
+        return await self.store.drop_months_before(keep_from)
+
+
+class _NoLock:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
+
+
+def _job_error(exc: BaseException) -> JobError:
+    return JobError(
+        str(exc) or type(exc).__name__,
+        type(exc).__name__,
+        "".join(traceback.format_exception(exc)),
+    )
+
+
+__all__ = ["BackgroundJobs"]

@@ -1,0 +1,498 @@
+"""The store: the one place that knows query names. Rows in, records out.
+
+Every method is one transaction (or one autocommitting read). Batches are the unit: enqueue many,
+claim many, finish many; single-job calls are batches of one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .dialects import Connection, Dialect, Row
+from .exceptions import DuplicateRefIdError, InvalidJobStateError, JobNotFoundError
+from .models import (
+    _JOB_FIELDS,
+    _SUMMARY_FIELDS,
+    BackgroundJob,
+    JobError,
+    JobResult,
+    JobState,
+    JobSummary,
+)
+
+MIGRATIONS = ("migration_1",)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def month_key(moment: datetime) -> str:
+    """The archive month of a created_date, e.g. ``202611``."""
+    moment = moment.astimezone(UTC)
+    return f"{moment.year:04d}{moment.month:02d}"
+
+
+def month_start(key: str) -> datetime:
+    return datetime(int(key[:4]), int(key[4:]), 1, tzinfo=UTC)
+
+
+def add_months(key: str, months: int) -> str:
+    index = int(key[:4]) * 12 + int(key[4:]) - 1 + months
+    return f"{index // 12:04d}{index % 12 + 1:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job about to be inserted; the runtime builds it from a request and options."""
+
+    ref_id: str
+    request_type: str
+    request: str
+    request_body: str
+    retry_limit: int
+    created_date: datetime
+    command: str | None = None
+    parent_id: int | None = None
+    worker: str | None = None
+    tag: str | None = None
+    batch_id: str | None = None
+    callback: str | None = None
+    depends_on: int | None = None
+    run_after: datetime | None = None
+    created_by: str | None = None
+    user_id: str | None = None
+    timeout_secs: float | None = None
+    reply_to: str | None = None
+    args: Mapping[str, str] | None = None
+    meta: Mapping[str, Any] | None = None
+    priority: int = 0
+
+    def as_json(self, time_format: Any) -> dict[str, Any]:
+        return {
+            "parent_id": self.parent_id, "ref_id": self.ref_id, "worker": self.worker,
+            "tag": self.tag, "batch_id": self.batch_id, "callback": self.callback,
+            "depends_on": self.depends_on,
+            "run_after": None if self.run_after is None else time_format(self.run_after),
+            "created_date": time_format(self.created_date), "created_by": self.created_by,
+            "request_type": self.request_type, "command": self.command, "request": self.request,
+            "request_body": self.request_body, "user_id": self.user_id,
+            "retry_limit": self.retry_limit, "timeout_secs": self.timeout_secs,
+            "reply_to": self.reply_to,
+            "args": None if self.args is None else json.dumps(dict(self.args)),
+            "meta": None if self.meta is None else json.dumps(dict(self.meta), default=str),
+            "priority": self.priority,
+        }  # fmt: skip
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one execution ended, to be written with others in one transaction."""
+
+    job: BackgroundJob
+    state: JobState  # Completed, Failed, Cancelled, or Queued (retry / shutdown requeue)
+    duration_ms: int | None = None
+    response: str | None = None
+    response_body: str | None = None
+    error: JobError | None = None
+    error_code: str | None = None
+    run_after: datetime | None = None  # for a retry
+    logs: str | None = None
+
+
+@dataclass(slots=True)
+class FinishReport:
+    """What a finish batch did: final states by job id (cascaded cancellations included)."""
+
+    final: dict[int, JobState] = field(default_factory=dict)
+    requeued: list[int] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)  # the lease was gone: another node owns it
+
+
+def _json_or_none(value: Any) -> Any:
+    if value is None or not isinstance(value, str):
+        return value
+    return json.loads(value)
+
+
+def _error_json(error: JobError | None) -> str | None:
+    if error is None:
+        return None
+    return json.dumps({"message": error.message, "type": error.type, "traceback": error.traceback})
+
+
+def row_to_job(row: Row) -> BackgroundJob:
+    values = {k: v for k, v in row.items() if k in _JOB_FIELDS}
+    values["state"] = JobState(row["state"])
+    error = _json_or_none(row.get("error"))
+    values["error"] = (
+        None
+        if error is None
+        else JobError(str(error.get("message")), str(error.get("type")), error.get("traceback"))
+    )
+    values["args"] = _json_or_none(row.get("args"))
+    values["meta"] = _json_or_none(row.get("meta"))
+    if values.get("timeout_secs") is not None:
+        values["timeout_secs"] = float(values["timeout_secs"])
+    if values.get("progress") is not None:
+        values["progress"] = float(values["progress"])
+    return BackgroundJob(**values)
+
+
+def row_to_summary(row: Row) -> JobSummary:
+    values = {k: v for k, v in row.items() if k in _SUMMARY_FIELDS}
+    values["state"] = JobState(row["state"])
+    return JobSummary(**values)
+
+
+class Store:
+    """Named queries of one dialect, wrapped in transactions, returning records."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.caps = dialect.capabilities
+        self._known_months: set[str] = set()
+        self._time_format = getattr(dialect, "json_time", lambda d: d.isoformat())
+
+    # -- schema ---------------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        """Apply pending migrations; returns the schema version."""
+        async with self.dialect.transaction() as tx:
+            await tx.script("create_schema_version")
+            version = int((await tx.fetch("get_schema_version"))[0]["version"] or 0)
+            for number, name in enumerate(MIGRATIONS, start=1):
+                if number <= version:
+                    continue
+                await tx.script(name)
+                await tx.execute("set_schema_version", {"version": number, "now": utcnow()})
+                version = number
+        return version
+
+    async def ensure_archives(self, now: datetime, months_ahead: int = 1) -> None:
+        """Create the archive for this month and the next ones ahead of need."""
+        current = month_key(now)
+        wanted = [add_months(current, i) for i in range(months_ahead + 1)]
+        if self.caps.monthly_archive_tables:
+            async with self.dialect.transaction() as tx:
+                for key in wanted:
+                    await self._ensure_month(tx, key)
+        elif self.caps.partitioned_archive:
+            async with self.dialect.transaction() as tx:
+                for key in wanted:
+                    await tx.script(
+                        "create_partitions",
+                        month=key,
+                        start=month_start(key).strftime("%Y%m%d"),
+                        end=month_start(add_months(key, 1)).strftime("%Y%m%d"),
+                    )
+
+    async def _ensure_month(self, tx: Connection, key: str) -> None:
+        if key not in self._known_months:
+            await tx.script("create_archive", month=key)
+            self._known_months.add(key)
+
+    async def archive_months(self) -> list[str]:
+        async with self.dialect.connection() as conn:
+            return [str(r["month"]) for r in await conn.fetch("archive_months")]
+
+    async def drop_months_before(self, keep_from: str) -> list[str]:
+        """Retention: drop whole archive months older than ``keep_from`` (YYYYMM)."""
+        dropped = [m for m in await self.archive_months() if m < keep_from]
+        async with self.dialect.transaction() as tx:
+            for key in dropped:
+                await tx.script("drop_archive", month=key)
+                self._known_months.discard(key)
+            await tx.execute("delete_old_summaries", {"before": month_start(keep_from)})
+        return dropped
+
+    # -- enqueue --------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        jobs: Sequence[NewJob],
+        connection: AbstractAsyncContextManager[Connection] | None = None,
+    ) -> list[tuple[int, str]]:
+        """Insert jobs (and their summaries) in one transaction; returns (id, ref_id) in order."""
+        payload = json.dumps([job.as_json(self._time_format) for job in jobs])
+        try:
+            async with connection or self.dialect.transaction() as tx:
+                rows = await tx.fetch("insert_jobs", {"jobs": payload})
+                ids = sorted(int(r["id"]) for r in rows)
+                id_list = json.dumps(ids)
+                await tx.execute("insert_summaries", {"ids": id_list})
+                if any(job.depends_on is not None for job in jobs):
+                    # A parent that already failed takes these dependents with it.
+                    dead = await tx.fetch("orphaned_dependents", {"ids": id_list})
+                    if dead:
+                        await self._cascade(tx, [int(r["id"]) for r in dead], utcnow())
+        except Exception as exc:
+            if self.dialect.is_unique_violation(exc):
+                refs = ", ".join(job.ref_id for job in jobs[:5])
+                raise DuplicateRefIdError(
+                    f"a job with ref_id {refs} already exists; ref_id must be unique"
+                ) from exc
+            raise
+        by_ref = {str(r["ref_id"]): int(r["id"]) for r in rows}
+        return [(by_ref[job.ref_id], job.ref_id) for job in jobs]
+
+    # -- claim and finish -----------------------------------------------------------------
+
+    async def claim(
+        self, node: str, limit: int, *, named_only: bool = False, now: datetime | None = None
+    ) -> list[BackgroundJob]:
+        """Claim up to ``limit`` runnable jobs for this node, in priority-then-age order."""
+        now = now or utcnow()
+        async with self.dialect.transaction() as tx:
+            rows = await tx.fetch(
+                "claim_jobs",
+                {"now": now, "node": node, "limit": limit, "named_only": int(named_only)},
+            )
+            if rows:
+                await tx.execute("mark_summaries", {"ids": json.dumps([r["id"] for r in rows])})
+        jobs = [row_to_job(r) for r in rows]
+        jobs.sort(key=lambda j: (-j.priority, j.id))
+        return jobs
+
+    async def finish(self, node: str, outcomes: Sequence[Outcome]) -> FinishReport:
+        """Write many outcomes in one transaction: final jobs are archived and leave the queue,
+        failed and cancelled ones take their dependents with them."""
+        now = utcnow()
+        report = FinishReport()
+        final = [o for o in outcomes if o.state.is_final]
+        requeue = [o for o in outcomes if not o.state.is_final]
+        async with self.dialect.transaction() as tx:
+            if final:
+                await tx.executemany(
+                    "set_outcome",
+                    [
+                        {
+                            "id": o.job.id, "node": node, "state": str(o.state), "now": now,
+                            "duration_ms": o.duration_ms, "response": o.response,
+                            "response_body": o.response_body, "error": _error_json(o.error),
+                            "error_code": o.error_code,
+                            "progress": 1.0 if o.state is JobState.COMPLETED else None,
+                            "status": None, "logs": o.logs,
+                        }
+                        for o in final
+                    ],
+                )  # fmt: skip
+            if requeue:
+                await tx.executemany(
+                    "requeue_job",
+                    [
+                        {
+                            "id": o.job.id, "node": node, "run_after": o.run_after, "now": now,
+                            "error": _error_json(o.error), "error_code": o.error_code,
+                            "logs": o.logs,
+                        }
+                        for o in requeue
+                    ],
+                )  # fmt: skip
+                report.requeued = [o.job.id for o in requeue]
+            created = {o.job.id: o.job.created_date for o in final}
+            failed_roots = [o.job.id for o in final if o.state is not JobState.COMPLETED]
+            await self._archive(tx, created)
+            ids = list(created) + report.requeued
+            if ids:
+                await tx.execute("mark_summaries", {"ids": json.dumps(ids)})
+            if created:
+                done = await tx.fetch("final_states", {"ids": json.dumps(list(created))})
+                report.final = {int(r["id"]): JobState(r["state"]) for r in done}
+                report.lost = [i for i in created if i not in report.final]
+            if failed_roots:
+                report.final.update(await self._cascade(tx, failed_roots, now))
+            if created:
+                await tx.execute("delete_archived", {"ids": json.dumps(list(created))})
+        return report
+
+    async def _archive(self, tx: Connection, created: Mapping[int, datetime]) -> None:
+        """Copy final jobs into their archive (the month of their created_date)."""
+        if not created:
+            return
+        if not self.caps.monthly_archive_tables:
+            ids = json.dumps(list(created))
+            await tx.execute("archive_completed", {"ids": ids})
+            await tx.execute("archive_failed", {"ids": ids})
+            return
+        by_month: dict[str, list[int]] = defaultdict(list)
+        for job_id, created_date in created.items():
+            by_month[month_key(created_date)].append(job_id)
+        for key, month_ids in by_month.items():
+            await self._ensure_month(tx, key)
+            ids = json.dumps(month_ids)
+            await tx.execute("archive_completed", {"ids": ids}, month=key)
+            await tx.execute("archive_failed", {"ids": ids}, month=key)
+
+    async def _cascade(
+        self, tx: Connection, roots: Iterable[int], now: datetime
+    ) -> dict[int, JobState]:
+        """Cancel every queued dependent (transitively) of failed or cancelled jobs."""
+        rows = await tx.fetch("cancel_dependents", {"ids": json.dumps(list(roots)), "now": now})
+        if not rows:
+            return {}
+        created = {int(r["id"]): r["created_date"] for r in rows}
+        await self._archive(tx, created)
+        ids = json.dumps(list(created))
+        await tx.execute("mark_summaries", {"ids": ids})
+        await tx.execute("delete_archived", {"ids": ids})
+        return dict.fromkeys(created, JobState.CANCELLED)
+
+    async def update_progress(self, updates: Sequence[Mapping[str, Any]]) -> None:
+        """Write progress, status and new log lines of running jobs, many in one round trip."""
+        if not updates:
+            return
+        async with self.dialect.transaction() as tx:
+            await tx.executemany("update_progress", updates)
+
+    async def next_run_after(self, now: datetime) -> datetime | None:
+        async with self.dialect.connection() as conn:
+            rows = await conn.fetch("next_run_after", {"now": now})
+        value = rows[0]["run_after"] if rows else None
+        return value if isinstance(value, datetime) else None
+
+    # -- cancel and requeue ---------------------------------------------------------------
+
+    async def cancel(
+        self, ids: Sequence[int], reason: str
+    ) -> tuple[dict[int, JobState], list[tuple[int, str | None]]]:
+        """Cancel queued jobs outright; flag running ones. Returns the cancelled jobs' final
+        states and the (id, node) of running jobs that their node must stop."""
+        now = utcnow()
+        error = _error_json(JobError(reason, "Cancelled"))
+        id_list = json.dumps(list(ids))
+        async with self.dialect.transaction() as tx:
+            rows = await tx.fetch("cancel_queued", {"ids": id_list, "now": now, "error": error})
+            cancelled = [int(r["id"]) for r in rows]
+            final: dict[int, JobState] = dict.fromkeys(cancelled, JobState.CANCELLED)
+            if cancelled:
+                created = await self._created_dates(tx, cancelled)
+                await self._archive(tx, created)
+                await tx.execute("mark_summaries", {"ids": json.dumps(cancelled)})
+                final.update(await self._cascade(tx, cancelled, now))
+                await tx.execute("delete_archived", {"ids": json.dumps(cancelled)})
+            running = await tx.fetch("request_cancel", {"ids": id_list})
+        return final, [(int(r["id"]), r["lease_owner"]) for r in running]
+
+    async def _created_dates(self, tx: Connection, ids: Sequence[int]) -> dict[int, datetime]:
+        rows = await tx.fetch("get_summaries", {"ids": json.dumps(list(ids))})
+        return {int(r["id"]): r["created_date"] for r in rows}
+
+    async def cancel_requests(self, node: str) -> list[int]:
+        async with self.dialect.connection() as conn:
+            return [int(r["id"]) for r in await conn.fetch("cancel_requests", {"node": node})]
+
+    async def select_job_ids(self, state: JobState | None, worker: str | None) -> list[int]:
+        async with self.dialect.connection() as conn:
+            rows = await conn.fetch(
+                "select_job_ids", {"state": None if state is None else str(state), "worker": worker}
+            )
+        return [int(r["id"]) for r in rows]
+
+    async def requeue_failed(self, job_id: int) -> None:
+        """Bring a failed or cancelled job back to the queue with the same id."""
+        async with self.dialect.transaction() as tx:
+            rows = await tx.fetch("get_summary", {"id": job_id})
+            if not rows:
+                raise JobNotFoundError(f"no job with id {job_id}")
+            state = JobState(rows[0]["state"])
+            if state not in (JobState.FAILED, JobState.CANCELLED):
+                raise InvalidJobStateError(
+                    f"job {job_id} is {state}; only failed or cancelled jobs can be requeued"
+                )
+            templates = self._month_templates(rows[0]["created_date"])
+            moved = await tx.execute("requeue_failed", {"id": job_id, "now": utcnow()}, **templates)
+            if moved != 1:
+                raise JobNotFoundError(f"job {job_id} is not in the failed archive")
+            await tx.execute("delete_failed", {"id": job_id}, **templates)
+            await tx.execute("mark_summaries", {"ids": json.dumps([job_id])})
+
+    def _month_templates(self, created_date: datetime) -> dict[str, str]:
+        if self.caps.monthly_archive_tables:
+            return {"month": month_key(created_date)}
+        return {}
+
+    # -- nodes and recovery ---------------------------------------------------------------
+
+    async def renew_node(self, node: str, host: str, pid: int, lease: timedelta) -> None:
+        now = utcnow()
+        async with self.dialect.transaction() as tx:
+            await tx.execute(
+                "renew_node",
+                {"node": node, "host": host, "pid": pid, "now": now, "expires": now + lease},
+            )
+
+    async def delete_node(self, node: str) -> None:
+        async with self.dialect.transaction() as tx:
+            await tx.execute("delete_node", {"node": node})
+
+    async def recover_orphans(self) -> tuple[dict[int, JobState], list[int]]:
+        """Take back jobs held by nodes whose lease ran out: fail those without retries left,
+        requeue the rest (the next claim counts the attempt)."""
+        now = utcnow()
+        async with self.dialect.transaction() as tx:
+            failed_rows = await tx.fetch("fail_orphans", {"now": now})
+            final: dict[int, JobState] = {}
+            if failed_rows:
+                failed = [int(r["id"]) for r in failed_rows]
+                final = dict.fromkeys(failed, JobState.FAILED)
+                created = await self._created_dates(tx, failed)
+                await self._archive(tx, created)
+                await tx.execute("mark_summaries", {"ids": json.dumps(failed)})
+                final.update(await self._cascade(tx, failed, now))
+                await tx.execute("delete_archived", {"ids": json.dumps(failed)})
+            requeued = [int(r["id"]) for r in await tx.fetch("requeue_orphans", {"now": now})]
+            if requeued:
+                await tx.execute("mark_summaries", {"ids": json.dumps(requeued)})
+            await tx.execute("expire_dead_nodes", {"before": now - timedelta(days=1)})
+        return final, requeued
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get_job(self, job_id: int) -> JobResult | None:
+        async with self.dialect.connection() as conn:
+            rows = await conn.fetch("get_summary", {"id": job_id})
+            return await self._result(conn, rows)
+
+    async def get_job_by_ref_id(self, ref_id: str) -> JobResult | None:
+        async with self.dialect.connection() as conn:
+            rows = await conn.fetch("get_summary_by_ref_id", {"ref_id": ref_id})
+            return await self._result(conn, rows)
+
+    async def _result(self, conn: Connection, rows: list[Row]) -> JobResult | None:
+        if not rows:
+            return None
+        summary = row_to_summary(rows[0])
+        active = await conn.fetch("get_active_job", {"id": summary.id})
+        if active:
+            return JobResult(summary, queued=row_to_job(active[0]))
+        templates = self._month_templates(summary.created_date)
+        if self.caps.monthly_archive_tables and templates["month"] not in set(
+            await self._months(conn)
+        ):
+            return JobResult(summary)
+        params = {"id": summary.id, "created_date": summary.created_date}
+        if summary.state is JobState.COMPLETED:
+            done = await conn.fetch("get_completed_job", params, **templates)
+            return JobResult(summary, completed=row_to_job(done[0]) if done else None)
+        failed = await conn.fetch("get_failed_job", params, **templates)
+        return JobResult(summary, failed=row_to_job(failed[0]) if failed else None)
+
+    async def _months(self, conn: Connection) -> list[str]:
+        return [str(r["month"]) for r in await conn.fetch("archive_months")]
+
+    async def final_states(self, ids: Sequence[int]) -> dict[int, JobState]:
+        async with self.dialect.connection() as conn:
+            rows = await conn.fetch("final_states", {"ids": json.dumps(list(ids))})
+        return {int(r["id"]): JobState(r["state"]) for r in rows}
+
+    async def recent_durations(self, command: str, worker: str | None) -> list[int]:
+        async with self.dialect.connection() as conn:
+            rows = await conn.fetch("recent_durations", {"command": command, "worker": worker})
+        return [int(r["duration_ms"]) for r in rows]

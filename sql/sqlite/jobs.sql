@@ -1,0 +1,180 @@
+-- The job lifecycle: enqueue, claim, finish, retry, cancel, read.
+-- Lists of ids and of new jobs arrive as one JSON array parameter, so a batch is one statement.
+
+-- name: insert_jobs
+-- Enqueue a batch of jobs given as a JSON array; ids follow the array's order.
+INSERT INTO background_job (
+    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority
+)
+SELECT
+    json_extract(value, '$.parent_id'),
+    json_extract(value, '$.ref_id'),
+    json_extract(value, '$.worker'),
+    json_extract(value, '$.tag'),
+    json_extract(value, '$.batch_id'),
+    json_extract(value, '$.callback'),
+    json_extract(value, '$.depends_on'),
+    json_extract(value, '$.run_after'),
+    json_extract(value, '$.created_date'),
+    json_extract(value, '$.created_by'),
+    json_extract(value, '$.request_type'),
+    json_extract(value, '$.command'),
+    json_extract(value, '$.request'),
+    json_extract(value, '$.request_body'),
+    json_extract(value, '$.user_id'),
+    'Queued',
+    json_extract(value, '$.retry_limit'),
+    json_extract(value, '$.timeout_secs'),
+    json_extract(value, '$.reply_to'),
+    json_extract(value, '$.args'),
+    json_extract(value, '$.meta'),
+    json_extract(value, '$.priority')
+FROM json_each(:jobs)
+ORDER BY key
+RETURNING id, ref_id;
+
+-- name: insert_summaries
+-- One summary row per newly enqueued job.
+INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts)
+SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts
+FROM background_job WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: claim_jobs
+-- Claim up to :limit runnable jobs in priority-then-age order. A job with a named worker is
+-- runnable only when no job of that worker is running and it is the worker's oldest queued job;
+-- a job with depends_on only when its parent completed. SQLite serialises writers, so the
+-- statement alone is atomic across processes.
+UPDATE background_job
+SET state = 'Started', attempts = attempts + 1, started_date = :now,
+    last_activity_date = :now, lease_owner = :node, cancel_requested = 0
+WHERE id IN (
+    SELECT j.id FROM background_job j
+    WHERE j.state = 'Queued'
+      AND (j.run_after IS NULL OR j.run_after <= :now)
+      AND (:named_only = 0 OR j.worker IS NOT NULL)
+      AND (j.depends_on IS NULL OR EXISTS (
+            SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
+      AND (j.worker IS NULL OR (
+            NOT EXISTS (SELECT 1 FROM background_job r
+                        WHERE r.worker = j.worker AND r.state IN ('Started', 'Executed'))
+            AND NOT EXISTS (SELECT 1 FROM background_job e
+                            WHERE e.worker = j.worker AND e.state = 'Queued' AND e.id < j.id)))
+    ORDER BY j.priority DESC, j.id
+    LIMIT :limit
+)
+RETURNING *;
+
+-- name: mark_summaries
+-- Copy the live state of jobs into their summaries.
+UPDATE job_summary
+SET state = b.state, started_date = b.started_date, completed_date = b.completed_date,
+    duration_ms = b.duration_ms, attempts = b.attempts, error_code = b.error_code,
+    error_message = json_extract(b.error, '$.message')
+FROM background_job b
+WHERE b.id = job_summary.id AND b.id IN (SELECT value FROM json_each(:ids));
+
+-- name: next_run_after
+-- When the earliest delayed job becomes runnable, so the dispatcher can sleep until then.
+SELECT MIN(run_after) AS run_after FROM background_job
+WHERE state = 'Queued' AND run_after > :now;
+
+-- name: set_outcome
+-- Record how one execution ended; only the node holding the job may do it.
+UPDATE background_job
+SET state = :state, completed_date = :now, last_activity_date = :now, duration_ms = :duration_ms,
+    response = :response, response_body = :response_body, error = :error,
+    error_code = :error_code, progress = COALESCE(:progress, progress),
+    status = COALESCE(:status, status),
+    logs = CASE WHEN :logs IS NULL THEN logs ELSE COALESCE(logs, '') || :logs END
+WHERE id = :id AND lease_owner = :node;
+
+-- name: requeue_job
+-- Put a job back in the queue after a failed attempt (run_after: the backoff) or a shutdown.
+UPDATE background_job
+SET state = 'Queued', run_after = :run_after, error = :error, error_code = :error_code,
+    last_activity_date = :now, lease_owner = NULL, cancel_requested = 0,
+    logs = CASE WHEN :logs IS NULL THEN logs ELSE COALESCE(logs, '') || :logs END
+WHERE id = :id AND lease_owner = :node;
+
+-- name: update_progress
+-- A running job's progress, status line and new log text (appended).
+UPDATE background_job
+SET progress = COALESCE(:progress, progress), status = COALESCE(:status, status),
+    logs = CASE WHEN :logs IS NULL THEN logs ELSE COALESCE(logs, '') || :logs END,
+    last_activity_date = :now
+WHERE id = :id;
+
+-- name: cancel_queued
+-- Cancel jobs that have not started; they are archived by the caller.
+UPDATE background_job
+SET state = 'Cancelled', completed_date = :now, last_activity_date = :now, error = :error,
+    error_code = 'Cancelled'
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'Queued'
+RETURNING id;
+
+-- name: request_cancel
+-- Flag running jobs for cancellation; the node running each is told (or polls) and stops it.
+UPDATE background_job SET cancel_requested = 1
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('Started', 'Executed')
+RETURNING id, lease_owner;
+
+-- name: cancel_requests
+-- Jobs this node runs whose cancellation another process asked for.
+SELECT id FROM background_job WHERE lease_owner = :node AND cancel_requested = 1;
+
+-- name: cancel_dependents
+-- Cancel every queued job that depends, directly or transitively, on a failed or cancelled job.
+WITH RECURSIVE doomed(id) AS (
+    SELECT j.id FROM background_job j
+    JOIN job_summary p ON p.id = j.depends_on
+    WHERE j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled')
+      AND p.id IN (SELECT value FROM json_each(:ids))
+    UNION
+    SELECT j.id FROM background_job j JOIN doomed d ON j.depends_on = d.id
+    WHERE j.state = 'Queued'
+)
+UPDATE background_job
+SET state = 'Cancelled', completed_date = :now, last_activity_date = :now,
+    error_code = 'DependencyFailed',
+    error = json_object('message', 'cancelled because job ' || depends_on
+                        || ' it depends on failed or was cancelled',
+                        'type', 'DependencyFailed', 'traceback', NULL)
+WHERE id IN (SELECT id FROM doomed)
+RETURNING id, created_date;
+
+-- name: orphaned_dependents
+-- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).
+SELECT j.depends_on AS id FROM background_job j
+JOIN job_summary p ON p.id = j.depends_on
+WHERE j.id IN (SELECT value FROM json_each(:ids)) AND p.state IN ('Failed', 'Cancelled');
+
+-- name: select_job_ids
+-- Active jobs by state and worker (either may be NULL: any).
+SELECT id FROM background_job
+WHERE (:state IS NULL OR state = :state) AND (:worker IS NULL OR worker = :worker)
+ORDER BY id;
+
+-- name: get_active_job
+SELECT * FROM background_job WHERE id = :id;
+
+-- name: get_summary
+SELECT * FROM job_summary WHERE id = :id;
+
+-- name: get_summary_by_ref_id
+SELECT * FROM job_summary WHERE ref_id = :ref_id;
+
+-- name: get_summaries
+SELECT * FROM job_summary WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: final_states
+-- The state of jobs that reached a final state (or have no summary at all).
+SELECT id, state FROM job_summary
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND state IN ('Completed', 'Failed', 'Cancelled');
+
+-- name: recent_durations
+-- The last durations of a command on a worker, for progress estimates.
+SELECT duration_ms FROM job_summary
+WHERE command = :command AND (worker = :worker OR (worker IS NULL AND :worker IS NULL))
+  AND state = 'Completed' AND duration_ms IS NOT NULL
+ORDER BY id DESC LIMIT 10;
