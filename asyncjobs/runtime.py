@@ -45,6 +45,8 @@ log = logging.getLogger("asyncjobs")
 #: errors that another attempt cannot fix
 _PERMANENT_ERRORS = (SerializationError, RegistrationError)
 UserResolver = Callable[[str], Awaitable[Any]]
+#: the notification channel a dialect with notifications uses for "work arrived" / "cancel:<id>"
+NOTIFY_CHANNEL = "asyncjobs"
 
 
 @dataclass(slots=True, eq=False)
@@ -79,6 +81,7 @@ class BackgroundJobs:
         shutdown_grace: timedelta = timedelta(seconds=30),
         retention_months: int | None = None,
         execute: bool = True,
+        notifications: bool = True,
         user_resolver: UserResolver | None = None,
         reply_to_env: Iterable[str] = (),
         dialect: Dialect | None = None,
@@ -124,6 +127,7 @@ class BackgroundJobs:
         self.shutdown_grace = shutdown_grace
         self.retention_months = retention_months
         self.execute = execute
+        self.notifications = notifications and self.dialect.capabilities.notifications
         self.user_resolver = user_resolver
         self.reply_to_env = frozenset(reply_to_env)
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -133,6 +137,7 @@ class BackgroundJobs:
         self._loops_scope = anyio.CancelScope()
         self._dispatch_scope = anyio.CancelScope()
         self._wake = anyio.Event()
+        self._check_cancels = anyio.Event()
         self._saturated = False
         self._running: dict[int, _Running] = {}
         self._running_unnamed = 0
@@ -164,6 +169,11 @@ class BackgroundJobs:
                 await self.store.renew_node(
                     self.node_id, socket.gethostname(), os.getpid(), self.lease_duration
                 )
+                if self.notifications:
+                    # A hint from other processes that work arrived; polling stays the backstop.
+                    await stack.enter_async_context(
+                        self.dialect.listen(NOTIFY_CHANNEL, self._on_notification)
+                    )
                 stack.push_async_callback(self._shutdown)
                 self._tg.start_soon(self._loops)
         except BaseException:
@@ -183,6 +193,11 @@ class BackgroundJobs:
         if stack is not None:
             return await stack.__aexit__(exc_type, exc, tb)
         return None
+
+    def _on_notification(self, payload: str) -> None:
+        if payload.startswith("cancel:"):
+            self._check_cancels.set()
+        self._wake_dispatcher()
 
     async def _close_dialect(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -392,8 +407,11 @@ class BackgroundJobs:
         final, running = await self.store.cancel(ids, reason)
         self._stats["cancelled"] += len(final)
         self._resolve(final)
-        for job_id, _node in running:
-            self._cancel_local(job_id)
+        for job_id, node in running:
+            if node == self.node_id:
+                self._cancel_local(job_id)
+            elif self.notifications:
+                await self.dialect.notify(NOTIFY_CHANNEL, f"cancel:{job_id}")
         return len(final) + len(running)
 
     def _cancel_local(self, job_id: int) -> None:
@@ -695,7 +713,9 @@ class BackgroundJobs:
         last_renew = last_recover = time.monotonic()
         failures = 0
         while True:
-            await anyio.sleep(interval)
+            with anyio.move_on_after(interval):
+                await self._check_cancels.wait()
+            self._check_cancels = anyio.Event()
             try:
                 now = time.monotonic()
                 if now - last_renew >= self.lease_duration.total_seconds() / 3:
