@@ -137,25 +137,31 @@ def _fail(field: _Field, token: str, reason: str) -> NoReturn:
     raise CronFormatError(f"invalid {field.name} field {token!r}: {reason}")
 
 
-def _number(text: str, field: _Field, token: str, what: str = "value") -> int:
-    # ASCII digits only: str.isdigit() alone accepts '²' and other scripts' digits,
-    # and a length cap keeps int() away from its huge-number limit.
-    if text.isdigit() and text.isascii() and len(text) <= 4:
-        return int(text)
-    _fail(field, token, f"{what} {text!r} is not a number")
+def _digits(text: str) -> int | None:
+    # ASCII only: str.isdigit() alone accepts '²' and other scripts' digits. Long
+    # strings map to a large number so that int() never meets its size limit.
+    if text.isdigit() and text.isascii():
+        return int(text) if len(text) <= 6 else 1_000_000
+    return None
+
+
+def _number(text: str, field: _Field, token: str, what: str) -> int:
+    value = _digits(text)
+    if value is None:
+        _fail(field, token, f"{what} {text!r} is not a number")
+    return value
 
 
 def _value(text: str, field: _Field, token: str) -> int:
-    if text.isdigit() and text.isascii() and len(text) <= 4:
-        value = int(text)
-    elif field.names is not None and text in field.names:
+    value = _digits(text)
+    if value is None:
+        if field.names is None:
+            _fail(field, token, f"{text!r} is not a number")
+        if text not in field.names:
+            _fail(field, token, f"{text!r} is neither a number nor a known name")
         value = field.names[text]
-    elif field.names is not None:
-        _fail(field, token, f"{text!r} is neither a number nor a known name")
-    else:
-        _fail(field, token, f"{text!r} is not a number")
     if not field.lo <= value <= field.hi:
-        _fail(field, token, f"{value} is out of range {field.lo}-{field.hi}")
+        _fail(field, token, f"{text} is out of range {field.lo}-{field.hi}")
     return value
 
 
@@ -551,7 +557,7 @@ class CronExpression:
         else:
             weekday = (dow & -dow).bit_length() - 1
             if dow_kind == _DOW_NTH:
-                day = 1 + (weekday - first) % 7 + 7 * (dow_n - 1)
+                day = 1 + (weekday - first) % 7 + 7 * dow_n
             else:
                 day = dim - ((first + dim - 1) % 7 - weekday) % 7
             days &= 1 << day

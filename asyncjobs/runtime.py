@@ -132,30 +132,38 @@ class BackgroundJobs:
         self.reply_to_env = frozenset(reply_to_env)
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
+        self._max_sync_threads = max_sync_threads
         self._exit_stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._loops_scope = anyio.CancelScope()
-        self._dispatch_scope = anyio.CancelScope()
-        self._wake = anyio.Event()
-        self._check_cancels = anyio.Event()
-        self._saturated = False
         self._running: dict[int, _Running] = {}
         self._running_unnamed = 0
-        self._idle = anyio.Event()
-        self._idle.set()
         self._outcomes: list[Outcome] = []
-        self._outcome_ready = anyio.Event()
-        self._flushed = anyio.Event()
         self._waiters: dict[int, anyio.Event] = {}
-        self._worker_locks: dict[str, anyio.Lock] = {}
-        self._thread_limiter = anyio.CapacityLimiter(max_sync_threads)
+        self._saturated = False
         self._transient_ids = -1
         self._started = False
         self._stats = {"claimed": 0, "completed": 0, "failed": 0, "retried": 0, "cancelled": 0}
 
+    def _new_runtime_state(self) -> None:
+        """Synchronisation objects belong to an event loop, so they are made on entry (the
+        object itself may be built at import time, e.g. for ``--app module:attr``)."""
+        self._loops_scope = anyio.CancelScope()
+        self._dispatch_scope = anyio.CancelScope()
+        self._wake = anyio.Event()
+        self._check_cancels = anyio.Event()
+        self._dispatch_stopped = anyio.Event()
+        self._flush_lock = anyio.Lock()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._outcome_ready = anyio.Event()
+        self._worker_locks: dict[str, anyio.Lock] = {}
+        self._thread_limiter = anyio.CapacityLimiter(self._max_sync_threads)
+        self._waiters = {}
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        self._new_runtime_state()
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -208,6 +216,7 @@ class BackgroundJobs:
         requeue the rest, write every outcome, and release the node."""
         with anyio.CancelScope(shield=True):
             self._dispatch_scope.cancel()
+            await self._dispatch_stopped.wait()
             with anyio.move_on_after(self.shutdown_grace.total_seconds()):
                 await self._idle.wait()
             for running in list(self._running.values()):
@@ -525,6 +534,12 @@ class BackgroundJobs:
 
     async def _dispatch_loop(self) -> None:
         failures = 0
+        try:
+            await self._dispatch(failures)
+        finally:
+            self._dispatch_stopped.set()
+
+    async def _dispatch(self, failures: int) -> None:
         with self._dispatch_scope:
             while True:
                 self._wake = anyio.Event()
@@ -533,7 +548,9 @@ class BackgroundJobs:
                 # must not hold back a serial worker.
                 limit = free if free > 0 else 8
                 try:
-                    jobs = await self.store.claim(self.node_id, limit, named_only=free <= 0)
+                    # Shielded: jobs a committed claim returned must be started, not dropped.
+                    with anyio.CancelScope(shield=True):
+                        jobs = await self.store.claim(self.node_id, limit, named_only=free <= 0)
                     failures = 0
                 except Exception as exc:
                     failures += 1
@@ -676,12 +693,18 @@ class BackgroundJobs:
             await self._flush_outcomes()
 
     async def _flush_outcomes(self) -> None:
+        # One flush at a time: shutdown's final flush waits for one in flight.
+        async with self._flush_lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         failures = 0
         while self._outcomes:
             self._outcome_ready = anyio.Event()
             batch, self._outcomes = self._outcomes, []
             try:
-                report = await self.store.finish(self.node_id, batch)
+                with anyio.CancelScope(shield=True):
+                    report = await self.store.finish(self.node_id, batch)
             except Exception as exc:
                 self._outcomes[:0] = batch  # keep them: nothing is lost while the db is away
                 failures += 1

@@ -127,3 +127,16 @@ ALL_COMMANDS = [
     AddCommand, NestedCommand, SleepCommand, SerialSleepCommand, FailCommand, SyncAddCommand,
     SyncRecordCommand, PingCommand, AnswerCommand, SyncPingCommand, SyncAnswerCommand,
 ]  # fmt: skip
+
+
+class FirstAttemptHangsCommand(AsyncCommand[Sleep]):
+    """Sleeps on its first attempt (so a test can kill the process), returns on later ones."""
+
+    async def run(self, request: Sleep) -> None:
+        _record("start", request)
+        if current_job().attempts == 1:
+            await anyio.sleep(request.seconds)
+        _record("end", request)
+
+
+ALL_COMMANDS.append(FirstAttemptHangsCommand)

@@ -104,8 +104,6 @@ class SqliteDialect(Dialect):
         self.queries: Queries = load_queries("sqlite")
         self._busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
-        self._lock = anyio.Lock()
-        self._thread_limiter = anyio.CapacityLimiter(1)
         self._rendered: dict[tuple[object, ...], str] = {}
 
     def sql(self, query: str, templates: dict[str, str]) -> str:
@@ -118,6 +116,9 @@ class SqliteDialect(Dialect):
         return rendered
 
     async def open(self) -> None:
+        # Made here, not in __init__: they belong to the running event loop.
+        self._lock = anyio.Lock()
+        self._thread_limiter = anyio.CapacityLimiter(1)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,201 @@
+"""Command shapes, APIs, serialization and injection, on every dialect."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import pydantic
+import pytest
+
+from asyncjobs import AsyncCommand, BackgroundJobs, JobState, current_job
+from asyncjobs.exceptions import RegistrationError
+from tests.commands import (
+    EVENTS,
+    Add,
+    AddCommand,
+    AnswerCommand,
+    Nested,
+    NestedCommand,
+    PingCommand,
+    SyncAddCommand,
+    SyncAnswerCommand,
+    SyncPingCommand,
+    SyncRecordCommand,
+)
+
+pytestmark = pytest.mark.anyio
+Factory = Callable[..., BackgroundJobs]
+
+
+async def _run(jobs: BackgroundJobs, command: object, request: object = None) -> str | None:
+    ref = await jobs.enqueue_command(command, request)  # type: ignore[arg-type]
+    with anyio.fail_after(10):
+        result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED, result.job and result.job.error
+    assert result.completed is not None
+    return result.completed.response_body
+
+
+async def test_all_eight_command_shapes_run(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    commands = [
+        AddCommand, SyncAddCommand, PingCommand, AnswerCommand, SyncPingCommand,
+        SyncAnswerCommand, SyncRecordCommand, NestedCommand,
+    ]  # fmt: skip
+    async with make_jobs(commands=commands) as jobs:
+        assert await _run(jobs, AddCommand, Add(1, 2)) == '{"total":3}'
+        assert await _run(jobs, SyncAddCommand, Add(3, 4)) == '{"total":7}'
+        assert await _run(jobs, PingCommand) is None
+        assert await _run(jobs, AnswerCommand) == "42"
+        assert await _run(jobs, SyncPingCommand) is None
+        assert await _run(jobs, SyncAnswerCommand) == '"forty-two"'
+        assert await _run(jobs, "SyncRecordCommand", Add(5, 5)) is None  # by name
+    assert [e[0] for e in EVENTS] == ["ping", "sync-ping", "sync"]
+    assert EVENTS[2][1] == "10"
+
+
+async def test_nested_request_round_trips_into_its_declared_type(make_jobs: Factory) -> None:
+    seen: list[object] = []
+
+    class Inspect(AsyncCommand[Nested]):
+        async def run(self, request: Nested) -> None:
+            seen.append(request)
+
+    async with make_jobs(commands=[Inspect]) as jobs:
+        await _run(jobs, Inspect, Nested("n", ["x", "y"], Add(1, 2)))
+    assert seen == [Nested("n", ["x", "y"], Add(1, 2))]
+    assert isinstance(seen[0], Nested) and isinstance(seen[0].inner, Add)
+
+
+async def test_sync_commands_run_in_worker_threads(make_jobs: Factory) -> None:
+    threads: list[int] = []
+    job_ids: list[int] = []
+
+    class WhereAmI(AsyncCommand[Add]):
+        async def run(self, request: Add) -> None:
+            threads.append(threading.get_ident())
+
+    from asyncjobs import SyncCommand
+
+    class SyncWhereAmI(SyncCommand[Add]):
+        def run(self, request: Add) -> None:
+            threads.append(threading.get_ident())
+            job_ids.append(current_job().id)  # the job context reaches the thread
+
+    async with make_jobs(commands=[WhereAmI, SyncWhereAmI]) as jobs:
+        await _run(jobs, WhereAmI, Add(1, 1))
+        ref = await jobs.enqueue_command(SyncWhereAmI, Add(1, 1))
+        await jobs.wait_for_job(ref.id)
+    assert threads[0] == threading.get_ident() != threads[1]
+    assert job_ids == [ref.id]
+
+
+@dataclass
+class Mailer:
+    sent: list[str]
+
+
+@dataclass
+class Email:
+    to: str
+
+
+class SendEmail(AsyncCommand[Email]):
+    def __init__(self, mailer: Mailer) -> None:
+        self.mailer = mailer
+
+    async def run(self, request: Email) -> None:
+        self.mailer.sent.append(request.to)
+
+
+async def test_constructor_injection_by_type(make_jobs: Factory) -> None:
+    mailer = Mailer([])
+    async with make_jobs(commands=[SendEmail], services={Mailer: mailer}) as jobs:
+        await _run(jobs, SendEmail, Email("a@b.c"))
+    assert mailer.sent == ["a@b.c"]
+
+
+async def test_missing_service_fails_the_job_without_retrying(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[SendEmail]) as jobs:
+        ref = await jobs.enqueue_command(SendEmail, Email("a@b.c"))
+        result = await jobs.wait_for_job(ref.id)
+    assert result.failed is not None and result.failed.attempts == 1
+    assert result.failed.error is not None and "needs a Mailer" in result.failed.error.message
+
+
+async def test_api_handler_by_request_type(make_jobs: Factory) -> None:
+    async with make_jobs() as jobs:
+        @jobs.api(Add)
+        async def add(request: Add) -> int:
+            return request.a * request.b
+
+        ref = await jobs.enqueue_api(Add(6, 7))
+        result = await jobs.wait_for_job(ref.id)
+    assert result.completed is not None
+    assert (result.completed.request_type, result.completed.command) == ("API", None)
+    assert result.completed.response_body == "42"
+
+
+class Point(pydantic.BaseModel):
+    x: int
+    y: int
+
+
+async def test_pydantic_requests_and_results(make_jobs: Factory) -> None:
+    class Mirror(AsyncCommand[Point]):
+        async def run(self, request: Point) -> None:
+            assert isinstance(request, Point)
+            current_job().status = f"{request.x},{request.y}"
+
+    async with make_jobs(commands=[Mirror]) as jobs:
+        jobs.register_api(Point, _double)
+        await _run(jobs, Mirror, Point(x=1, y=2))
+        ref = await jobs.enqueue_api(Point(x=2, y=3))
+        result = await jobs.wait_for_job(ref.id)
+    assert result.completed is not None
+    assert result.completed.response == "Point"
+    assert result.completed.response_body == '{"x":4,"y":6}'
+
+
+async def _double(point: Point) -> Point:
+    return Point(x=point.x * 2, y=point.y * 2)
+
+
+async def test_stored_request_that_no_longer_loads_fails_cleanly(make_jobs: Factory) -> None:
+    @dataclass
+    class V1:
+        name: str
+
+    @dataclass
+    class V2:
+        name: int  # the type changed since the job was stored
+
+    class Old(AsyncCommand[V1]):
+        async def run(self, request: V1) -> None: ...
+
+    class New(AsyncCommand[V2]):
+        async def run(self, request: V2) -> None: ...
+
+    New.__name__ = "Old"
+    async with make_jobs(commands=[Old], execute=False) as producer:
+        ref = await producer.enqueue_command(Old, V1("text"))
+    async with make_jobs(commands=[New]) as jobs:
+        result = await jobs.wait_for_job(ref.id)
+        assert (await jobs.enqueue_command(New, V2(1))).id > ref.id  # the worker lives on
+    assert result.failed is not None and result.failed.attempts == 1
+    assert result.failed.error is not None and "cannot load stored JSON" in result.failed.error.message
+
+
+def test_command_without_request_type_is_rejected() -> None:
+    from asyncjobs.commands import Registry
+
+    class Bad(AsyncCommand):  # type: ignore[type-arg]
+        async def run(self, request: object) -> None: ...
+
+    with pytest.raises(RegistrationError, match="must name its request type"):
+        Registry().add_command(Bad)
+    with pytest.raises(RegistrationError, match="not a command class"):
+        Registry().add_command(int)

@@ -1,0 +1,111 @@
+"""Crash safety: a worker process killed with SIGKILL loses no job and reruns no completed job."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from asyncjobs import BackgroundJobs, JobState
+from tests.commands import ALL_COMMANDS, FirstAttemptHangsCommand, Sleep, SleepCommand
+from tests.processes import start_worker
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+Factory = Callable[..., BackgroundJobs]
+
+
+def _lines(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+async def _wait_for(predicate: Callable[[], bool], seconds: float) -> None:
+    with anyio.fail_after(seconds):
+        while not predicate():
+            await anyio.sleep(0.02)
+
+
+async def test_jobs_of_a_killed_worker_are_retried_with_an_extra_attempt(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "events.log"
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+        pass  # migrate before the worker starts
+    worker = await anyio.to_thread.run_sync(start_worker, dsn, "--lease-seconds", "1")
+    try:
+        async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+            refs = [
+                await producer.enqueue_command(
+                    FirstAttemptHangsCommand, Sleep(60, label=f"j{i}", log_file=str(log_file))
+                )
+                for i in range(5)
+            ]
+            await _wait_for(lambda: len([x for x in _lines(log_file) if x[0] == "start"]) == 5, 20)
+            worker.send_signal(signal.SIGKILL)
+            await anyio.to_thread.run_sync(worker.wait)
+            mid = [await producer.get_job(r.id) for r in refs]
+            assert all(r is not None and r.state is JobState.STARTED for r in mid)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        if worker.stdout:
+            worker.stdout.close()
+    async with make_jobs(commands=ALL_COMMANDS, lease_duration=anyio_seconds(1)) as jobs:
+        with anyio.fail_after(30):
+            results = [await jobs.wait_for_job(r.id) for r in refs]
+    for result in results:
+        assert result.state is JobState.COMPLETED
+        assert result.completed is not None and result.completed.attempts == 2
+    ends = [x for x in _lines(log_file) if x[0] == "end"]
+    assert sorted(x[1] for x in ends) == [f"j{i}" for i in range(5)]
+
+
+def anyio_seconds(seconds: float) -> object:
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("kill_at", [0.2, 0.6])
+async def test_kill_during_completion_neither_loses_nor_duplicates(
+    make_jobs: Factory, dsn: str, tmp_path: Path, kill_at: float
+) -> None:
+    log_file = tmp_path / "events.log"
+    total = 2000
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+        refs = await producer.enqueue_many(
+            (SleepCommand, Sleep(0, label=f"j{i}", log_file=str(log_file))) for i in range(total)
+        )
+    worker = await anyio.to_thread.run_sync(
+        start_worker, dsn, "--lease-seconds", "1", "--max-concurrency", "20"
+    )
+    try:
+        # Kill it while it is busy finishing and archiving jobs, at a fraction of the drain.
+        await _wait_for(lambda: len(_lines(log_file)) > 2 * total * kill_at, 30)
+        worker.send_signal(signal.SIGKILL)
+        await anyio.to_thread.run_sync(worker.wait)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        if worker.stdout:
+            worker.stdout.close()
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as reader:
+        before = {r.id: await reader.get_job(r.id) for r in refs}
+    committed = {i for i, r in before.items() if r is not None and r.state is JobState.COMPLETED}
+    starts_before = Counter(int(x[4]) for x in _lines(log_file) if x[0] == "start")
+    async with make_jobs(commands=ALL_COMMANDS, lease_duration=anyio_seconds(1)) as jobs:
+        with anyio.fail_after(60):
+            results = {r.id: await jobs.wait_for_job(r.id) for r in refs}
+    starts_after = Counter(int(x[4]) for x in _lines(log_file) if x[0] == "start")
+    assert all(r.state is JobState.COMPLETED for r in results.values())
+    assert all(r.completed is not None and r.queued is None for r in results.values())
+    # every job ran; a job whose completion had been committed never ran again
+    assert set(starts_after) == set(results)
+    assert all(starts_after[i] == starts_before[i] for i in committed)
+    assert len(committed) < total  # the kill really happened mid-drain

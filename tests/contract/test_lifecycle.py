@@ -1,0 +1,329 @@
+"""The core job lifecycle, on every dialect."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import pytest
+
+from asyncjobs import BackgroundJobs, JobOptions, JobState
+from asyncjobs.exceptions import (
+    DuplicateRefIdError,
+    InvalidJobStateError,
+    InvalidOptionsError,
+    RegistrationError,
+    SerializationError,
+)
+from tests.commands import (
+    EVENTS,
+    Add,
+    AddCommand,
+    Fail,
+    FailCommand,
+    Sleep,
+    SleepCommand,
+)
+
+pytestmark = pytest.mark.anyio
+Factory = Callable[..., BackgroundJobs]
+
+
+async def test_enqueue_runs_and_archives_completed_job(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(2, 3))
+        assert ref.id > 0 and len(ref.ref_id) == 32
+        result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED
+    assert result.queued is None and result.failed is None
+    assert result.completed is not None and result.job is result.completed
+    job = result.completed
+    assert job.response == "Sum" and job.response_body == '{"total":5}'
+    assert job.attempts == 1 and job.progress == 1.0
+    assert job.started_date is not None and job.completed_date is not None
+    assert job.completed_date >= job.started_date >= job.created_date
+    assert result.summary.state is JobState.COMPLETED and result.summary.command == "AddCommand"
+
+
+async def test_get_job_by_ref_id_and_unknown_ids(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(ref_id="order-42"))
+        assert ref.ref_id == "order-42"
+        found = await jobs.get_job_by_ref_id("order-42")
+        assert found is not None and found.queued is not None
+        assert found.queued.id == ref.id and found.state is JobState.QUEUED
+        assert await jobs.get_job(ref.id + 1000) is None
+        assert await jobs.get_job_by_ref_id("nope") is None
+
+
+async def test_every_option_is_stored_and_returned(make_jobs: Factory) -> None:
+    run_after = datetime.now(UTC) + timedelta(hours=1)
+    options = JobOptions(
+        ref_id="r-1", parent_id=7, worker="w", run_after=run_after, created_by="alice",
+        retry_limit=5, timeout=timedelta(seconds=90), callback="AddCommand", depends_on=None,
+        user_id="u-1", reply_to="https://example.invalid/hook", tag="t", batch_id="b",
+        args={"k": "v"}, meta={"n": 1}, priority=3,
+    )  # fmt: skip
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 2), options)
+        result = await jobs.get_job(ref.id)
+    assert result is not None and result.queued is not None
+    job = result.queued
+    assert (job.ref_id, job.parent_id, job.worker, job.created_by) == ("r-1", 7, "w", "alice")
+    assert job.run_after is not None and abs(job.run_after - run_after) < timedelta(milliseconds=1)
+    assert (job.retry_limit, job.timeout, job.callback) == (5, timedelta(seconds=90), "AddCommand")
+    assert (job.user_id, job.reply_to, job.tag, job.batch_id) == (
+        "u-1", "https://example.invalid/hook", "t", "b",
+    )  # fmt: skip
+    assert (job.args, job.meta, job.priority) == ({"k": "v"}, {"n": 1}, 3)
+    assert (job.request_type, job.command, job.request) == ("CMD", "AddCommand", "Add")
+    assert job.request_body == '{"a":1,"b":2}'
+    assert result.summary.tag == "t" and result.summary.batch_id == "b"
+
+
+async def test_failed_job_is_retried_then_archived_as_failed(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[FailCommand]) as jobs:
+        ref = await jobs.enqueue_command(FailCommand, Fail("nope"), JobOptions(retry_limit=2))
+        result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.FAILED
+    assert result.failed is not None and result.completed is None
+    assert result.failed.attempts == 3  # the first attempt and two retries
+    assert result.failed.error is not None and result.failed.error.message == "nope"
+    assert result.failed.error.type == "RuntimeError"
+    assert "RuntimeError: nope" in (result.failed.error.traceback or "")
+    assert result.summary.error_message == "nope" and result.summary.attempts == 3
+
+
+async def test_retry_succeeds_on_a_later_attempt(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[FailCommand]) as jobs:
+        ref = await jobs.enqueue_command(FailCommand, Fail(succeed_on_attempt=2))
+        result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED
+    assert result.completed is not None and result.completed.attempts == 2
+
+
+async def test_zero_retry_limit_fails_after_one_attempt(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[FailCommand], default_retry_limit=0) as jobs:
+        ref = await jobs.enqueue_command(FailCommand, Fail())
+        result = await jobs.wait_for_job(ref.id)
+    assert result.failed is not None and result.failed.attempts == 1
+
+
+async def test_retry_waits_for_the_backoff(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[FailCommand], retry_delay=timedelta(seconds=30)) as jobs:
+        ref = await jobs.enqueue_command(FailCommand, Fail())
+        with anyio.fail_after(10):
+            while True:
+                result = await jobs.get_job(ref.id)
+                assert result is not None
+                if result.queued is not None and result.queued.attempts == 1 and (
+                    result.queued.state is JobState.QUEUED
+                ):
+                    break
+                await anyio.sleep(0.02)
+        queued = result.queued
+        assert queued is not None and queued.run_after is not None
+        delay = queued.run_after - datetime.now(UTC)
+        # base 30 s with jitter in [0.5, 1.0]
+        assert timedelta(seconds=10) < delay <= timedelta(seconds=30)
+        assert queued.error is not None and queued.error.message == "boom"
+
+
+async def test_timeout_fails_the_attempt(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        options = JobOptions(timeout=timedelta(milliseconds=200), retry_limit=1)
+        ref = await jobs.enqueue_command(SleepCommand, Sleep(30), options)
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.failed is not None
+    assert result.failed.error_code == "Timeout" and result.failed.attempts == 2
+    assert result.failed.error is not None and "timed out" in result.failed.error.message
+
+
+async def test_default_timeout_applies(make_jobs: Factory) -> None:
+    async with make_jobs(
+        commands=[SleepCommand], default_timeout=timedelta(milliseconds=100),
+        default_retry_limit=0,
+    ) as jobs:  # fmt: skip
+        ref = await jobs.enqueue_command(SleepCommand, Sleep(30))
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.failed is not None and result.failed.error_code == "Timeout"
+    assert result.failed.timeout_secs == pytest.approx(0.1)
+
+
+async def test_run_after_delays_a_job(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        start = datetime.now(UTC)
+        options = JobOptions(run_after=start + timedelta(milliseconds=600))
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1), options)
+        await anyio.sleep(0.3)
+        early = await jobs.get_job(ref.id)
+        assert early is not None and early.state is JobState.QUEUED
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.completed is not None and result.completed.started_date is not None
+    assert result.completed.started_date >= start + timedelta(milliseconds=600)
+
+
+async def test_cancel_queued_job_never_runs(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        options = JobOptions(run_after=datetime.now(UTC) + timedelta(milliseconds=300))
+        ref = await jobs.enqueue_command(SleepCommand, Sleep(0, label="never"), options)
+        assert await jobs.cancel_job(ref.id) is True
+        result = await jobs.wait_for_job(ref.id)
+        assert result.state is JobState.CANCELLED
+        await anyio.sleep(0.5)
+        assert await jobs.cancel_job(ref.id) is False  # already final
+    assert result.failed is not None and result.failed.attempts == 0
+    assert [label for _, label, _ in EVENTS if label == "never"] == []
+
+
+async def test_cancel_running_job_is_not_retried(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        ref = await jobs.enqueue_command(SleepCommand, Sleep(30, label="long"))
+        with anyio.fail_after(10):
+            while ("start", "long") not in [(e[0], e[1]) for e in EVENTS]:
+                await anyio.sleep(0.01)
+        assert await jobs.cancel_job(ref.id) is True
+        with anyio.fail_after(5):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.CANCELLED
+    assert result.failed is not None and result.failed.attempts == 1
+    assert result.failed.error_code == "Cancelled"
+
+
+async def test_cancel_jobs_by_worker_and_state(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        refs = [
+            await jobs.enqueue_command(AddCommand, Add(i, i), JobOptions(worker="a" if i < 3 else "b"))
+            for i in range(5)
+        ]
+        assert await jobs.cancel_jobs(worker="a") == 3
+        states = [(await jobs.get_job(r.id)).state for r in refs]  # type: ignore[union-attr]
+        assert states == [JobState.CANCELLED] * 3 + [JobState.QUEUED] * 2
+        assert await jobs.cancel_jobs(state=JobState.QUEUED) == 2
+
+
+async def test_requeue_failed_job_runs_again_with_same_id(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[FailCommand], default_retry_limit=0) as jobs:
+        ref = await jobs.enqueue_command(FailCommand, Fail(succeed_on_attempt=2))
+        assert (await jobs.wait_for_job(ref.id)).state is JobState.FAILED
+        await jobs.requeue_failed_job(ref.id)
+        # A fresh retry budget: attempts restart, so succeed_on_attempt=2 fails once more.
+        result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.FAILED and result.failed is not None
+    assert result.failed.id == ref.id and result.failed.attempts == 1
+
+
+async def test_requeue_rejects_active_and_unknown_jobs(make_jobs: Factory) -> None:
+    from asyncjobs.exceptions import JobNotFoundError
+
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        with pytest.raises(InvalidJobStateError, match="only failed or cancelled"):
+            await jobs.requeue_failed_job(ref.id)
+        with pytest.raises(JobNotFoundError):
+            await jobs.requeue_failed_job(ref.id + 1000)
+
+
+async def test_requeued_cancelled_job_completes(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        options = JobOptions(run_after=datetime.now(UTC) + timedelta(hours=1))
+        ref = await jobs.enqueue_command(AddCommand, Add(4, 4), options)
+        await jobs.cancel_job(ref.id)
+        await jobs.requeue_failed_job(ref.id)
+        result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED and result.completed is not None
+    assert result.completed.response_body == '{"total":8}'
+
+
+async def test_priority_then_age_order(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand], execute=False) as producer:
+        for label, priority in [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", 9)]:
+            await producer.enqueue_command(
+                SleepCommand, Sleep(0, label=label), JobOptions(priority=priority)
+            )
+    async with make_jobs(commands=[SleepCommand], max_concurrency=1) as jobs:
+        with anyio.fail_after(10):
+            while len([e for e in EVENTS if e[0] == "end"]) < 5:
+                await anyio.sleep(0.01)
+        del jobs
+    assert [label for event, label, _ in EVENTS if event == "start"] == ["e", "b", "d", "a", "c"]
+
+
+async def test_duplicate_ref_id_is_a_clear_error(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(ref_id="same"))
+        with pytest.raises(DuplicateRefIdError, match="same"):
+            await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(ref_id="same"))
+        # nothing was half-written by the failed enqueue
+        assert len(await jobs.store.select_job_ids(None, None)) == 1
+
+
+async def test_bad_input_errors(make_jobs: Factory) -> None:
+    class NotJson:
+        pass
+
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        with pytest.raises(RegistrationError, match="unknown command 'Nope'"):
+            await jobs.enqueue_command("Nope", Add(1, 1))
+        with pytest.raises(RegistrationError, match="no API is registered"):
+            await jobs.enqueue_api(Add(1, 1))
+        with pytest.raises(SerializationError, match="expected a request of type Add"):
+            await jobs.enqueue_command(AddCommand, NotJson())
+        with pytest.raises(SerializationError, match="needs a request"):
+            await jobs.enqueue_command(AddCommand)
+        assert await jobs.store.select_job_ids(None, None) == []
+    with pytest.raises(InvalidOptionsError, match="retry_limit"):
+        JobOptions(retry_limit=-1)
+    with pytest.raises(InvalidOptionsError, match="timezone-aware"):
+        JobOptions(run_after=datetime(2030, 1, 1))  # noqa: DTZ001
+    with pytest.raises(InvalidOptionsError, match="default_retry_limit"):
+        make_jobs(default_retry_limit=-1)
+
+
+async def test_unserializable_request_is_rejected(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        with pytest.raises(SerializationError, match="cannot store"):
+            await jobs.enqueue_command(AddCommand, Add(object(), 1))  # type: ignore[arg-type]
+
+
+async def test_execute_false_only_enqueues(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        await anyio.sleep(0.3)
+        result = await jobs.get_job(ref.id)
+    assert result is not None and result.state is JobState.QUEUED
+
+
+async def test_local_enqueue_starts_without_waiting_for_a_poll(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], poll_interval=timedelta(seconds=30)) as jobs:
+        await anyio.sleep(0.1)  # the dispatcher is now asleep for 30 s
+        with anyio.fail_after(2):
+            ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED
+
+
+async def test_graceful_shutdown_requeues_unfinished_jobs(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    async with make_jobs(
+        commands=[SleepCommand], shutdown_grace=timedelta(milliseconds=200)
+    ) as jobs:
+        quick = await jobs.enqueue_command(SleepCommand, Sleep(0.05, label="quick"))
+        slow = await jobs.enqueue_command(SleepCommand, Sleep(30, label="slow"))
+        with anyio.fail_after(10):
+            while ("start", "slow") not in [(e[0], e[1]) for e in EVENTS]:
+                await anyio.sleep(0.01)
+    async with make_jobs(commands=[SleepCommand], execute=False) as reader:
+        quick_result = await reader.get_job(quick.id)
+        slow_result = await reader.get_job(slow.id)
+    assert quick_result is not None and quick_result.state is JobState.COMPLETED
+    assert slow_result is not None and slow_result.queued is not None
+    assert slow_result.queued.state is JobState.QUEUED
+    assert slow_result.queued.error_code == "Shutdown"
