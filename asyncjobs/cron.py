@@ -557,7 +557,7 @@ class CronExpression:
         else:
             weekday = (dow & -dow).bit_length() - 1
             if dow_kind == _DOW_NTH:
-                day = 1 + (weekday - first) % 7 + 7 * dow_n
+                day = 1 + (weekday - first) % 7 + 7 * (dow_n - 1)
             else:
                 day = dim - ((first + dim - 1) % 7 - weekday) % 7
             days &= 1 << day
@@ -630,7 +630,7 @@ class CronExpression:
             v = seconds[s]
             if v >= 0:
                 return datetime(y, mo, d, h, mi, v, 0, tz)
-            v = minutes[mi + 1]
+            v = minutes[mi]
             if v >= 0:
                 return datetime(y, mo, d, h, v, s0, 0, tz)
             v = hours[h + 1]

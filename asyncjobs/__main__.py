@@ -1,0 +1,92 @@
+"""The command line: ``python -m asyncjobs worker|migrate|demo``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from .exceptions import ConfigurationError
+from .runtime import BackgroundJobs
+
+
+def load_app(path: str) -> BackgroundJobs:
+    """The ``BackgroundJobs`` object at ``module:attribute``."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"--app must look like package.module:jobs, got {path!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # like `python -m`, find modules in the current directory
+    module = importlib.import_module(module_name)
+    app = module
+    for part in attribute.split("."):
+        app = getattr(app, part)
+    if not isinstance(app, BackgroundJobs):
+        raise ConfigurationError(f"{path} is a {type(app).__name__}, not a BackgroundJobs")
+    return app
+
+
+async def run_worker(jobs: BackgroundJobs) -> None:
+    """Run jobs until SIGINT or SIGTERM, then stop gracefully."""
+    if not jobs.execute:
+        raise ConfigurationError("this BackgroundJobs has execute=False; a worker must execute")
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with jobs:
+            logging.getLogger("asyncjobs").info("worker %s running", jobs.node_id)
+            async for signum in signals:
+                logging.getLogger("asyncjobs").info(
+                    "received %s, shutting down", signal.Signals(signum).name
+                )
+                break
+
+
+async def run_migrate(jobs: BackgroundJobs) -> None:
+    await jobs.dialect.open()
+    try:
+        version = await jobs.store.migrate()
+        print(f"schema at version {version}")
+    finally:
+        await jobs.dialect.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m asyncjobs")
+    commands = parser.add_subparsers(dest="command", required=True)
+    worker = commands.add_parser("worker", help="run jobs in a dedicated process")
+    worker.add_argument("--app", required=True, help="module:attribute of a BackgroundJobs")
+    migrate = commands.add_parser("migrate", help="create or upgrade the schema")
+    target = migrate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--app", help="module:attribute of a BackgroundJobs")
+    target.add_argument("--dsn", help="a database URL")
+    demo = commands.add_parser("demo", help="run example jobs on SQLite and show what happened")
+    demo.add_argument("--dsn", default=None)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "worker":
+            anyio.run(run_worker, load_app(args.app))
+        elif args.command == "migrate":
+            jobs = load_app(args.app) if args.app else BackgroundJobs(args.dsn, execute=False)
+            anyio.run(run_migrate, jobs)
+        else:
+            logging.getLogger("asyncjobs").setLevel(logging.ERROR)
+            logging.getLogger("asyncjobs.job").setLevel(logging.WARNING)
+            from .demo import main as demo_main
+
+            demo_main(args.dsn)
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""A Quart app whose request handler enqueues a job; the job runtime lives with the app.
+
+Run: ``python examples/quart_app.py`` then ``curl -X POST localhost:5000/reports?name=q3``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from quart import Quart, jsonify, request
+
+from asyncjobs import AsyncCommandWithResult, BackgroundJobs, update_status
+
+
+@dataclass
+class ReportRequest:
+    name: str
+
+
+@dataclass
+class Report:
+    name: str
+    rows: int
+
+
+class BuildReport(AsyncCommandWithResult[ReportRequest, Report]):
+    async def run(self, request: ReportRequest) -> Report:
+        update_status(progress=0.5, status="querying")
+        return Report(request.name, rows=3)
+
+
+def create_app(dsn: str | None = None) -> Quart:
+    app = Quart(__name__)
+    jobs = BackgroundJobs(
+        dsn or os.environ.get("ASYNCJOBS_DSN", "sqlite:///jobs.db"), commands=[BuildReport]
+    )
+
+    @app.before_serving
+    async def start_jobs() -> None:
+        await jobs.__aenter__()
+
+    @app.after_serving
+    async def stop_jobs() -> None:
+        await jobs.__aexit__(None, None, None)
+
+    @app.post("/reports")
+    async def create_report() -> tuple[object, int]:
+        ref = await jobs.enqueue_command(BuildReport, ReportRequest(request.args["name"]))
+        return jsonify({"job_id": ref.id}), 202
+
+    @app.get("/reports/<int:job_id>")
+    async def report(job_id: int) -> object:
+        result = await jobs.wait_for_job(job_id)
+        job = result.job
+        return jsonify({"state": str(result.state), "result": job.response_body if job else None})
+
+    return app
+
+
+if __name__ == "__main__":
+    create_app().run(host="127.0.0.1", port=5000)

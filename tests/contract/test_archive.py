@@ -1,0 +1,59 @@
+"""Monthly archives and retention, on every dialect."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from asyncjobs import BackgroundJobs, JobState
+from asyncjobs.store import add_months, month_key
+from tests.commands import Add, AddCommand, Fail, FailCommand
+
+pytestmark = pytest.mark.anyio
+Factory = Callable[..., BackgroundJobs]
+
+
+async def test_archives_exist_for_this_and_next_month(make_jobs: Factory) -> None:
+    async with make_jobs(execute=False) as jobs:
+        months = await jobs.store.archive_months()
+    this_month = month_key(datetime.now(UTC))
+    assert this_month in months and add_months(this_month, 1) in months
+
+
+async def test_completed_and_failed_jobs_are_archived_by_created_month(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand, FailCommand], default_retry_limit=0) as jobs:
+        ok = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        bad = await jobs.enqueue_command(FailCommand, Fail())
+        ok_result = await jobs.wait_for_job(ok.id)
+        bad_result = await jobs.wait_for_job(bad.id)
+        assert await jobs.store.select_job_ids(None, None) == []  # the queue is empty
+    assert ok_result.completed is not None and ok_result.failed is None
+    assert bad_result.failed is not None and bad_result.completed is None
+    assert bad_result.failed.state is JobState.FAILED
+
+
+async def test_retention_drops_whole_old_months(make_jobs: Factory) -> None:
+    now = datetime.now(UTC)
+    old = month_start_of(add_months(month_key(now), -6))
+    async with make_jobs(commands=[AddCommand]) as runner:
+        ref = await runner.enqueue_command(AddCommand, Add(1, 1))
+        await runner.wait_for_job(ref.id)
+    # execute=False: no maintenance loop racing the test
+    async with make_jobs(retention_months=3, execute=False) as jobs:
+        await jobs.store.ensure_archives(old, months_ahead=2)  # three old months
+        before = await jobs.store.archive_months()
+        dropped = await jobs.drop_expired_archives(now)
+        after = await jobs.store.archive_months()
+        current = await jobs.get_job(ref.id)
+    old_months = [add_months(month_key(old), i) for i in range(3)]
+    assert set(old_months) <= set(before)
+    assert sorted(dropped) == old_months
+    assert not set(old_months) & set(after)
+    assert month_key(now) in after
+    assert current is not None and current.completed is not None  # this month is kept
+
+
+def month_start_of(key: str) -> datetime:
+    return datetime(int(key[:4]), int(key[4:]), 1, tzinfo=UTC)
