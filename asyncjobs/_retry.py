@@ -21,6 +21,6 @@ def retry_backoff(
     if base <= timedelta(0):
         return timedelta(0)
     exponent = min(max(attempt - 1, 0), 30)
-    delay = min(base * (2**exponent), cap)
+    delay = min(base * (1 << exponent), cap)
     factor: float = 0.5 + 0.5 * (rand or random.Random()).random()
     return delay * factor

@@ -117,7 +117,8 @@ async def run_demo(dsn: str | None = None) -> None:
         a = results["print label A (worker=printer)"].job
         b = results["print label B (worker=printer)"].job
         if a and b and a.completed_date and b.started_date:
-            print(f"\nprinter worker ran A then B without overlap: {b.started_date >= a.completed_date}")
+            in_order = b.started_date >= a.completed_date
+            print(f"\nprinter worker ran A then B without overlap: {in_order}")
         logs = results["send receipt (depends_on charge)"].job
         print(f"receipt job log: {(logs.logs or '').strip() if logs else ''}")
         print("\ndone.")

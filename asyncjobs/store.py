@@ -176,26 +176,22 @@ class Store:
         return version
 
     async def ensure_archives(self, now: datetime, months_ahead: int = 1) -> None:
-        """Create the archive for this month and the next ones ahead of need."""
+        """Create the archive (tables or partitions) for this month and the next ones, ahead of
+        need, so archiving a job never runs DDL on its hot path."""
         current = month_key(now)
-        wanted = [add_months(current, i) for i in range(months_ahead + 1)]
-        if self.caps.monthly_archive_tables:
-            async with self.dialect.transaction() as tx:
-                for key in wanted:
-                    await self._ensure_month(tx, key)
-        elif self.caps.partitioned_archive:
-            async with self.dialect.transaction() as tx:
-                for key in wanted:
-                    await tx.script(
-                        "create_partitions",
-                        month=key,
-                        start=month_start(key).strftime("%Y%m%d"),
-                        end=month_start(add_months(key, 1)).strftime("%Y%m%d"),
-                    )
+        async with self.dialect.transaction() as tx:
+            for key in (add_months(current, i) for i in range(months_ahead + 1)):
+                await self._ensure_month(tx, key)
 
     async def _ensure_month(self, tx: Connection, key: str) -> None:
         if key not in self._known_months:
-            await tx.script("create_archive", month=key)
+            start, end = month_start(key), month_start(add_months(key, 1))
+            await tx.script(
+                "create_archive",
+                month=key,
+                start=start.strftime("%Y%m%d"),
+                end=end.strftime("%Y%m%d"),
+            )
             self._known_months.add(key)
 
     async def archive_months(self) -> list[str]:

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 from quart import Quart, jsonify, request
+from quart.typing import ResponseReturnValue
 
 from asyncjobs import AsyncCommandWithResult, BackgroundJobs, update_status
 
@@ -45,12 +46,12 @@ def create_app(dsn: str | None = None) -> Quart:
         await jobs.__aexit__(None, None, None)
 
     @app.post("/reports")
-    async def create_report() -> tuple[object, int]:
+    async def create_report() -> ResponseReturnValue:
         ref = await jobs.enqueue_command(BuildReport, ReportRequest(request.args["name"]))
         return jsonify({"job_id": ref.id}), 202
 
     @app.get("/reports/<int:job_id>")
-    async def report(job_id: int) -> object:
+    async def report(job_id: int) -> ResponseReturnValue:
         result = await jobs.wait_for_job(job_id)
         job = result.job
         return jsonify({"state": str(result.state), "result": job.response_body if job else None})

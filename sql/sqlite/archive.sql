@@ -4,7 +4,8 @@
 -- retention. {month} is always a validated YYYYMM string, never user text.
 
 -- name: create_archive
--- One month's archive tables; registered in archive_month.
+-- One month's archive tables; registered in archive_month. ({start} and {end}, the month's
+-- bounds as YYYYMMDD, are given to every dialect; partitioned ones need them.)
 CREATE TABLE IF NOT EXISTS completed_job_{month} (
     id INTEGER PRIMARY KEY,
     parent_id INTEGER,

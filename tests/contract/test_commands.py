@@ -128,6 +128,7 @@ async def test_missing_service_fails_the_job_without_retrying(make_jobs: Factory
 
 async def test_api_handler_by_request_type(make_jobs: Factory) -> None:
     async with make_jobs() as jobs:
+
         @jobs.api(Add)
         async def add(request: Add) -> int:
             return request.a * request.b
@@ -186,7 +187,8 @@ async def test_stored_request_that_no_longer_loads_fails_cleanly(make_jobs: Fact
         result = await jobs.wait_for_job(ref.id)
         assert (await jobs.enqueue_command(New, V2(1))).id > ref.id  # the worker lives on
     assert result.failed is not None and result.failed.attempts == 1
-    assert result.failed.error is not None and "cannot load stored JSON" in result.failed.error.message
+    assert result.failed.error is not None
+    assert "cannot load stored JSON" in result.failed.error.message
 
 
 def test_command_without_request_type_is_rejected() -> None:

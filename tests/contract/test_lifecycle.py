@@ -117,8 +117,10 @@ async def test_retry_waits_for_the_backoff(make_jobs: Factory) -> None:
             while True:
                 result = await jobs.get_job(ref.id)
                 assert result is not None
-                if result.queued is not None and result.queued.attempts == 1 and (
-                    result.queued.state is JobState.QUEUED
+                if (
+                    result.queued is not None
+                    and result.queued.attempts == 1
+                    and (result.queued.state is JobState.QUEUED)
                 ):
                     break
                 await anyio.sleep(0.02)
@@ -199,7 +201,9 @@ async def test_cancel_running_job_is_not_retried(make_jobs: Factory) -> None:
 async def test_cancel_jobs_by_worker_and_state(make_jobs: Factory) -> None:
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         refs = [
-            await jobs.enqueue_command(AddCommand, Add(i, i), JobOptions(worker="a" if i < 3 else "b"))
+            await jobs.enqueue_command(
+                AddCommand, Add(i, i), JobOptions(worker="a" if i < 3 else "b")
+            )
             for i in range(5)
         ]
         assert await jobs.cancel_jobs(worker="a") == 3
@@ -282,7 +286,7 @@ async def test_bad_input_errors(make_jobs: Factory) -> None:
     with pytest.raises(InvalidOptionsError, match="retry_limit"):
         JobOptions(retry_limit=-1)
     with pytest.raises(InvalidOptionsError, match="timezone-aware"):
-        JobOptions(run_after=datetime(2030, 1, 1))  # noqa: DTZ001
+        JobOptions(run_after=datetime(2030, 1, 1))
     with pytest.raises(InvalidOptionsError, match="default_retry_limit"):
         make_jobs(default_retry_limit=-1)
 

@@ -1,0 +1,104 @@
+"""The command line: a dedicated worker process, migrate, demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+APP = textwrap.dedent(
+    """
+    import os
+    from asyncjobs import BackgroundJobs
+    from tests.commands import ALL_COMMANDS
+    jobs = BackgroundJobs(os.environ["JOBS_DSN"], commands=ALL_COMMANDS)
+    """
+)
+
+
+def _env(tmp_path: Path, dsn: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "JOBS_DSN": dsn}
+
+
+def _run(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "asyncjobs", *args], env=env, cwd=cwd, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_migrate_then_worker_runs_jobs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    dsn = f"sqlite:///{tmp_path / 'jobs.db'}"
+    (tmp_path / "myapp.py").write_text(APP)
+    env = _env(tmp_path, dsn)
+    migrated = _run("migrate", "--dsn", dsn, env=env, cwd=tmp_path)
+    assert migrated.returncode == 0 and "schema at version 1" in migrated.stdout
+    enqueue = textwrap.dedent(
+        """
+        import anyio, sys
+        from myapp import jobs
+        from tests.commands import Add, AddCommand
+        async def main():
+            async with jobs.__class__(jobs.dsn, commands=[AddCommand], execute=False) as producer:
+                ref = await producer.enqueue_command(AddCommand, Add(20, 22))
+                print(ref.id)
+        anyio.run(main)
+        """
+    )
+    job_id = subprocess.run(
+        [sys.executable, "-c", enqueue], env=env, cwd=tmp_path, capture_output=True, text=True,
+        check=True,
+    ).stdout.strip()  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "asyncjobs", "worker", "--app", "myapp:jobs"],
+        env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        check = textwrap.dedent(
+            f"""
+            import anyio
+            from myapp import jobs
+            async def main():
+                async with jobs.__class__(jobs.dsn, execute=False) as reader:
+                    print((await reader.get_job({job_id})).state)
+            anyio.run(main)
+            """
+        )
+        deadline = time.monotonic() + 20
+        state = ""
+        while time.monotonic() < deadline and state != "Completed":
+            state = subprocess.run(
+                [sys.executable, "-c", check], env=env, cwd=tmp_path, capture_output=True,
+                text=True, check=True,
+            ).stdout.strip()  # fmt: skip
+            time.sleep(0.1)
+        assert state == "Completed"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0
+    assert "received SIGTERM, shutting down" in stderr
+
+
+def test_bad_app_path_is_a_clear_error(tmp_path: Path) -> None:
+    result = _run("worker", "--app", "nocolon", env=_env(tmp_path, ""), cwd=tmp_path)
+    assert result.returncode == 2 and "--app must look like" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_and_reports_every_job(tmp_path: Path) -> None:
+    result = _run("demo", env=_env(tmp_path, ""), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sum("Completed" in line for line in lines) == 6
+    assert any("webhook" in line and "attempts=2" in line for line in lines)
+    assert "printer worker ran A then B without overlap: True" in result.stdout
+    assert lines[-1] == "done."

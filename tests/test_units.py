@@ -1,0 +1,106 @@
+"""Pure parts: DSNs, backoff, options, the public surface."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import asyncjobs
+from asyncjobs import BackgroundJobs
+from asyncjobs._retry import retry_backoff
+from asyncjobs.dialects import parse_dsn
+from asyncjobs.exceptions import (
+    AsyncJobsError,
+    ConfigurationError,
+    InvalidDsnError,
+    MissingDriverError,
+)
+
+SPEC_NAMES = {
+    "BackgroundJobs", "JobOptions", "JobRef", "JobResult", "JobState", "BackgroundJob",
+    "Schedule", "CronExpression", "AsyncCommand", "AsyncCommandWithResult", "SyncCommand",
+    "SyncCommandWithResult", "current_job", "job_logger", "AsyncJobsError",
+}  # fmt: skip
+
+
+def test_public_names_include_the_spec_and_resolve() -> None:
+    assert set(asyncjobs.__all__) >= SPEC_NAMES
+    assert len(asyncjobs.__all__) == len(set(asyncjobs.__all__))
+    for name in asyncjobs.__all__:
+        assert getattr(asyncjobs, name) is not None
+
+
+@pytest.mark.parametrize(
+    ("dsn", "dialect", "database", "host", "port", "user"),
+    [
+        ("sqlite:///jobs.db", "sqlite", "jobs.db", None, None, None),
+        ("sqlite:////var/lib/jobs.db", "sqlite", "/var/lib/jobs.db", None, None, None),
+        ("postgresql://u:p%40ss@db.local:5433/app", "postgres", "app", "db.local", 5433, "u"),
+        ("postgres://db/app?schema=jobs", "postgres", "app", "db", None, None),
+        ("mysql://root@127.0.0.1:3306/test", "mysql", "test", "127.0.0.1", 3306, "root"),
+        ("mariadb://root@localhost/test", "mysql", "test", "localhost", None, "root"),
+        ("mssql://sa:pw@sql/jobs", "mssql", "jobs", "sql", None, "sa"),
+    ],
+)
+def test_dsn_parsing(
+    dsn: str, dialect: str, database: str, host: str | None, port: int | None, user: str | None
+) -> None:
+    parsed = parse_dsn(dsn)
+    assert (parsed.dialect, parsed.database, parsed.host, parsed.port, parsed.user) == (
+        dialect, database, host, port, user,
+    )  # fmt: skip
+    if "p%40ss" in dsn:
+        assert parsed.password == "p@ss" and "p@ss" not in repr(parsed)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "message"),
+    [
+        ("oracle://x/y", "unknown DSN scheme 'oracle'"),
+        ("jobs.db", "expected a URL"),
+        ("sqlite://jobs.db", "write sqlite:///relative.db"),
+        ("sqlite:///", "no database file"),
+        ("postgresql://host:notaport/db", "invalid DSN"),
+    ],
+)
+def test_bad_dsn_is_a_clear_error(dsn: str, message: str) -> None:
+    with pytest.raises(InvalidDsnError, match=message):
+        BackgroundJobs(dsn)
+
+
+def test_missing_driver_names_the_pip_extra() -> None:
+    with pytest.raises(MissingDriverError, match=r"pip install 'asyncjobs\[mssql\]'") as info:
+        BackgroundJobs("mssql://sa:pw@localhost/jobs")
+    assert isinstance(info.value, ImportError) and isinstance(info.value, AsyncJobsError)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("max_concurrency", 0),
+        ("poll_interval", timedelta(0)),
+        ("lease_duration", timedelta(seconds=-1)),
+        ("retry_delay", timedelta(seconds=-1)),
+        ("retention_months", 0),
+    ],
+)
+def test_bad_settings_are_configuration_errors(setting: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=setting):
+        BackgroundJobs("sqlite:///x.db", **{setting: value})  # type: ignore[arg-type]
+
+
+@given(attempt=st.integers(1, 60), base_ms=st.integers(1, 10_000), seed=st.integers())
+def test_backoff_is_exponential_capped_and_jittered(attempt: int, base_ms: int, seed: int) -> None:
+    base = timedelta(milliseconds=base_ms)
+    cap = timedelta(minutes=5)
+    delay = retry_backoff(attempt, base, cap, random.Random(seed))
+    full = min(base * 2 ** min(attempt - 1, 30), cap)
+    assert full / 2 <= delay <= full
+
+
+def test_zero_base_retries_at_once() -> None:
+    assert retry_backoff(5, timedelta(0), timedelta(minutes=1)) == timedelta(0)
