@@ -31,6 +31,8 @@ class JobContext:
     #: log text not yet written to the database
     pending_logs: list[str] = field(default_factory=list)
     dirty: bool = False
+    #: the job reported progress itself; otherwise the runtime estimates it
+    progress_reported: bool = False
     _logged_chars: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,6 +85,7 @@ def update_status(*, progress: float | None = None, status: str | None = None) -
         if not 0.0 <= progress <= 1.0:
             raise ValueError(f"progress must be between 0 and 1, got {progress}")
         context.job.progress = progress
+        context.progress_reported = True
     if status is not None:
         context.job.status = status
     context.job.last_activity_date = datetime.now(UTC)

@@ -141,6 +141,7 @@ class BackgroundJobs:
         self._waiters: dict[int, anyio.Event] = {}
         self._saturated = False
         self._transient_ids = -1
+        self._durations: dict[tuple[str, str | None], tuple[float | None, float]] = {}
         self._started = False
         self._stats = {"claimed": 0, "completed": 0, "failed": 0, "retried": 0, "cancelled": 0}
 
@@ -607,7 +608,10 @@ class BackgroundJobs:
                             job, TimeoutError(f"job timed out after {timeout:g}s"), permanent=False
                         )
                         outcome.error_code = "Timeout"
-            if running.stop_reason == "cancelled":
+                    if outcome is not None and job.callback and outcome.state is JobState.COMPLETED:
+                        outcome = await self._run_callback(job, outcome)
+            cancelled = running.stop_reason == "cancelled"
+            if cancelled and (outcome is None or outcome.state is not JobState.COMPLETED):
                 outcome = Outcome(
                     job,
                     JobState.CANCELLED,
@@ -661,6 +665,11 @@ class BackgroundJobs:
             if job.request_object is None:
                 job.request_object = decode(job.request_body, info.request_type)
             args = (job.request_object,)
+        return await self._call(info, args)
+
+    async def _call(self, info: CommandInfo, args: tuple[Any, ...]) -> Any:
+        """Create the command (with its services) and run it; sync ones in a worker thread,
+        with the job's context (current_job() and friends) carried along."""
         instance = instantiate(info.cls, self.services)
         if info.is_async:
             return await instance.run(*args)
@@ -668,6 +677,34 @@ class BackgroundJobs:
         return await anyio.to_thread.run_sync(
             lambda: ctx.run(instance.run, *args), limiter=self._thread_limiter
         )
+
+    async def _run_callback(self, job: BackgroundJob, outcome: Outcome) -> Outcome:
+        """The job succeeded: it is Executed while its callback command runs with the result.
+        The callback is retried like a job; if it keeps failing, the job fails."""
+        await self.store.mark_executed(self.node_id, outcome)
+        job.state = JobState.EXECUTED
+        info = self.registry.command(job.callback or "")
+        last_error: Exception | None = None
+        for attempt in range(1, job.retry_limit + 2):
+            try:
+                await self._call(info, () if info.request_type is None else (job.result,))
+            except Exception as exc:
+                last_error = exc
+                delay = retry_backoff(attempt, self.retry_delay, self.max_retry_delay)
+                if attempt <= job.retry_limit:
+                    await anyio.sleep(delay.total_seconds())
+                continue
+            outcome.notified_date = utcnow()
+            return outcome
+        assert last_error is not None
+        error = _job_error(last_error)
+        error = JobError(
+            f"callback {info.name} failed: {error.message}", error.type, error.traceback
+        )
+        return Outcome(
+            job, JobState.FAILED, response=outcome.response, response_body=outcome.response_body,
+            error=error, error_code="CallbackFailed",
+        )  # fmt: skip
 
     def _success(self, job: BackgroundJob, result: Any) -> Outcome:
         job.result = result
@@ -766,6 +803,10 @@ class BackgroundJobs:
             await anyio.sleep(0.5)
             updates = []
             now = utcnow()
+            try:
+                await self._estimate_progress(now)
+            except Exception as exc:
+                log.warning("could not estimate job progress: %r", exc)
             for running in list(self._running.values()):
                 if running.context.dirty:
                     logs, progress, status = running.context.take_pending()
@@ -777,6 +818,26 @@ class BackgroundJobs:
                 await self.store.update_progress(updates)
             except Exception as exc:
                 log.warning("could not write job progress: %r", exc)
+
+    async def _estimate_progress(self, now: datetime) -> None:
+        """For running jobs that report no progress, estimate it from the last durations of the
+        same command on the same worker (capped below 1: only completion says 100%)."""
+        for running in list(self._running.values()):
+            job, context = running.job, running.context
+            if context.progress_reported or job.started_date is None or job.command is None:
+                continue
+            key = (job.command, job.worker)
+            cached = self._durations.get(key)
+            if cached is None or time.monotonic() - cached[1] > 60:
+                durations = await self.store.recent_durations(job.command, job.worker)
+                average = sum(durations) / len(durations) if durations else None
+                cached = self._durations[key] = (average, time.monotonic())
+            average_ms = cached[0]
+            if not average_ms:
+                continue
+            elapsed_ms = (now - job.started_date).total_seconds() * 1000
+            job.progress = round(min(0.99, elapsed_ms / average_ms), 3)
+            context.dirty = True
 
     async def _maintenance_loop(self) -> None:
         """Create archive months ahead of need; drop months past retention."""

@@ -104,6 +104,7 @@ class Outcome:
     error_code: str | None = None
     run_after: datetime | None = None  # for a retry
     logs: str | None = None
+    notified_date: datetime | None = None  # when the callback succeeded
 
 
 @dataclass(slots=True)
@@ -274,7 +275,7 @@ class Store:
                             "response_body": o.response_body, "error": _error_json(o.error),
                             "error_code": o.error_code,
                             "progress": 1.0 if o.state is JobState.COMPLETED else None,
-                            "status": None, "logs": o.logs,
+                            "status": None, "logs": o.logs, "notified_date": o.notified_date,
                         }
                         for o in final
                     ],
@@ -339,6 +340,16 @@ class Store:
         await tx.execute("mark_summaries", {"ids": ids})
         await tx.execute("delete_archived", {"ids": ids})
         return dict.fromkeys(created, JobState.CANCELLED)
+
+    async def mark_executed(self, node: str, outcome: Outcome) -> None:
+        """The command succeeded and its callback is about to run."""
+        async with self.dialect.transaction() as tx:
+            await tx.execute(
+                "mark_executed",
+                {"id": outcome.job.id, "node": node, "now": utcnow(),
+                 "response": outcome.response, "response_body": outcome.response_body},
+            )  # fmt: skip
+            await tx.execute("mark_summaries", {"ids": json.dumps([outcome.job.id])})
 
     async def update_progress(self, updates: Sequence[Mapping[str, Any]]) -> None:
         """Write progress, status and new log lines of running jobs, many in one round trip."""

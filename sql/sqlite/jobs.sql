@@ -84,8 +84,15 @@ UPDATE background_job
 SET state = :state, completed_date = :now, last_activity_date = :now, duration_ms = :duration_ms,
     response = :response, response_body = :response_body, error = :error,
     error_code = :error_code, progress = COALESCE(:progress, progress),
-    status = COALESCE(:status, status),
+    status = COALESCE(:status, status), notified_date = COALESCE(:notified_date, notified_date),
     logs = CASE WHEN :logs IS NULL THEN logs ELSE COALESCE(logs, '') || :logs END
+WHERE id = :id AND lease_owner = :node;
+
+-- name: mark_executed
+-- The command succeeded and its callback runs next; the result is kept meanwhile.
+UPDATE background_job
+SET state = 'Executed', response = :response, response_body = :response_body,
+    last_activity_date = :now
 WHERE id = :id AND lease_owner = :node;
 
 -- name: requeue_job
@@ -124,21 +131,24 @@ SELECT id FROM background_job WHERE lease_owner = :node AND cancel_requested = 1
 
 -- name: cancel_dependents
 -- Cancel every queued job that depends, directly or transitively, on a failed or cancelled job.
-WITH RECURSIVE doomed(id) AS (
-    SELECT j.id FROM background_job j
+-- The error names the ancestor that failed, however deep the dependent is.
+WITH RECURSIVE doomed(id, ancestor) AS (
+    SELECT j.id, p.id FROM background_job j
     JOIN job_summary p ON p.id = j.depends_on
     WHERE j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled')
       AND p.id IN (SELECT value FROM json_each(:ids))
     UNION
-    SELECT j.id FROM background_job j JOIN doomed d ON j.depends_on = d.id
+    SELECT j.id, d.ancestor FROM background_job j JOIN doomed d ON j.depends_on = d.id
     WHERE j.state = 'Queued'
 )
 UPDATE background_job
 SET state = 'Cancelled', completed_date = :now, last_activity_date = :now,
     error_code = 'DependencyFailed',
-    error = json_object('message', 'cancelled because job ' || depends_on
-                        || ' it depends on failed or was cancelled',
-                        'type', 'DependencyFailed', 'traceback', NULL)
+    error = json_object(
+        'message', 'cancelled because job '
+                   || (SELECT MIN(d.ancestor) FROM doomed d WHERE d.id = background_job.id)
+                   || ' it depends on failed or was cancelled',
+        'type', 'DependencyFailed', 'traceback', NULL)
 WHERE id IN (SELECT id FROM doomed)
 RETURNING id, created_date;
 

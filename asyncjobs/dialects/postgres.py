@@ -1,0 +1,431 @@
+"""PostgreSQL on asyncpg.
+
+A pool of connections (its own, or the application's); every named query is converted to
+asyncpg's ``$1`` style once and then runs as a prepared statement, which asyncpg caches per
+connection. Claims use ``FOR UPDATE SKIP LOCKED``; archives are monthly partitions; other
+processes are woken with LISTEN/NOTIFY on a channel named after the schema.
+
+Settings (keyword arguments or DSN query options): ``schema`` (tables live there; created if
+missing; ``search_path`` of every connection), ``min_size`` and ``max_size`` (the pool).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
+import anyio.abc
+import asyncpg
+
+from .._sql import Queries, convert_params, load_queries
+from ..exceptions import ConfigurationError
+from ._base import Capabilities, Connection, Dialect, Params, Row
+from ._dsn import Dsn
+
+log = logging.getLogger("asyncjobs.postgres")
+
+_SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: DSN query options read by this dialect; the rest go to asyncpg (sslmode, ...)
+_OPTIONS = ("schema", "min_size", "max_size")
+#: SQLSTATEs meaning the server went away or refuses connections for now: connection
+#: exceptions (class 08), shutdowns (57P01-57P03) and too many connections (53300)
+_DISCONNECT_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+#: how often an idle LISTEN connection is checked, so a silently dead one is replaced
+_LISTEN_HEALTH_CHECK = 30.0
+
+
+def _rowcount(status: str) -> int:
+    """The row count in a command tag such as ``UPDATE 3`` or ``INSERT 0 1``."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+class PostgresConnection:
+    """Runs named queries on one asyncpg connection."""
+
+    def __init__(self, dialect: PostgresDialect, conn: Any) -> None:
+        self._dialect = dialect
+        self._conn = conn
+
+    async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
+        sql, args = self._dialect.bind(query, params, templates)
+        return [dict(record) for record in await self._conn.fetch(sql, *args)]
+
+    async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
+        sql, args = self._dialect.bind(query, params, templates)
+        if not args:  # asyncpg would use the simple protocol; keep prepared statements
+            return len(await self._conn.fetch(sql)) if _returns_rows(sql) else _rowcount(
+                await self._conn.execute(sql)
+            )
+        return _rowcount(await self._conn.execute(sql, *args))
+
+    async def executemany(self, query: str, params: Sequence[Params], **templates: str) -> None:
+        if not params:
+            return
+        sql, order = self._dialect.statement(query, templates)
+        rows = [self._dialect.arguments(query, order, p) for p in params]
+        await self._conn.executemany(sql, rows)
+
+    async def script(self, query: str, **templates: str) -> None:
+        # One simple-protocol round trip: DDL needs no parameters, and a script may hold
+        # dollar-quoted function bodies that a split at ';' would cut apart.
+        sql, order = self._dialect.statement(query, templates)
+        if order:
+            raise ConfigurationError(f"script {query} must not take parameters")
+        await self._conn.execute(sql)
+
+
+def _returns_rows(sql: str) -> bool:
+    return sql.lstrip().upper().startswith(("SELECT", "WITH")) or " RETURNING " in sql.upper()
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL through asyncpg: from a DSN (own pool) or an application's pool."""
+
+    name = "postgres"
+    capabilities = Capabilities(partitioned_archive=True, notifications=True)
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: Any = None,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        if (dsn is None) == (pool is None):
+            raise ConfigurationError("PostgresDialect needs either a dsn or a pool, not both")
+        if schema is not None and not _SCHEMA.match(schema):
+            raise ConfigurationError(f"schema {schema!r} is not a valid PostgreSQL identifier")
+        if min_size < 0 or max_size < 1 or min_size > max_size:
+            raise ConfigurationError(
+                f"pool sizes must satisfy 0 <= min_size <= max_size, 1 <= max_size; "
+                f"got min_size={min_size}, max_size={max_size}"
+            )
+        self.queries: Queries = load_queries("postgres")
+        self.schema = schema
+        self._dsn = dsn
+        self._pool: Any = pool
+        self._owns_pool = pool is None
+        self._min_size = min_size
+        self._max_size = max_size
+        self._statements: dict[tuple[object, ...], tuple[str, tuple[str, ...]]] = {}
+        #: the schema our tables are in, for the notification channel (found in open())
+        self._channel_schema: str | None = schema
+
+    # -- queries --------------------------------------------------------------------------
+
+    def statement(self, query: str, templates: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+        """The query in ``$n`` style and its parameter names in order (converted once)."""
+        key = (query, *sorted(templates.items()))
+        found = self._statements.get(key)
+        if found is None:
+            named = self.queries[query]
+            sql = named.render(**templates) if templates else named.sql
+            found = self._statements[key] = convert_params(named, "numeric", sql)
+        return found
+
+    def arguments(self, query: str, order: tuple[str, ...], params: Params | None) -> list[Any]:
+        values = params or {}
+        try:
+            return [values[name] for name in order]
+        except KeyError as exc:
+            raise ConfigurationError(f"query {query} needs parameter {exc.args[0]!r}") from None
+
+    def bind(
+        self, query: str, params: Params | None, templates: dict[str, str]
+    ) -> tuple[str, list[Any]]:
+        sql, order = self.statement(query, templates)
+        return sql, self.arguments(query, order, params)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _server_settings(self) -> dict[str, str]:
+        settings = {"application_name": "asyncjobs", "timezone": "UTC"}
+        if self.schema is not None:
+            settings["search_path"] = _quote(self.schema)
+        return settings
+
+    def _connect_dsn(self) -> str:
+        assert self._dsn is not None
+        return _asyncpg_dsn(self._dsn)
+
+    async def open(self) -> None:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                dsn=self._connect_dsn(),
+                min_size=self._min_size,
+                max_size=self._max_size,
+                server_settings=self._server_settings(),
+            )
+        try:
+            async with self.connection() as conn:
+                raw = conn._conn  # noqa: SLF001 - our own wrapper
+                if self.schema is not None:
+                    await self._create_schema(raw)
+                self._channel_schema = await raw.fetchval("SELECT current_schema()")
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _create_schema(self, conn: Any) -> None:
+        exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema)
+        if exists:
+            return
+        # Processes starting together would race on CREATE SCHEMA; take turns.
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('asyncjobs.schema'))")
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(str(self.schema))}")
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None and self._owns_pool:
+            with anyio.CancelScope(shield=True):
+                await pool.close()
+        elif pool is not None:
+            self._pool = pool  # the application's pool: not ours to close
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[Any]:
+        if self._pool is None:
+            raise RuntimeError("the PostgreSQL dialect is not open")
+        pool = self._pool
+        conn = await pool.acquire()
+        try:
+            yield conn
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.release(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await self._local_search_path(conn)
+                yield PostgresConnection(self, conn)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await tx.rollback()
+                    except Exception as exc:  # the connection is gone; the pool drops it
+                        log.debug("rollback failed: %r", exc)
+                raise
+            with anyio.CancelScope(shield=True):
+                await tx.commit()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        if self._needs_local_search_path:
+            # An application's pool has its own search_path; set ours for one transaction only.
+            async with self.transaction() as conn:
+                yield conn
+            return
+        async with self._acquire() as conn:
+            yield PostgresConnection(self, conn)
+
+    @property
+    def _needs_local_search_path(self) -> bool:
+        return self.schema is not None and not self._owns_pool
+
+    async def _local_search_path(self, conn: Any) -> None:
+        if self._needs_local_search_path:
+            await conn.execute(
+                "SELECT set_config('search_path', $1, true)", _quote(str(self.schema))
+            )
+
+    @asynccontextmanager
+    async def adopt(self, driver_connection: object) -> AsyncIterator[Connection]:
+        """Run queries on the application's asyncpg connection, inside its transaction, so
+        the jobs exist only if that transaction commits."""
+        conn: Any = driver_connection
+        if not isinstance(conn, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
+            raise ConfigurationError(
+                f"connection must be an asyncpg connection, got {type(driver_connection).__name__}"
+            )
+        if not conn.is_in_transaction():
+            # Not in a transaction: the enqueue is still atomic on its own.
+            async with conn.transaction():
+                async with self._on_schema(conn):
+                    yield PostgresConnection(self, conn)
+            return
+        async with self._on_schema(conn):
+            yield PostgresConnection(self, conn)
+
+    @asynccontextmanager
+    async def _on_schema(self, conn: Any) -> AsyncIterator[None]:
+        """Point search_path at our schema for our statements only, inside the caller's
+        transaction, and give the application its own back afterwards."""
+        if self.schema is None:
+            yield
+            return
+        previous = await conn.fetchval(
+            "SELECT current_setting('search_path') AS previous, "
+            "set_config('search_path', $1, true)",
+            _quote(self.schema),
+        )
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await conn.execute("SELECT set_config('search_path', $1, true)", previous)
+                except asyncpg.PostgresError:
+                    pass  # the transaction failed; its rollback restores the setting
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) == "23505"
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        if isinstance(
+            exc,
+            OSError | ConnectionError | asyncpg.exceptions.ConnectionDoesNotExistError,
+        ):
+            return True
+        state = getattr(exc, "sqlstate", None)
+        return isinstance(state, str) and (state.startswith("08") or state in _DISCONNECT_STATES)
+
+    # -- notifications --------------------------------------------------------------------
+
+    def channel(self, channel: str) -> str:
+        """The channel on the wire: one per schema, so schemas do not wake each other.
+        The trigger notify_job_queued (migration_1) builds the same name."""
+        if self._channel_schema is None:
+            return channel[:63]
+        return f"{channel}.{self._channel_schema}"[:63]
+
+    async def notify(self, channel: str, payload: str) -> None:
+        async with self._acquire() as conn:
+            await conn.execute("SELECT pg_notify($1, $2)", self.channel(channel), payload)
+
+    @asynccontextmanager
+    async def listen(
+        self, channel: str, on_message: Callable[[str], Awaitable[None] | None]
+    ) -> AsyncIterator[None]:
+        send, receive = anyio.create_memory_object_stream[str](math.inf)
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._listen_loop, self.channel(channel), send)
+            tg.start_soon(_deliver, receive, on_message)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _listen_loop(
+        self,
+        channel: str,
+        send: anyio.abc.ObjectSendStream[str],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep one connection listening; reconnect with backoff when it is lost. The first
+        connection must succeed (start-up fails otherwise); later failures only delay."""
+        failures = 0
+        first = True
+        with send:
+            while True:
+                try:
+                    async with self._listen_connection() as conn:
+                        lost = anyio.Event()
+
+                        def on_notify(_c: object, _pid: int, _ch: str, payload: str) -> None:
+                            send.send_nowait(payload)
+
+                        conn.add_termination_listener(lambda _c: lost.set())
+                        await conn.add_listener(channel, on_notify)
+                        if first:
+                            first = False
+                            task_status.started()
+                        else:
+                            send.send_nowait("")  # we may have missed work while away
+                        failures = 0
+                        await _wait_until_lost(conn, lost)
+                except Exception as exc:
+                    if first:
+                        raise
+                    failures += 1
+                    delay = min(0.1 * 2 ** min(failures, 10), 5.0)
+                    log.warning("LISTEN connection lost (retrying in %.1fs): %r", delay, exc)
+                    await anyio.sleep(delay)
+
+    @asynccontextmanager
+    async def _listen_connection(self) -> AsyncIterator[Any]:
+        """A dedicated connection: our own when we have a DSN, else one held from the pool."""
+        if self._dsn is None:
+            async with self._acquire() as conn:
+                await self._local_search_path(conn)
+                yield conn
+            return
+        conn = await asyncpg.connect(
+            dsn=self._connect_dsn(), server_settings=self._server_settings()
+        )
+        try:
+            yield conn
+        finally:
+            with anyio.CancelScope(shield=True):
+                conn.terminate()
+
+
+async def _wait_until_lost(conn: Any, lost: anyio.Event) -> None:
+    """Return when the listening connection closed, or stopped answering a health check."""
+    while not lost.is_set():
+        with anyio.move_on_after(_LISTEN_HEALTH_CHECK):
+            await lost.wait()
+        if not lost.is_set():
+            with anyio.fail_after(10):
+                await conn.execute("SELECT 1")
+    raise ConnectionError("the LISTEN connection closed")
+
+
+async def _deliver(
+    receive: anyio.abc.ObjectReceiveStream[str],
+    on_message: Callable[[str], Awaitable[None] | None],
+) -> None:
+    async with receive:
+        async for payload in receive:
+            try:
+                result = on_message(payload)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("notification handler failed")
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _asyncpg_dsn(raw: str) -> str:
+    """The DSN for asyncpg: scheme ``postgresql``, without the options this dialect reads
+    (asyncpg would send unknown ones to the server as settings)."""
+    parts = urlsplit(raw)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k not in _OPTIONS])
+    return urlunsplit(("postgresql", parts.netloc, parts.path, query, parts.fragment))
+
+
+def create(dsn: Dsn, **settings: Any) -> PostgresDialect:
+    options = {k: v for k, v in dsn.options.items() if k in _OPTIONS}
+    unknown = set(settings) - set(_OPTIONS) - {"pool"}
+    if unknown:
+        raise ConfigurationError(
+            f"unknown PostgreSQL settings {sorted(unknown)}; known: {', '.join(_OPTIONS)}"
+        )
+    merged: dict[str, Any] = {**options, **settings}
+    try:
+        for size in ("min_size", "max_size"):
+            if size in merged:
+                merged[size] = int(merged[size])
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid pool size in {dsn.raw!r}: {exc}") from None
+    return PostgresDialect(None if merged.get("pool") is not None else dsn.raw, **merged)

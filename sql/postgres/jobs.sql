@@ -1,0 +1,235 @@
+-- The job lifecycle: enqueue, claim, finish, retry, cancel, read.
+-- Lists of ids and of new jobs arrive as one JSON array parameter, so a batch is one statement.
+-- Differs from SQLite throughout: an id list is read as
+--     id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
+-- which builds the array once, so each id is one index probe; `id IN (SELECT ... FROM
+-- jsonb_array_elements_text(...))` may be planned as a hash join over the whole table.
+
+-- name: insert_jobs
+-- Enqueue a batch of jobs given as a JSON array; ids follow the array's order.
+-- jsonb_to_record types each field (timestamps parse from ISO text); args and meta arrive as
+-- JSON text inside the JSON, hence the ::jsonb. The trigger background_job_queued notifies
+-- listeners, delivered only if this transaction commits.
+INSERT INTO background_job (
+    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority
+)
+SELECT
+    j.parent_id, j.ref_id, j.worker, j.tag, j.batch_id, j.callback, j.depends_on, j.run_after,
+    j.created_date, j.created_by, j.request_type, j.command, j.request, j.request_body,
+    j.user_id, 'Queued', j.retry_limit, j.timeout_secs, j.reply_to, j.args::jsonb,
+    j.meta::jsonb, j.priority
+FROM jsonb_array_elements(:jobs::jsonb) WITH ORDINALITY AS e(value, ord)
+CROSS JOIN LATERAL jsonb_to_record(e.value) AS j(
+    parent_id bigint, ref_id text, worker text, tag text, batch_id text, callback text,
+    depends_on bigint, run_after timestamptz, created_date timestamptz, created_by text,
+    request_type text, command text, request text, request_body text, user_id text,
+    retry_limit integer, timeout_secs double precision, reply_to text, args text, meta text,
+    priority integer
+)
+ORDER BY e.ord
+RETURNING id, ref_id;
+
+-- name: insert_summaries
+-- One summary row per newly enqueued job.
+INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts)
+SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts
+FROM background_job
+WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint));
+
+-- name: claim_jobs
+-- Claim up to :limit runnable jobs in priority-then-age order. A job with a named worker is
+-- runnable only when no job of that worker is running and it is the worker's oldest queued job;
+-- a job with depends_on only when its parent completed.
+--
+-- Differs from SQLite, which serialises writers: here claims from many processes run at once,
+-- and FOR UPDATE SKIP LOCKED lets each take different rows without waiting.
+--
+-- Named workers: only a worker's head (its oldest queued job) is ever a candidate, and the head
+-- is claimed through its row lock. That lock is what keeps two claims from running one worker's
+-- jobs at the same time: a claim whose snapshot is older than another's commit either skips the
+-- head (still locked), or locks it after that commit and the re-check of the newest row version
+-- (state = 'Queued') rejects it; and in that older snapshot the head is still Queued, so no later
+-- job of the worker qualifies either. A job only stops being Queued by being claimed (or
+-- cancelled), so a worker's next job becomes a head only once its predecessor has left
+-- 'Started'/'Executed' in a committed transaction. We chose this over a per-worker
+-- pg_try_advisory_xact_lock: the statement's snapshot is taken before any lock it acquires, so
+-- an advisory lock alone cannot stop a claim acting on a snapshot from before the other claim
+-- committed; the row lock's re-check can. It also needs no extra table and no extra round trip.
+--
+-- Workers are found with a loose index scan (one probe per worker with queued jobs), so a long
+-- queue of one worker costs one probe, not a scan; unnamed jobs come from ix_background_job_claim.
+WITH RECURSIVE workers(worker) AS (
+    (SELECT worker FROM background_job
+     WHERE state = 'Queued' AND worker IS NOT NULL
+     ORDER BY worker LIMIT 1)
+    UNION ALL
+    SELECT (SELECT b.worker FROM background_job b
+            WHERE b.state = 'Queued' AND b.worker IS NOT NULL AND b.worker > w.worker
+            ORDER BY b.worker LIMIT 1)
+    FROM workers w
+    WHERE w.worker IS NOT NULL
+),
+heads AS (
+    SELECT (SELECT h.id FROM background_job h
+            WHERE h.state = 'Queued' AND h.worker IS NOT NULL AND h.worker = w.worker
+            ORDER BY h.worker, h.id LIMIT 1) AS id
+    FROM workers w
+    WHERE w.worker IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM background_job r
+                      WHERE r.worker = w.worker AND r.state IN ('Started', 'Executed'))
+),
+named AS MATERIALIZED (
+    SELECT j.id, j.priority FROM background_job j
+    WHERE j.id = ANY (ARRAY(SELECT id FROM heads))
+      AND j.state = 'Queued'
+      AND (j.run_after IS NULL OR j.run_after <= :now)
+      AND (j.depends_on IS NULL
+           OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
+    ORDER BY j.priority DESC, j.id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+),
+unnamed AS MATERIALIZED (
+    SELECT j.id, j.priority FROM background_job j
+    WHERE j.state = 'Queued' AND j.worker IS NULL AND :named_only = 0
+      AND (j.run_after IS NULL OR j.run_after <= :now)
+      AND (j.depends_on IS NULL
+           OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
+    ORDER BY j.priority DESC, j.id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+),
+chosen AS (
+    SELECT c.id FROM (SELECT id, priority FROM named UNION ALL SELECT id, priority FROM unnamed) c
+    ORDER BY c.priority DESC, c.id
+    LIMIT :limit
+)
+UPDATE background_job b
+SET state = 'Started', attempts = b.attempts + 1, started_date = :now,
+    last_activity_date = :now, lease_owner = :node, cancel_requested = false
+FROM chosen
+WHERE b.id = chosen.id
+RETURNING b.*;
+
+-- name: mark_summaries
+-- Copy the live state of jobs into their summaries.
+UPDATE job_summary s
+SET state = b.state, started_date = b.started_date, completed_date = b.completed_date,
+    duration_ms = b.duration_ms, attempts = b.attempts, error_code = b.error_code,
+    error_message = b.error ->> 'message'
+FROM background_job b
+WHERE b.id = s.id
+  AND b.id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint));
+
+-- name: next_run_after
+-- When the earliest delayed job becomes runnable, so the dispatcher can sleep until then.
+SELECT MIN(run_after) AS run_after FROM background_job
+WHERE state = 'Queued' AND run_after > :now;
+
+-- name: set_outcome
+-- Record how one execution ended; only the node holding the job may do it.
+UPDATE background_job
+SET state = :state, completed_date = :now, last_activity_date = :now, duration_ms = :duration_ms,
+    response = :response, response_body = :response_body, error = :error::jsonb,
+    error_code = :error_code, progress = COALESCE(:progress::float8, progress),
+    status = COALESCE(:status::text, status),
+    logs = CASE WHEN :logs::text IS NULL THEN logs ELSE COALESCE(logs, '') || :logs::text END
+WHERE id = :id AND lease_owner = :node;
+
+-- name: requeue_job
+-- Put a job back in the queue after a failed attempt (run_after: the backoff) or a shutdown.
+UPDATE background_job
+SET state = 'Queued', run_after = :run_after, error = :error::jsonb, error_code = :error_code,
+    last_activity_date = :now, lease_owner = NULL, cancel_requested = false,
+    logs = CASE WHEN :logs::text IS NULL THEN logs ELSE COALESCE(logs, '') || :logs::text END
+WHERE id = :id AND lease_owner = :node;
+
+-- name: update_progress
+-- A running job's progress, status line and new log text (appended).
+UPDATE background_job
+SET progress = COALESCE(:progress::float8, progress), status = COALESCE(:status::text, status),
+    logs = CASE WHEN :logs::text IS NULL THEN logs ELSE COALESCE(logs, '') || :logs::text END,
+    last_activity_date = :now
+WHERE id = :id;
+
+-- name: cancel_queued
+-- Cancel jobs that have not started; they are archived by the caller.
+UPDATE background_job
+SET state = 'Cancelled', completed_date = :now, last_activity_date = :now, error = :error::jsonb,
+    error_code = 'Cancelled'
+WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint)) AND state = 'Queued'
+RETURNING id;
+
+-- name: request_cancel
+-- Flag running jobs for cancellation; the node running each is told (or polls) and stops it.
+UPDATE background_job SET cancel_requested = true
+WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
+  AND state IN ('Started', 'Executed')
+RETURNING id, lease_owner;
+
+-- name: cancel_requests
+-- Jobs this node runs whose cancellation another process asked for.
+SELECT id FROM background_job
+WHERE lease_owner = :node AND state IN ('Started', 'Executed') AND cancel_requested;
+
+-- name: cancel_dependents
+-- Cancel every queued job that depends, directly or transitively, on a failed or cancelled job.
+-- The outer state check matters here (not in SQLite's single writer): a row locked and changed
+-- by a concurrent transaction is re-checked against its newest version.
+WITH RECURSIVE doomed(id) AS (
+    SELECT j.id FROM background_job j
+    JOIN job_summary p ON p.id = j.depends_on
+    WHERE j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled')
+      AND j.depends_on = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
+    UNION
+    SELECT j.id FROM background_job j JOIN doomed d ON j.depends_on = d.id
+    WHERE j.state = 'Queued'
+)
+UPDATE background_job
+SET state = 'Cancelled', completed_date = :now, last_activity_date = :now,
+    error_code = 'DependencyFailed',
+    error = jsonb_build_object('message', 'cancelled because job ' || depends_on
+                               || ' it depends on failed or was cancelled',
+                               'type', 'DependencyFailed', 'traceback', NULL)
+WHERE id IN (SELECT id FROM doomed) AND state = 'Queued'
+RETURNING id, created_date;
+
+-- name: orphaned_dependents
+-- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).
+SELECT j.depends_on AS id FROM background_job j
+JOIN job_summary p ON p.id = j.depends_on
+WHERE j.id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
+  AND p.state IN ('Failed', 'Cancelled');
+
+-- name: select_job_ids
+-- Active jobs by state and worker (either may be NULL: any).
+SELECT id FROM background_job
+WHERE (:state::text IS NULL OR state = :state::text)
+  AND (:worker::text IS NULL OR worker = :worker::text)
+ORDER BY id;
+
+-- name: get_active_job
+SELECT * FROM background_job WHERE id = :id;
+
+-- name: get_summary
+SELECT * FROM job_summary WHERE id = :id;
+
+-- name: get_summary_by_ref_id
+SELECT * FROM job_summary WHERE ref_id = :ref_id;
+
+-- name: get_summaries
+SELECT * FROM job_summary
+WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint));
+
+-- name: final_states
+-- The state of jobs that reached a final state (or have no summary at all).
+SELECT id, state FROM job_summary
+WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
+  AND state IN ('Completed', 'Failed', 'Cancelled');
+
+-- name: recent_durations
+-- The last durations of a command on a worker, for progress estimates.
+SELECT duration_ms FROM job_summary
+WHERE command = :command AND worker IS NOT DISTINCT FROM :worker::text
+  AND state = 'Completed' AND duration_ms IS NOT NULL
+ORDER BY id DESC LIMIT 10;

@@ -1,0 +1,38 @@
+-- Nodes (processes running jobs) hold leases on the jobs they claimed. A node renews its own
+-- lease; jobs of a node whose lease ran out are taken back.
+
+-- name: renew_node
+INSERT INTO job_node (id, host, pid, started_date, lease_expires)
+VALUES (:node, :host, :pid, :now, :expires)
+ON CONFLICT (id) DO UPDATE SET lease_expires = excluded.lease_expires;
+
+-- name: delete_node
+DELETE FROM job_node WHERE id = :node;
+
+-- name: expire_dead_nodes
+-- Forget nodes whose lease ran out long ago.
+DELETE FROM job_node WHERE lease_expires < :before;
+
+-- name: fail_orphans
+-- Jobs held by a dead node that have no retries left fail; the caller archives them.
+-- Two processes recovering at once both try each row; the second waits for the first's row lock
+-- and its re-check of the newest version (no longer Started) drops the row.
+UPDATE background_job j
+SET state = 'Failed', completed_date = :now, last_activity_date = :now, lease_owner = NULL,
+    error_code = 'LeaseExpired',
+    error = jsonb_build_object(
+        'message', 'the process running the job stopped and no retries are left',
+        'type', 'LeaseExpired', 'traceback', NULL)
+WHERE j.state IN ('Started', 'Executed') AND j.attempts > j.retry_limit
+  AND NOT EXISTS (SELECT 1 FROM job_node n WHERE n.id = j.lease_owner AND n.lease_expires > :now)
+RETURNING j.id;
+
+-- name: requeue_orphans
+-- Jobs held by a dead node go back to the queue; the next claim counts an attempt.
+UPDATE background_job j
+SET state = 'Queued', lease_owner = NULL, last_activity_date = :now, error_code = 'LeaseExpired',
+    error = jsonb_build_object('message', 'the process running the job stopped; retrying',
+                               'type', 'LeaseExpired', 'traceback', NULL)
+WHERE j.state IN ('Started', 'Executed')
+  AND NOT EXISTS (SELECT 1 FROM job_node n WHERE n.id = j.lease_owner AND n.lease_expires > :now)
+RETURNING j.id;
