@@ -610,8 +610,8 @@ class BackgroundJobs:
                         outcome.error_code = "Timeout"
                     if outcome is not None and job.callback and outcome.state is JobState.COMPLETED:
                         outcome = await self._run_callback(job, outcome)
-            cancelled = running.stop_reason == "cancelled"
-            if cancelled and (outcome is None or outcome.state is not JobState.COMPLETED):
+            # Asked to stop: Cancelled, even when a sync command saw the request and returned.
+            if running.stop_reason == "cancelled":
                 outcome = Outcome(
                     job,
                     JobState.CANCELLED,
@@ -748,6 +748,12 @@ class BackgroundJobs:
                 await self._pause_after_error("recording finished jobs", exc, failures)
                 continue
             for outcome in batch:
+                key = (outcome.job.command or "", outcome.job.worker)
+                if (
+                    outcome.state is JobState.COMPLETED
+                    and self._durations.get(key, (1.0,))[0] is None
+                ):
+                    del self._durations[key]
                 if outcome.state is JobState.QUEUED:
                     self._stats["retried"] += 1
                 elif outcome.state is JobState.COMPLETED:
@@ -828,6 +834,7 @@ class BackgroundJobs:
                 continue
             key = (job.command, job.worker)
             cached = self._durations.get(key)
+            # Averages are refreshed every minute ("no history yet" when one completes).
             if cached is None or time.monotonic() - cached[1] > 60:
                 durations = await self.store.recent_durations(job.command, job.worker)
                 average = sum(durations) / len(durations) if durations else None

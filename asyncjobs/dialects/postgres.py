@@ -11,6 +11,7 @@ missing; ``search_path`` of every connection), ``min_size`` and ``max_size`` (th
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -23,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import anyio
 import anyio.abc
 import asyncpg
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._sql import Queries, convert_params, load_queries
 from ..exceptions import ConfigurationError
@@ -60,10 +62,6 @@ class PostgresConnection:
 
     async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
         sql, args = self._dialect.bind(query, params, templates)
-        if not args:  # asyncpg would use the simple protocol; keep prepared statements
-            return len(await self._conn.fetch(sql)) if _returns_rows(sql) else _rowcount(
-                await self._conn.execute(sql)
-            )
         return _rowcount(await self._conn.execute(sql, *args))
 
     async def executemany(self, query: str, params: Sequence[Params], **templates: str) -> None:
@@ -80,10 +78,6 @@ class PostgresConnection:
         if order:
             raise ConfigurationError(f"script {query} must not take parameters")
         await self._conn.execute(sql)
-
-
-def _returns_rows(sql: str) -> bool:
-    return sql.lstrip().upper().startswith(("SELECT", "WITH")) or " RETURNING " in sql.upper()
 
 
 class PostgresDialect(Dialect):
@@ -159,7 +153,7 @@ class PostgresDialect(Dialect):
         return _asyncpg_dsn(self._dsn)
 
     async def open(self) -> None:
-        if self._pool is None:
+        if self._owns_pool:
             self._pool = await asyncpg.create_pool(
                 dsn=self._connect_dsn(),
                 min_size=self._min_size,
@@ -167,11 +161,11 @@ class PostgresDialect(Dialect):
                 server_settings=self._server_settings(),
             )
         try:
-            async with self.connection() as conn:
-                raw = conn._conn  # noqa: SLF001 - our own wrapper
+            async with self._acquire() as conn:
                 if self.schema is not None:
-                    await self._create_schema(raw)
-                self._channel_schema = await raw.fetchval("SELECT current_schema()")
+                    await self._create_schema(conn)
+                else:
+                    self._channel_schema = await conn.fetchval("SELECT current_schema()")
         except BaseException:
             await self.close()
             raise
@@ -186,12 +180,13 @@ class PostgresDialect(Dialect):
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(str(self.schema))}")
 
     async def close(self) -> None:
+        if not self._owns_pool or self._pool is None:
+            return  # an application's pool is not ours to close
         pool, self._pool = self._pool, None
-        if pool is not None and self._owns_pool:
-            with anyio.CancelScope(shield=True):
-                await pool.close()
-        elif pool is not None:
-            self._pool = pool  # the application's pool: not ours to close
+        with anyio.move_on_after(10, shield=True) as waited:
+            await pool.close()  # waits for connections in use to come back
+        if waited.cancelled_caught:
+            pool.terminate()
 
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[Any]:
@@ -254,9 +249,8 @@ class PostgresDialect(Dialect):
             )
         if not conn.is_in_transaction():
             # Not in a transaction: the enqueue is still atomic on its own.
-            async with conn.transaction():
-                async with self._on_schema(conn):
-                    yield PostgresConnection(self, conn)
+            async with conn.transaction(), self._on_schema(conn):
+                yield PostgresConnection(self, conn)
             return
         async with self._on_schema(conn):
             yield PostgresConnection(self, conn)
@@ -276,11 +270,9 @@ class PostgresDialect(Dialect):
         try:
             yield
         finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await conn.execute("SELECT set_config('search_path', $1, true)", previous)
-                except asyncpg.PostgresError:
-                    pass  # the transaction failed; its rollback restores the setting
+            # If the transaction failed, its rollback restores the setting anyway.
+            with anyio.CancelScope(shield=True), contextlib.suppress(asyncpg.PostgresError):
+                await conn.execute("SELECT set_config('search_path', $1, true)", previous)
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -325,46 +317,51 @@ class PostgresDialect(Dialect):
     async def _listen_loop(
         self,
         channel: str,
-        send: anyio.abc.ObjectSendStream[str],
+        send: MemoryObjectSendStream[str],
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Keep one connection listening; reconnect with backoff when it is lost. The first
         connection must succeed (start-up fails otherwise); later failures only delay."""
-        failures = 0
-        first = True
         with send:
+            await self._listen_once(channel, send, task_status.started)
+            failures = 0
             while True:
                 try:
-                    async with self._listen_connection() as conn:
-                        lost = anyio.Event()
-
-                        def on_notify(_c: object, _pid: int, _ch: str, payload: str) -> None:
-                            send.send_nowait(payload)
-
-                        conn.add_termination_listener(lambda _c: lost.set())
-                        await conn.add_listener(channel, on_notify)
-                        if first:
-                            first = False
-                            task_status.started()
-                        else:
-                            send.send_nowait("")  # we may have missed work while away
-                        failures = 0
-                        await _wait_until_lost(conn, lost)
+                    # Work may have arrived while we were away: wake the runtime once.
+                    await self._listen_once(channel, send, lambda: send.send_nowait(""))
+                    failures = 0
                 except Exception as exc:
-                    if first:
-                        raise
                     failures += 1
                     delay = min(0.1 * 2 ** min(failures, 10), 5.0)
                     log.warning("LISTEN connection lost (retrying in %.1fs): %r", delay, exc)
                     await anyio.sleep(delay)
+
+    async def _listen_once(
+        self, channel: str, send: MemoryObjectSendStream[str], on_listening: Callable[[], None]
+    ) -> None:
+        """Listen on one connection until it is lost (then raise)."""
+        lost = anyio.Event()
+
+        def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            send.send_nowait(payload)
+
+        async with self._listen_connection() as conn:
+            conn.add_termination_listener(lambda _conn: lost.set())
+            await conn.add_listener(channel, on_notify)
+            try:
+                on_listening()
+                await _wait_until_lost(conn, lost)
+            finally:
+                with anyio.move_on_after(5, shield=True):
+                    if not conn.is_closed():
+                        await conn.remove_listener(channel, on_notify)
 
     @asynccontextmanager
     async def _listen_connection(self) -> AsyncIterator[Any]:
         """A dedicated connection: our own when we have a DSN, else one held from the pool."""
         if self._dsn is None:
             async with self._acquire() as conn:
-                await self._local_search_path(conn)
                 yield conn
             return
         conn = await asyncpg.connect(
@@ -373,7 +370,9 @@ class PostgresDialect(Dialect):
         try:
             yield conn
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(5, shield=True):
+                await conn.close()
+            if not conn.is_closed():
                 conn.terminate()
 
 
@@ -389,7 +388,7 @@ async def _wait_until_lost(conn: Any, lost: anyio.Event) -> None:
 
 
 async def _deliver(
-    receive: anyio.abc.ObjectReceiveStream[str],
+    receive: MemoryObjectReceiveStream[str],
     on_message: Callable[[str], Awaitable[None] | None],
 ) -> None:
     async with receive:
@@ -416,7 +415,7 @@ def _asyncpg_dsn(raw: str) -> str:
 
 def create(dsn: Dsn, **settings: Any) -> PostgresDialect:
     options = {k: v for k, v in dsn.options.items() if k in _OPTIONS}
-    unknown = set(settings) - set(_OPTIONS) - {"pool"}
+    unknown = set(settings) - set(_OPTIONS)
     if unknown:
         raise ConfigurationError(
             f"unknown PostgreSQL settings {sorted(unknown)}; known: {', '.join(_OPTIONS)}"
@@ -428,4 +427,4 @@ def create(dsn: Dsn, **settings: Any) -> PostgresDialect:
                 merged[size] = int(merged[size])
     except ValueError as exc:
         raise ConfigurationError(f"invalid pool size in {dsn.raw!r}: {exc}") from None
-    return PostgresDialect(None if merged.get("pool") is not None else dsn.raw, **merged)
+    return PostgresDialect(dsn.raw, **merged)

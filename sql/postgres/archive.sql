@@ -4,19 +4,11 @@
 -- parent table and PostgreSQL routes rows and prunes partitions. {month} is always a validated
 -- YYYYMM string, {start} and {end} YYYYMMDD strings, never user text.
 
--- name: create_partitions
--- This month's (or a coming month's) partitions, created ahead by the runtime (start-up and
--- hourly, never while archiving). A no-op when they exist.
+-- name: create_archive
+-- One month's partitions, created ahead by the runtime (start-up and hourly, never while
+-- archiving); a no-op when they exist. See ensure_archive_partition in migration_1.
 SELECT ensure_archive_partition('completed_job', '{month}', '{start}'::date, '{end}'::date),
        ensure_archive_partition('failed_job', '{month}', '{start}'::date, '{end}'::date);
-
--- name: create_archive
--- One month's archive. The store calls create_partitions on PostgreSQL; this is the same
--- for a caller that knows only the month.
-SELECT ensure_archive_partition('completed_job', '{month}', to_date('{month}', 'YYYYMM'),
-                                (to_date('{month}', 'YYYYMM') + interval '1 month')::date),
-       ensure_archive_partition('failed_job', '{month}', to_date('{month}', 'YYYYMM'),
-                                (to_date('{month}', 'YYYYMM') + interval '1 month')::date);
 
 -- name: archive_months
 -- Months that have archived jobs: a partition, or rows waiting in a DEFAULT partition.

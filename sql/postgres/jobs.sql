@@ -133,7 +133,15 @@ SET state = :state, completed_date = :now, last_activity_date = :now, duration_m
     response = :response, response_body = :response_body, error = :error::jsonb,
     error_code = :error_code, progress = COALESCE(:progress::float8, progress),
     status = COALESCE(:status::text, status),
+    notified_date = COALESCE(:notified_date::timestamptz, notified_date),
     logs = CASE WHEN :logs::text IS NULL THEN logs ELSE COALESCE(logs, '') || :logs::text END
+WHERE id = :id AND lease_owner = :node;
+
+-- name: mark_executed
+-- The command succeeded and its callback runs next; the result is kept meanwhile.
+UPDATE background_job
+SET state = 'Executed', response = :response, response_body = :response_body,
+    last_activity_date = :now
 WHERE id = :id AND lease_owner = :node;
 
 -- name: requeue_job
@@ -174,25 +182,31 @@ WHERE lease_owner = :node AND state IN ('Started', 'Executed') AND cancel_reques
 
 -- name: cancel_dependents
 -- Cancel every queued job that depends, directly or transitively, on a failed or cancelled job.
--- The outer state check matters here (not in SQLite's single writer): a row locked and changed
--- by a concurrent transaction is re-checked against its newest version.
-WITH RECURSIVE doomed(id) AS (
-    SELECT j.id FROM background_job j
+-- The error names the ancestor that failed, however deep the dependent is.
+-- The outer state check matters here (not in SQLite's single writer): a row changed by a
+-- concurrent transaction is re-checked against its newest version.
+WITH RECURSIVE doomed(id, ancestor) AS (
+    SELECT j.id, p.id FROM background_job j
     JOIN job_summary p ON p.id = j.depends_on
     WHERE j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled')
       AND j.depends_on = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
     UNION
-    SELECT j.id FROM background_job j JOIN doomed d ON j.depends_on = d.id
+    SELECT j.id, d.ancestor FROM background_job j JOIN doomed d ON j.depends_on = d.id
     WHERE j.state = 'Queued'
+),
+ancestors AS (
+    SELECT id, MIN(ancestor) AS ancestor FROM doomed GROUP BY id
 )
-UPDATE background_job
+UPDATE background_job b
 SET state = 'Cancelled', completed_date = :now, last_activity_date = :now,
     error_code = 'DependencyFailed',
-    error = jsonb_build_object('message', 'cancelled because job ' || depends_on
-                               || ' it depends on failed or was cancelled',
-                               'type', 'DependencyFailed', 'traceback', NULL)
-WHERE id IN (SELECT id FROM doomed) AND state = 'Queued'
-RETURNING id, created_date;
+    error = jsonb_build_object(
+        'message', 'cancelled because job ' || a.ancestor
+                   || ' it depends on failed or was cancelled',
+        'type', 'DependencyFailed', 'traceback', NULL)
+FROM ancestors a
+WHERE b.id = a.id AND b.state = 'Queued'
+RETURNING b.id, b.created_date;
 
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).

@@ -88,6 +88,8 @@ CREATE TABLE job_summary (
 );
 CREATE UNIQUE INDEX ix_job_summary_ref_id ON job_summary (ref_id);
 CREATE INDEX ix_job_summary_created_date ON job_summary (created_date);
+-- Progress estimates read the last durations of a command.
+CREATE INDEX ix_job_summary_command ON job_summary (command, id);
 CREATE TABLE job_node (
     id TEXT PRIMARY KEY,
     host TEXT NOT NULL,

@@ -1,0 +1,53 @@
+-- Nodes (processes running jobs) hold leases on the jobs they claimed. A node renews its own
+-- lease; jobs of a node whose lease ran out are taken back.
+
+-- name: renew_node
+-- MySQL spells upsert ON DUPLICATE KEY UPDATE (VALUES() is deprecated in MySQL 8 and the row
+-- alias form is unknown to MariaDB, so the parameter is repeated).
+INSERT INTO job_node (id, host, pid, started_date, lease_expires)
+VALUES (:node, :host, :pid, :now, :expires)
+ON DUPLICATE KEY UPDATE lease_expires = :expires;
+
+-- name: delete_node
+DELETE FROM job_node WHERE id = :node;
+
+-- name: expire_dead_nodes
+-- Forget nodes whose lease ran out long ago.
+DELETE FROM job_node WHERE lease_expires < :before;
+
+-- name: fail_orphans
+-- Jobs held by a dead node that have no retries left fail; the caller archives them.
+-- No UPDATE ... RETURNING in MySQL: lock the orphans (skipping rows another process is
+-- recovering or finishing), fail exactly those, return their ids.
+SELECT JSON_ARRAYAGG(o.id) INTO @asyncjobs_ids FROM (
+    SELECT b.id FROM background_job b
+    WHERE b.state IN ('Started', 'Executed') AND b.attempts > b.retry_limit
+      AND (b.lease_owner IS NULL
+           OR b.lease_owner NOT IN (SELECT n.id FROM job_node n WHERE n.lease_expires > :now))
+    FOR UPDATE SKIP LOCKED
+) AS o;
+UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+JOIN background_job b ON b.id = i.id
+SET b.state = 'Failed', b.completed_date = :now, b.last_activity_date = :now,
+    b.lease_owner = NULL, b.error_code = 'LeaseExpired',
+    b.error = JSON_OBJECT('message', 'the process running the job stopped and no retries are left',
+                          'type', 'LeaseExpired', 'traceback', NULL);
+SELECT i.id FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i;
+
+-- name: requeue_orphans
+-- Jobs held by a dead node go back to the queue; the next claim counts an attempt.
+-- Same shape as fail_orphans, for the same reason.
+SELECT JSON_ARRAYAGG(o.id) INTO @asyncjobs_ids FROM (
+    SELECT b.id FROM background_job b
+    WHERE b.state IN ('Started', 'Executed')
+      AND (b.lease_owner IS NULL
+           OR b.lease_owner NOT IN (SELECT n.id FROM job_node n WHERE n.lease_expires > :now))
+    FOR UPDATE SKIP LOCKED
+) AS o;
+UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+JOIN background_job b ON b.id = i.id
+SET b.state = 'Queued', b.lease_owner = NULL, b.last_activity_date = :now,
+    b.error_code = 'LeaseExpired',
+    b.error = JSON_OBJECT('message', 'the process running the job stopped; retrying',
+                          'type', 'LeaseExpired', 'traceback', NULL);
+SELECT i.id FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i;

@@ -1,0 +1,218 @@
+-- The schema, as numbered migrations. A migration's statements end with a ';' at end of line.
+-- MySQL commits implicitly before and after every DDL statement, so a migration is not atomic:
+-- every statement is idempotent (IF NOT EXISTS, indexes declared inside CREATE TABLE because
+-- MySQL 8 has no CREATE INDEX IF NOT EXISTS), and a migration interrupted half-way, or run by
+-- two processes starting at once, completes when it is run again.
+-- Tables use utf8mb4 with binary collation: ref_id and worker names compare exactly, as on the
+-- other databases. Datetimes are DATETIME(6) holding UTC (never TIMESTAMP, which the session
+-- time zone would shift).
+
+-- name: create_schema_version
+-- Bookkeeping for migrations; created before anything else.
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INT NOT NULL PRIMARY KEY,
+    applied_date DATETIME(6) NOT NULL
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- name: get_schema_version
+SELECT COALESCE(MAX(version), 0) AS version FROM schema_version;
+
+-- name: set_schema_version
+-- Two processes migrating at once both record the version; the second write is a no-op.
+INSERT INTO schema_version (version, applied_date) VALUES (:version, :now)
+ON DUPLICATE KEY UPDATE version = version;
+
+-- name: migration_1
+-- The active queue, the per-job summary, named-worker locks, the nodes that hold leases, the
+-- scheduled tasks and the archives.
+CREATE TABLE IF NOT EXISTS background_job (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    parent_id BIGINT NULL,
+    ref_id VARCHAR(255) NOT NULL,
+    worker VARCHAR(255) NULL,
+    tag VARCHAR(255) NULL,
+    batch_id VARCHAR(255) NULL,
+    callback VARCHAR(255) NULL,
+    depends_on BIGINT NULL,
+    run_after DATETIME(6) NULL,
+    created_date DATETIME(6) NOT NULL,
+    created_by VARCHAR(255) NULL,
+    request_type VARCHAR(16) NOT NULL,
+    command VARCHAR(255) NULL,
+    request VARCHAR(255) NOT NULL,
+    request_body LONGTEXT NOT NULL,
+    user_id VARCHAR(255) NULL,
+    response VARCHAR(255) NULL,
+    response_body LONGTEXT NULL,
+    state VARCHAR(16) NOT NULL,
+    started_date DATETIME(6) NULL,
+    completed_date DATETIME(6) NULL,
+    notified_date DATETIME(6) NULL,
+    retry_limit INT NOT NULL,
+    attempts INT NOT NULL DEFAULT 0,
+    duration_ms BIGINT NULL,
+    timeout_secs DOUBLE NULL,
+    progress DOUBLE NULL,
+    status TEXT NULL,
+    logs LONGTEXT NULL,
+    last_activity_date DATETIME(6) NULL,
+    reply_to TEXT NULL,
+    error_code VARCHAR(255) NULL,
+    error LONGTEXT NULL,
+    args LONGTEXT NULL,
+    meta LONGTEXT NULL,
+    priority INT NOT NULL DEFAULT 0,
+    lease_owner VARCHAR(255) NULL,
+    cancel_requested TINYINT NOT NULL DEFAULT 0,
+    UNIQUE KEY ux_background_job_ref_id (ref_id),
+    -- The claim walks queued jobs in priority-then-age order straight from this index, so its
+    -- LIMIT ... FOR UPDATE SKIP LOCKED locks only the rows it returns. (priority DESC needs a
+    -- real descending index: MariaDB 10.8+ and MySQL 8. Older MariaDB sorts, which locks every
+    -- queued row for the claim's short transaction: still correct, less parallel.)
+    KEY ix_background_job_claim (state, priority DESC, id),
+    -- Named workers: is one of this worker's jobs running, and which is its oldest queued job?
+    KEY ix_background_job_worker (worker, state, id),
+    KEY ix_background_job_depends_on (depends_on),
+    KEY ix_background_job_lease (lease_owner, cancel_requested),
+    KEY ix_background_job_run_after (state, run_after)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+CREATE TABLE IF NOT EXISTS job_summary (
+    id BIGINT NOT NULL PRIMARY KEY,
+    parent_id BIGINT NULL,
+    ref_id VARCHAR(255) NOT NULL,
+    worker VARCHAR(255) NULL,
+    tag VARCHAR(255) NULL,
+    batch_id VARCHAR(255) NULL,
+    callback VARCHAR(255) NULL,
+    depends_on BIGINT NULL,
+    created_date DATETIME(6) NOT NULL,
+    created_by VARCHAR(255) NULL,
+    request_type VARCHAR(16) NOT NULL,
+    command VARCHAR(255) NULL,
+    request VARCHAR(255) NOT NULL,
+    user_id VARCHAR(255) NULL,
+    state VARCHAR(16) NOT NULL,
+    started_date DATETIME(6) NULL,
+    completed_date DATETIME(6) NULL,
+    duration_ms BIGINT NULL,
+    attempts INT NOT NULL DEFAULT 0,
+    error_code VARCHAR(255) NULL,
+    error_message LONGTEXT NULL,
+    UNIQUE KEY ux_job_summary_ref_id (ref_id),
+    KEY ix_job_summary_created_date (created_date),
+    KEY ix_job_summary_command (command, worker, id)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+-- One row per named worker ever used: the claim locks it (FOR UPDATE SKIP LOCKED) so that only
+-- one transaction in the cluster decides what that worker runs next. Rows are never deleted.
+CREATE TABLE IF NOT EXISTS job_worker (
+    name VARCHAR(255) NOT NULL PRIMARY KEY
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+CREATE TABLE IF NOT EXISTS job_node (
+    id VARCHAR(255) NOT NULL PRIMARY KEY,
+    host VARCHAR(255) NOT NULL,
+    pid INT NOT NULL,
+    started_date DATETIME(6) NOT NULL,
+    lease_expires DATETIME(6) NOT NULL
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+CREATE TABLE IF NOT EXISTS scheduled_task (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name VARCHAR(255) NOT NULL,
+    schedule VARCHAR(255) NOT NULL,
+    request_type VARCHAR(16) NOT NULL,
+    command VARCHAR(255) NULL,
+    request VARCHAR(255) NOT NULL,
+    request_body LONGTEXT NOT NULL,
+    options LONGTEXT NULL,
+    enabled TINYINT NOT NULL DEFAULT 1,
+    last_run DATETIME(6) NULL,
+    last_job_id BIGINT NULL,
+    next_run DATETIME(6) NULL,
+    created_date DATETIME(6) NOT NULL,
+    modified_date DATETIME(6) NOT NULL,
+    UNIQUE KEY ux_scheduled_task_name (name)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+-- Archives are partitioned by month of created_date. MySQL requires the partition key in every
+-- unique key, hence PRIMARY KEY (id, created_date) rather than (id). The only partition at first
+-- is the MAXVALUE catch-all; create_archive splits monthly partitions off it ahead of need, so
+-- a job archived for a month that has no partition yet lands in a neighbouring partition and is
+-- never lost (the next split moves it into its month).
+CREATE TABLE IF NOT EXISTS completed_job (
+    id BIGINT NOT NULL,
+    parent_id BIGINT NULL,
+    ref_id VARCHAR(255) NOT NULL,
+    worker VARCHAR(255) NULL,
+    tag VARCHAR(255) NULL,
+    batch_id VARCHAR(255) NULL,
+    callback VARCHAR(255) NULL,
+    depends_on BIGINT NULL,
+    run_after DATETIME(6) NULL,
+    created_date DATETIME(6) NOT NULL,
+    created_by VARCHAR(255) NULL,
+    request_type VARCHAR(16) NOT NULL,
+    command VARCHAR(255) NULL,
+    request VARCHAR(255) NOT NULL,
+    request_body LONGTEXT NOT NULL,
+    user_id VARCHAR(255) NULL,
+    response VARCHAR(255) NULL,
+    response_body LONGTEXT NULL,
+    state VARCHAR(16) NOT NULL,
+    started_date DATETIME(6) NULL,
+    completed_date DATETIME(6) NULL,
+    notified_date DATETIME(6) NULL,
+    retry_limit INT NOT NULL,
+    attempts INT NOT NULL,
+    duration_ms BIGINT NULL,
+    timeout_secs DOUBLE NULL,
+    progress DOUBLE NULL,
+    status TEXT NULL,
+    logs LONGTEXT NULL,
+    last_activity_date DATETIME(6) NULL,
+    reply_to TEXT NULL,
+    error_code VARCHAR(255) NULL,
+    error LONGTEXT NULL,
+    args LONGTEXT NULL,
+    meta LONGTEXT NULL,
+    priority INT NOT NULL,
+    PRIMARY KEY (id, created_date)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
+PARTITION BY RANGE (TO_DAYS(created_date)) (PARTITION pmax VALUES LESS THAN MAXVALUE);
+CREATE TABLE IF NOT EXISTS failed_job (
+    id BIGINT NOT NULL,
+    parent_id BIGINT NULL,
+    ref_id VARCHAR(255) NOT NULL,
+    worker VARCHAR(255) NULL,
+    tag VARCHAR(255) NULL,
+    batch_id VARCHAR(255) NULL,
+    callback VARCHAR(255) NULL,
+    depends_on BIGINT NULL,
+    run_after DATETIME(6) NULL,
+    created_date DATETIME(6) NOT NULL,
+    created_by VARCHAR(255) NULL,
+    request_type VARCHAR(16) NOT NULL,
+    command VARCHAR(255) NULL,
+    request VARCHAR(255) NOT NULL,
+    request_body LONGTEXT NOT NULL,
+    user_id VARCHAR(255) NULL,
+    response VARCHAR(255) NULL,
+    response_body LONGTEXT NULL,
+    state VARCHAR(16) NOT NULL,
+    started_date DATETIME(6) NULL,
+    completed_date DATETIME(6) NULL,
+    notified_date DATETIME(6) NULL,
+    retry_limit INT NOT NULL,
+    attempts INT NOT NULL,
+    duration_ms BIGINT NULL,
+    timeout_secs DOUBLE NULL,
+    progress DOUBLE NULL,
+    status TEXT NULL,
+    logs LONGTEXT NULL,
+    last_activity_date DATETIME(6) NULL,
+    reply_to TEXT NULL,
+    error_code VARCHAR(255) NULL,
+    error LONGTEXT NULL,
+    args LONGTEXT NULL,
+    meta LONGTEXT NULL,
+    priority INT NOT NULL,
+    PRIMARY KEY (id, created_date)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
+PARTITION BY RANGE (TO_DAYS(created_date)) (PARTITION pmax VALUES LESS THAN MAXVALUE);

@@ -1,0 +1,187 @@
+"""What a running job can see and report, on every dialect."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import pytest
+
+from asyncjobs import (
+    AsyncCommand,
+    BackgroundJobs,
+    JobOptions,
+    JobState,
+    SyncCommand,
+    cancellation_requested,
+    current_job,
+    job_logger,
+    update_status,
+)
+from asyncjobs.context import CAPPED_MARKER, MAX_LOG_CHARS
+from tests.commands import Add
+
+pytestmark = pytest.mark.anyio
+Factory = Callable[..., BackgroundJobs]
+
+
+def test_current_job_outside_a_job_is_a_lookup_error() -> None:
+    with pytest.raises(LookupError, match="only available inside a running job"):
+        current_job()
+    with pytest.raises(LookupError):
+        job_logger()
+
+
+class Chatty(AsyncCommand[Add]):
+    async def run(self, request: Add) -> None:
+        log = job_logger()
+        for i in range(request.a):
+            log.info("line %d", i)
+            if i % 50 == 0:
+                await anyio.sleep(0.05)
+
+
+async def test_job_logger_writes_to_logging_and_job_logs_in_batches(
+    make_jobs: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with make_jobs(commands=[Chatty]) as jobs:
+        writes = 0
+        real_update = jobs.store.update_progress
+
+        async def counting(updates: object) -> None:
+            nonlocal writes
+            writes += 1
+            await real_update(updates)  # type: ignore[arg-type]
+
+        jobs.store.update_progress = counting  # type: ignore[method-assign]
+        with caplog.at_level(logging.INFO, logger="asyncjobs.job"):
+            ref = await jobs.enqueue_command(Chatty, Add(300, 0))
+            result = await jobs.wait_for_job(ref.id)
+    assert result.completed is not None and result.completed.logs is not None
+    lines = result.completed.logs.splitlines()
+    assert len(lines) == 300 and lines[0].endswith("INFO line 0") and lines[-1].endswith("line 299")
+    assert sum("line 299" in r.getMessage() for r in caplog.records) == 1
+    assert writes < 10  # batched: far fewer writes than lines
+
+
+async def test_stored_logs_are_capped_with_a_marker(make_jobs: Factory) -> None:
+    class Flood(AsyncCommand[Add]):
+        async def run(self, request: Add) -> None:
+            for _ in range(request.a):
+                job_logger().info("x" * 1000)
+
+    async with make_jobs(commands=[Flood]) as jobs:
+        ref = await jobs.enqueue_command(Flood, Add(200, 0))
+        result = await jobs.wait_for_job(ref.id)
+    assert result.completed is not None and result.completed.logs is not None
+    logs = result.completed.logs
+    assert logs.endswith(CAPPED_MARKER)
+    assert MAX_LOG_CHARS < len(logs) <= MAX_LOG_CHARS + len(CAPPED_MARKER) + 1
+
+
+async def test_progress_and_status_are_visible_while_running(make_jobs: Factory) -> None:
+    release = anyio.Event()
+
+    class Reporter(AsyncCommand[Add]):
+        async def run(self, request: Add) -> None:
+            update_status(progress=0.25, status="step 1 of 4")
+            await release.wait()
+
+    async with make_jobs(commands=[Reporter]) as jobs:
+        ref = await jobs.enqueue_command(Reporter, Add(0, 0))
+        with anyio.fail_after(5):
+            while True:
+                result = await jobs.get_job(ref.id)
+                assert result is not None
+                if result.queued is not None and result.queued.progress == 0.25:
+                    break
+                await anyio.sleep(0.05)
+        assert result.queued is not None and result.queued.status == "step 1 of 4"
+        assert result.queued.state is JobState.STARTED
+        release.set()
+        final = await jobs.wait_for_job(ref.id)
+    assert final.completed is not None and final.completed.progress == 1.0
+
+
+async def test_progress_is_estimated_from_earlier_durations(make_jobs: Factory) -> None:
+    class Steady(AsyncCommand[Add]):
+        async def run(self, request: Add) -> None:
+            await anyio.sleep(request.a / 1000)
+
+    async with make_jobs(commands=[Steady]) as jobs:
+        for _ in range(2):
+            ref = await jobs.enqueue_command(Steady, Add(800, 0))
+            await jobs.wait_for_job(ref.id)
+        ref = await jobs.enqueue_command(Steady, Add(800, 0))
+        seen: list[float] = []
+        with anyio.fail_after(5):
+            while True:
+                result = await jobs.get_job(ref.id)
+                assert result is not None
+                if result.state is JobState.COMPLETED:
+                    break
+                if result.queued is not None and result.queued.progress is not None:
+                    seen.append(result.queued.progress)
+                await anyio.sleep(0.05)
+    assert seen and all(0 < p < 1 for p in seen)
+    assert seen == sorted(seen)
+
+
+@dataclass
+class User:
+    id: str
+    name: str
+
+
+async def test_user_and_job_fields_are_visible_to_the_command(make_jobs: Factory) -> None:
+    seen: dict[str, object] = {}
+
+    class WhoAmI(AsyncCommand[Add]):
+        async def run(self, request: Add) -> None:
+            job = current_job()
+            seen.update(
+                user=job.user, args=job.args, reply_to=job.reply_to, tag=job.tag,
+                batch_id=job.batch_id, created_by=job.created_by, attempts=job.attempts,
+            )  # fmt: skip
+
+    async def resolve(user_id: str) -> User:
+        return User(user_id, "Ada")
+
+    options = JobOptions(
+        user_id="u7", args={"lang": "en"}, reply_to="https://example.invalid/cb", tag="t1",
+        batch_id="b1", created_by="admin",
+    )  # fmt: skip
+    async with make_jobs(commands=[WhoAmI], user_resolver=resolve) as jobs:
+        ref = await jobs.enqueue_command(WhoAmI, Add(0, 0), options)
+        await jobs.wait_for_job(ref.id)
+    assert seen == {
+        "user": User("u7", "Ada"), "args": {"lang": "en"}, "reply_to": "https://example.invalid/cb",
+        "tag": "t1", "batch_id": "b1", "created_by": "admin", "attempts": 1,
+    }  # fmt: skip
+
+
+class PatientSync(SyncCommand[Add]):
+    checks = 0
+
+    def run(self, request: Add) -> None:
+        while not cancellation_requested():
+            PatientSync.checks += 1
+            assert current_job().id > 0
+            time.sleep(0.01)
+
+
+async def test_sync_command_sees_a_cancel_request(make_jobs: Factory) -> None:
+    PatientSync.checks = 0
+    async with make_jobs(commands=[PatientSync]) as jobs:
+        ref = await jobs.enqueue_command(PatientSync, Add(0, 0))
+        with anyio.fail_after(5):
+            while PatientSync.checks == 0:
+                await anyio.sleep(0.01)
+        await jobs.cancel_job(ref.id)
+        with anyio.fail_after(5):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.CANCELLED
+    assert result.failed is not None and result.failed.attempts == 1

@@ -1,0 +1,332 @@
+"""Named workers, dependencies, callbacks and transient jobs, on every dialect."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import pytest
+
+from asyncjobs import (
+    AsyncCommand,
+    AsyncCommandWithResult,
+    BackgroundJobs,
+    JobOptions,
+    JobState,
+    current_job,
+)
+from asyncjobs.exceptions import JobFailedError
+from tests.commands import (
+    EVENTS,
+    Add,
+    AddCommand,
+    Fail,
+    FailCommand,
+    SerialSleepCommand,
+    Sleep,
+    SleepCommand,
+    Sum,
+)
+
+pytestmark = pytest.mark.anyio
+Factory = Callable[..., BackgroundJobs]
+
+
+def _spans(label_prefix: str) -> list[tuple[str, float, float]]:
+    starts = {label: t for event, label, t in EVENTS if event == "start"}
+    ends = {label: t for event, label, t in EVENTS if event == "end"}
+    return sorted(
+        (label, starts[label], ends[label])
+        for label in starts
+        if label.startswith(label_prefix) and label in ends
+    )
+
+
+async def test_named_worker_runs_one_at_a_time_in_enqueue_order(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        refs = [
+            await jobs.enqueue_command(
+                SleepCommand, Sleep(0.05, label=f"w{i:02d}"), JobOptions(worker="mailer")
+            )
+            for i in range(8)
+        ]
+        for ref in refs:
+            await jobs.wait_for_job(ref.id)
+    starts = [label for event, label, _ in EVENTS if event == "start"]
+    assert starts == [f"w{i:02d}" for i in range(8)]
+    spans = sorted(_spans("w"), key=lambda s: s[1])
+    for (_, _, end), (_, next_start, _) in zip(spans, spans[1:], strict=False):
+        assert next_start >= end  # never overlapping
+
+
+async def test_class_worker_attribute_serialises(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SerialSleepCommand]) as jobs:
+        refs = [
+            await jobs.enqueue_command(SerialSleepCommand, Sleep(0.05, label=f"s{i}"))
+            for i in range(4)
+        ]
+        results = [await jobs.wait_for_job(r.id) for r in refs]
+    assert {r.job.worker for r in results if r.job} == {"serial"}
+    spans = sorted(_spans("s"), key=lambda s: s[1])
+    assert [s[0] for s in spans] == ["s0", "s1", "s2", "s3"]
+    assert all(b[1] >= a[2] for a, b in zip(spans, spans[1:], strict=False))
+
+
+async def test_unnamed_jobs_run_in_parallel(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand], max_concurrency=50) as jobs:
+        refs = await jobs.enqueue_many(
+            (SleepCommand, Sleep(0.5, label=f"p{i:02d}")) for i in range(20)
+        )
+        started = anyio.current_time()
+        for ref in refs:
+            await jobs.wait_for_job(ref.id)
+        elapsed = anyio.current_time() - started
+    spans = _spans("p")
+    assert len(spans) == 20
+    latest_start = max(s[1] for s in spans)
+    earliest_end = min(s[2] for s in spans)
+    assert latest_start < earliest_end  # all 20 were running at one moment
+    assert elapsed < 5  # far below 20 x 0.5 s run one by one
+
+
+async def test_max_concurrency_bounds_unnamed_jobs(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand], max_concurrency=3) as jobs:
+        refs = await jobs.enqueue_many(
+            (SleepCommand, Sleep(0.1, label=f"c{i:02d}")) for i in range(9)
+        )
+        for ref in refs:
+            await jobs.wait_for_job(ref.id)
+    points = sorted(
+        [(s, 1) for _, s, _ in _spans("c")] + [(e, -1) for _, _, e in _spans("c")],
+        key=lambda p: (p[0], p[1]),
+    )
+    running = peak = 0
+    for _, delta in points:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 3
+
+
+async def test_slow_named_worker_blocks_neither_other_workers_nor_unnamed_jobs(
+    make_jobs: Factory,
+) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand], max_concurrency=2) as jobs:
+        slow = await jobs.enqueue_command(
+            SleepCommand, Sleep(2, label="slow"), JobOptions(worker="slowpoke")
+        )
+        await jobs.enqueue_command(
+            SleepCommand, Sleep(2, label="slow2"), JobOptions(worker="slowpoke")
+        )
+        with anyio.fail_after(1.5):
+            other = await jobs.enqueue_command(
+                SleepCommand, Sleep(0, label="other"), JobOptions(worker="fast")
+            )
+            unnamed = await jobs.enqueue_command(SleepCommand, Sleep(0, label="free"))
+            assert (await jobs.wait_for_job(other.id)).state is JobState.COMPLETED
+            assert (await jobs.wait_for_job(unnamed.id)).state is JobState.COMPLETED
+        await jobs.cancel_jobs(worker="slowpoke")
+        del slow
+
+
+async def test_dependent_runs_after_parent_and_sees_it(make_jobs: Factory) -> None:
+    seen: list[tuple[int | None, str | None, str | None]] = []
+
+    class Child(AsyncCommand[Add]):
+        async def run(self, request: Add) -> None:
+            job = current_job()
+            parent = job.parent_job
+            seen.append((job.depends_on, parent and parent.response_body, parent and str(parent.state)))
+
+    async with make_jobs(commands=[AddCommand, Child, SleepCommand]) as jobs:
+        # a parent that finishes after its dependent was enqueued
+        slow_parent = await jobs.enqueue_command(
+            AddCommand, Add(1, 2), JobOptions(run_after=datetime.now(UTC) + timedelta(milliseconds=300))
+        )
+        child1 = await jobs.enqueue_command(Child, Add(0, 0), JobOptions(depends_on=slow_parent.id))
+        await anyio.sleep(0.1)
+        assert (await jobs.get_job(child1.id)).state is JobState.QUEUED  # type: ignore[union-attr]
+        await jobs.wait_for_job(child1.id)
+        # a parent that finished before its dependent was enqueued
+        done_parent = await jobs.enqueue_command(AddCommand, Add(5, 5))
+        await jobs.wait_for_job(done_parent.id)
+        child2 = await jobs.enqueue_command(Child, Add(0, 0), JobOptions(depends_on=done_parent.id))
+        await jobs.wait_for_job(child2.id)
+        first = await jobs.get_job(child1.id)
+        parent_done = await jobs.get_job(slow_parent.id)
+    assert seen == [
+        (slow_parent.id, '{"total":3}', "Completed"),
+        (done_parent.id, '{"total":10}', "Completed"),
+    ]
+    assert first is not None and first.completed is not None and parent_done is not None
+    assert parent_done.completed is not None and parent_done.completed.completed_date is not None
+    assert first.completed.started_date is not None
+    assert first.completed.started_date >= parent_done.completed.completed_date
+
+
+async def test_failed_parent_cancels_dependents_transitively(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[FailCommand, AddCommand], default_retry_limit=1) as jobs:
+        parent = await jobs.enqueue_command(
+            FailCommand, Fail(), JobOptions(run_after=datetime.now(UTC) + timedelta(milliseconds=200))
+        )
+        child = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(depends_on=parent.id))
+        grandchild = await jobs.enqueue_command(
+            AddCommand, Add(1, 1), JobOptions(depends_on=child.id)
+        )
+        results = [await jobs.wait_for_job(r.id) for r in (parent, child, grandchild)]
+        # enqueued after the parent already failed: cancelled at once
+        late = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(depends_on=parent.id))
+        late_result = await jobs.wait_for_job(late.id)
+    assert [r.state for r in results] == [JobState.FAILED, JobState.CANCELLED, JobState.CANCELLED]
+    assert results[0].failed is not None and results[0].failed.attempts == 2  # retried first
+    for result in (results[1], results[2], late_result):
+        assert result.failed is not None and result.failed.attempts == 0
+        assert result.failed.error is not None
+        assert f"job {parent.id} it depends on failed" in result.failed.error.message
+        assert result.failed.error_code == "DependencyFailed"
+
+
+async def test_cancelled_parent_cancels_dependents(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        parent = await jobs.enqueue_command(
+            AddCommand, Add(1, 1), JobOptions(run_after=datetime.now(UTC) + timedelta(hours=1))
+        )
+        child = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(depends_on=parent.id))
+        await jobs.cancel_job(parent.id)
+        result = await jobs.wait_for_job(child.id)
+    assert result.state is JobState.CANCELLED
+
+
+async def test_children_of_a_failing_job_never_run(make_jobs: Factory) -> None:
+    EVENTS.clear()
+
+    class Spawner(AsyncCommand[Add]):
+        def __init__(self, jobs: BackgroundJobs) -> None:
+            self.jobs = jobs
+
+        async def run(self, request: Add) -> None:
+            for i in range(3):
+                await self.jobs.enqueue_command(
+                    SleepCommand, Sleep(0, label=f"kid{i}"),
+                    JobOptions(depends_on=current_job().id),
+                )  # fmt: skip
+            raise RuntimeError("spawner failed after enqueueing its children")
+
+    async with make_jobs(commands=[Spawner, SleepCommand], default_retry_limit=0) as jobs:
+        jobs.services[BackgroundJobs] = jobs
+        ref = await jobs.enqueue_command(Spawner, Add(0, 0))
+        assert (await jobs.wait_for_job(ref.id)).state is JobState.FAILED
+        await anyio.sleep(0.3)
+        kids = await jobs.store.select_job_ids(None, None)
+    assert kids == []  # all cancelled and archived
+    assert [label for _, label, _ in EVENTS if label.startswith("kid")] == []
+
+
+class Notify(AsyncCommand[Sum]):
+    received: list[Sum] = []
+
+    async def run(self, request: Sum) -> None:
+        Notify.received.append(request)
+
+
+class FlakyNotify(AsyncCommand[Sum]):
+    calls = 0
+
+    async def run(self, request: Sum) -> None:
+        FlakyNotify.calls += 1
+        raise ConnectionError("receiver down")
+
+
+async def test_callback_runs_with_the_result_then_job_completes(make_jobs: Factory) -> None:
+    Notify.received = []
+    async with make_jobs(commands=[AddCommand, Notify]) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(2, 2), JobOptions(callback="Notify"))
+        result = await jobs.wait_for_job(ref.id)
+    assert Notify.received == [Sum(4)]
+    assert result.completed is not None and result.completed.notified_date is not None
+    assert result.completed.completed_date is not None
+    assert result.completed.notified_date <= result.completed.completed_date
+
+
+async def test_job_is_executed_while_its_callback_runs(make_jobs: Factory) -> None:
+    release = anyio.Event()
+
+    class SlowNotify(AsyncCommand[Sum]):
+        async def run(self, request: Sum) -> None:
+            await release.wait()
+
+    async with make_jobs(commands=[AddCommand, SlowNotify]) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(callback="SlowNotify"))
+        with anyio.fail_after(5):
+            while True:
+                result = await jobs.get_job(ref.id)
+                if result is not None and result.state is JobState.EXECUTED:
+                    break
+                await anyio.sleep(0.02)
+        assert result.queued is not None and result.queued.response_body == '{"total":2}'
+        release.set()
+        final = await jobs.wait_for_job(ref.id)
+    assert final.state is JobState.COMPLETED
+
+
+async def test_callback_that_keeps_failing_fails_the_job(make_jobs: Factory) -> None:
+    FlakyNotify.calls = 0
+    async with make_jobs(commands=[AddCommand, FlakyNotify], default_retry_limit=2) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(callback="FlakyNotify"))
+        result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.FAILED and result.failed is not None
+    assert result.failed.error is not None
+    assert "callback FlakyNotify failed: receiver down" == result.failed.error.message
+    assert FlakyNotify.calls == 3  # the first call and two retries
+
+
+async def test_run_command_is_transient_and_updates_in_memory(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand, SleepCommand]) as jobs:
+        job = await jobs.run_command(SleepCommand, Sleep(0.2, label="t"))
+        assert job.id < 0 and job.state in (JobState.QUEUED, JobState.STARTED)
+        with anyio.fail_after(5):
+            while job.state is not JobState.COMPLETED:
+                await anyio.sleep(0.02)
+        total = await jobs.run_command_async(AddCommand, Add(20, 22))
+        assert await jobs.store.select_job_ids(None, None) == []
+        assert await jobs.get_job(1) is None  # nothing was written
+    assert total == Sum(42)
+    assert job.duration_ms is not None and job.duration_ms >= 150
+
+
+async def test_run_command_async_reraises_the_commands_error(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[FailCommand]) as jobs:
+        with pytest.raises(RuntimeError, match="kaput"):
+            await jobs.run_command_async(FailCommand, Fail("kaput"))
+    assert issubclass(JobFailedError, Exception)
+
+
+async def test_transient_jobs_share_the_named_worker_with_stored_jobs(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        stored = await jobs.enqueue_command(
+            SleepCommand, Sleep(0.3, label="x-stored"), JobOptions(worker="printer")
+        )
+        with anyio.fail_after(5):
+            while ("start", "x-stored") not in [(e[0], e[1]) for e in EVENTS]:
+                await anyio.sleep(0.01)
+        await jobs.run_command_async(
+            SleepCommand, Sleep(0.05, label="x-transient"), JobOptions(worker="printer")
+        )
+        await jobs.wait_for_job(stored.id)
+    spans = {label: (start, end) for label, start, end in _spans("x-")}
+    assert spans["x-transient"][0] >= spans["x-stored"][1]
+
+
+async def test_result_types_round_trip(make_jobs: Factory) -> None:
+    class Echo(AsyncCommandWithResult[Add, list[int]]):
+        async def run(self, request: Add) -> list[int]:
+            return [request.a, request.b]
+
+    async with make_jobs(commands=[Echo]) as jobs:
+        assert await jobs.run_command_async(Echo, Add(1, 2)) == [1, 2]
