@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import anyio
 import pytest
@@ -57,7 +58,7 @@ async def test_named_worker_runs_one_at_a_time_in_enqueue_order(make_jobs: Facto
     starts = [label for event, label, _ in EVENTS if event == "start"]
     assert starts == [f"w{i:02d}" for i in range(8)]
     spans = sorted(_spans("w"), key=lambda s: s[1])
-    for (_, _, end), (_, next_start, _) in zip(spans, spans[1:], strict=False):
+    for (_, _, end), (_, next_start, _) in pairwise(spans):
         assert next_start >= end  # never overlapping
 
 
@@ -72,7 +73,7 @@ async def test_class_worker_attribute_serialises(make_jobs: Factory) -> None:
     assert {r.job.worker for r in results if r.job} == {"serial"}
     spans = sorted(_spans("s"), key=lambda s: s[1])
     assert [s[0] for s in spans] == ["s0", "s1", "s2", "s3"]
-    assert all(b[1] >= a[2] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(b[1] >= a[2] for a, b in pairwise(spans))
 
 
 async def test_unnamed_jobs_run_in_parallel(make_jobs: Factory) -> None:
@@ -141,12 +142,16 @@ async def test_dependent_runs_after_parent_and_sees_it(make_jobs: Factory) -> No
         async def run(self, request: Add) -> None:
             job = current_job()
             parent = job.parent_job
-            seen.append((job.depends_on, parent and parent.response_body, parent and str(parent.state)))
+            seen.append(
+                (job.depends_on, parent and parent.response_body, parent and str(parent.state))
+            )
 
     async with make_jobs(commands=[AddCommand, Child, SleepCommand]) as jobs:
         # a parent that finishes after its dependent was enqueued
         slow_parent = await jobs.enqueue_command(
-            AddCommand, Add(1, 2), JobOptions(run_after=datetime.now(UTC) + timedelta(milliseconds=300))
+            AddCommand,
+            Add(1, 2),
+            JobOptions(run_after=datetime.now(UTC) + timedelta(milliseconds=300)),
         )
         child1 = await jobs.enqueue_command(Child, Add(0, 0), JobOptions(depends_on=slow_parent.id))
         await anyio.sleep(0.1)
@@ -172,7 +177,9 @@ async def test_dependent_runs_after_parent_and_sees_it(make_jobs: Factory) -> No
 async def test_failed_parent_cancels_dependents_transitively(make_jobs: Factory) -> None:
     async with make_jobs(commands=[FailCommand, AddCommand], default_retry_limit=1) as jobs:
         parent = await jobs.enqueue_command(
-            FailCommand, Fail(), JobOptions(run_after=datetime.now(UTC) + timedelta(milliseconds=200))
+            FailCommand,
+            Fail(),
+            JobOptions(run_after=datetime.now(UTC) + timedelta(milliseconds=200)),
         )
         child = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(depends_on=parent.id))
         grandchild = await jobs.enqueue_command(
@@ -281,7 +288,7 @@ async def test_callback_that_keeps_failing_fails_the_job(make_jobs: Factory) -> 
         result = await jobs.wait_for_job(ref.id)
     assert result.state is JobState.FAILED and result.failed is not None
     assert result.failed.error is not None
-    assert "callback FlakyNotify failed: receiver down" == result.failed.error.message
+    assert result.failed.error.message == "callback FlakyNotify failed: receiver down"
     assert FlakyNotify.calls == 3  # the first call and two retries
 
 
