@@ -631,8 +631,7 @@ class BackgroundJobs:
                     job, JobState.QUEUED, error=JobError("interrupted", "Interrupted")
                 )
             outcome.duration_ms = int((time.monotonic() - started) * 1000)
-            logs, _progress, _status = running.context.take_pending()
-            outcome.logs = logs
+            outcome.logs, _progress, outcome.status = running.context.take_pending()
             self._outcomes.append(outcome)
             self._outcome_ready.set()
             del self._running[job.id]

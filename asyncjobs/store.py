@@ -105,6 +105,7 @@ class Outcome:
     run_after: datetime | None = None  # for a retry
     logs: str | None = None
     notified_date: datetime | None = None  # when the callback succeeded
+    status: str | None = None  # the last status line the job reported
 
 
 @dataclass(slots=True)
@@ -275,7 +276,8 @@ class Store:
                             "response_body": o.response_body, "error": _error_json(o.error),
                             "error_code": o.error_code,
                             "progress": 1.0 if o.state is JobState.COMPLETED else None,
-                            "status": None, "logs": o.logs, "notified_date": o.notified_date,
+                            "status": o.status, "logs": o.logs,
+                            "notified_date": o.notified_date,
                         }
                         for o in final
                     ],

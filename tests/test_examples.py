@@ -42,3 +42,19 @@ async def test_quart_example_enqueues_and_runs_a_job(tmp_path: Path) -> None:
         body = await done.get_json()
     assert body["state"] == "Completed"
     assert json.loads(body["result"]) == {"name": "q3", "rows": 3}
+
+
+async def test_report_pipeline_example(tmp_path: Path) -> None:
+    from examples.report_pipeline import Report, ReportReady, run_pipeline
+
+    ReportReady.notified = []
+    built, published = await run_pipeline(f"sqlite:///{tmp_path / 'jobs.db'}")
+    assert built.completed is not None and published.completed is not None
+    assert built.completed.notified_date is not None  # the callback ran
+    assert ReportReady.notified == [Report("q3", pages=8)]
+    logs = built.completed.logs or ""
+    assert "rendering section 4 of 4" in logs and built.completed.status == "section 4"
+    assert 'publishing {"name":"q3","pages":8}' in (published.completed.logs or "")
+    assert published.completed.started_date is not None
+    assert built.completed.completed_date is not None
+    assert published.completed.started_date >= built.completed.completed_date
