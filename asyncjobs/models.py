@@ -72,6 +72,32 @@ class JobOptions:
         if not isinstance(self.priority, int):
             raise InvalidOptionsError(f"priority must be an int, got {self.priority!r}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON-able values (for recurring tasks, which store them)."""
+        values: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or value == f.default:
+                continue
+            if isinstance(value, timedelta):
+                value = value.total_seconds()
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            values[f.name] = value
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> JobOptions:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        if kwargs.get("timeout") is not None:
+            kwargs["timeout"] = timedelta(seconds=float(kwargs["timeout"]))
+        if kwargs.get("run_after") is not None:
+            kwargs["run_after"] = datetime.fromisoformat(kwargs["run_after"])
+        return cls(**kwargs)
+
 
 @dataclass(frozen=True, slots=True)
 class JobRef:
@@ -188,6 +214,24 @@ class JobResult:
     def state(self) -> JobState:
         job = self.job
         return job.state if job is not None else self.summary.state
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduledTask:
+    """A recurring task as registered, with its run history."""
+
+    name: str
+    schedule: Any  # asyncjobs.Schedule
+    request_type: str  # "CMD" or "API"
+    command: str | None
+    request: str
+    request_body: str
+    options: JobOptions
+    skip_if_running: bool
+    enabled: bool
+    last_run: datetime | None
+    last_job_id: int | None
+    next_run: datetime | None
 
 
 _JOB_FIELDS = frozenset(f.name for f in fields(BackgroundJob))

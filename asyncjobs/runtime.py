@@ -5,6 +5,7 @@ each job runs in its own cancel scope, and a finisher writes many outcomes per t
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ import anyio.to_thread
 
 from ._retry import retry_backoff
 from ._serialization import check_encodable, decode, encode, type_name
+from .clock import Clock, SystemClock
 from .commands import CommandInfo, Registry, instantiate
 from .context import JobContext, _current
 from .dialects import Dialect, create_dialect
@@ -37,7 +39,9 @@ from .exceptions import (
     RegistrationError,
     SerializationError,
 )
-from .models import BackgroundJob, JobError, JobOptions, JobRef, JobResult, JobState
+from .models import BackgroundJob, JobError, JobOptions, JobRef, JobResult, JobState, ScheduledTask
+from .schedule import Schedule
+from .scheduler import Scheduler, row_to_task, task_job
 from .store import NewJob, Outcome, Store, add_months, month_key, utcnow
 
 log = logging.getLogger("asyncjobs")
@@ -84,6 +88,8 @@ class BackgroundJobs:
         notifications: bool = True,
         user_resolver: UserResolver | None = None,
         reply_to_env: Iterable[str] = (),
+        clock: Clock | None = None,
+        schedule_refresh: timedelta = timedelta(seconds=5),
         dialect: Dialect | None = None,
         **dialect_settings: Any,
     ) -> None:
@@ -130,6 +136,9 @@ class BackgroundJobs:
         self.notifications = notifications and self.dialect.capabilities.notifications
         self.user_resolver = user_resolver
         self.reply_to_env = frozenset(reply_to_env)
+        self.clock: Clock = clock or SystemClock()
+        self.schedule_refresh = schedule_refresh
+        self.scheduler: Scheduler | None = None
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
         self._max_sync_threads = max_sync_threads
@@ -184,6 +193,16 @@ class BackgroundJobs:
                         self.dialect.listen(NOTIFY_CHANNEL, self._on_notification)
                     )
                 stack.push_async_callback(self._shutdown)
+                self.scheduler = Scheduler(
+                    self.store,
+                    self.clock,
+                    refresh=self.schedule_refresh,
+                    make_job=lambda task, fire: task_job(
+                        task, fire, self.default_retry_limit, self.default_timeout
+                    ),
+                    run_transient=self._run_task_transient,
+                    on_enqueued=self._wake_dispatcher,
+                )
                 self._tg.start_soon(self._loops)
         except BaseException:
             await stack.__aexit__(None, None, None)
@@ -240,6 +259,8 @@ class BackgroundJobs:
                 tg.start_soon(self._heartbeat_loop)
                 tg.start_soon(self._progress_loop)
                 tg.start_soon(self._maintenance_loop)
+                if self.scheduler is not None:
+                    tg.start_soon(self.scheduler.run)
 
     def statistics(self) -> dict[str, int]:
         """Counters of this process: jobs claimed, completed, failed, retried, cancelled."""
@@ -437,6 +458,94 @@ class BackgroundJobs:
         await self.store.requeue_failed(job_id)
         self._waiters.pop(job_id, None)
         self._wake_dispatcher()
+
+    # -- recurring tasks ------------------------------------------------------------------
+
+    async def recurring_command(
+        self,
+        command: type[Any] | str,
+        schedule: Schedule,
+        request: Any = None,
+        *,
+        name: str | None = None,
+        options: JobOptions | None = None,
+        skip_if_running: bool = False,
+    ) -> None:
+        """Run ``command`` on ``schedule``. Registering the same name again updates the task
+        and keeps its history. ``skip_if_running`` skips an occurrence while the previous
+        run is still going."""
+        new = self._command_job(command, request, options)
+        await self._register_task(
+            name or new.command or "", schedule, new, options, skip_if_running
+        )
+
+    async def recurring_api(
+        self,
+        schedule: Schedule,
+        request: Any,
+        *,
+        name: str | None = None,
+        options: JobOptions | None = None,
+        skip_if_running: bool = False,
+    ) -> None:
+        """Run the API registered for ``type(request)`` on ``schedule``."""
+        new = self._api_job(request, options)
+        await self._register_task(name or new.request, schedule, new, options, skip_if_running)
+
+    async def _register_task(
+        self,
+        name: str,
+        schedule: Schedule,
+        new: NewJob,
+        options: JobOptions | None,
+        skip_if_running: bool,
+    ) -> None:
+        self._require_started()
+        if not isinstance(schedule, Schedule):
+            raise ConfigurationError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+        if not name:
+            raise ConfigurationError("a recurring task needs a name")
+        stored_options = (options or JobOptions()).to_dict()
+        if skip_if_running:
+            stored_options["skip_if_running"] = True
+        await self.store.upsert_task(
+            {
+                "name": name, "schedule": schedule.to_text(), "request_type": new.request_type,
+                "command": new.command, "request": new.request, "request_body": new.request_body,
+                "options": json.dumps(stored_options),
+                "next_run": schedule.next_after(self.clock.now()),
+            }
+        )  # fmt: skip
+        if self.scheduler is not None:
+            self.scheduler.notify_changed()
+
+    async def delete_recurring_task(self, name: str) -> bool:
+        """Stop and forget a recurring task; returns whether it existed."""
+        self._require_started()
+        return await self.store.delete_task(name)
+
+    async def scheduled_tasks(self) -> list[ScheduledTask]:
+        """Every recurring task with its schedule, last run, last job and next run."""
+        self._require_started()
+        return [row_to_task(row) for row in await self.store.list_tasks()]
+
+    async def _run_task_transient(self, task: ScheduledTask) -> None:
+        info = self.registry.command(task.command or "")
+        request = None
+        if info.request_type is not None:
+            request = decode(task.request_body, info.request_type)
+        job, _ = self._transient_job(info.name, request, task.options)
+        assert self._tg is not None and self.scheduler is not None
+        scheduler = self.scheduler
+        scheduler.transient_started(task.name)
+
+        async def run() -> None:
+            try:
+                await self._run_transient(job)
+            finally:
+                scheduler.transient_finished(task.name)
+
+        self._tg.start_soon(run)
 
     # -- transient jobs -------------------------------------------------------------------
 

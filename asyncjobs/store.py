@@ -218,18 +218,13 @@ class Store:
         connection: AbstractAsyncContextManager[Connection] | None = None,
     ) -> list[tuple[int, str]]:
         """Insert jobs (and their summaries) in one transaction; returns (id, ref_id) in order."""
+        async with connection or self.dialect.transaction() as tx:
+            return await self._insert(tx, jobs)
+
+    async def _insert(self, tx: Connection, jobs: Sequence[NewJob]) -> list[tuple[int, str]]:
         payload = json.dumps([job.as_json(self._time_format) for job in jobs])
         try:
-            async with connection or self.dialect.transaction() as tx:
-                rows = await tx.fetch("insert_jobs", {"jobs": payload})
-                ids = sorted(int(r["id"]) for r in rows)
-                id_list = json.dumps(ids)
-                await tx.execute("insert_summaries", {"ids": id_list})
-                if any(job.depends_on is not None for job in jobs):
-                    # A parent that already failed takes these dependents with it.
-                    dead = await tx.fetch("orphaned_dependents", {"ids": id_list})
-                    if dead:
-                        await self._cascade(tx, [int(r["id"]) for r in dead], utcnow())
+            rows = await tx.fetch("insert_jobs", {"jobs": payload})
         except Exception as exc:
             if self.dialect.is_unique_violation(exc):
                 refs = ", ".join(job.ref_id for job in jobs[:5])
@@ -237,8 +232,75 @@ class Store:
                     f"a job with ref_id {refs} already exists; ref_id must be unique"
                 ) from exc
             raise
+        id_list = json.dumps(sorted(int(r["id"]) for r in rows))
+        await tx.execute("insert_summaries", {"ids": id_list})
+        if any(job.depends_on is not None for job in jobs):
+            # A parent that already failed takes these dependents with it.
+            dead = await tx.fetch("orphaned_dependents", {"ids": id_list})
+            if dead:
+                await self._cascade(tx, [int(r["id"]) for r in dead], utcnow())
         by_ref = {str(r["ref_id"]): int(r["id"]) for r in rows}
         return [(by_ref[job.ref_id], job.ref_id) for job in jobs]
+
+    # -- scheduled tasks ------------------------------------------------------------------
+
+    async def upsert_task(self, task: Mapping[str, Any]) -> None:
+        """Register or update a task by name; its run history is kept."""
+        async with self.dialect.transaction() as tx:
+            await tx.execute("upsert_task", {**task, "now": utcnow()})
+
+    async def delete_task(self, name: str) -> bool:
+        async with self.dialect.transaction() as tx:
+            return await tx.execute("delete_task", {"name": name}) > 0
+
+    async def list_tasks(self) -> list[Row]:
+        async with self.dialect.connection() as conn:
+            return await conn.fetch("list_tasks")
+
+    async def due_tasks(self, now: datetime) -> list[Row]:
+        async with self.dialect.connection() as conn:
+            return await conn.fetch("due_tasks", {"now": now})
+
+    async def next_task_due(self) -> datetime | None:
+        async with self.dialect.connection() as conn:
+            rows = await conn.fetch("next_task_due")
+        value = rows[0]["next_run"] if rows else None
+        return value if isinstance(value, datetime) else None
+
+    async def fire_task(
+        self,
+        name: str,
+        expected: datetime,
+        fire_time: datetime,
+        next_run: datetime | None,
+        job: NewJob | None,
+    ) -> tuple[bool, int | None]:
+        """Take one occurrence of a task: move its next_run on from ``expected`` and enqueue
+        its job, in one transaction. Only one process can move next_run from ``expected``,
+        so each occurrence is enqueued exactly once however many schedulers run."""
+        async with self.dialect.transaction() as tx:
+            taken = await tx.execute(
+                "advance_task",
+                {"name": name, "expected": expected, "next_run": next_run, "fire": fire_time,
+                 "now": utcnow()},
+            )  # fmt: skip
+            if taken != 1:
+                return False, None
+            if job is None:
+                return True, None
+            ((job_id, _),) = await self._insert(tx, [job])
+            await tx.execute("set_task_job", {"name": name, "job_id": job_id})
+            return True, job_id
+
+    async def skip_task(self, name: str, expected: datetime, next_run: datetime | None) -> bool:
+        """Move past an occurrence without running it (the previous run is still going)."""
+        async with self.dialect.transaction() as tx:
+            params = {"name": name, "expected": expected, "next_run": next_run, "now": utcnow()}
+            return await tx.execute("skip_task", params) == 1
+
+    async def job_is_active(self, job_id: int) -> bool:
+        async with self.dialect.connection() as conn:
+            return bool(await conn.fetch("get_active_job", {"id": job_id}))
 
     # -- claim and finish -----------------------------------------------------------------
 

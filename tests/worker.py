@@ -13,8 +13,10 @@ from datetime import timedelta
 
 import anyio
 
-from asyncjobs import BackgroundJobs
-from tests.commands import ALL_COMMANDS
+from asyncjobs import BackgroundJobs, Schedule
+from tests.commands import ALL_COMMANDS, Sleep, SleepCommand
+
+TICK_LOG: str | None = None
 
 
 def build(argv: list[str]) -> BackgroundJobs:
@@ -25,7 +27,10 @@ def build(argv: list[str]) -> BackgroundJobs:
     parser.add_argument("--poll-ms", type=float, default=100.0)
     parser.add_argument("--grace-seconds", type=float, default=5.0)
     parser.add_argument("--no-notifications", action="store_true")
+    parser.add_argument("--tick-log", help="register an every-second task logging here")
     args = parser.parse_args(argv)
+    global TICK_LOG
+    TICK_LOG = args.tick_log
     return BackgroundJobs(
         args.dsn,
         commands=ALL_COMMANDS,
@@ -41,6 +46,13 @@ def build(argv: list[str]) -> BackgroundJobs:
 async def serve(jobs: BackgroundJobs) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with jobs:
+            if TICK_LOG:
+                await jobs.recurring_command(
+                    SleepCommand,
+                    Schedule.cron("* * * * * *"),
+                    Sleep(0, label="tick", log_file=TICK_LOG),
+                    name="tick",
+                )
             print("ready", flush=True)
             async for _ in signals:
                 break

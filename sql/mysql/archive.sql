@@ -12,60 +12,45 @@
 -- script fails half-way, which releases it.
 
 -- name: create_archive
--- One month's partitions, split off the partition that now holds the month (normally pmax,
--- which is empty, so the split moves no rows; an earlier month splits a filled partition and
--- copies its rows). The new partition covers up to {end}, from the bound of the partition below
--- it, so no row is ever outside a partition.
+-- One month's partitions, split off the partition that now holds the month's first day
+-- (normally pmax, which is empty, so the split moves no rows; an earlier month splits a filled
+-- partition and copies its rows). The new partition reaches up to {end} from the bound of the
+-- partition below it, so no row is ever outside a partition. Nothing to do when that partition
+-- already ends within the month (it is p{month}, or was made by hand).
 DO GET_LOCK(CONCAT('asyncjobs.archive.', MD5(DATABASE())), 60);
-SELECT CASE
-    WHEN EXISTS (SELECT 1 FROM information_schema.partitions
-                 WHERE table_schema = DATABASE() AND table_name = 'completed_job'
-                   AND partition_name = 'p{month}') THEN 'DO 0'
-    ELSE COALESCE((
-        SELECT CONCAT('ALTER TABLE completed_job REORGANIZE PARTITION ', p.partition_name,
-                      ' INTO (PARTITION p{month} VALUES LESS THAN (', TO_DAYS('{end}'),
-                      '), PARTITION ', p.partition_name, ' VALUES LESS THAN (',
-                      p.partition_description, '))')
-        FROM information_schema.partitions p
-        WHERE p.table_schema = DATABASE() AND p.table_name = 'completed_job'
-          AND (p.partition_description = 'MAXVALUE'
-               OR CAST(p.partition_description AS SIGNED) > TO_DAYS('{end}'))
-          AND NOT EXISTS (
-              SELECT 1 FROM information_schema.partitions e
-              WHERE e.table_schema = DATABASE() AND e.table_name = 'completed_job'
-                AND e.partition_description <> 'MAXVALUE'
-                AND CAST(e.partition_description AS SIGNED) > TO_DAYS('{start}')
-                AND CAST(e.partition_description AS SIGNED) <= TO_DAYS('{end}'))
-        ORDER BY p.partition_ordinal_position
-        LIMIT 1
-    ), 'DO 0')
-END INTO @asyncjobs_ddl;
+SELECT COALESCE((
+    SELECT IF(p.bound <= TO_DAYS('{end}'), 'DO 0',
+              CONCAT('ALTER TABLE completed_job REORGANIZE PARTITION ', p.name,
+                     ' INTO (PARTITION p{month} VALUES LESS THAN (', TO_DAYS('{end}'),
+                     '), PARTITION ', p.name, ' VALUES LESS THAN (', p.description, '))'))
+    FROM (SELECT partition_name AS name, partition_description AS description,
+                 partition_ordinal_position AS position,
+                 CASE partition_description WHEN 'MAXVALUE' THEN ~0
+                      ELSE CAST(partition_description AS UNSIGNED) END AS bound
+          FROM information_schema.partitions
+          WHERE table_schema = DATABASE() AND table_name = 'completed_job') AS p
+    WHERE p.bound > TO_DAYS('{start}')
+    ORDER BY p.position
+    LIMIT 1
+), 'DO 0') INTO @asyncjobs_ddl;
 PREPARE asyncjobs_ddl FROM @asyncjobs_ddl;
 EXECUTE asyncjobs_ddl;
 DEALLOCATE PREPARE asyncjobs_ddl;
-SELECT CASE
-    WHEN EXISTS (SELECT 1 FROM information_schema.partitions
-                 WHERE table_schema = DATABASE() AND table_name = 'failed_job'
-                   AND partition_name = 'p{month}') THEN 'DO 0'
-    ELSE COALESCE((
-        SELECT CONCAT('ALTER TABLE failed_job REORGANIZE PARTITION ', p.partition_name,
-                      ' INTO (PARTITION p{month} VALUES LESS THAN (', TO_DAYS('{end}'),
-                      '), PARTITION ', p.partition_name, ' VALUES LESS THAN (',
-                      p.partition_description, '))')
-        FROM information_schema.partitions p
-        WHERE p.table_schema = DATABASE() AND p.table_name = 'failed_job'
-          AND (p.partition_description = 'MAXVALUE'
-               OR CAST(p.partition_description AS SIGNED) > TO_DAYS('{end}'))
-          AND NOT EXISTS (
-              SELECT 1 FROM information_schema.partitions e
-              WHERE e.table_schema = DATABASE() AND e.table_name = 'failed_job'
-                AND e.partition_description <> 'MAXVALUE'
-                AND CAST(e.partition_description AS SIGNED) > TO_DAYS('{start}')
-                AND CAST(e.partition_description AS SIGNED) <= TO_DAYS('{end}'))
-        ORDER BY p.partition_ordinal_position
-        LIMIT 1
-    ), 'DO 0')
-END INTO @asyncjobs_ddl;
+SELECT COALESCE((
+    SELECT IF(p.bound <= TO_DAYS('{end}'), 'DO 0',
+              CONCAT('ALTER TABLE failed_job REORGANIZE PARTITION ', p.name,
+                     ' INTO (PARTITION p{month} VALUES LESS THAN (', TO_DAYS('{end}'),
+                     '), PARTITION ', p.name, ' VALUES LESS THAN (', p.description, '))'))
+    FROM (SELECT partition_name AS name, partition_description AS description,
+                 partition_ordinal_position AS position,
+                 CASE partition_description WHEN 'MAXVALUE' THEN ~0
+                      ELSE CAST(partition_description AS UNSIGNED) END AS bound
+          FROM information_schema.partitions
+          WHERE table_schema = DATABASE() AND table_name = 'failed_job') AS p
+    WHERE p.bound > TO_DAYS('{start}')
+    ORDER BY p.position
+    LIMIT 1
+), 'DO 0') INTO @asyncjobs_ddl;
 PREPARE asyncjobs_ddl FROM @asyncjobs_ddl;
 EXECUTE asyncjobs_ddl;
 DEALLOCATE PREPARE asyncjobs_ddl;

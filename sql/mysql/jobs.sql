@@ -148,8 +148,15 @@ UPDATE background_job
 SET state = :state, completed_date = :now, last_activity_date = :now, duration_ms = :duration_ms,
     response = :response, response_body = :response_body, error = :error,
     error_code = :error_code, progress = COALESCE(:progress, progress),
-    status = COALESCE(:status, status),
+    status = COALESCE(:status, status), notified_date = COALESCE(:notified_date, notified_date),
     logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(COALESCE(logs, ''), :logs) END
+WHERE id = :id AND lease_owner = :node;
+
+-- name: mark_executed
+-- The command succeeded and its callback runs next; the result is kept meanwhile.
+UPDATE background_job
+SET state = 'Executed', response = :response, response_body = :response_body,
+    last_activity_date = :now
 WHERE id = :id AND lease_owner = :node;
 
 -- name: requeue_job
@@ -205,32 +212,39 @@ SELECT id FROM background_job WHERE lease_owner = :node AND cancel_requested = 1
 
 -- name: cancel_dependents
 -- Cancel every queued job that depends, directly or transitively, on a failed or cancelled job.
+-- The error names the ancestor that failed, however deep the dependent is.
 -- MariaDB allows WITH only before SELECT, and there is no UPDATE ... RETURNING: collect the
--- dependents, lock those still queued, cancel them, return them.
-WITH RECURSIVE doomed (id) AS (
-    SELECT j.id FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS r
+-- dependents with their ancestor, lock those still queued, cancel them, return them.
+WITH RECURSIVE doomed (id, ancestor) AS (
+    SELECT j.id, p.id FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS r
     JOIN job_summary p ON p.id = r.id
     JOIN background_job j ON j.depends_on = p.id
     WHERE j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled')
     UNION
-    SELECT j.id FROM doomed d JOIN background_job j ON j.depends_on = d.id
+    SELECT j.id, d.ancestor FROM doomed d JOIN background_job j ON j.depends_on = d.id
     WHERE j.state = 'Queued'
 )
-SELECT JSON_ARRAYAGG(id) INTO @asyncjobs_ids FROM doomed;
-SELECT JSON_ARRAYAGG(q.id) INTO @asyncjobs_ids FROM (
-    SELECT b.id FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+SELECT JSON_ARRAYAGG(JSON_OBJECT('id', d.id, 'ancestor', d.ancestor)) INTO @asyncjobs_doomed
+FROM (SELECT id, MIN(ancestor) AS ancestor FROM doomed GROUP BY id) AS d;
+SELECT JSON_ARRAYAGG(JSON_OBJECT('id', q.id, 'ancestor', q.ancestor)) INTO @asyncjobs_doomed
+FROM (
+    SELECT b.id, i.ancestor
+    FROM JSON_TABLE(@asyncjobs_doomed, '$[*]'
+                    COLUMNS (id BIGINT PATH '$.id', ancestor BIGINT PATH '$.ancestor')) AS i
     JOIN background_job b ON b.id = i.id
     WHERE b.state = 'Queued'
     FOR UPDATE
 ) AS q;
-UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+UPDATE JSON_TABLE(@asyncjobs_doomed, '$[*]'
+                  COLUMNS (id BIGINT PATH '$.id', ancestor BIGINT PATH '$.ancestor')) AS i
 JOIN background_job b ON b.id = i.id
 SET b.state = 'Cancelled', b.completed_date = :now, b.last_activity_date = :now,
     b.error_code = 'DependencyFailed',
-    b.error = JSON_OBJECT('message', CONCAT('cancelled because job ', b.depends_on,
+    b.error = JSON_OBJECT('message', CONCAT('cancelled because job ', i.ancestor,
                                             ' it depends on failed or was cancelled'),
                           'type', 'DependencyFailed', 'traceback', NULL);
-SELECT b.id, b.created_date FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+SELECT b.id, b.created_date
+FROM JSON_TABLE(@asyncjobs_doomed, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i
 JOIN background_job b ON b.id = i.id;
 
 -- name: orphaned_dependents

@@ -1,0 +1,375 @@
+"""MySQL 8 and MariaDB 10.6+ on aiomysql.
+
+A pool of autocommitting connections; ``transaction()`` opens an explicit transaction on one.
+Every session runs READ COMMITTED (see ``_SESSION``), stores datetimes as naive UTC in
+DATETIME(6) and reads them back as aware UTC datetimes. Archives are monthly RANGE partitions.
+
+MySQL has no ``UPDATE ... RETURNING``, so a named query may be a *sequence of statements*
+(each ending with ``;`` at the end of a line). The convention, which keeps the store unchanged
+and all SQL in ``sql/mysql/``:
+
+- the statements run in order on one connection, inside the caller's transaction (on an
+  autocommitting ``connection()`` they get a transaction of their own);
+- ``fetch`` returns the rows of the last statement and ``execute`` its row count;
+- statements hand values to each other in session variables named ``@asyncjobs_*``, e.g.
+  ``SELECT JSON_ARRAYAGG(id) INTO @asyncjobs_ids FROM (... FOR UPDATE) AS t`` and then
+  ``UPDATE JSON_TABLE(@asyncjobs_ids, ...) JOIN background_job ...``. The dialect passes
+  nothing between them; the SQL reads as it runs in a MySQL client.
+
+A deadlock (1213) or lock-wait timeout (1205) in a query that is the first of its transaction
+(as the claim is) is retried a bounded number of times: nothing else of the transaction has run,
+so a retry is invisible. ``statistics()`` counts those retries and the deadlocks left to the
+caller.
+
+Settings (keyword arguments or DSN query options): ``min_size`` and ``max_size`` (the pool),
+``deadlock_retries`` (default 5), ``pool_recycle`` (seconds a connection is kept, default 3600),
+``connect_timeout`` (seconds, default 10).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aiomysql
+import anyio
+import pymysql
+from pymysql.constants import CLIENT
+
+from .._sql import Queries, convert_params, load_queries, split_statements
+from ..exceptions import ConfigurationError, InvalidDsnError
+from ._base import Capabilities, Connection, Dialect, Params, Row
+from ._dsn import Dsn
+
+log = logging.getLogger("asyncjobs.mysql")
+T = TypeVar("T")
+
+_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+#: DSN query options read by this dialect
+_OPTIONS = ("min_size", "max_size", "deadlock_retries", "pool_recycle", "connect_timeout")
+_DEADLOCK = 1213
+_LOCK_WAIT_TIMEOUT = 1205
+_DUPLICATE_KEY = 1062
+#: the server went away or refuses us for now: can't connect (2002, 2003), gone away (2006),
+#: lost connection (2013, 2055), server shutdown (1053), connection killed (1927, MariaDB),
+#: disconnected for inactivity (4031, MySQL 8), too many connections (1040)
+_DISCONNECT_CODES = frozenset({2002, 2003, 2006, 2013, 2055, 1053, 1927, 4031, 1040})
+#: Applied once to each pooled connection.
+#: READ COMMITTED: every statement of a multi-statement claim reads what was committed when it
+#: started, so after the claim's first statement has locked a named worker's row, the second
+#: sees every earlier claim of that worker (REPEATABLE READ would keep the snapshot taken before
+#: the lock and could start a second job of the worker). It also takes no gap locks, so
+#: enqueues, claims and finishes touching neighbouring index ranges do not block or deadlock
+#: each other. The fixed sql_mode is the one the SQL files are written for; sql_notes = 0 keeps
+#: "already exists" notes of idempotent DDL from becoming driver warnings; JSON_ARRAYAGG is
+#: bounded by group_concat_max_len on MariaDB.
+_SESSION = (
+    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    "SET SESSION sql_mode = 'ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,"
+    "NO_ENGINE_SUBSTITUTION', sql_notes = 0, group_concat_max_len = 1073741824, "
+    "time_zone = '+00:00'",
+)
+
+
+def to_db_time(value: datetime) -> str:
+    """The naive-UTC text of a datetime, as DATETIME(6) and JSON_TABLE read it."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime(_FORMAT)
+
+
+def _convert(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _error_code(exc: BaseException) -> int | None:
+    if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return None
+
+
+def _is_server_error(exc: BaseException) -> bool:
+    """An error the server reported: the connection is still in a known state."""
+    code = _error_code(exc)
+    return code is not None and 1000 <= code < 2000 and code not in _DISCONNECT_CODES
+
+
+class MysqlConnection:
+    """Runs named queries on one aiomysql connection (see the module docstring)."""
+
+    def __init__(self, dialect: MysqlDialect, conn: Any, *, in_transaction: bool, own: bool):
+        self._dialect = dialect
+        self._conn = conn
+        self._in_transaction = in_transaction
+        #: nothing has run yet in this transaction, so a deadlock may be retried
+        self._fresh = own
+        #: the connection's session state is unknown (a script stopped half-way)
+        self.broken = False
+
+    async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
+        statements = self._dialect.statements(query, templates)
+        values = {k: _convert(v) for k, v in (params or {}).items()}
+        rows, _ = await self._attempt(lambda: self._run(statements, values))
+        return rows
+
+    async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
+        statements = self._dialect.statements(query, templates)
+        values = {k: _convert(v) for k, v in (params or {}).items()}
+        _, count = await self._attempt(lambda: self._run(statements, values))
+        return count
+
+    async def executemany(self, query: str, params: Sequence[Params], **templates: str) -> None:
+        if not params:
+            return
+        statements = self._dialect.statements(query, templates)
+        if len(statements) != 1:
+            raise ConfigurationError(f"executemany needs a single-statement query, not {query}")
+        rows = [{k: _convert(v) for k, v in p.items()} for p in params]
+
+        async def run() -> None:
+            async with self._conn.cursor(aiomysql.Cursor) as cur:
+                await cur.executemany(statements[0], rows)
+
+        await self._attempt(run)
+
+    async def script(self, query: str, **templates: str) -> None:
+        """Run DDL statement by statement. MySQL commits implicitly around DDL, so a script is
+        never atomic; the scripts in sql/mysql are written to be re-run."""
+        statements = self._dialect.statements(query, templates)
+        self._fresh = False
+        try:
+            async with self._conn.cursor(aiomysql.Cursor) as cur:
+                for sql in statements:
+                    await cur.execute(sql, {})
+        except BaseException:
+            self.broken = True  # e.g. a named lock still held: the connection is dropped
+            raise
+
+    async def _run(self, statements: list[str], values: dict[str, Any]) -> tuple[list[Row], int]:
+        wrap = len(statements) > 1 and not self._in_transaction
+        if wrap:
+            await self._conn.begin()
+        async with self._conn.cursor(aiomysql.Cursor) as cur:
+            for sql in statements:
+                await cur.execute(sql, values)
+            count = int(cur.rowcount)
+            rows: list[Row] = []
+            if cur.description:
+                names = [column[0] for column in cur.description]
+                for record in await cur.fetchall():
+                    rows.append(
+                        {
+                            name: value.replace(tzinfo=UTC)
+                            if isinstance(value, datetime)
+                            else value
+                            for name, value in zip(names, record, strict=True)
+                        }
+                    )
+        if wrap:
+            await self._conn.commit()
+        return rows, count
+
+    async def _attempt(self, run: Callable[[], Awaitable[T]]) -> T:
+        """Run, retrying a deadlock or lock-wait timeout while it is the transaction's first
+        query (autocommitting queries always are)."""
+        retries = 0
+        while True:
+            retryable = self._fresh or not self._in_transaction
+            self._fresh = False
+            try:
+                return await run()
+            except pymysql.err.MySQLError as exc:
+                if _error_code(exc) not in (_DEADLOCK, _LOCK_WAIT_TIMEOUT):
+                    raise
+                if not retryable or retries >= self._dialect.deadlock_retries:
+                    self._dialect.stats["deadlocks"] += 1
+                    raise
+                retries += 1
+                self._dialect.stats["deadlock_retries"] += 1
+                log.debug("retrying after %r (retry %d)", exc, retries)
+                # A deadlock rolled the transaction back; a lock-wait timeout only the statement.
+                await self._conn.rollback()
+                if self._in_transaction:
+                    await self._conn.begin()
+                self._fresh = True
+                await anyio.sleep(random.uniform(0, 0.005 * 2**retries))
+
+
+class MysqlDialect(Dialect):
+    name = "mysql"
+    capabilities = Capabilities(partitioned_archive=True)
+    #: how datetimes are written inside JSON parameters (JSON_TABLE reads DATETIME(6) text)
+    json_time = staticmethod(to_db_time)
+
+    def __init__(
+        self,
+        dsn: Dsn,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        deadlock_retries: int = 5,
+        pool_recycle: float = 3600,
+        connect_timeout: float = 10,
+    ) -> None:
+        if not dsn.database:
+            raise InvalidDsnError("a MySQL DSN needs a database: mysql://user@host:3306/dbname")
+        if not 1 <= min_size <= max_size:
+            raise ConfigurationError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+        self.dsn = dsn
+        self.queries: Queries = load_queries("mysql")
+        self.deadlock_retries = deadlock_retries
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool_recycle = pool_recycle
+        self._connect_timeout = connect_timeout
+        self._pool: Any = None
+        self._configured: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._statements: dict[tuple[object, ...], list[str]] = {}
+        self.stats = {"deadlock_retries": 0, "deadlocks": 0}
+
+    def statements(self, query: str, templates: dict[str, str]) -> list[str]:
+        """A query's statements in the driver's ``%(name)s`` style, rendered and cached."""
+        key = (query, *sorted(templates.items()))
+        found = self._statements.get(key)
+        if found is None:
+            named = self.queries[query]
+            text = named.render(**templates) if templates else named.sql
+            found = [convert_params(named, "pyformat", sql)[0] for sql in split_statements(text)]
+            self._statements[key] = found
+        return found
+
+    def statistics(self) -> dict[str, int]:
+        """Deadlocks retried transparently and deadlocks passed on; pool size and free."""
+        pool = self._pool
+        return {
+            **self.stats,
+            "pool_size": 0 if pool is None else int(pool.size),
+            "pool_free": 0 if pool is None else int(pool.freesize),
+        }
+
+    async def open(self) -> None:
+        self._pool = await aiomysql.create_pool(
+            host=self.dsn.host or "127.0.0.1",
+            port=self.dsn.port or 3306,
+            user=self.dsn.user or "root",
+            password=self.dsn.password or "",
+            db=self.dsn.database,
+            minsize=self._min_size,
+            maxsize=self._max_size,
+            pool_recycle=self._pool_recycle,
+            connect_timeout=self._connect_timeout,
+            autocommit=True,
+            charset="utf8mb4",
+            # UPDATE counts the rows it matched, as on the other databases, not only those it
+            # changed.
+            client_flag=CLIENT.FOUND_ROWS,
+        )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        with anyio.CancelScope(shield=True):
+            pool.close()
+            with anyio.move_on_after(10):
+                await pool.wait_closed()
+            pool.terminate()
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[Any]:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("the MySQL dialect is not open")
+        conn = await pool.acquire()
+        try:
+            if conn not in self._configured:
+                async with conn.cursor(aiomysql.Cursor) as cur:
+                    for sql in _SESSION:
+                        await cur.execute(sql)
+                self._configured.add(conn)
+            yield conn
+        except BaseException as exc:
+            # Cancelled or failed mid-query, the connection's protocol state is unknown: close
+            # it (the server rolls back) rather than return it to the pool.
+            if not _is_server_error(exc):
+                conn.close()
+            raise
+        finally:
+            pool.release(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._acquire() as conn:
+            await conn.begin()
+            tx = MysqlConnection(self, conn, in_transaction=True, own=True)
+            try:
+                yield tx
+            except BaseException as exc:
+                if tx.broken or not _is_server_error(exc):
+                    conn.close()
+                else:
+                    with anyio.CancelScope(shield=True):
+                        await conn.rollback()
+                raise
+            if tx.broken:  # a script failed but its error was swallowed by the caller
+                conn.close()
+                raise ConfigurationError("a DDL script failed; the transaction was abandoned")
+            with anyio.CancelScope(shield=True):
+                await conn.commit()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        async with self._acquire() as conn:
+            session = MysqlConnection(self, conn, in_transaction=False, own=True)
+            yield session
+            if session.broken:
+                conn.close()
+
+    @asynccontextmanager
+    async def _adopted(self, conn: Any) -> AsyncIterator[Connection]:
+        yield MysqlConnection(self, conn, in_transaction=True, own=False)
+
+    def adopt(self, driver_connection: object) -> Any:
+        """Run queries inside the application's own aiomysql transaction: nothing is committed
+        or rolled back here, and the application's session settings are left as they are."""
+        if not isinstance(driver_connection, aiomysql.Connection):
+            raise ConfigurationError(
+                f"the mysql dialect enqueues on an aiomysql connection, "
+                f"not {type(driver_connection).__name__}"
+            )
+        return self._adopted(driver_connection)
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return _error_code(exc) == _DUPLICATE_KEY
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        if _error_code(exc) in _DISCONNECT_CODES:
+            return True
+        if isinstance(exc, pymysql.err.InterfaceError):  # used after the connection closed
+            return True
+        return isinstance(exc, OSError | ConnectionError | EOFError)
+
+
+def create(dsn: Dsn, **settings: Any) -> MysqlDialect:
+    options: dict[str, Any] = {}
+    for key, value in dsn.options.items():
+        if key not in _OPTIONS:
+            raise InvalidDsnError(
+                f"unknown MySQL DSN option {key!r}; known options: {', '.join(_OPTIONS)}"
+            )
+        try:
+            options[key] = (
+                float(value) if key in ("pool_recycle", "connect_timeout") else int(value)
+            )
+        except ValueError:
+            raise InvalidDsnError(f"MySQL DSN option {key}={value!r} is not a number") from None
+    return MysqlDialect(dsn, **{**options, **settings})

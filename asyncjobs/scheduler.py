@@ -1,0 +1,174 @@
+"""The scheduler: fires recurring tasks when due, exactly once across processes.
+
+It sleeps until the earliest ``next_run`` (never busy-polls), waking earlier when a task is
+registered here and at least every ``refresh`` to notice tasks changed by other processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+import anyio
+
+from .clock import Clock
+from .dialects import Row
+from .models import JobOptions, ScheduledTask
+from .schedule import Schedule
+from .store import NewJob, Store, utcnow
+
+log = logging.getLogger("asyncjobs.scheduler")
+
+
+def row_to_task(row: Row) -> ScheduledTask:
+    stored = json.loads(row["options"] or "{}")
+    skip = bool(stored.pop("skip_if_running", False))
+    return ScheduledTask(
+        name=row["name"],
+        schedule=Schedule.from_text(row["schedule"]),
+        request_type=row["request_type"],
+        command=row["command"],
+        request=row["request"],
+        request_body=row["request_body"],
+        options=JobOptions.from_dict(stored),
+        skip_if_running=skip,
+        enabled=bool(row["enabled"]),
+        last_run=row["last_run"],
+        last_job_id=row["last_job_id"],
+        next_run=row["next_run"],
+    )
+
+
+def task_job(
+    task: ScheduledTask,
+    fire_time: datetime,
+    default_retry_limit: int,
+    default_timeout: timedelta | None,
+) -> NewJob:
+    """The job one occurrence of a task enqueues; its meta says which task and occurrence."""
+    options = task.options
+    timeout = options.timeout or default_timeout
+    return NewJob(
+        ref_id=uuid.uuid4().hex,
+        request_type=task.request_type,
+        request=task.request,
+        request_body=task.request_body,
+        retry_limit=default_retry_limit if options.retry_limit is None else options.retry_limit,
+        created_date=utcnow(),
+        command=task.command,
+        worker=options.worker,
+        tag=options.tag,
+        batch_id=options.batch_id,
+        callback=options.callback,
+        created_by=options.created_by,
+        user_id=options.user_id,
+        timeout_secs=None if timeout is None else timeout.total_seconds(),
+        reply_to=options.reply_to,
+        args=options.args,
+        meta={**(options.meta or {}), "scheduled_task": task.name,
+              "fire_time": fire_time.isoformat()},
+        priority=options.priority,
+    )  # fmt: skip
+
+
+class Scheduler:
+    """Runs inside the runtime's task group while it executes jobs."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        refresh: timedelta,
+        make_job: Callable[[ScheduledTask, datetime], NewJob],
+        run_transient: Callable[[ScheduledTask], Awaitable[None]],
+        on_enqueued: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.refresh = refresh
+        self.make_job = make_job
+        self.run_transient = run_transient
+        self.on_enqueued = on_enqueued
+        self.changed = anyio.Event()
+        self.fired = 0
+        self.skipped = 0
+        self._transient_running: set[str] = set()
+
+    def notify_changed(self) -> None:
+        self.changed.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            self.changed = anyio.Event()
+            now = self.clock.now()
+            try:
+                for row in await self.store.due_tasks(now):
+                    await self.fire(row_to_task(row), now)
+                next_due = await self.store.next_task_due()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                delay = min(0.1 * 2 ** min(failures, 10), 5.0)
+                log.warning("scheduler error (retrying in %.1fs): %r", delay, exc)
+                await anyio.sleep(delay)
+                continue
+            wake_at = now + self.refresh
+            if next_due is not None and next_due < wake_at:
+                wake_at = next_due
+            await self._sleep_until(wake_at)
+
+    async def _sleep_until(self, deadline: datetime) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def sleep() -> None:
+                await self.clock.sleep_until(deadline)
+                tg.cancel_scope.cancel()
+
+            async def changed() -> None:
+                await self.changed.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(sleep)
+            tg.start_soon(changed)
+
+    async def fire(self, task: ScheduledTask, now: datetime) -> None:
+        """Fire one due task. After downtime the missed occurrences make one catch-up run
+        (at the first missed time), then the schedule continues from now."""
+        expected = task.next_run
+        if expected is None:
+            return
+        next_run = task.schedule.next_after(max(now, expected))
+        if task.skip_if_running and await self._still_running(task):
+            if await self.store.skip_task(task.name, expected, next_run):
+                self.skipped += 1
+                log.info("skipped %s at %s: its previous run is still going", task.name, expected)
+            return
+        if task.options.run_command:
+            taken, _ = await self.store.fire_task(task.name, expected, expected, next_run, None)
+            if taken:
+                self.fired += 1
+                await self.run_transient(task)
+            return
+        taken, job_id = await self.store.fire_task(
+            task.name, expected, expected, next_run, self.make_job(task, expected)
+        )
+        if taken:
+            self.fired += 1
+            log.debug("fired %s for %s as job %s", task.name, expected, job_id)
+            self.on_enqueued()
+
+    async def _still_running(self, task: ScheduledTask) -> bool:
+        if task.options.run_command:
+            return task.name in self._transient_running
+        return task.last_job_id is not None and await self.store.job_is_active(task.last_job_id)
+
+    def transient_started(self, name: str) -> None:
+        self._transient_running.add(name)
+
+    def transient_finished(self, name: str) -> None:
+        self._transient_running.discard(name)

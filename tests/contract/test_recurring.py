@@ -1,0 +1,174 @@
+"""Recurring tasks with a clock the test moves, on every dialect."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import pytest
+
+from asyncjobs import BackgroundJobs, JobOptions, Schedule
+from asyncjobs.models import ScheduledTask
+from tests.clocks import FakeClock
+from tests.commands import EVENTS, Add, AddCommand, Sleep, SleepCommand
+
+pytestmark = pytest.mark.anyio
+Factory = Callable[..., BackgroundJobs]
+T0 = datetime(2026, 3, 28, 6, 59, 30, tzinfo=UTC)
+
+
+async def _task(jobs: BackgroundJobs, name: str) -> ScheduledTask:
+    (task,) = [t for t in await jobs.scheduled_tasks() if t.name == name]
+    return task
+
+
+async def _fired_jobs(jobs: BackgroundJobs, name: str, count: int) -> list[int]:
+    """Wait until the task has fired ``count`` times; returns its jobs' ids in order."""
+    ids: list[int] = []
+    with anyio.fail_after(10):
+        while True:
+            task = await _task(jobs, name)
+            if task.last_job_id is not None and task.last_job_id not in ids:
+                ids.append(task.last_job_id)
+            if len(ids) >= count:
+                return ids
+            await anyio.sleep(0.02)
+
+
+async def test_interval_task_fires_on_time(make_jobs: Factory) -> None:
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[AddCommand], clock=clock) as jobs:
+        await jobs.recurring_command(AddCommand, Schedule.interval(timedelta(minutes=1)), Add(1, 1))
+        task = await _task(jobs, "AddCommand")
+        assert task.next_run == T0 + timedelta(minutes=1) and task.last_run is None
+        clock.advance(timedelta(seconds=30))
+        await anyio.sleep(0.3)
+        assert (await _task(jobs, "AddCommand")).last_job_id is None  # not yet due
+        clock.advance(timedelta(seconds=31))
+        (first,) = await _fired_jobs(jobs, "AddCommand", 1)
+        result = await jobs.wait_for_job(first)
+        task = await _task(jobs, "AddCommand")
+    assert result.completed is not None and result.completed.response_body == '{"total":2}'
+    assert result.completed.meta == {
+        "scheduled_task": "AddCommand", "fire_time": (T0 + timedelta(minutes=1)).isoformat(),
+    }  # fmt: skip
+    assert task.last_run == T0 + timedelta(minutes=1)
+    assert task.next_run == T0 + timedelta(seconds=61) + timedelta(minutes=1)
+
+
+async def test_cron_task_in_a_time_zone_across_dst(make_jobs: Factory) -> None:
+    # 09:00 Berlin: 08:00 UTC before the switch to summer time on 29 March, 07:00 UTC after.
+    clock = FakeClock(T0)
+    schedule = Schedule.cron("0 9 * * *", tz="Europe/Berlin")
+    async with make_jobs(commands=[AddCommand], clock=clock) as jobs:
+        await jobs.recurring_command(AddCommand, schedule, Add(0, 0), name="berlin")
+        assert (await _task(jobs, "berlin")).next_run == datetime(2026, 3, 28, 8, tzinfo=UTC)
+        clock.advance(timedelta(hours=1, minutes=1))
+        await _fired_jobs(jobs, "berlin", 1)
+        task = await _task(jobs, "berlin")
+    assert task.last_run == datetime(2026, 3, 28, 8, tzinfo=UTC)
+    assert task.next_run == datetime(2026, 3, 29, 7, tzinfo=UTC)
+    assert task.schedule == schedule
+
+
+async def test_reregistering_updates_the_task_and_keeps_its_history(make_jobs: Factory) -> None:
+    clock = FakeClock(T0)
+    every_minute = Schedule.every_minute
+    async with make_jobs(commands=[AddCommand], clock=clock) as jobs:
+        await jobs.recurring_command(AddCommand, every_minute, Add(1, 1), name="sum")
+        clock.advance(timedelta(minutes=1))
+        (first,) = await _fired_jobs(jobs, "sum", 1)
+        before = await _task(jobs, "sum")
+        await jobs.recurring_command(
+            AddCommand, every_minute, Add(2, 2), name="sum", options=JobOptions(tag="v2")
+        )
+        after = await _task(jobs, "sum")
+        assert (after.last_run, after.last_job_id, after.next_run) == (
+            before.last_run, before.last_job_id, before.next_run,
+        )  # fmt: skip
+        assert after.options.tag == "v2" and after.request_body == '{"a":2,"b":2}'
+        clock.advance(timedelta(minutes=1))
+        second = (await _fired_jobs(jobs, "sum", 2))[-1]
+        result = await jobs.wait_for_job(second)
+        assert len(await jobs.scheduled_tasks()) == 1
+    assert first != second
+    assert result.completed is not None and result.completed.tag == "v2"
+    assert result.completed.response_body == '{"total":4}'
+
+
+async def test_missed_occurrences_fire_once_after_downtime(make_jobs: Factory) -> None:
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[AddCommand], execute=False, clock=clock) as registrar:
+        await registrar.recurring_command(AddCommand, Schedule.every_minute, Add(1, 1))
+    clock.advance(timedelta(minutes=30))  # everything was down for half an hour
+    async with make_jobs(commands=[AddCommand], clock=clock) as jobs:
+        (job_id,) = await _fired_jobs(jobs, "AddCommand", 1)
+        await anyio.sleep(0.3)
+        task = await _task(jobs, "AddCommand")
+        assert jobs.scheduler is not None and jobs.scheduler.fired == 1
+        await jobs.wait_for_job(job_id)
+    assert task.last_job_id == job_id
+    assert task.next_run == datetime(2026, 3, 28, 7, 30, tzinfo=UTC)  # continues from now
+
+
+async def test_overlap_is_skipped_while_the_previous_run_goes_on(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[SleepCommand], clock=clock) as jobs:
+        await jobs.recurring_command(
+            SleepCommand, Schedule.every_minute, Sleep(30, label="long"), skip_if_running=True
+        )
+        clock.advance(timedelta(minutes=1))
+        (first,) = await _fired_jobs(jobs, "SleepCommand", 1)
+        with anyio.fail_after(5):
+            while ("start", "long") not in [(e[0], e[1]) for e in EVENTS]:
+                await anyio.sleep(0.01)
+        clock.advance(timedelta(minutes=1))
+        assert jobs.scheduler is not None
+        with anyio.fail_after(5):
+            while jobs.scheduler.skipped == 0:
+                await anyio.sleep(0.02)
+        task = await _task(jobs, "SleepCommand")
+        await jobs.cancel_job(first)
+    assert task.last_job_id == first and jobs.scheduler.fired == 1
+    assert task.next_run == datetime(2026, 3, 28, 7, 2, tzinfo=UTC)
+
+
+async def test_transient_task_runs_without_a_stored_job(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[SleepCommand], clock=clock) as jobs:
+        await jobs.recurring_command(
+            SleepCommand, Schedule.every_minute, Sleep(0, label="transient"),
+            options=JobOptions(run_command=True),
+        )  # fmt: skip
+        clock.advance(timedelta(minutes=1))
+        with anyio.fail_after(5):
+            while ("end", "transient") not in [(e[0], e[1]) for e in EVENTS]:
+                await anyio.sleep(0.01)
+        task = await _task(jobs, "SleepCommand")
+        assert await jobs.store.select_job_ids(None, None) == []
+    assert task.last_run == datetime(2026, 3, 28, 7, 0, tzinfo=UTC)
+    assert task.last_job_id is None
+
+
+async def test_api_task_and_delete(make_jobs: Factory) -> None:
+    clock = FakeClock(T0)
+    async with make_jobs(clock=clock) as jobs:
+        jobs.register_api(Add, _multiply)
+        await jobs.recurring_api(Schedule.hourly, Add(6, 7))
+        task = await _task(jobs, "Add")
+        assert (task.request_type, task.command) == ("API", None)
+        assert task.next_run == datetime(2026, 3, 28, 7, tzinfo=UTC)
+        clock.advance(timedelta(minutes=1))
+        (job_id,) = await _fired_jobs(jobs, "Add", 1)
+        result = await jobs.wait_for_job(job_id)
+        assert await jobs.delete_recurring_task("Add") is True
+        assert await jobs.delete_recurring_task("Add") is False
+        assert await jobs.scheduled_tasks() == []
+    assert result.completed is not None and result.completed.response_body == "42"
+
+
+async def _multiply(request: Add) -> int:
+    return request.a * request.b

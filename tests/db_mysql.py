@@ -1,0 +1,53 @@
+"""Isolated MariaDB/MySQL databases for the contract suite: one fresh database per test.
+
+The server is ``ASYNCJOBS_TEST_MYSQL`` (default: the local test server, root without a
+password). If it cannot be reached the test fails; it is never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import aiomysql
+
+SERVER = os.environ.get("ASYNCJOBS_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
+
+
+def server_dsn(database: str) -> str:
+    """The test server's DSN with another database."""
+    parts = urlsplit(SERVER)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", "", ""))
+
+
+async def admin() -> aiomysql.Connection:
+    """A connection to the test server; raises when the server is away (fail, not skip)."""
+    parts = urlsplit(SERVER)
+    return await aiomysql.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        autocommit=True,
+    )
+
+
+async def _run(sql: str) -> None:
+    conn = await admin()
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql)
+    finally:
+        conn.close()
+
+
+async def isolated_dsn() -> AsyncIterator[str]:
+    """Create a database with a random name, yield a DSN that uses it, drop it afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    await _run(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    try:
+        yield server_dsn(name)
+    finally:
+        await _run(f"DROP DATABASE IF EXISTS `{name}`")
