@@ -169,6 +169,7 @@ class BackgroundJobs:
         self._worker_locks: dict[str, anyio.Lock] = {}
         self._thread_limiter = anyio.CapacityLimiter(self._max_sync_threads)
         self._waiters = {}
+        self._transient: set[_Running] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -239,7 +240,7 @@ class BackgroundJobs:
             await self._dispatch_stopped.wait()
             with anyio.move_on_after(self.shutdown_grace.total_seconds()):
                 await self._idle.wait()
-            for running in list(self._running.values()):
+            for running in [*self._running.values(), *self._transient]:
                 running.stop_reason = running.stop_reason or "shutdown"
                 running.context.cancel_event.set()
                 running.scope.cancel()
@@ -418,6 +419,7 @@ class BackgroundJobs:
             if result is None:
                 raise JobNotFoundError(f"no job with id {job_id}")
             if result.summary.state.is_final:
+                self._waiters.pop(job_id, None)
                 return result
             # Finished here: the event fires at once; elsewhere: the next poll sees it.
             with anyio.move_on_after(self.poll_interval.total_seconds()):
@@ -608,8 +610,15 @@ class BackgroundJobs:
     async def _run_transient(self, job: BackgroundJob) -> None:
         context = JobContext(job)
         running = _Running(job, context)
-        lock = self._worker_lock(job.worker)
-        async with lock:
+        self._transient.add(running)
+        try:
+            await self._run_transient_locked(running)
+        finally:
+            self._transient.discard(running)
+
+    async def _run_transient_locked(self, running: _Running) -> None:
+        job, context = running.job, running.context
+        async with self._worker_lock(job.worker):
             job.state = JobState.STARTED
             job.attempts = 1
             job.started_date = utcnow()
