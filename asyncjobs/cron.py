@@ -7,13 +7,15 @@ Fields (``seconds=True`` adds the leading seconds field)::
     [second] minute hour day-of-month month day-of-week
      0-59    0-59   0-23 1-31         1-12  0-7 (0 and 7 are Sunday)
 
-Every field accepts ``*`` (or ``?``), a number, a range ``a-b``, a step ``*/n``,
-``a-b/n`` or ``a/n`` (``a`` up to the field maximum, every ``n``), and
-comma-separated lists of those. A step must lie between 1 and the field maximum.
-A range whose start is greater than its end wraps around: ``SAT-TUE``, ``22-2``
-in hours, ``20-5`` in day-of-month (the 20th to the 31st, then the 1st to the
-5th), ``NOV-FEB`` in months. Months accept ``JAN``-``DEC``, days of week
-``SUN``-``SAT``; everything is case-insensitive.
+Fields are separated by spaces or tabs. Every field accepts ``*`` (or ``?``),
+a number, a range ``a-b``, a step ``*/n``, ``a-b/n`` or ``a/n`` (``a`` up to the
+field maximum, every ``n``), and comma-separated lists of those. A step must lie
+between 1 and the field maximum. As in Cronos, the day-of-week maximum is 7, so
+``1/2`` is Monday, Wednesday, Friday and Sunday. A range whose start is greater
+than its end wraps around: ``SAT-TUE``, ``22-2`` in hours, ``20-5`` in
+day-of-month (the 20th to the 31st, whatever the month's length, then the 1st to
+the 5th), ``NOV-FEB`` in months; a step continues across the wrap. Months accept
+``JAN``-``DEC``, days of week ``SUN``-``SAT``; everything is case-insensitive.
 
 Day-of-month also accepts, each alone in the field:
 
@@ -33,9 +35,13 @@ Macros: ``@every_second`` (only with ``seconds=True``), ``@every_minute``,
 ``@hourly``, ``@daily``, ``@midnight``, ``@weekly`` (Sunday), ``@monthly``,
 ``@yearly``, ``@annually``.
 
+:meth:`CronExpression.next` returns None when nothing matches within 400 years
+(the Gregorian calendar repeats every 400 years, so nothing ever will, as for
+``0 0 30 2 *``) or before the year 10000.
+
 Time zones and daylight saving time (as Cronos): occurrences are computed on
-the wall clock of ``after.tzinfo`` (a :class:`zoneinfo.ZoneInfo`, or a fixed
-:class:`datetime.timezone`).
+the wall clock of ``after.tzinfo`` (a :class:`zoneinfo.ZoneInfo`, a fixed
+:class:`datetime.timezone`, or another tzinfo with PEP 495 ``fold`` support).
 
 * An occurrence inside a skipped interval (spring forward) fires once, at the
   instant the clocks jumped: ``0 2 * * *`` in America/New_York fires at 03:00
@@ -263,10 +269,6 @@ def _table(bits: int, size: int) -> list[int]:
     return table
 
 
-def _is_leap(year: int) -> bool:
-    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-
-
 def _interval_like_hours(bits: int) -> bool:
     """True when the hours form a step pattern through the whole day (``*``, ``*/n``, ``a/n``)."""
     hours = [h for h in range(24) if bits >> h & 1]
@@ -360,6 +362,7 @@ class CronExpression:
             raise CronFormatError("empty cron expression")
         if parts[0][0] == "@":
             return cls._parse_macro(parts, text, seconds)
+        seconds = bool(seconds)
         expected = 6 if seconds else 5
         if len(parts) != expected:
             hint = ""
@@ -630,7 +633,7 @@ class CronExpression:
             v = seconds[s]
             if v >= 0:
                 return datetime(y, mo, d, h, mi, v, 0, tz)
-            v = minutes[mi]
+            v = minutes[mi + 1]
             if v >= 0:
                 return datetime(y, mo, d, h, v, s0, 0, tz)
             v = hours[h + 1]
@@ -666,9 +669,28 @@ class CronExpression:
     def _next_zoned(self, after: datetime, tz: tzinfo, inclusive: bool) -> datetime | None:
         offset = after.utcoffset()
         assert offset is not None
-        # Through UTC: astimezone() would return `after` untouched when it already
-        # uses `tz`, even if it names a wall time that does not exist.
-        local = tz.fromutc((after.replace(tzinfo=None) - offset).replace(tzinfo=tz))
+        # Through UTC (`after - offset` keeps tzinfo): astimezone() would return
+        # `after` untouched, even when it names a wall time that does not exist.
+        local = tz.fromutc(after - offset)
+        if not local.fold:
+            # Fast path: the next matching wall time, kept when it exists with the
+            # start's offset (if repeated, its first pass is the answer: the start
+            # is not in a second pass). A transition in between breaks the round trip.
+            s = local.second
+            if not inclusive or local.microsecond:
+                s += 1
+            found = self._seek(local.year, local.month, local.day, local.hour, local.minute, s, tz)
+            if found is None:
+                return None
+            local_offset = local.utcoffset()
+            assert local_offset is not None
+            back = tz.fromutc(found - local_offset)
+            if back == found:
+                return found
+        return self._next_zoned_slow(local, tz, inclusive)
+
+    def _next_zoned_slow(self, local: datetime, tz: tzinfo, inclusive: bool) -> datetime | None:
+        """Cronos's rules around transitions; ``local`` is canonical (from fromutc)."""
         start = local.replace(tzinfo=None, fold=0)
         first = local.replace(fold=0).utcoffset()
         second = local.replace(fold=1).utcoffset()
