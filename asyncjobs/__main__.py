@@ -1,10 +1,11 @@
-"""The command line: ``python -m asyncjobs worker|migrate|demo``."""
+"""The command line: ``python -m asyncjobs worker|migrate|admin|demo``."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -63,6 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = migrate.add_mutually_exclusive_group(required=True)
     target.add_argument("--app", help="module:attribute of a BackgroundJobs")
     target.add_argument("--dsn", help="a database URL")
+    admin = commands.add_parser("admin", help="serve the jobs admin UI (needs asyncjobs[web])")
+    admin.add_argument("--app", required=True, help="module:attribute of a BackgroundJobs")
+    admin.add_argument("--host", default="127.0.0.1", help="without a credential: loopback only")
+    admin.add_argument("--port", type=int, default=8700)
+    admin.add_argument("--token", default=os.environ.get("ASYNCJOBS_ADMIN_TOKEN"),
+                       help="bearer token (default: $ASYNCJOBS_ADMIN_TOKEN)")  # fmt: skip
+    admin.add_argument("--basic-auth", default=os.environ.get("ASYNCJOBS_ADMIN_BASIC_AUTH"),
+                       help="user:password (default: $ASYNCJOBS_ADMIN_BASIC_AUTH)")  # fmt: skip
     demo = commands.add_parser("demo", help="run example jobs on SQLite and show what happened")
     demo.add_argument("--dsn", default=None)
     parser.add_argument("--log-level", default="INFO")
@@ -73,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             anyio.run(run_worker, load_app(args.app))
+        elif args.command == "admin":
+            from .web._server import serve
+
+            serve(load_app(args.app), host=args.host, port=args.port,
+                  bearer_token=args.token, basic_auth=args.basic_auth)  # fmt: skip
         elif args.command == "migrate":
             jobs = load_app(args.app) if args.app else BackgroundJobs(args.dsn, execute=False)
             anyio.run(run_migrate, jobs)

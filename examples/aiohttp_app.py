@@ -1,6 +1,7 @@
 """An aiohttp app whose request handler enqueues a job; the job runtime lives with the app.
 
-Run: ``python examples/aiohttp_app.py`` then ``curl -X POST localhost:8080/signup?email=a@b.c``.
+Run: ``python examples/aiohttp_app.py`` then ``curl -X POST localhost:8080/signup?email=a@b.c``;
+the jobs admin is at http://localhost:8080/admin/jobs/ (from this machine).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from asyncjobs import AsyncCommand, BackgroundJobs, job_logger
+from asyncjobs.web import AdminRequest, aiohttp_app
 
 
 @dataclass
@@ -25,6 +27,12 @@ class SendWelcomeEmail(AsyncCommand[Welcome]):
 
 
 JOBS_KEY = web.AppKey("jobs", BackgroundJobs)
+
+
+def admin_allowed(request: AdminRequest) -> bool:
+    """Who may use the jobs admin. Replace with your app's own check (a session, a role);
+    this one lets in requests from this machine only."""
+    return request.client in ("127.0.0.1", "::1")
 
 
 async def signup(request: web.Request) -> web.Response:
@@ -54,6 +62,7 @@ def create_app(dsn: str | None = None) -> web.Application:
     app.cleanup_ctx.append(jobs_lifecycle)
     app.router.add_post("/signup", signup)
     app.router.add_get("/jobs/{id}", job_status)
+    app.add_subapp("/admin/jobs/", aiohttp_app(jobs, authorize=admin_allowed))
     return app
 
 

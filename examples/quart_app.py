@@ -1,6 +1,7 @@
 """A Quart app whose request handler enqueues a job; the job runtime lives with the app.
 
-Run: ``python examples/quart_app.py`` then ``curl -X POST localhost:5000/reports?name=q3``.
+Run: ``python examples/quart_app.py`` then ``curl -X POST localhost:5000/reports?name=q3``;
+the jobs admin is at http://localhost:5000/admin/jobs/ (from this machine).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import dataclass
 from quart import Quart, jsonify, request
 from quart.typing import ResponseReturnValue
 
+import asyncjobs.web
 from asyncjobs import AsyncCommandWithResult, BackgroundJobs, update_status
+from asyncjobs.web import AdminRequest
 
 
 @dataclass
@@ -29,6 +32,12 @@ class BuildReport(AsyncCommandWithResult[ReportRequest, Report]):
     async def run(self, request: ReportRequest) -> Report:
         update_status(progress=0.5, status="querying")
         return Report(request.name, rows=3)
+
+
+def admin_allowed(request: AdminRequest) -> bool:
+    """Who may use the jobs admin. Replace with your app's own check (a session, a role);
+    this one lets in requests from this machine only."""
+    return request.client in ("127.0.0.1", "::1")
 
 
 def create_app(dsn: str | None = None) -> Quart:
@@ -56,6 +65,9 @@ def create_app(dsn: str | None = None) -> Quart:
         job = result.job
         return jsonify({"state": str(result.state), "result": job.response_body if job else None})
 
+    # The admin is an ASGI app; Quart's way to add one is to wrap its asgi_app.
+    admin = asyncjobs.web.create_app(jobs, authorize=admin_allowed)
+    app.asgi_app = asyncjobs.web.mount(app.asgi_app, "/admin/jobs", admin)  # type: ignore[method-assign]
     return app
 
 

@@ -1,0 +1,141 @@
+"""Who may use the admin, and protection of its actions against cross-site requests.
+
+Access is granted when any configured mechanism accepts the request: the app's ``authorize``
+callable, a bearer token, or a basic-auth user and password. With none configured the app is
+refused unless ``allow_unauthenticated=True`` (the standalone server on loopback).
+
+Actions (every POST) also need the ``X-Requested-With`` header, which a cross-site form cannot
+send and a cross-site ``fetch`` cannot send without a CORS preflight this app never grants, and
+an ``Origin`` (when the browser sends one) naming this very host.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from urllib.parse import urlsplit
+
+from ..exceptions import ConfigurationError
+from ._http import AdminRequest, HTTPError
+
+Authorize = Callable[[AdminRequest], "bool | Awaitable[bool]"]
+
+#: the header every action must carry (the UI sends it with every request)
+ACTION_HEADER = "x-requested-with"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class Guard:
+    """Checks every request before a handler sees it."""
+
+    def __init__(
+        self,
+        *,
+        authorize: Authorize | None,
+        bearer_token: str | None,
+        basic_auth: tuple[str, str] | str | None,
+        allow_unauthenticated: bool,
+        allowed_hosts: Iterable[str] | None,
+    ) -> None:
+        if bearer_token is not None and not bearer_token.strip():
+            raise ConfigurationError("bearer_token must not be empty")
+        self.authorize = authorize
+        self.bearer_token = bearer_token
+        self.basic = _basic_pair(basic_auth)
+        self.open = authorize is None and bearer_token is None and self.basic is None
+        if self.open and not allow_unauthenticated:
+            raise ConfigurationError(
+                "the admin needs authorisation: pass authorize=<callable>, bearer_token=... or "
+                "basic_auth=(user, password); or allow_unauthenticated=True if it is reachable "
+                "only by trusted users (for example on 127.0.0.1)"
+            )
+        self.allowed_hosts = None if allowed_hosts is None else frozenset(allowed_hosts)
+
+    async def check(self, request: AdminRequest) -> None:
+        """Raise 401/403 unless the request may proceed."""
+        if self.allowed_hosts is not None:
+            # A page on another site can point its own host name at 127.0.0.1 (DNS
+            # rebinding); the Host header still names that site, so it is refused here.
+            host = host_name(request.headers.get("host", ""))
+            if host not in self.allowed_hosts:
+                raise HTTPError(403, f"host {host!r} is not allowed to reach the admin")
+        if not self.open and not await self._granted(request):
+            if self.basic is not None or self.bearer_token is not None:
+                scheme = 'Basic realm="asyncjobs admin", charset="UTF-8"'
+                if self.basic is None:
+                    scheme = 'Bearer realm="asyncjobs admin"'
+                raise HTTPError(401, "authentication required", [("www-authenticate", scheme)])
+            raise HTTPError(403, "not allowed to use the jobs admin")
+        if request.is_action:
+            check_same_origin(request)
+
+    async def _granted(self, request: AdminRequest) -> bool:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        scheme, credentials = scheme.lower(), credentials.strip()
+        if (
+            self.bearer_token is not None
+            and scheme == "bearer"
+            and hmac.compare_digest(credentials.encode(), self.bearer_token.encode())
+        ):
+            return True
+        if self.basic is not None and scheme == "basic":
+            try:
+                user, _, password = (
+                    base64.b64decode(credentials, validate=True).decode().partition(":")
+                )
+            except (binascii.Error, UnicodeDecodeError):
+                user = password = ""
+            # Both compared, always, so the time taken says nothing about which was wrong.
+            user_ok = hmac.compare_digest(user.encode(), self.basic[0].encode())
+            password_ok = hmac.compare_digest(password.encode(), self.basic[1].encode())
+            if user_ok and password_ok:
+                return True
+        if self.authorize is not None:
+            verdict = self.authorize(request)
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            return verdict is True
+        return False
+
+
+def check_same_origin(request: AdminRequest) -> None:
+    """Refuse an action that a page on another origin could have sent."""
+    if not request.headers.get(ACTION_HEADER):
+        raise HTTPError(403, "actions need the X-Requested-With header (cross-site protection)")
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise HTTPError(403, f"cross-site action refused (Sec-Fetch-Site: {site})")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        host = request.headers.get("host", "")
+        if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
+            raise HTTPError(403, f"cross-site action refused (Origin {origin!r} is not {host!r})")
+    if request.body.strip():
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise HTTPError(415, "actions take a JSON body (Content-Type: application/json)")
+
+
+def host_name(host: str) -> str:
+    """``example.com:8700`` → ``example.com``; ``[::1]:8700`` → ``::1``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _basic_pair(value: tuple[str, str] | str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        user, sep, password = value.partition(":")
+        if not sep:
+            raise ConfigurationError("basic_auth must be (user, password) or 'user:password'")
+        value = (user, password)
+    user, password = value
+    if not user or not password or ":" in user:
+        raise ConfigurationError("basic_auth needs a user (without ':') and a non-empty password")
+    return user, password
