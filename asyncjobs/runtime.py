@@ -49,6 +49,8 @@ log = logging.getLogger("asyncjobs")
 #: errors that another attempt cannot fix
 _PERMANENT_ERRORS = (SerializationError, RegistrationError)
 UserResolver = Callable[[str], Awaitable[Any]]
+#: the first poll after a claim that found work (polls then back off up to poll_interval)
+_FAST_POLL = 0.05
 #: the notification channel a dialect with notifications uses for "work arrived" / "cancel:<id>"
 NOTIFY_CHANNEL = "asyncjobs"
 
@@ -149,6 +151,7 @@ class BackgroundJobs:
         self._outcomes: list[Outcome] = []
         self._waiters: dict[int, anyio.Event] = {}
         self._saturated = False
+        self._poll_delay = poll_interval.total_seconds()
         self._transient_ids = -1
         self._durations: dict[tuple[str, str | None], tuple[float | None, float]] = {}
         self._started = False
@@ -531,21 +534,40 @@ class BackgroundJobs:
         self._require_started()
         return [row_to_task(row) for row in await self.store.list_tasks()]
 
+    async def run_scheduled_task(self, name: str) -> JobRef | None:
+        """Run a recurring task now, outside its schedule (its next run stays as it is).
+        Returns the job, or None for a task that runs transiently (``run_command``)."""
+        self._require_started()
+        rows = [row for row in await self.store.list_tasks() if row["name"] == name]
+        if not rows:
+            raise JobNotFoundError(f"no recurring task named {name!r}")
+        task = row_to_task(rows[0])
+        if task.options.run_command:
+            await self._run_task_transient(task)
+            return None
+        new = task_job(task, self.clock.now(), self.default_retry_limit, self.default_timeout)
+        job_id = await self.store.run_task_now(name, new)
+        self._wake_dispatcher()
+        return JobRef(job_id, new.ref_id)
+
     async def _run_task_transient(self, task: ScheduledTask) -> None:
         info = self.registry.command(task.command or "")
         request = None
         if info.request_type is not None:
             request = decode(task.request_body, info.request_type)
         job, _ = self._transient_job(info.name, request, task.options)
-        assert self._tg is not None and self.scheduler is not None
+        if self._tg is None:
+            raise ConfigurationError("use `async with jobs:` before running tasks")
         scheduler = self.scheduler
-        scheduler.transient_started(task.name)
 
         async def run() -> None:
+            if scheduler is not None:
+                scheduler.transient_started(task.name)
             try:
                 await self._run_transient(job)
             finally:
-                scheduler.transient_finished(task.name)
+                if scheduler is not None:
+                    scheduler.transient_finished(task.name)
 
         self._tg.start_soon(run)
 
@@ -681,11 +703,18 @@ class BackgroundJobs:
                 if self._saturated and free > 0:
                     await anyio.lowlevel.checkpoint()
                     continue
-                await self._sleep_until_work()
+                await self._sleep_until_work(found=bool(jobs))
 
-    async def _sleep_until_work(self) -> None:
-        timeout = self.poll_interval.total_seconds()
-        with anyio.move_on_after(timeout):
+    async def _sleep_until_work(self, found: bool = False) -> None:
+        """Sleep until woken (local work) or the next poll for other processes' work. The
+        poll adapts: soon after a claim found work, doubling while none comes, up to
+        ``poll_interval``."""
+        ceiling = self.poll_interval.total_seconds()
+        if found:
+            self._poll_delay = min(_FAST_POLL, ceiling)
+        else:
+            self._poll_delay = min(self._poll_delay * 2, ceiling)
+        with anyio.move_on_after(self._poll_delay):
             await self._wake.wait()
 
     async def _pause_after_error(self, what: str, exc: Exception, failures: int) -> None:

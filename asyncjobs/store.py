@@ -292,6 +292,13 @@ class Store:
             await tx.execute("set_task_job", {"name": name, "job_id": job_id})
             return True, job_id
 
+    async def run_task_now(self, name: str, job: NewJob) -> int:
+        """Enqueue a task's job outside its schedule and record it as the task's last job."""
+        async with self.dialect.transaction() as tx:
+            ((job_id, _),) = await self._insert(tx, [job])
+            await tx.execute("set_task_job", {"name": name, "job_id": job_id})
+            return job_id
+
     async def skip_task(self, name: str, expected: datetime, next_run: datetime | None) -> bool:
         """Move past an occurrence without running it (the previous run is still going)."""
         async with self.dialect.transaction() as tx:

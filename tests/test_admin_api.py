@@ -300,11 +300,11 @@ async def test_scheduled_tasks_and_run_now(admin: Admin) -> None:
     assert datetime.fromisoformat(nightly["last_run"]) == last_run
     assert datetime.fromisoformat(nightly["next_run"]) > datetime.now(UTC)
     assert tasks["often"]["schedule_text"] == "every 1m 30s" and tasks["often"]["enabled"] is True
-    if callable(getattr(admin.jobs, "run_scheduled_task", None)):
-        assert (await admin.post("/api/scheduled/nightly/run"))["name"] == "nightly"
-    else:
-        error = await admin.post("/api/scheduled/nightly/run", status=501)
-        assert "run_scheduled_task" in error["error"]
+    ran = await admin.post("/api/scheduled/nightly/run")
+    assert ran["name"] == "nightly" and isinstance(ran["job_id"], int)
+    ran_job = await admin.jobs.get_job(ran["job_id"])
+    assert ran_job is not None and ran_job.summary.command == "PingCommand"
+    await admin.post("/api/scheduled/nope/run", status=404)
 
 
 # -- actions ----------------------------------------------------------------------------------

@@ -328,11 +328,7 @@ class AdminApi:
                 except Exception:
                     item["next_run"] = None
             items.append(item)
-        return {
-            "now": now,
-            "tasks": items,
-            "can_run_now": callable(getattr(self.jobs, "run_scheduled_task", None)),
-        }
+        return {"now": now, "tasks": items, "can_run_now": True}
 
     # -- actions --------------------------------------------------------------------------
 
@@ -389,23 +385,16 @@ class AdminApi:
         return {"requeued": requeued, "errors": errors}
 
     async def run_task(self, name: str) -> dict[str, Any]:
-        run = getattr(self.jobs, "run_scheduled_task", None)
-        if not callable(run):
-            raise HTTPError(
-                501,
-                "running a scheduled task on demand is not supported by this version of "
-                "asyncjobs (BackgroundJobs.run_scheduled_task is missing)",
-            )
         try:
-            ref = await run(name)
+            ref = await self.jobs.run_scheduled_task(name)
         except LookupError as exc:
             raise HTTPError(404, str(exc) or f"no scheduled task named {name!r}") from None
         finally:
             self.cache.clear()
         return {
             "name": name,
-            "job_id": getattr(ref, "id", None),
-            "ref_id": getattr(ref, "ref_id", None),
+            "job_id": None if ref is None else ref.id,
+            "ref_id": None if ref is None else ref.ref_id,
         }
 
 

@@ -172,3 +172,20 @@ async def test_api_task_and_delete(make_jobs: Factory) -> None:
 
 async def _multiply(request: Add) -> int:
     return request.a * request.b
+
+
+async def test_run_a_scheduled_task_now(make_jobs: Factory) -> None:
+    from asyncjobs.exceptions import JobNotFoundError
+
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[AddCommand], clock=clock) as jobs:
+        await jobs.recurring_command(AddCommand, Schedule.daily, Add(3, 4), name="daily")
+        ref = await jobs.run_scheduled_task("daily")
+        assert ref is not None
+        result = await jobs.wait_for_job(ref.id)
+        task = await _task(jobs, "daily")
+        with pytest.raises(JobNotFoundError, match="no recurring task named 'nope'"):
+            await jobs.run_scheduled_task("nope")
+    assert result.completed is not None and result.completed.response_body == '{"total":7}'
+    assert task.last_job_id == ref.id
+    assert task.next_run == datetime(2026, 3, 29, tzinfo=UTC)  # the schedule is unchanged
