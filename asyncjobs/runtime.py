@@ -223,7 +223,9 @@ class BackgroundJobs:
         stack, self._exit_stack = self._exit_stack, None
         self._started = False
         if stack is not None:
-            return await stack.__aexit__(exc_type, exc, tb)
+            # The body's own exception is not handed to our task group, which would wrap it in
+            # an ExceptionGroup: it propagates as raised, after a normal shutdown.
+            await stack.__aexit__(None, None, None)
         return None
 
     def _on_notification(self, payload: str) -> None:

@@ -17,7 +17,7 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -202,21 +202,32 @@ class PostgresDialect(Dialect):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._acquire() as conn:
-            tx = conn.transaction()
-            await tx.start()
-            try:
-                await self._local_search_path(conn)
-                yield PostgresConnection(self, conn)
-            except BaseException:
+        for attempt in range(2):
+            async with self._acquire() as conn:
+                tx = conn.transaction()
+                try:
+                    with anyio.CancelScope(shield=True):
+                        # A BEGIN cut off half-way would leave a transaction no one rolls back.
+                        await tx.start()
+                except Exception:
+                    # A pooled connection the server dropped while it sat idle fails here,
+                    # before any work was done: the pool replaces it; try once more.
+                    if attempt:
+                        raise
+                    continue
+                try:
+                    await self._local_search_path(conn)
+                    yield PostgresConnection(self, conn)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await tx.rollback()
+                        except Exception as exc:  # the connection is gone; the pool drops it
+                            log.debug("rollback failed: %r", exc)
+                    raise
                 with anyio.CancelScope(shield=True):
-                    try:
-                        await tx.rollback()
-                    except Exception as exc:  # the connection is gone; the pool drops it
-                        log.debug("rollback failed: %r", exc)
-                raise
-            with anyio.CancelScope(shield=True):
-                await tx.commit()
+                    await tx.commit()
+                return
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -301,18 +312,10 @@ class PostgresDialect(Dialect):
         async with self._acquire() as conn:
             await conn.execute("SELECT pg_notify($1, $2)", self.channel(channel), payload)
 
-    @asynccontextmanager
-    async def listen(
+    def listen(
         self, channel: str, on_message: Callable[[str], Awaitable[None] | None]
-    ) -> AsyncIterator[None]:
-        send, receive = anyio.create_memory_object_stream[str](math.inf)
-        async with anyio.create_task_group() as tg:
-            await tg.start(self._listen_loop, self.channel(channel), send)
-            tg.start_soon(_deliver, receive, on_message)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
+    ) -> AbstractAsyncContextManager[None]:
+        return _Listening(self, self.channel(channel), on_message)
 
     async def _listen_loop(
         self,
@@ -323,15 +326,24 @@ class PostgresDialect(Dialect):
     ) -> None:
         """Keep one connection listening; reconnect with backoff when it is lost. The first
         connection must succeed (start-up fails otherwise); later failures only delay."""
+        listening = False
+
+        def on_listening() -> None:
+            nonlocal listening
+            if listening:
+                _send(send, "")  # work may have arrived while we were away
+            else:
+                listening = True
+                task_status.started()
+
         with send:
-            await self._listen_once(channel, send, task_status.started)
             failures = 0
             while True:
                 try:
-                    # Work may have arrived while we were away: wake the runtime once.
-                    await self._listen_once(channel, send, lambda: send.send_nowait(""))
-                    failures = 0
+                    await self._listen_once(channel, send, on_listening)
                 except Exception as exc:
+                    if not listening:
+                        raise
                     failures += 1
                     delay = min(0.1 * 2 ** min(failures, 10), 5.0)
                     log.warning("LISTEN connection lost (retrying in %.1fs): %r", delay, exc)
@@ -344,15 +356,19 @@ class PostgresDialect(Dialect):
         lost = anyio.Event()
 
         def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-            send.send_nowait(payload)
+            _send(send, payload)
+
+        def on_terminate(_conn: object) -> None:
+            lost.set()
 
         async with self._listen_connection() as conn:
-            conn.add_termination_listener(lambda _conn: lost.set())
-            await conn.add_listener(channel, on_notify)
+            conn.add_termination_listener(on_terminate)
             try:
+                await conn.add_listener(channel, on_notify)
                 on_listening()
                 await _wait_until_lost(conn, lost)
             finally:
+                conn.remove_termination_listener(on_terminate)
                 with anyio.move_on_after(5, shield=True):
                     if not conn.is_closed():
                         await conn.remove_listener(channel, on_notify)
@@ -376,6 +392,42 @@ class PostgresDialect(Dialect):
                 conn.terminate()
 
 
+class _Listening:
+    """Owns the task group that keeps a LISTEN connection and hands notifications over.
+
+    A class rather than a generator: an error raised by the code inside ``async with`` must
+    reach the caller as it is, not wrapped in the task group's ExceptionGroup."""
+
+    def __init__(
+        self,
+        dialect: PostgresDialect,
+        channel: str,
+        on_message: Callable[[str], Awaitable[None] | None],
+    ) -> None:
+        self._dialect = dialect
+        self._channel = channel
+        self._on_message = on_message
+        self._tg = anyio.create_task_group()
+
+    async def __aenter__(self) -> None:
+        send, receive = anyio.create_memory_object_stream[str](math.inf)
+        await self._tg.__aenter__()
+        try:
+            await self._tg.start(self._dialect._listen_loop, self._channel, send)
+            self._tg.start_soon(_deliver, receive, self._on_message)
+        except BaseException:
+            await self._stop()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
+        # Our tasks never raise, so the group exits with nothing to report.
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(None, None, None)
+
+
 async def _wait_until_lost(conn: Any, lost: anyio.Event) -> None:
     """Return when the listening connection closed, or stopped answering a health check."""
     while not lost.is_set():
@@ -385,6 +437,12 @@ async def _wait_until_lost(conn: Any, lost: anyio.Event) -> None:
             with anyio.fail_after(10):
                 await conn.execute("SELECT 1")
     raise ConnectionError("the LISTEN connection closed")
+
+
+def _send(send: MemoryObjectSendStream[str], payload: str) -> None:
+    # Called by asyncpg outside our tasks; after shutdown there is no one left to tell.
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        send.send_nowait(payload)
 
 
 async def _deliver(

@@ -56,31 +56,30 @@ WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint));
 -- an advisory lock alone cannot stop a claim acting on a snapshot from before the other claim
 -- committed; the row lock's re-check can. It also needs no extra table and no extra round trip.
 --
--- Workers are found with a loose index scan (one probe per worker with queued jobs), so a long
--- queue of one worker costs one probe, not a scan; unnamed jobs come from ix_background_job_claim.
-WITH RECURSIVE workers(worker) AS (
-    (SELECT worker FROM background_job
+-- Heads are found with a loose index scan of ix_background_job_worker_queue: one probe per
+-- worker with queued jobs, so a long queue of one worker costs one probe, not a scan. Unnamed
+-- jobs come from ix_background_job_claim in claim order.
+WITH RECURSIVE heads(worker, id) AS (
+    (SELECT worker, id FROM background_job
      WHERE state = 'Queued' AND worker IS NOT NULL
-     ORDER BY worker LIMIT 1)
+     ORDER BY worker, id LIMIT 1)
     UNION ALL
-    SELECT (SELECT b.worker FROM background_job b
-            WHERE b.state = 'Queued' AND b.worker IS NOT NULL AND b.worker > w.worker
-            ORDER BY b.worker LIMIT 1)
-    FROM workers w
-    WHERE w.worker IS NOT NULL
+    SELECT next.worker, next.id
+    FROM heads h
+    CROSS JOIN LATERAL (
+        SELECT b.worker, b.id FROM background_job b
+        WHERE b.state = 'Queued' AND b.worker IS NOT NULL AND b.worker > h.worker
+        ORDER BY b.worker, b.id LIMIT 1
+    ) next
 ),
-heads AS (
-    SELECT (SELECT h.id FROM background_job h
-            WHERE h.state = 'Queued' AND h.worker IS NOT NULL AND h.worker = w.worker
-            ORDER BY h.worker, h.id LIMIT 1) AS id
-    FROM workers w
-    WHERE w.worker IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM background_job r
-                      WHERE r.worker = w.worker AND r.state IN ('Started', 'Executed'))
+idle_heads AS (
+    SELECT h.id FROM heads h
+    WHERE NOT EXISTS (SELECT 1 FROM background_job r
+                      WHERE r.worker = h.worker AND r.state IN ('Started', 'Executed'))
 ),
 named AS MATERIALIZED (
     SELECT j.id, j.priority FROM background_job j
-    WHERE j.id = ANY (ARRAY(SELECT id FROM heads))
+    WHERE j.id = ANY (ARRAY(SELECT id FROM idle_heads))
       AND j.state = 'Queued'
       AND (j.run_after IS NULL OR j.run_after <= :now)
       AND (j.depends_on IS NULL
@@ -99,6 +98,8 @@ unnamed AS MATERIALIZED (
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
 ),
+-- Both candidate sets are locked as they are read, so SKIP LOCKED moves past rows another claim
+-- holds; the few locked here but not chosen stay Queued and are free again at commit.
 chosen AS (
     SELECT c.id FROM (SELECT id, priority FROM named UNION ALL SELECT id, priority FROM unnamed) c
     ORDER BY c.priority DESC, c.id

@@ -128,10 +128,10 @@ DELETE FROM background_job
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('Completed', 'Failed', 'Cancelled');
 
 -- name: get_completed_job
-SELECT * FROM completed_job_{month} WHERE id = :id;
+SELECT * FROM completed_job_{month} WHERE id = :id AND created_date = :created_date;
 
 -- name: get_failed_job
-SELECT * FROM failed_job_{month} WHERE id = :id;
+SELECT * FROM failed_job_{month} WHERE id = :id AND created_date = :created_date;
 
 -- name: requeue_failed
 -- Bring a failed or cancelled job back into the queue with the same id and a fresh retry budget.

@@ -331,3 +331,10 @@ async def test_graceful_shutdown_requeues_unfinished_jobs(make_jobs: Factory) ->
     assert slow_result is not None and slow_result.queued is not None
     assert slow_result.queued.state is JobState.QUEUED
     assert slow_result.queued.error_code == "Shutdown"
+
+
+async def test_an_error_in_the_body_propagates_unwrapped(make_jobs: Factory) -> None:
+    with pytest.raises(KeyError, match="from the body"):
+        async with make_jobs(commands=[AddCommand]) as jobs:
+            await jobs.enqueue_command(AddCommand, Add(1, 1))
+            raise KeyError("from the body")

@@ -1,0 +1,510 @@
+"""PostgreSQL-specific behaviour: the claim's plan on a big queue, LISTEN/NOTIFY wake-ups and
+cancels across processes, named workers across processes, partitions, the schema option, the
+application's own pool and transactional enqueue. Multi-process tests use ``tests.worker``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+import anyio.to_thread
+import asyncpg
+import pytest
+
+from asyncjobs import BackgroundJobs, JobOptions, JobState
+from asyncjobs.dialects import create_dialect
+from asyncjobs.dialects.postgres import PostgresDialect, _asyncpg_dsn
+from asyncjobs.exceptions import ConfigurationError
+from asyncjobs.runtime import NOTIFY_CHANNEL
+from asyncjobs.store import month_key
+from tests import db_postgres
+from tests.commands import ALL_COMMANDS, Add, AddCommand, Sleep, SleepCommand
+from tests.conftest import FAST
+from tests.db_postgres import SERVER
+from tests.processes import start_worker, stop_worker, workers
+
+pytestmark = [pytest.mark.anyio, pytest.mark.dialects("postgres")]
+Factory = Callable[..., BackgroundJobs]
+
+
+def _pg(jobs: BackgroundJobs) -> PostgresDialect:
+    assert isinstance(jobs.dialect, PostgresDialect)
+    return jobs.dialect
+
+
+def _schema(dsn: str) -> str:
+    return dict(parse_qsl(urlsplit(dsn).query))["schema"]
+
+
+async def _connect(dsn: str) -> Any:
+    """A plain asyncpg connection on the test's schema, for looking behind the API."""
+    return await asyncpg.connect(SERVER, server_settings={"search_path": _schema(dsn)})
+
+
+def _lines(path: Path) -> list[list[str]]:
+    """``start|end label time pid job_id`` lines written by SleepCommand."""
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _started_at(path: Path, label: str) -> float | None:
+    for line in _lines(path):
+        if line[0] == "start" and line[1] == label:
+            return float(line[2])
+    return None
+
+
+async def _wait_for(predicate: Callable[[], bool], seconds: float) -> None:
+    with anyio.fail_after(seconds):
+        while not predicate():
+            await anyio.sleep(0.01)
+
+
+def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+async def _explain(conn: Any, sql: str, *args: Any) -> list[dict[str, Any]]:
+    raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
+    return list(_plan_nodes(json.loads(raw)[0]["Plan"]))
+
+
+@pytest.fixture
+async def migrated(make_jobs: Factory) -> None:
+    """The schema exists before worker processes start (they would migrate it in turn)."""
+    async with make_jobs(commands=ALL_COMMANDS, execute=False):
+        pass
+
+
+# -- the claim ----------------------------------------------------------------------------
+
+
+async def test_claim_uses_indexes_on_100k_queued_jobs(make_jobs: Factory, dsn: str) -> None:
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as jobs:
+        conn = await _connect(dsn)
+        try:
+            # 100k queued jobs: every 10th on one of 50 named workers, three priorities, and
+            # two workers busy with a running job.
+            await conn.execute(
+                """
+                INSERT INTO background_job (ref_id, worker, created_date, request_type, command,
+                                            request, request_body, state, retry_limit, priority)
+                SELECT 'r' || g, CASE WHEN g % 10 = 0 THEN 'w' || (g % 50) END, now(), 'CMD',
+                       'SleepCommand', 'Sleep', '{"seconds": 0}', 'Queued', 2, g % 3
+                FROM generate_series(1, 100000) g
+                """
+            )
+            await conn.execute(
+                "INSERT INTO job_summary (id, ref_id, created_date, request_type, request, state)"
+                " SELECT id, ref_id, created_date, request_type, request, state"
+                " FROM background_job"
+            )
+            busy = ("w10", "w20")
+            await conn.execute(
+                "UPDATE background_job SET state = 'Started' WHERE id IN"
+                " (SELECT MIN(id) FROM background_job WHERE worker = ANY($1) GROUP BY worker)",
+                list(busy),
+            )
+            await conn.execute("ANALYZE background_job; ANALYZE job_summary")
+            sql, order = _pg(jobs).statement("claim_jobs", {})
+            for named_only in (0, 1):
+                params = {"now": datetime.now(UTC), "node": "n", "limit": 50}
+                args = [{**params, "named_only": named_only}[name] for name in order]
+                nodes = await _explain(conn, sql, *args)
+                assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
+                indexes = {n.get("Index Name") for n in nodes}
+                assert "ix_background_job_worker_queue" in indexes
+                assert ("ix_background_job_claim" in indexes) is (named_only == 0)
+
+            claimed = await jobs.store.claim("n", 50)
+        finally:
+            await conn.close()
+    assert len(claimed) == 50
+    assert [(-j.priority, j.id) for j in claimed] == sorted((-j.priority, j.id) for j in claimed)
+    named = [j for j in claimed if j.worker is not None]
+    # Each idle worker's head (its oldest queued job), nothing of the busy ones.
+    assert named and len({j.worker for j in named}) == len(named)
+    assert not {j.worker for j in named} & set(busy)
+
+
+# -- wake-ups and cancels across processes ------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("migrated")
+async def test_enqueue_in_one_process_starts_in_another_well_before_a_poll(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "events.log"
+    worker = await anyio.to_thread.run_sync(start_worker, dsn, "--poll-ms", "5000")
+    try:
+        await anyio.sleep(0.5)  # past the worker's first claim: it now sleeps for 5 s
+        async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+            for i in range(3):
+                label = f"n{i}"
+                enqueued = time.time()
+                await producer.enqueue_command(
+                    SleepCommand, Sleep(0, label=label, log_file=str(log_file))
+                )
+                await _wait_for(lambda label=label: _started_at(log_file, label) is not None, 5)
+                started = _started_at(log_file, label)
+                assert started is not None and started - enqueued < 1.0
+                await anyio.sleep(0.2)
+    finally:
+        await anyio.to_thread.run_sync(stop_worker, worker)
+
+
+async def test_without_notifications_polling_runs_the_job(make_jobs: Factory) -> None:
+    async with (
+        make_jobs(commands=ALL_COMMANDS, execute=False) as producer,
+        make_jobs(
+            commands=ALL_COMMANDS, notifications=False, poll_interval=timedelta(milliseconds=300)
+        ) as consumer,
+    ):
+        assert consumer.notifications is False
+        ref = await producer.enqueue_command(AddCommand, Add(2, 3))
+        with anyio.fail_after(10):
+            result = await consumer.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("migrated")
+async def test_cancel_reaches_a_job_running_in_another_process(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "events.log"
+    # Polls and heartbeats every 5 s: only the notification can make the cancel prompt.
+    worker = await anyio.to_thread.run_sync(
+        start_worker, dsn, "--poll-ms", "5000", "--lease-seconds", "30"
+    )
+    try:
+        async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+            ref = await producer.enqueue_command(
+                SleepCommand, Sleep(30, label="long", log_file=str(log_file))
+            )
+            await _wait_for(lambda: _started_at(log_file, "long") is not None, 10)
+            asked = time.monotonic()
+            assert await producer.cancel_job(ref.id)
+            with anyio.fail_after(5):
+                result = await producer.wait_for_job(ref.id)
+            elapsed = time.monotonic() - asked
+    finally:
+        await anyio.to_thread.run_sync(stop_worker, worker)
+    assert result.state is JobState.CANCELLED
+    assert elapsed < 2.0
+    assert not [line for line in _lines(log_file) if line[0] == "end"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("migrated")
+async def test_three_processes_drain_3000_jobs_with_named_workers(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "events.log"
+    items: list[tuple[type[Any], Any, JobOptions | None]] = []
+    for i in range(2700):
+        items.append((SleepCommand, Sleep(0, label=f"u{i}", log_file=str(log_file)), None))
+        if i % 9 == 0:  # 300 named jobs spread through the queue, 100 per worker
+            k = (i // 9) % 3
+            request = Sleep(0.002, label=f"w{k}-{i}", log_file=str(log_file))
+            items.append((SleepCommand, request, JobOptions(worker=f"w{k}")))
+    assert len(items) == 3000
+    conn = await _connect(dsn)
+    try:
+        with workers(dsn, 3, "--max-concurrency", "20", "--lease-seconds", "10"):
+            async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+                for start in range(0, len(items), 250):
+                    await producer.enqueue_many(items[start : start + 250])
+            with anyio.fail_after(50):
+                while await conn.fetchval(
+                    "SELECT count(*) FROM job_summary WHERE state = 'Completed'"
+                ) < len(items):
+                    await anyio.sleep(0.2)
+        attempts = await conn.fetchval("SELECT max(attempts) FROM job_summary")
+    finally:
+        await conn.close()
+    assert attempts == 1  # no job ran twice, none was taken back
+
+    starts: dict[str, list[str]] = defaultdict(list)
+    ends: dict[str, list[str]] = defaultdict(list)
+    for line in _lines(log_file):
+        (starts if line[0] == "start" else ends)[line[1]].append(line[2])
+    assert sorted(starts) == sorted(str(item[1].label) for item in items)
+    assert all(len(v) == 1 for v in starts.values()) and all(len(v) == 1 for v in ends.values())
+    assert len({line[3] for line in _lines(log_file)}) >= 2  # the work was shared
+
+    by_worker: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+    for line in _lines(log_file):
+        if line[0] == "start" and line[1].startswith("w"):
+            label = line[1]
+            by_worker[label.split("-")[0]].append(
+                (int(label.split("-")[1]), float(starts[label][0]), float(ends[label][0]))
+            )
+    for runs in by_worker.values():
+        runs.sort()  # enqueue order
+        assert len(runs) == 100
+        for (_, _, prev_end), (_, start, _) in pairwise(runs):
+            assert start >= prev_end  # never overlapping, and started in enqueue order
+
+
+# -- partitions ---------------------------------------------------------------------------
+
+
+async def test_archives_are_monthly_partitions_with_a_default(make_jobs: Factory, dsn: str) -> None:
+    now = datetime.now(UTC)
+    this_month = month_key(now)
+    next_month = month_key(now.replace(day=1) + timedelta(days=32))
+    old = datetime(2020, 1, 15, 12, tzinfo=UTC)
+    conn = await _connect(dsn)
+    try:
+        async with make_jobs(commands=ALL_COMMANDS) as jobs:
+            parts = {
+                r["name"]
+                for r in await conn.fetch(
+                    "SELECT inhrelid::regclass::text AS name FROM pg_inherits"
+                    " WHERE inhparent IN ('completed_job'::regclass, 'failed_job'::regclass)"
+                )
+            }
+            for table in ("completed_job", "failed_job"):
+                assert {f"{table}_{this_month}", f"{table}_{next_month}", f"{table}_default"} <= (
+                    parts
+                )
+
+            # A job created in a month that has no partition still lands, in the default one.
+            new = dataclasses.replace(
+                jobs._command_job(AddCommand, Add(1, 2), None), created_date=old
+            )
+            ((job_id, _),) = await jobs.store.enqueue([new])
+            with anyio.fail_after(10):
+                result = await jobs.wait_for_job(job_id)
+            assert result.completed is not None and result.completed.created_date == old
+            where = "SELECT tableoid::regclass::text FROM completed_job WHERE id = $1"
+            assert await conn.fetchval(where, job_id) == "completed_job_default"
+
+            # Creating that month's partition moves it out of the default partition.
+            await jobs.store.ensure_archives(old, months_ahead=0)
+            assert await conn.fetchval(where, job_id) == "completed_job_202001"
+            assert "202001" in await jobs.store.archive_months()
+            again = await jobs.get_job(job_id)
+            assert again is not None and again.completed is not None
+
+            # Reads by id and created_date touch that month's partition only.
+            sql, order = _pg(jobs).statement("get_completed_job", {})
+            params = {"id": job_id, "created_date": old}
+            nodes = await _explain(conn, sql, *[params[name] for name in order])
+            scanned = {n["Relation Name"] for n in nodes if "Relation Name" in n}
+            assert scanned == {"completed_job_202001"}
+
+            assert await jobs.store.drop_months_before("202002") == ["202001"]
+            assert await conn.fetchval("SELECT to_regclass('completed_job_202001')") is None
+            assert await jobs.get_job(job_id) is None
+    finally:
+        await conn.close()
+
+
+# -- embedding: schemas, the application's pool, transactional enqueue -----------------------
+
+
+@pytest.fixture
+async def app_pool() -> AsyncIterator[Any]:
+    """The application's own pool, with the server's default search_path."""
+    pool = await asyncpg.create_pool(SERVER, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def _listener(channel: str) -> tuple[Any, list[str]]:
+    received: list[str] = []
+    conn = await asyncpg.connect(SERVER)
+    await conn.add_listener(channel, lambda _c, _p, _ch, payload: received.append(payload))
+    return conn, received
+
+
+async def test_transactional_enqueue_on_the_apps_pool(dsn: str, app_pool: Any) -> None:
+    dialect = PostgresDialect(pool=app_pool, schema=_schema(dsn))
+    jobs = BackgroundJobs(dialect=dialect, commands=ALL_COMMANDS, **FAST)
+    async with jobs:
+        listener, notified = await _listener(dialect.channel(NOTIFY_CHANNEL))
+        try:
+            async with app_pool.acquire() as conn:
+                before = await conn.fetchval("SHOW search_path")
+                tx = conn.transaction()
+                await tx.start()
+                await conn.execute("CREATE TEMP TABLE app_work (x int)")  # the app's own work
+                ref = await jobs.enqueue_command(AddCommand, Add(1, 2), connection=conn)
+                assert await conn.fetchval("SHOW search_path") == before  # given back
+                await tx.rollback()
+            await anyio.sleep(0.3)
+            assert await jobs.get_job(ref.id) is None
+            assert await jobs.get_job_by_ref_id(ref.ref_id) is None
+            assert notified == []  # a rolled-back enqueue wakes nobody
+
+            async with app_pool.acquire() as conn, conn.transaction():
+                ref = await jobs.enqueue_command(AddCommand, Add(20, 22), connection=conn)
+            with anyio.fail_after(10):
+                result = await jobs.wait_for_job(ref.id)
+            assert notified == [""]
+        finally:
+            await listener.close()
+    assert result.state is JobState.COMPLETED
+    assert result.completed is not None and result.completed.attempts == 1
+    assert result.completed.response_body is not None and "42" in result.completed.response_body
+    assert await app_pool.fetchval("SELECT 1") == 1  # the application's pool stays open
+
+
+async def test_schema_option_creates_the_schema_and_keeps_schemas_apart(
+    dsn: str, make_jobs: Factory
+) -> None:
+    fresh = f"t_new_{int(time.time() * 1000) % 10**9}"
+    fresh_dsn = f"{SERVER}?schema={fresh}"
+    try:
+        async with (
+            make_jobs(commands=ALL_COMMANDS, execute=False) as first,
+            BackgroundJobs(fresh_dsn, commands=ALL_COMMANDS, **FAST) as second,
+        ):
+            assert _pg(second).channel(NOTIFY_CHANNEL) == f"asyncjobs.{fresh}"
+            listener, notified = await _listener(_pg(second).channel(NOTIFY_CHANNEL))
+            try:
+                ref = await first.enqueue_command(AddCommand, Add(1, 1))
+                await anyio.sleep(0.5)
+                assert notified == []  # the other schema's enqueue does not wake us
+                assert await second.get_job(ref.id) is None
+                queued = await first.get_job(ref.id)
+                assert queued is not None and queued.state is JobState.QUEUED
+
+                other = await second.enqueue_command(AddCommand, Add(2, 2))
+                with anyio.fail_after(10):
+                    assert (await second.wait_for_job(other.id)).state is JobState.COMPLETED
+            finally:
+                await listener.close()
+        conn = await asyncpg.connect(SERVER)
+        try:
+            tables = await conn.fetchval(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = $1", fresh
+            )
+        finally:
+            await conn.close()
+        assert tables >= 5
+    finally:
+        conn = await asyncpg.connect(SERVER)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def test_an_error_inside_listen_reaches_the_caller_unwrapped(dsn: str) -> None:
+    dialect = create_dialect(dsn)
+    await dialect.open()
+    try:
+        with pytest.raises(KeyError, match="mine"):
+            async with dialect.listen(NOTIFY_CHANNEL, lambda _payload: None):
+                raise KeyError("mine")
+    finally:
+        await dialect.close()
+
+
+async def test_listen_connection_is_replaced_after_it_is_killed(
+    make_jobs: Factory, dsn: str
+) -> None:
+    listening = "SELECT pid FROM pg_stat_activity WHERE query = $1"
+    conn = await asyncpg.connect(SERVER)
+    try:
+        async with (
+            make_jobs(commands=ALL_COMMANDS, execute=False) as producer,
+            make_jobs(commands=ALL_COMMANDS, poll_interval=timedelta(seconds=10)) as consumer,
+        ):
+            statement = f'LISTEN "{_pg(consumer).channel(NOTIFY_CHANNEL)}"'
+            pid = await conn.fetchval(listening, statement)
+            assert pid is not None
+            await conn.execute("SELECT pg_terminate_backend($1)", pid)
+            with anyio.fail_after(10):
+                while await conn.fetchval(listening, statement) in (None, pid):
+                    await anyio.sleep(0.05)
+            await anyio.sleep(0.2)  # past the wake-up sent on reconnecting
+            ref = await producer.enqueue_command(AddCommand, Add(1, 1))
+            with anyio.fail_after(2):  # well under the 10 s poll
+                assert (await consumer.wait_for_job(ref.id)).state is JobState.COMPLETED
+    finally:
+        await conn.close()
+
+
+async def test_jobs_run_on_after_the_server_drops_every_connection(
+    make_jobs: Factory, dsn: str
+) -> None:
+    conn = await asyncpg.connect(SERVER)
+    try:
+        async with (
+            make_jobs(commands=ALL_COMMANDS, execute=False) as producer,
+            make_jobs(commands=ALL_COMMANDS) as consumer,
+        ):
+            first = await producer.enqueue_command(AddCommand, Add(1, 1))
+            with anyio.fail_after(10):
+                await consumer.wait_for_job(first.id)
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'asyncjobs' AND pid <> pg_backend_pid()"
+            )
+            assert killed >= 3  # both pools and the LISTEN connection
+            ref = await producer.enqueue_command(AddCommand, Add(2, 2))
+            with anyio.fail_after(10):
+                assert (await consumer.wait_for_job(ref.id)).state is JobState.COMPLETED
+    finally:
+        await conn.close()
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+def test_dsn_options_configure_the_dialect() -> None:
+    dialect = create_dialect(
+        "postgresql://u:p%40ss@db.example:6543/app?schema=jobs&min_size=2&max_size=4&sslmode=disable"
+    )
+    assert isinstance(dialect, PostgresDialect)
+    assert dialect.schema == "jobs"
+    assert dialect.capabilities.partitioned_archive and dialect.capabilities.notifications
+    assert _asyncpg_dsn(dialect._dsn or "") == (
+        "postgresql://u:p%40ss@db.example:6543/app?sslmode=disable"
+    )
+    other = create_dialect("postgresql://h/db", schema="s1", max_size=3)
+    assert isinstance(other, PostgresDialect) and other.schema == "s1"
+    with pytest.raises(ConfigurationError, match="not a valid PostgreSQL identifier"):
+        create_dialect("postgresql://h/db?schema=bad-name")
+    with pytest.raises(ConfigurationError, match="unknown PostgreSQL settings"):
+        create_dialect("postgresql://h/db", pool_size=3)
+    with pytest.raises(ConfigurationError, match="min_size"):
+        create_dialect("postgresql://h/db?min_size=5&max_size=2")
+    with pytest.raises(ConfigurationError, match="either a dsn or a pool"):
+        PostgresDialect()
+
+
+def test_driver_errors_are_classified() -> None:
+    dialect = PostgresDialect("postgresql://h/db")
+    assert dialect.is_unique_violation(asyncpg.UniqueViolationError("dup"))
+    assert not dialect.is_unique_violation(asyncpg.ForeignKeyViolationError("fk"))
+    assert dialect.is_disconnect(ConnectionResetError())
+    assert dialect.is_disconnect(asyncpg.AdminShutdownError("bye"))
+    assert dialect.is_disconnect(asyncpg.exceptions.ConnectionDoesNotExistError("gone"))
+    assert not dialect.is_disconnect(asyncpg.UniqueViolationError("dup"))
+
+
+async def test_unreachable_server_fails_rather_than_skips(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db_postgres, "SERVER", "postgresql://postgres@127.0.0.1:1/test")
+    with pytest.raises(ConnectionRefusedError):
+        async for _ in db_postgres.isolated_dsn():
+            pass
