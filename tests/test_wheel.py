@@ -46,6 +46,7 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_a_job(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "asyncjobs/sql/sqlite/jobs.sql" in names
     assert "asyncjobs/sql/postgres/jobs.sql" in names and "asyncjobs/sql/mysql/jobs.sql" in names
+    assert "asyncjobs/web/static/app.js" in names  # the admin UI ships too
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
