@@ -11,11 +11,9 @@ import anyio
 class Clock(Protocol):
     def now(self) -> datetime:
         """The current time, timezone-aware."""
-        ...
 
     async def sleep_until(self, deadline: datetime) -> None:
         """Return once ``now() >= deadline`` (or earlier; callers re-check the time)."""
-        ...
 
 
 class SystemClock:

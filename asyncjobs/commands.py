@@ -19,6 +19,7 @@ SyncNoRequestCommandWithResult[R]  sync    no        yes
 
 from __future__ import annotations
 
+import abc
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,8 +34,8 @@ Req = TypeVar("Req")
 Res = TypeVar("Res")
 
 
-class _Command:
-    """Shared class-level facts about a command shape."""
+class _Command(abc.ABC):
+    """Shared class-level facts about a command shape; subclasses implement ``run``."""
 
     #: run every job of this command on this named (serial) worker
     worker: ClassVar[str | None] = None
@@ -46,64 +47,72 @@ class AsyncCommand(_Command, Generic[Req]):
     _is_async = True
     _has_request = True
 
+    @abc.abstractmethod
     async def run(self, request: Req) -> None:
-        raise NotImplementedError
+        """Do the work with the request."""
 
 
 class AsyncCommandWithResult(_Command, Generic[Req, Res]):
     _is_async = True
     _has_request = True
 
+    @abc.abstractmethod
     async def run(self, request: Req) -> Res:
-        raise NotImplementedError
+        """Do the work with the request."""
 
 
 class AsyncNoRequestCommand(_Command):
     _is_async = True
     _has_request = False
 
+    @abc.abstractmethod
     async def run(self) -> None:
-        raise NotImplementedError
+        """Do the work."""
 
 
 class AsyncNoRequestCommandWithResult(_Command, Generic[Res]):
     _is_async = True
     _has_request = False
 
+    @abc.abstractmethod
     async def run(self) -> Res:
-        raise NotImplementedError
+        """Do the work."""
 
 
 class SyncCommand(_Command, Generic[Req]):
     _is_async = False
     _has_request = True
 
+    @abc.abstractmethod
     def run(self, request: Req) -> None:
-        raise NotImplementedError
+        """Do the work with the request."""
 
 
 class SyncCommandWithResult(_Command, Generic[Req, Res]):
     _is_async = False
     _has_request = True
 
+    @abc.abstractmethod
     def run(self, request: Req) -> Res:
-        raise NotImplementedError
+        """Do the work with the request."""
 
 
 class SyncNoRequestCommand(_Command):
     _is_async = False
     _has_request = False
 
+    @abc.abstractmethod
     def run(self) -> None:
-        raise NotImplementedError
+        """Do the work."""
 
 
 class SyncNoRequestCommandWithResult(_Command, Generic[Res]):
     _is_async = False
     _has_request = False
 
+    @abc.abstractmethod
     def run(self) -> Res:
-        raise NotImplementedError
+        """Do the work."""
 
 
 _BASES: tuple[type, ...] = (
@@ -154,6 +163,8 @@ def _request_type(cls: type[Any]) -> Any:
 def command_info(cls: type[Any]) -> CommandInfo:
     if not (isinstance(cls, type) and issubclass(cls, _Command)) or cls in _BASES:
         raise RegistrationError(f"{cls!r} is not a command class (subclass AsyncCommand & co.)")
+    if inspect.isabstract(cls):
+        raise RegistrationError(f"{cls.__name__} does not implement run()")
     return CommandInfo(cls.__name__, cls, _request_type(cls), cls._is_async, cls.worker)
 
 

@@ -39,19 +39,15 @@ class Connection(Protocol):
 
     async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
         """Run a query and return its rows as dicts."""
-        ...
 
     async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
         """Run a statement and return the number of rows it touched."""
-        ...
 
     async def executemany(self, query: str, params: Sequence[Params], **templates: str) -> None:
         """Run a statement once per parameter set, in one round trip where the driver can."""
-        ...
 
     async def script(self, query: str, **templates: str) -> None:
         """Run a multi-statement query (DDL) statement by statement."""
-        ...
 
 
 class Dialect(abc.ABC):

@@ -12,9 +12,10 @@ and all SQL in ``sql/mysql/``:
   autocommitting ``connection()`` they get a transaction of their own);
 - ``fetch`` returns the rows of the last statement and ``execute`` its row count;
 - statements hand values to each other in session variables named ``@asyncjobs_*``, e.g.
-  ``SELECT JSON_ARRAYAGG(id) INTO @asyncjobs_ids FROM (... FOR UPDATE) AS t`` and then
-  ``UPDATE JSON_TABLE(@asyncjobs_ids, ...) JOIN background_job ...``. The dialect passes
-  nothing between them; the SQL reads as it runs in a MySQL client.
+  ``SELECT JSON_ARRAYAGG(id) INTO @asyncjobs_ids FROM (... FOR UPDATE) AS t``, then
+  ``UPDATE JSON_TABLE(@asyncjobs_ids, ...) AS i STRAIGHT_JOIN background_job b ...``. The
+  dialect passes nothing between them; the SQL runs as written in a MySQL client. (An
+  aggregate always returns a row, so a variable is always assigned, NULL for no rows.)
 
 A deadlock (1213) or lock-wait timeout (1205) in a query that is the first of its transaction
 (as the claim is) is retried a bounded number of times: nothing else of the transaction has run,
@@ -38,8 +39,6 @@ from typing import Any, TypeVar
 
 import aiomysql
 import anyio
-import pymysql
-from pymysql.constants import CLIENT
 
 from .._sql import Queries, convert_params, load_queries, split_statements
 from ..exceptions import ConfigurationError, InvalidDsnError
@@ -55,6 +54,7 @@ _OPTIONS = ("min_size", "max_size", "deadlock_retries", "pool_recycle", "connect
 _DEADLOCK = 1213
 _LOCK_WAIT_TIMEOUT = 1205
 _DUPLICATE_KEY = 1062
+_CLIENT_FOUND_ROWS = 2  # pymysql.constants.CLIENT.FOUND_ROWS
 #: the server went away or refuses us for now: can't connect (2002, 2003), gone away (2006),
 #: lost connection (2013, 2055), server shutdown (1053), connection killed (1927, MariaDB),
 #: disconnected for inactivity (4031, MySQL 8), too many connections (1040)
@@ -66,8 +66,9 @@ _DISCONNECT_CODES = frozenset({2002, 2003, 2006, 2013, 2055, 1053, 1927, 4031, 1
 #: the lock and could start a second job of the worker). It also takes no gap locks, so
 #: enqueues, claims and finishes touching neighbouring index ranges do not block or deadlock
 #: each other. The fixed sql_mode is the one the SQL files are written for; sql_notes = 0 keeps
-#: "already exists" notes of idempotent DDL from becoming driver warnings; JSON_ARRAYAGG is
-#: bounded by group_concat_max_len on MariaDB.
+#: "already exists" notes of idempotent DDL from becoming driver warnings (aiomysql turns them
+#: into Python warnings); JSON_ARRAYAGG is bounded by group_concat_max_len on MariaDB; a UTC
+#: time zone makes NOW() agree with the stored times.
 _SESSION = (
     "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
     "SET SESSION sql_mode = 'ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,"
@@ -92,7 +93,7 @@ def _convert(value: Any) -> Any:
 
 
 def _error_code(exc: BaseException) -> int | None:
-    if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
+    if isinstance(exc, aiomysql.MySQLError) and exc.args and isinstance(exc.args[0], int):
         return exc.args[0]
     return None
 
@@ -187,7 +188,7 @@ class MysqlConnection:
             self._fresh = False
             try:
                 return await run()
-            except pymysql.err.MySQLError as exc:
+            except aiomysql.MySQLError as exc:
                 if _error_code(exc) not in (_DEADLOCK, _LOCK_WAIT_TIMEOUT):
                     raise
                 if not retryable or retries >= self._dialect.deadlock_retries:
@@ -271,7 +272,7 @@ class MysqlDialect(Dialect):
             charset="utf8mb4",
             # UPDATE counts the rows it matched, as on the other databases, not only those it
             # changed.
-            client_flag=CLIENT.FOUND_ROWS,
+            client_flag=_CLIENT_FOUND_ROWS,
         )
 
     async def close(self) -> None:
@@ -284,18 +285,37 @@ class MysqlDialect(Dialect):
                 await pool.wait_closed()
             pool.terminate()
 
-    @asynccontextmanager
-    async def _acquire(self) -> AsyncIterator[Any]:
+    async def _checkout(self, *, begin: bool) -> Any:
+        """A pooled connection, set up for our sessions and, with ``begin``, in a transaction.
+        (The pool drops idle connections whose socket the server closed; one that died
+        unnoticed fails here and is replaced once.)"""
         pool = self._pool
         if pool is None:
             raise RuntimeError("the MySQL dialect is not open")
-        conn = await pool.acquire()
+        for attempt in range(2):
+            conn = await pool.acquire()
+            try:
+                if conn not in self._configured:
+                    async with conn.cursor(aiomysql.Cursor) as cur:
+                        for sql in _SESSION:
+                            await cur.execute(sql)
+                    self._configured.add(conn)
+                if begin:
+                    await conn.begin()
+            except BaseException as exc:
+                conn.close()
+                pool.release(conn)
+                if attempt or not self.is_disconnect(exc):
+                    raise
+            else:
+                return conn
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def _acquire(self, *, begin: bool = False) -> AsyncIterator[Any]:
+        pool = self._pool
+        conn = await self._checkout(begin=begin)
         try:
-            if conn not in self._configured:
-                async with conn.cursor(aiomysql.Cursor) as cur:
-                    for sql in _SESSION:
-                        await cur.execute(sql)
-                self._configured.add(conn)
             yield conn
         except BaseException as exc:
             # Cancelled or failed mid-query, the connection's protocol state is unknown: close
@@ -308,8 +328,7 @@ class MysqlDialect(Dialect):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._acquire() as conn:
-            await conn.begin()
+        async with self._acquire(begin=True) as conn:
             tx = MysqlConnection(self, conn, in_transaction=True, own=True)
             try:
                 yield tx
@@ -354,12 +373,17 @@ class MysqlDialect(Dialect):
     def is_disconnect(self, exc: BaseException) -> bool:
         if _error_code(exc) in _DISCONNECT_CODES:
             return True
-        if isinstance(exc, pymysql.err.InterfaceError):  # used after the connection closed
+        if isinstance(exc, aiomysql.InterfaceError):  # used after the connection closed
             return True
         return isinstance(exc, OSError | ConnectionError | EOFError)
 
 
 def create(dsn: Dsn, **settings: Any) -> MysqlDialect:
+    unknown = sorted(set(settings) - set(_OPTIONS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown MySQL settings {unknown}; known settings: {', '.join(_OPTIONS)}"
+        )
     options: dict[str, Any] = {}
     for key, value in dsn.options.items():
         if key not in _OPTIONS:

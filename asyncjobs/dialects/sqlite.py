@@ -61,20 +61,59 @@ def _row_factory(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
 
 
 class SqliteConnection:
-    """Runs named queries on the dialect's connection, each call in the worker thread."""
+    """Runs named queries on the dialect's connection, each call in the worker thread.
 
-    def __init__(self, dialect: SqliteDialect) -> None:
+    A named query may be several statements (each ending with ``;`` at the end of a line), as
+    in the MySQL dialect: they run in order in one trip to the worker thread, atomically (in a
+    transaction of their own on an autocommitting ``connection()``); ``fetch`` returns the rows
+    of the last statement that returns rows (e.g. an ``UPDATE ... RETURNING`` followed by an
+    UPDATE of the summaries), ``execute`` the row count of the last statement."""
+
+    def __init__(self, dialect: SqliteDialect, *, in_transaction: bool = False) -> None:
         self._dialect = dialect
+        self._in_transaction = in_transaction
 
     async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
-        sql = self._dialect.sql(query, templates)
+        statements = self._dialect.statements(query, templates)
         values = {k: _convert(v) for k, v in (params or {}).items()}
-        return await self._dialect.run(lambda db: db.execute(sql, values).fetchall())
+        if len(statements) == 1:
+            sql = statements[0]
+            return await self._dialect.run(lambda db: db.execute(sql, values).fetchall())
+        rows, _ = await self._dialect.run(lambda db: self._run_all(db, statements, values))
+        return rows
 
     async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
-        sql = self._dialect.sql(query, templates)
+        statements = self._dialect.statements(query, templates)
         values = {k: _convert(v) for k, v in (params or {}).items()}
-        return await self._dialect.run(lambda db: db.execute(sql, values).rowcount)
+        if len(statements) == 1:
+            sql = statements[0]
+            return await self._dialect.run(lambda db: db.execute(sql, values).rowcount)
+        _, count = await self._dialect.run(lambda db: self._run_all(db, statements, values))
+        return count
+
+    def _run_all(
+        self, db: sqlite3.Connection, statements: Sequence[str], values: dict[str, Any]
+    ) -> tuple[list[Row], int]:
+        """In the worker thread: every statement of a query, atomically."""
+        wrap = not self._in_transaction
+        if wrap:
+            db.execute("BEGIN IMMEDIATE")
+        try:
+            rows: list[Row] = []
+            count = 0
+            for sql in statements:
+                cursor = db.execute(sql, values)
+                found = cursor.fetchall()
+                if cursor.description is not None:
+                    rows = found
+                count = cursor.rowcount
+        except BaseException:
+            if wrap:
+                db.execute("ROLLBACK")
+            raise
+        if wrap:
+            db.execute("COMMIT")
+        return rows, count
 
     async def executemany(self, query: str, params: Sequence[Params], **templates: str) -> None:
         if not params:
@@ -105,6 +144,15 @@ class SqliteDialect(Dialect):
         self._busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
         self._rendered: dict[tuple[object, ...], str] = {}
+        self._split: dict[tuple[object, ...], list[str]] = {}
+
+    def statements(self, query: str, templates: dict[str, str]) -> list[str]:
+        """The query's statements (one, or several run as one; see SqliteConnection)."""
+        key = (query, *sorted(templates.items()))
+        found = self._split.get(key)
+        if found is None:
+            found = self._split[key] = split_statements(self.sql(query, templates))
+        return found
 
     def sql(self, query: str, templates: dict[str, str]) -> str:
         if not templates:
@@ -156,7 +204,7 @@ class SqliteDialect(Dialect):
         async with self._lock:
             await self.run(lambda db: db.execute("BEGIN IMMEDIATE"))
             try:
-                yield SqliteConnection(self)
+                yield SqliteConnection(self, in_transaction=True)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self.run(lambda db: db.execute("ROLLBACK"))

@@ -201,3 +201,9 @@ def test_command_without_request_type_is_rejected() -> None:
         Registry().add_command(Bad)
     with pytest.raises(RegistrationError, match="not a command class"):
         Registry().add_command(int)
+
+    class NoRun(AsyncCommand[Add]):
+        pass
+
+    with pytest.raises(RegistrationError, match="NoRun does not implement run"):
+        Registry().add_command(NoRun)

@@ -334,7 +334,10 @@ async def test_graceful_shutdown_requeues_unfinished_jobs(make_jobs: Factory) ->
 
 
 async def test_an_error_in_the_body_propagates_unwrapped(make_jobs: Factory) -> None:
-    with pytest.raises(KeyError, match="from the body"):
+    async def failing_body() -> None:
         async with make_jobs(commands=[AddCommand]) as jobs:
             await jobs.enqueue_command(AddCommand, Add(1, 1))
             raise KeyError("from the body")
+
+    with pytest.raises(KeyError, match="from the body"):
+        await failing_body()
