@@ -64,7 +64,6 @@ class _Running:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     #: why the scope was cancelled: "cancelled" (by a user) or "shutdown"
     stop_reason: str | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 class BackgroundJobs:
@@ -735,7 +734,8 @@ class BackgroundJobs:
         self._running[job.id] = running
         if job.worker is None:
             self._running_unnamed += 1
-        self._idle = anyio.Event()
+        if self._idle.is_set():
+            self._idle = anyio.Event()
         self._stats["claimed"] += 1
         self._tg.start_soon(self._run_job, running)
 
@@ -793,7 +793,6 @@ class BackgroundJobs:
                 self._running_unnamed -= 1
             if not self._running:
                 self._idle.set()
-            running.done.set()
 
     async def _prepare(self, job: BackgroundJob) -> None:
         """Load what a job may read: its parent (for depends_on) and its user."""

@@ -22,16 +22,24 @@ def server_dsn(database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", "", ""))
 
 
-async def admin() -> aiomysql.Connection:
-    """A connection to the test server; raises when the server is away (fail, not skip)."""
-    parts = urlsplit(SERVER)
+async def connect(dsn: str = SERVER, *, autocommit: bool = True) -> aiomysql.Connection:
+    """A plain aiomysql connection to a DSN's server and database (the application's own,
+    in tests); raises when the server is away (fail, not skip)."""
+    parts = urlsplit(dsn)
     return await aiomysql.connect(
         host=parts.hostname or "127.0.0.1",
         port=parts.port or 3306,
         user=parts.username or "root",
         password=parts.password or "",
-        autocommit=True,
+        db=parts.path.lstrip("/") or None,
+        autocommit=autocommit,
+        charset="utf8mb4",
     )
+
+
+async def admin() -> aiomysql.Connection:
+    """A connection to the test server without a database."""
+    return await connect(server_dsn(""))
 
 
 async def _run(sql: str) -> None:

@@ -159,24 +159,30 @@ class MysqlConnection:
         wrap = len(statements) > 1 and not self._in_transaction
         if wrap:
             await self._conn.begin()
-        async with self._conn.cursor(aiomysql.Cursor) as cur:
-            for sql in statements:
-                await cur.execute(sql, values)
-            count = int(cur.rowcount)
-            rows: list[Row] = []
-            if cur.description:
-                names = [column[0] for column in cur.description]
-                for record in await cur.fetchall():
-                    rows.append(
-                        {
-                            name: value.replace(tzinfo=UTC)
-                            if isinstance(value, datetime)
-                            else value
-                            for name, value in zip(names, record, strict=True)
-                        }
-                    )
-        if wrap:
-            await self._conn.commit()
+        try:
+            async with self._conn.cursor(aiomysql.Cursor) as cur:
+                for sql in statements:
+                    await cur.execute(sql, values)
+                count = int(cur.rowcount)
+                rows: list[Row] = []
+                if cur.description:
+                    names = [column[0] for column in cur.description]
+                    for record in await cur.fetchall():
+                        rows.append(
+                            {
+                                name: value.replace(tzinfo=UTC)
+                                if isinstance(value, datetime)
+                                else value
+                                for name, value in zip(names, record, strict=True)
+                            }
+                        )
+            if wrap:
+                await self._conn.commit()
+        except BaseException as exc:
+            if wrap and _is_server_error(exc):  # else the connection is dropped
+                with anyio.CancelScope(shield=True):
+                    await self._conn.rollback()
+            raise
         return rows, count
 
     async def _attempt(self, run: Callable[[], Awaitable[T]]) -> T:

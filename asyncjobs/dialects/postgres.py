@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
@@ -32,6 +32,7 @@ from ._base import Capabilities, Connection, Dialect, Params, Row
 from ._dsn import Dsn
 
 log = logging.getLogger("asyncjobs.postgres")
+T = TypeVar("T")
 
 _SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 #: DSN query options read by this dialect; the rest go to asyncpg (sslmode, ...)
@@ -52,17 +53,44 @@ def _rowcount(status: str) -> int:
 class PostgresConnection:
     """Runs named queries on one asyncpg connection."""
 
-    def __init__(self, dialect: PostgresDialect, conn: Any) -> None:
+    def __init__(self, dialect: PostgresDialect, conn: Any, *, pool: Any = None) -> None:
         self._dialect = dialect
         self._conn = conn
+        #: set on an autocommitting connection() until its first query has run: a pooled
+        #: connection the server dropped while it sat idle is then replaced once (as
+        #: transaction() does when its BEGIN fails)
+        self._pool = pool
+
+    async def _run(self, operation: Callable[[Any], Awaitable[T]]) -> T:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return await operation(self._conn)
+        try:
+            return await operation(self._conn)
+        except Exception as exc:
+            if not self._dialect.is_disconnect(exc) and not isinstance(
+                exc, asyncpg.InterfaceError | asyncpg.InternalClientError
+            ):
+                raise
+            log.debug("replacing a dropped pooled connection: %r", exc)
+            stale, self._conn = self._conn, None
+            # So that the pool opens a new one rather than hand it back (unless asyncpg has
+            # already taken it back, having seen it close).
+            with contextlib.suppress(asyncpg.InterfaceError):
+                stale.terminate()
+            with anyio.CancelScope(shield=True):
+                await pool.release(stale)
+            self._conn = await pool.acquire()
+            return await operation(self._conn)
 
     async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
         sql, args = self._dialect.bind(query, params, templates)
-        return [dict(record) for record in await self._conn.fetch(sql, *args)]
+        records = await self._run(lambda conn: conn.fetch(sql, *args))
+        return [dict(record) for record in records]
 
     async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
         sql, args = self._dialect.bind(query, params, templates)
-        return _rowcount(await self._conn.execute(sql, *args))
+        return _rowcount(await self._run(lambda conn: conn.execute(sql, *args)))
 
     async def executemany(self, query: str, params: Sequence[Params], **templates: str) -> None:
         if not params:
@@ -236,8 +264,16 @@ class PostgresDialect(Dialect):
             async with self.transaction() as conn:
                 yield conn
             return
-        async with self._acquire() as conn:
-            yield PostgresConnection(self, conn)
+        if self._pool is None:
+            raise RuntimeError("the PostgreSQL dialect is not open")
+        pool = self._pool
+        held = PostgresConnection(self, await pool.acquire(), pool=pool)
+        try:
+            yield held
+        finally:
+            if held._conn is not None:
+                with anyio.CancelScope(shield=True):
+                    await pool.release(held._conn)
 
     @property
     def _needs_local_search_path(self) -> bool:

@@ -41,7 +41,8 @@ def to_db_time(value: datetime) -> str:
 
 def _from_db_time(value: Any) -> Any:
     if isinstance(value, str):
-        return datetime.strptime(value, _FORMAT).replace(tzinfo=UTC)
+        # fromisoformat reads the stored form (and is many times faster than strptime)
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
     return value
 
 

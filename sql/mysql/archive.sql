@@ -81,7 +81,7 @@ SELECT
     b.progress, b.status, b.logs, b.last_activity_date, b.reply_to, b.error_code, b.error,
     b.args, b.meta, b.priority
 FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 WHERE b.state = 'Completed';
 
 -- name: archive_failed
@@ -100,13 +100,70 @@ SELECT
     b.progress, b.status, b.logs, b.last_activity_date, b.reply_to, b.error_code, b.error,
     b.args, b.meta, b.priority
 FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 WHERE b.state IN ('Failed', 'Cancelled');
+
+-- name: complete_jobs
+-- The finisher's common case, many successful executions at once: each job this node still
+-- holds gets its outcome, is copied into the archive, has its summary updated and leaves the
+-- queue. Returns the ids completed; a job missing from them was taken over by another node (its
+-- lease ran out). :outcomes is a JSON array of {id, duration_ms, response, response_body,
+-- status, logs, notified_date}.
+-- No DELETE ... RETURNING into an INSERT here: the jobs still held are locked and kept in a
+-- session variable, then updated, copied, summarised, deleted and returned (see jobs.sql).
+SELECT JSON_ARRAYAGG(c.id) INTO @asyncjobs_done FROM (
+    SELECT b.id FROM JSON_TABLE(:outcomes, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i
+    STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
+    WHERE b.lease_owner = :node
+    FOR UPDATE
+) AS c;
+UPDATE JSON_TABLE(:outcomes, '$[*]' COLUMNS (
+    id BIGINT PATH '$.id',
+    duration_ms BIGINT PATH '$.duration_ms',
+    response LONGTEXT PATH '$.response',
+    response_body LONGTEXT PATH '$.response_body',
+    status LONGTEXT PATH '$.status',
+    logs LONGTEXT PATH '$.logs',
+    notified_date DATETIME(6) PATH '$.notified_date'
+)) AS o
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = o.id
+SET b.state = 'Completed', b.completed_date = :now, b.last_activity_date = :now,
+    b.duration_ms = o.duration_ms, b.response = o.response, b.response_body = o.response_body,
+    b.error = NULL, b.error_code = NULL, b.progress = 1.0,
+    b.status = COALESCE(o.status, b.status),
+    b.notified_date = COALESCE(o.notified_date, b.notified_date),
+    b.logs = CASE WHEN o.logs IS NULL THEN b.logs ELSE CONCAT(COALESCE(b.logs, ''), o.logs) END
+WHERE b.lease_owner = :node;
+INSERT INTO completed_job (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
+    created_by, request_type, command, request, request_body, user_id, response, response_body,
+    state, started_date, completed_date, notified_date, retry_limit, attempts, duration_ms,
+    timeout_secs, progress, status, logs, last_activity_date, reply_to, error_code, error, args,
+    meta, priority
+)
+SELECT
+    b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
+    b.run_after, b.created_date, b.created_by, b.request_type, b.command, b.request,
+    b.request_body, b.user_id, b.response, b.response_body, b.state, b.started_date,
+    b.completed_date, b.notified_date, b.retry_limit, b.attempts, b.duration_ms, b.timeout_secs,
+    b.progress, b.status, b.logs, b.last_activity_date, b.reply_to, b.error_code, b.error,
+    b.args, b.meta, b.priority
+FROM JSON_TABLE(@asyncjobs_done, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id;
+UPDATE JSON_TABLE(@asyncjobs_done, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
+STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = b.id
+SET s.state = b.state, s.started_date = b.started_date, s.completed_date = b.completed_date,
+    s.duration_ms = b.duration_ms, s.attempts = b.attempts, s.error_code = NULL,
+    s.error_message = NULL;
+DELETE b FROM JSON_TABLE(@asyncjobs_done, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id;
+SELECT i.id FROM JSON_TABLE(@asyncjobs_done, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i;
 
 -- name: delete_archived
 -- Remove archived jobs from the queue (same transaction as the archive insert).
 DELETE b FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 WHERE b.state IN ('Completed', 'Failed', 'Cancelled');
 
 -- name: get_completed_job

@@ -1,8 +1,11 @@
 -- The job lifecycle: enqueue, claim, finish, retry, cancel, read.
 -- Lists of ids and of new jobs arrive as one JSON array parameter, read with JSON_TABLE, so a
--- batch is one statement. Lists are joined (UPDATE/DELETE t JOIN JSON_TABLE ...) rather than
--- tested with IN (subquery): MariaDB plans a single-table UPDATE or DELETE with IN (subquery)
--- as a scan of the whole table.
+-- batch is one statement. Lists are joined, JSON_TABLE first and the table by its key
+-- (JSON_TABLE(...) AS i STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id),
+-- rather than tested with IN (subquery): MariaDB plans a single-table UPDATE or DELETE with
+-- IN (subquery) as a scan of the whole table, and a statement that scans locks every row it
+-- reads, so it would wait for (or deadlock with) transactions holding unrelated jobs. The
+-- fixed join order keeps it that way on small tables too, where a scan looks cheaper.
 --
 -- MySQL has no RETURNING (MariaDB has it for INSERT and DELETE, not UPDATE), so a query that
 -- returns what it changed is several statements run in order, in one transaction, by the
@@ -12,9 +15,14 @@
 -- its row count.
 
 -- name: insert_jobs
--- Enqueue a batch of jobs given as a JSON array; ids follow the array's order. The ids are read
--- back by ref_id (unique) because MySQL has no INSERT ... RETURNING and interleaved auto-increment
--- (MySQL 8's default) does not promise consecutive ids within one INSERT ... SELECT. New named
+-- Enqueue a batch of jobs given as a JSON array, each with its summary row; ids follow the
+-- array's order. The summaries are read with a plain SELECT first: when the enqueue runs in
+-- the application's transaction, which is usually REPEATABLE READ, an INSERT ... SELECT would
+-- put shared next-key locks on the background_job rows it reads (up to the supremum on a small
+-- table) and hold them until the application commits, blocking every other enqueue. A plain
+-- SELECT is a consistent read and locks nothing. The ids are read back by ref_id (unique)
+-- because MySQL has no INSERT ... RETURNING and interleaved auto-increment (MySQL 8's
+-- default) does not promise consecutive ids within one INSERT ... SELECT. New named
 -- workers get their job_worker row, which the claim locks; a plain SELECT finds them first, so
 -- enqueueing for a known worker takes no lock on it.
 INSERT INTO background_job (
@@ -60,22 +68,43 @@ SELECT JSON_ARRAYAGG(n.worker) INTO @asyncjobs_workers FROM (
 INSERT INTO job_worker (name)
 SELECT j.name FROM JSON_TABLE(@asyncjobs_workers, '$[*]' COLUMNS (name VARCHAR(255) PATH '$')) AS j
 ON DUPLICATE KEY UPDATE job_worker.name = job_worker.name;
+SELECT JSON_ARRAYAGG(JSON_OBJECT(
+    'id', b.id, 'parent_id', b.parent_id, 'ref_id', b.ref_id, 'worker', b.worker,
+    'tag', b.tag, 'batch_id', b.batch_id, 'callback', b.callback, 'depends_on', b.depends_on,
+    'created_date', b.created_date, 'created_by', b.created_by,
+    'request_type', b.request_type, 'command', b.command, 'request', b.request,
+    'user_id', b.user_id, 'state', b.state, 'attempts', b.attempts
+)) INTO @asyncjobs_summaries
+FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
+STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
+INSERT INTO job_summary (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on,
+    created_date, created_by, request_type, command, request, user_id, state, attempts
+)
+SELECT s.id, s.parent_id, s.ref_id, s.worker, s.tag, s.batch_id, s.callback, s.depends_on,
+       s.created_date, s.created_by, s.request_type, s.command, s.request, s.user_id, s.state,
+       s.attempts
+FROM JSON_TABLE(@asyncjobs_summaries, '$[*]' COLUMNS (
+    id BIGINT PATH '$.id',
+    parent_id BIGINT PATH '$.parent_id',
+    ref_id LONGTEXT PATH '$.ref_id',
+    worker LONGTEXT PATH '$.worker',
+    tag LONGTEXT PATH '$.tag',
+    batch_id LONGTEXT PATH '$.batch_id',
+    callback LONGTEXT PATH '$.callback',
+    depends_on BIGINT PATH '$.depends_on',
+    created_date DATETIME(6) PATH '$.created_date',
+    created_by LONGTEXT PATH '$.created_by',
+    request_type LONGTEXT PATH '$.request_type',
+    command LONGTEXT PATH '$.command',
+    request LONGTEXT PATH '$.request',
+    user_id LONGTEXT PATH '$.user_id',
+    state LONGTEXT PATH '$.state',
+    attempts INT PATH '$.attempts'
+)) AS s;
 SELECT b.id, b.ref_id
 FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
-JOIN background_job b ON b.ref_id = j.ref_id;
-
--- name: insert_summaries
--- One summary row per newly enqueued job.
-INSERT INTO job_summary (
-    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by,
-    request_type, command, request, user_id, state, attempts
-)
-SELECT
-    b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
-    b.created_date, b.created_by, b.request_type, b.command, b.request, b.user_id, b.state,
-    b.attempts
-FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id;
+STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
 
 -- name: claim_jobs
 -- Claim up to :limit runnable jobs in priority-then-age order. A job with a named worker is
@@ -84,55 +113,66 @@ JOIN background_job b ON b.id = i.id;
 -- Unlike PostgreSQL (one UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING *),
 -- MySQL cannot return what an UPDATE changed, so the claim is four statements:
 -- 1. Lock the job_worker rows of named workers that have a due job and nothing running,
---    skipping workers another claim holds. Without this, the NOT EXISTS checks below read
---    committed data only: two processes could each see a worker idle (a claim of another of its
---    jobs not yet committed, e.g. after enqueues committed out of id order) and both start one.
---    Holding the worker row makes the decision for a worker one transaction at a time. The
---    session runs READ COMMITTED, so statement 2 sees every claim committed before it acquired
---    the lock (under REPEATABLE READ it would reuse the snapshot taken before the lock).
--- 2. Pick and lock runnable jobs, skipping rows other transactions hold.
--- 3. Mark them Started. 4. Return them.
+--    skipping workers another claim holds. Without this the NOT EXISTS checks below, which read
+--    committed data only, could race: two processes could each see a worker idle (a claim of
+--    another of its jobs not yet committed, e.g. after enqueues committed out of id order) and
+--    both start one of its jobs. Holding the worker row makes the decision for a worker one
+--    transaction at a time, cluster-wide. The session runs READ COMMITTED, so statement 2 sees
+--    every claim committed before the lock was taken (REPEATABLE READ would keep the snapshot
+--    of statement 1, taken before the lock). This walks job_worker and looks each worker up by
+--    key: its cost follows the number of workers, not the length of the queue.
+-- 2. Pick and lock runnable jobs in index order, skipping rows other transactions hold.
+-- 3. Mark them Started. 4. Mark their summaries. 5. Return them.
 -- Every lock here is taken with SKIP LOCKED, so a claim never waits and claims cannot deadlock
 -- with each other.
 SELECT JSON_ARRAYAGG(l.name) INTO @asyncjobs_workers FROM (
     SELECT w.name FROM job_worker w
-    WHERE w.name IN (SELECT q.worker FROM background_job q
-                     WHERE q.state = 'Queued' AND q.worker IS NOT NULL
-                       AND (q.run_after IS NULL OR q.run_after <= :now))
-      AND NOT EXISTS (SELECT 1 FROM background_job r
+    WHERE (SELECT q.id FROM background_job q FORCE INDEX (ix_background_job_worker)
+           WHERE q.worker = w.name AND q.state = 'Queued'
+             AND (q.run_after IS NULL OR q.run_after <= :now)
+           LIMIT 1) IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM background_job r FORCE INDEX (ix_background_job_worker)
                       WHERE r.worker = w.name AND r.state IN ('Started', 'Executed'))
     FOR UPDATE SKIP LOCKED
 ) AS l;
 SELECT JSON_ARRAYAGG(c.id) INTO @asyncjobs_claimed FROM (
-    SELECT j.id FROM background_job j
+    SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
     WHERE j.state = 'Queued'
       AND (j.run_after IS NULL OR j.run_after <= :now)
       AND (:named_only = 0 OR j.worker IS NOT NULL)
-      AND (j.depends_on IS NULL OR EXISTS (
-            SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
+      -- a scalar subquery, so the parent is looked up by key (as EXISTS, MariaDB may
+      -- materialize every completed summary)
+      AND (j.depends_on IS NULL
+           OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
       AND (j.worker IS NULL OR (
             j.worker IN (SELECT lw.name FROM JSON_TABLE(@asyncjobs_workers, '$[*]'
                                  COLUMNS (name VARCHAR(255) PATH '$')) AS lw)
             AND NOT EXISTS (SELECT 1 FROM background_job r
                             WHERE r.worker = j.worker AND r.state IN ('Started', 'Executed'))
-            AND NOT EXISTS (SELECT 1 FROM background_job e
+            AND NOT EXISTS (SELECT 1 FROM background_job e FORCE INDEX (ix_background_job_worker)
                             WHERE e.worker = j.worker AND e.state = 'Queued' AND e.id < j.id)))
     ORDER BY j.priority DESC, j.id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
 ) AS c;
 UPDATE JSON_TABLE(@asyncjobs_claimed, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 SET b.state = 'Started', b.attempts = b.attempts + 1, b.started_date = :now,
     b.last_activity_date = :now, b.lease_owner = :node, b.cancel_requested = 0;
+UPDATE JSON_TABLE(@asyncjobs_claimed, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
+STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = b.id
+SET s.state = b.state, s.started_date = b.started_date, s.completed_date = b.completed_date,
+    s.duration_ms = b.duration_ms, s.attempts = b.attempts, s.error_code = b.error_code,
+    s.error_message = JSON_UNQUOTE(JSON_EXTRACT(b.error, '$.message'));
 SELECT b.* FROM JSON_TABLE(@asyncjobs_claimed, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id;
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id;
 
 -- name: mark_summaries
 -- Copy the live state of jobs into their summaries.
 UPDATE JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id
-JOIN job_summary s ON s.id = b.id
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
+STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = b.id
 SET s.state = b.state, s.started_date = b.started_date, s.completed_date = b.completed_date,
     s.duration_ms = b.duration_ms, s.attempts = b.attempts, s.error_code = b.error_code,
     s.error_message = JSON_UNQUOTE(JSON_EXTRACT(b.error, '$.message'));
@@ -181,12 +221,12 @@ WHERE id = :id;
 -- cancel exactly those, return their ids.
 SELECT JSON_ARRAYAGG(q.id) INTO @asyncjobs_ids FROM (
     SELECT b.id FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-    JOIN background_job b ON b.id = i.id
+    STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
     WHERE b.state = 'Queued'
     FOR UPDATE
 ) AS q;
 UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 SET b.state = 'Cancelled', b.completed_date = :now, b.last_activity_date = :now,
     b.error = :error, b.error_code = 'Cancelled';
 SELECT i.id FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i;
@@ -196,15 +236,15 @@ SELECT i.id FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$'))
 -- No UPDATE ... RETURNING in MySQL: lock, flag, then read the flagged rows.
 SELECT JSON_ARRAYAGG(r.id) INTO @asyncjobs_ids FROM (
     SELECT b.id FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-    JOIN background_job b ON b.id = i.id
+    STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
     WHERE b.state IN ('Started', 'Executed')
     FOR UPDATE
 ) AS r;
 UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 SET b.cancel_requested = 1;
 SELECT b.id, b.lease_owner FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id;
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id;
 
 -- name: cancel_requests
 -- Jobs this node runs whose cancellation another process asked for.
@@ -231,13 +271,13 @@ FROM (
     SELECT b.id, i.ancestor
     FROM JSON_TABLE(@asyncjobs_doomed, '$[*]'
                     COLUMNS (id BIGINT PATH '$.id', ancestor BIGINT PATH '$.ancestor')) AS i
-    JOIN background_job b ON b.id = i.id
+    STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
     WHERE b.state = 'Queued'
     FOR UPDATE
 ) AS q;
 UPDATE JSON_TABLE(@asyncjobs_doomed, '$[*]'
                   COLUMNS (id BIGINT PATH '$.id', ancestor BIGINT PATH '$.ancestor')) AS i
-JOIN background_job b ON b.id = i.id
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 SET b.state = 'Cancelled', b.completed_date = :now, b.last_activity_date = :now,
     b.error_code = 'DependencyFailed',
     b.error = JSON_OBJECT('message', CONCAT('cancelled because job ', i.ancestor,
@@ -245,13 +285,13 @@ SET b.state = 'Cancelled', b.completed_date = :now, b.last_activity_date = :now,
                           'type', 'DependencyFailed', 'traceback', NULL);
 SELECT b.id, b.created_date
 FROM JSON_TABLE(@asyncjobs_doomed, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i
-JOIN background_job b ON b.id = i.id;
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id;
 
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).
 SELECT j.depends_on AS id FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job j ON j.id = i.id
-JOIN job_summary p ON p.id = j.depends_on
+STRAIGHT_JOIN background_job j FORCE INDEX (PRIMARY) ON j.id = i.id
+STRAIGHT_JOIN job_summary p FORCE INDEX (PRIMARY) ON p.id = j.depends_on
 WHERE p.state IN ('Failed', 'Cancelled');
 
 -- name: select_job_ids
@@ -271,12 +311,12 @@ SELECT * FROM job_summary WHERE ref_id = :ref_id;
 
 -- name: get_summaries
 SELECT s.* FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN job_summary s ON s.id = i.id;
+STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = i.id;
 
 -- name: final_states
 -- The state of jobs that reached a final state (or have no summary at all).
 SELECT s.id, s.state FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN job_summary s ON s.id = i.id
+STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = i.id
 WHERE s.state IN ('Completed', 'Failed', 'Cancelled');
 
 -- name: recent_durations

@@ -27,7 +27,7 @@ SELECT JSON_ARRAYAGG(o.id) INTO @asyncjobs_ids FROM (
     FOR UPDATE SKIP LOCKED
 ) AS o;
 UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 SET b.state = 'Failed', b.completed_date = :now, b.last_activity_date = :now,
     b.lease_owner = NULL, b.error_code = 'LeaseExpired',
     b.error = JSON_OBJECT('message', 'the process running the job stopped and no retries are left',
@@ -45,7 +45,7 @@ SELECT JSON_ARRAYAGG(o.id) INTO @asyncjobs_ids FROM (
     FOR UPDATE SKIP LOCKED
 ) AS o;
 UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-JOIN background_job b ON b.id = i.id
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 SET b.state = 'Queued', b.lease_owner = NULL, b.last_activity_date = :now,
     b.error_code = 'LeaseExpired',
     b.error = JSON_OBJECT('message', 'the process running the job stopped; retrying',

@@ -61,6 +61,53 @@ FROM background_job
 WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
   AND state IN ('Failed', 'Cancelled');
 
+-- name: complete_jobs
+-- The finisher's common case, many successful executions at once: each job this node still
+-- holds leaves the queue for the archive with its outcome, and its summary is updated. Returns
+-- the ids completed; a job missing from them was taken over by another node (its lease ran
+-- out). :outcomes is a JSON array of {id, duration_ms, response, response_body, status, logs,
+-- notified_date}.
+-- Differs from SQLite: one statement (data-modifying CTEs), so it is atomic on an autocommitting
+-- connection and costs one round trip; and the row is moved (DELETE ... RETURNING into INSERT)
+-- rather than updated, copied and deleted.
+WITH outcome AS MATERIALIZED (
+    SELECT * FROM jsonb_to_recordset(:outcomes::jsonb) AS o(
+        id bigint, duration_ms bigint, response text, response_body text, status text,
+        logs text, notified_date timestamptz)
+),
+done AS (
+    DELETE FROM background_job b
+    WHERE b.id = ANY (ARRAY(SELECT id FROM outcome)) AND b.lease_owner = :node
+    RETURNING b.*
+),
+archived AS (
+    INSERT INTO completed_job (
+        id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after,
+        created_date, created_by, request_type, command, request, request_body, user_id,
+        response, response_body, state, started_date, completed_date, notified_date,
+        retry_limit, attempts, duration_ms, timeout_secs, progress, status, logs,
+        last_activity_date, reply_to, error_code, error, args, meta, priority
+    )
+    SELECT
+        d.id, d.parent_id, d.ref_id, d.worker, d.tag, d.batch_id, d.callback, d.depends_on,
+        d.run_after, d.created_date, d.created_by, d.request_type, d.command, d.request,
+        d.request_body, d.user_id, o.response, o.response_body, 'Completed', d.started_date,
+        :now, COALESCE(o.notified_date, d.notified_date), d.retry_limit, d.attempts,
+        o.duration_ms, d.timeout_secs, 1.0, COALESCE(o.status, d.status),
+        CASE WHEN o.logs IS NULL THEN d.logs ELSE COALESCE(d.logs, '') || o.logs END,
+        :now, d.reply_to, NULL, NULL, d.args, d.meta, d.priority
+    FROM done d JOIN outcome o ON o.id = d.id
+),
+summaries AS (
+    UPDATE job_summary s
+    SET state = 'Completed', started_date = d.started_date, completed_date = :now,
+        duration_ms = o.duration_ms, attempts = d.attempts, error_code = NULL,
+        error_message = NULL
+    FROM done d JOIN outcome o ON o.id = d.id
+    WHERE s.id = d.id AND s.id = ANY (ARRAY(SELECT id FROM done))
+)
+SELECT id FROM done;
+
 -- name: delete_archived
 -- Remove archived jobs from the queue (same transaction as the archive insert).
 DELETE FROM background_job

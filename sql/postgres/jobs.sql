@@ -6,10 +6,13 @@
 -- jsonb_array_elements_text(...))` may be planned as a hash join over the whole table.
 
 -- name: insert_jobs
--- Enqueue a batch of jobs given as a JSON array; ids follow the array's order.
+-- Enqueue a batch of jobs given as a JSON array, each with its summary row; ids follow the
+-- array's order. One statement, so it is atomic even on an autocommitting connection (one
+-- round trip per enqueue).
 -- jsonb_to_record types each field (timestamps parse from ISO text); args and meta arrive as
 -- JSON text inside the JSON, hence the ::jsonb. The trigger background_job_queued notifies
 -- listeners, delivered only if this transaction commits.
+WITH inserted AS (
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority
 )
@@ -27,19 +30,20 @@ CROSS JOIN LATERAL jsonb_to_record(e.value) AS j(
     priority integer
 )
 ORDER BY e.ord
-RETURNING id, ref_id;
-
--- name: insert_summaries
--- One summary row per newly enqueued job.
+RETURNING *
+),
+summaries AS (
 INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts)
 SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts
-FROM background_job
-WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint));
+FROM inserted
+)
+SELECT id, ref_id FROM inserted;
 
 -- name: claim_jobs
--- Claim up to :limit runnable jobs in priority-then-age order. A job with a named worker is
--- runnable only when no job of that worker is running and it is the worker's oldest queued job;
--- a job with depends_on only when its parent completed.
+-- Claim up to :limit runnable jobs in priority-then-age order and mark their summaries Started,
+-- in one statement (atomic on an autocommitting connection: one round trip). A job with a
+-- named worker is runnable only when no job of that worker is running and it is the worker's
+-- oldest queued job; a job with depends_on only when its parent completed.
 --
 -- Differs from SQLite, which serialises writers: here claims from many processes run at once,
 -- and FOR UPDATE SKIP LOCKED lets each take different rows without waiting.
@@ -104,13 +108,24 @@ chosen AS (
     SELECT c.id FROM (SELECT id, priority FROM named UNION ALL SELECT id, priority FROM unnamed) c
     ORDER BY c.priority DESC, c.id
     LIMIT :limit
+),
+claimed AS (
+    UPDATE background_job b
+    SET state = 'Started', attempts = b.attempts + 1, started_date = :now,
+        last_activity_date = :now, lease_owner = :node, cancel_requested = false
+    FROM chosen
+    WHERE b.id = chosen.id
+    RETURNING b.*
+),
+summaries AS (
+    UPDATE job_summary s
+    SET state = c.state, started_date = c.started_date, completed_date = c.completed_date,
+        duration_ms = c.duration_ms, attempts = c.attempts, error_code = c.error_code,
+        error_message = c.error ->> 'message'
+    FROM claimed c
+    WHERE s.id = c.id AND s.id = ANY (ARRAY(SELECT id FROM claimed))
 )
-UPDATE background_job b
-SET state = 'Started', attempts = b.attempts + 1, started_date = :now,
-    last_activity_date = :now, lease_owner = :node, cancel_requested = false
-FROM chosen
-WHERE b.id = chosen.id
-RETURNING b.*;
+SELECT * FROM claimed;
 
 -- name: mark_summaries
 -- Copy the live state of jobs into their summaries.

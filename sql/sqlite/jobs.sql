@@ -2,7 +2,9 @@
 -- Lists of ids and of new jobs arrive as one JSON array parameter, so a batch is one statement.
 
 -- name: insert_jobs
--- Enqueue a batch of jobs given as a JSON array; ids follow the array's order.
+-- Enqueue a batch of jobs given as a JSON array, each with its summary row, atomically; ids
+-- follow the array's order. Two statements, run as one query by the dialect: the summaries are
+-- found by ref_id (unique); the rows of the first statement (its RETURNING) are returned.
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority
 )
@@ -32,18 +34,17 @@ SELECT
 FROM json_each(:jobs)
 ORDER BY key
 RETURNING id, ref_id;
-
--- name: insert_summaries
--- One summary row per newly enqueued job.
 INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts)
 SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts
-FROM background_job WHERE id IN (SELECT value FROM json_each(:ids));
+FROM background_job WHERE ref_id IN (SELECT json_extract(value, '$.ref_id') FROM json_each(:jobs));
 
 -- name: claim_jobs
--- Claim up to :limit runnable jobs in priority-then-age order. A job with a named worker is
--- runnable only when no job of that worker is running and it is the worker's oldest queued job;
--- a job with depends_on only when its parent completed. SQLite serialises writers, so the
--- statement alone is atomic across processes.
+-- Claim up to :limit runnable jobs in priority-then-age order and mark their summaries Started.
+-- A job with a named worker is runnable only when no job of that worker is running and it is
+-- the worker's oldest queued job; a job with depends_on only when its parent completed. SQLite
+-- serialises writers, and the dialect runs the two statements as one transaction, so the claim
+-- is atomic across processes. The second finds this claim's jobs by node and claim time (a
+-- summary copied twice is copied the same).
 UPDATE background_job
 SET state = 'Started', attempts = attempts + 1, started_date = :now,
     last_activity_date = :now, lease_owner = :node, cancel_requested = 0
@@ -63,6 +64,13 @@ WHERE id IN (
     LIMIT :limit
 )
 RETURNING *;
+UPDATE job_summary
+SET state = b.state, started_date = b.started_date, completed_date = b.completed_date,
+    duration_ms = b.duration_ms, attempts = b.attempts, error_code = b.error_code,
+    error_message = json_extract(b.error, '$.message')
+FROM background_job b
+WHERE b.id = job_summary.id AND b.lease_owner = :node AND b.started_date = :now
+  AND b.state = 'Started';
 
 -- name: mark_summaries
 -- Copy the live state of jobs into their summaries.

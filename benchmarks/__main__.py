@@ -1,0 +1,270 @@
+"""``python -m benchmarks [--quick] [--only sqlite,postgres,mysql,pgqueuer,procrastinate]``
+
+Runs every workload on every selected system in one run and writes ``latest.json``,
+``latest.md`` and ``latest.png`` into ``benchmarks/results/`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+
+from . import _db, _harness, _raw, _report
+from ._subject import Subject
+
+SYSTEMS = ("sqlite", "postgres", "mysql", "pgqueuer", "procrastinate")
+WORKLOADS = [
+    "enqueue_single", "enqueue_many", "drain_1_worker", "drain_2_workers", "drain_backlog",
+    "serial_drain", "latency_same_process", "latency_cross_process",
+]  # fmt: skip
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="CI-sized run (about 3 minutes)")
+    parser.add_argument(
+        "--only", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}"
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every size (tests)")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw driver limits")
+    parser.add_argument(
+        "--workloads", default="", help=f"comma-separated subset of {','.join(WORKLOADS)}"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
+    parser.add_argument("--name", default="latest", help="file name stem of the results")
+    args = parser.parse_args(argv)
+    args.systems = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()] or WORKLOADS
+    if set(args.workloads) - set(WORKLOADS):
+        parser.error(f"unknown workloads; choose from {', '.join(WORKLOADS)}")
+    return args
+
+
+def make_subject(key: str, workdir: Path) -> Subject:
+    if key in ("sqlite", "postgres", "mysql"):
+        from ._ours import AsyncJobsSubject
+
+        return AsyncJobsSubject(key, workdir)
+    if key == "pgqueuer":
+        from ._pgqueuer import PgQueuerSubject
+
+        return PgQueuerSubject()
+    from ._procrastinate import ProcrastinateSubject
+
+    return ProcrastinateSubject()
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def attempt(
+    results: dict[str, Any],
+    key: str,
+    work: Callable[[], Awaitable[dict[str, Any]]],
+    only: Sequence[str] = WORKLOADS,
+) -> None:
+    """Run one workload (if selected); a failure is recorded and the run goes on."""
+    if not any(key.startswith(name) for name in only):
+        return
+    started = time.perf_counter()
+    try:
+        results[key] = await work()
+    except Exception as exc:
+        traceback.print_exc()
+        results[key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    log(f"  {key}: {_summary(results[key])} ({time.perf_counter() - started:.1f} s)")
+
+
+def _summary(entry: dict[str, Any]) -> str:
+    if "error" in entry:
+        return str(entry["error"])
+    if "p50_ms" in entry:
+        return f"p50 {entry['p50_ms']} ms, p99 {entry['p99_ms']} ms"
+    if "rate" in entry:
+        return f"{entry['rate']:.0f} jobs/s over {entry['jobs']} jobs"
+    return ", ".join(f"{k} {v['rate']:.0f}/s" for k, v in entry.items() if "rate" in v)
+
+
+async def run_subject(
+    subject: Subject, sizes: _harness.Sizes, only: Sequence[str] = WORKLOADS
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    h = _harness
+    drain = max(50, int(sizes.drain * subject.drain_fraction))
+    await subject.open()
+    try:
+        await attempt(
+            results, "enqueue_single", lambda: h.enqueue_single(subject, sizes.single), only=only
+        )
+        await attempt(
+            results,
+            "enqueue_many",
+            lambda: h.enqueue_batches(subject, sizes.batch_total, sizes.batch_size),
+            only=only,
+        )
+        primary = subject.drain_concurrency[-1]
+        for concurrency in subject.drain_concurrency:
+            key = "drain_1_worker" if concurrency == primary else f"drain_1_worker_c{concurrency}"
+
+            async def one_worker(c: int | None = concurrency) -> dict[str, Any]:
+                return await h.drain(subject, drain, concurrency=c)
+
+            await attempt(results, key, one_worker, only=only)
+        await attempt(
+            results,
+            "drain_2_workers",
+            lambda: h.drain(subject, drain, workers=2, concurrency=primary),
+            only=only,
+        )
+        await attempt(
+            results,
+            "drain_backlog",
+            lambda: h.drain(subject, sizes.backlog, budget=sizes.backlog_budget),
+            only=only,
+        )
+        serial = max(20, int(sizes.serial * min(1.0, subject.drain_fraction * 2)))
+        await attempt(
+            results,
+            "serial_drain",
+            lambda: h.drain(subject, serial, serial=True, budget=sizes.budget),
+            only=only,
+        )
+        await attempt(
+            results,
+            "latency_same_process",
+            lambda: h.latency_same_process(subject, sizes.latency, sizes.budget),
+            only=only,
+        )
+        await attempt(
+            results,
+            "latency_cross_process",
+            lambda: h.latency_cross_process(subject, sizes.latency, sizes.budget),
+            only=only,
+        )
+    finally:
+        await subject.close()
+    return results
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in ("asyncjobs", "pgqueuer", "procrastinate", "asyncpg", "aiomysql", "anyio"):
+        with suppress(PackageNotFoundError):
+            found[name] = version(name)
+    return found
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = (_harness.QUICK if args.quick else _harness.FULL).scaled(args.scale)
+    needs_pg = bool({"postgres", "pgqueuer", "procrastinate"} & set(args.systems))
+    needs_mysql = "mysql" in args.systems
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    await _db.ensure_databases(postgres=needs_pg, mysql=needs_mysql)
+    meta: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "scale": args.scale,
+        "started": started.isoformat(timespec="seconds"),
+        "sizes": {k: getattr(sizes, k) for k in sizes.__slots__},
+        "machine": machine(),
+        "versions": {
+            **await _db.server_versions(postgres=needs_pg, mysql=needs_mysql),
+            **package_versions(),
+        },
+        "labels": {},
+        "systems": args.systems,
+    }
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="asyncjobs-bench-") as tmp:
+        for key in args.systems:
+            subject = make_subject(key, Path(tmp))
+            meta["labels"][key] = subject.label
+            log(f"{subject.label}")
+            results[key] = await run_subject(subject, sizes, args.workloads)
+    if not args.no_raw:
+        raw_drain = sizes.drain
+        if needs_pg and "postgres" in args.systems:
+            log("raw asyncpg")
+            meta["labels"]["raw_postgres"] = "asyncpg (raw)"
+            raw: dict[str, Any] = {}
+            await attempt(
+                raw,
+                "raw_postgres",
+                lambda: _raw.postgres(sizes.single, sizes.batch_total, raw_drain),
+            )
+            results["raw_postgres"] = raw["raw_postgres"]
+        if needs_mysql:
+            log("raw aiomysql")
+            meta["labels"]["raw_mysql"] = "aiomysql (raw)"
+            raw = {}
+            await attempt(
+                raw, "raw_mysql", lambda: _raw.mysql(sizes.single, sizes.batch_total, raw_drain)
+            )
+            results["raw_mysql"] = raw["raw_mysql"]
+    meta["duration_s"] = round(time.perf_counter() - clock, 1)
+    meta["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report: dict[str, Any] = {"meta": meta, "results": results}
+    report["targets"] = _report.targets(results)
+    return report
+
+
+def write(report: dict[str, Any], out: Path, name: str) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{name}.json", "md": out / f"{name}.md", "png": out / f"{name}.png"}
+    paths["json"].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    paths["md"].write_text(_report.markdown(report))
+    _report.chart(report, paths["png"])
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    report = anyio.run(main_async, args)
+    paths = write(report, args.out, args.name)
+    log(
+        f"done in {report['meta']['duration_s']:.0f} s; wrote {', '.join(map(str, paths.values()))}"
+    )
+    print(paths["md"].read_text())
+
+
+if __name__ == "__main__":
+    main()

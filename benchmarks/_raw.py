@@ -1,0 +1,166 @@
+"""What the drivers alone reach on the same servers in the same run: the ceiling any queue
+library on them works under. A bare table ``raw_job(id, state, payload)``:
+
+- ``insert_single``: one autocommitted INSERT per job;
+- ``insert_batch``: 500 jobs per call (PostgreSQL: ``executemany``, ``unnest`` and ``COPY``;
+  MariaDB: a multi-row INSERT);
+- ``claim_finish_<k>``: a claim of k queued jobs (``FOR UPDATE SKIP LOCKED``, marked running,
+  committed) then a finish that deletes them (committed): two commits per k jobs, no archive,
+  no summary, nothing run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._db import MysqlProbe, PgProbe, recreate_mysql_database, recreate_pg_schema
+
+SCHEMA = "raw"
+BATCH = 500
+CLAIM_SIZES = (1, 10, 100)
+
+
+def _rate(jobs: int, seconds: float) -> dict[str, Any]:
+    return {"jobs": jobs, "seconds": round(seconds, 4), "rate": jobs / seconds}
+
+
+async def _timed(jobs: int, work: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+    started = time.perf_counter()
+    await work()
+    return _rate(jobs, time.perf_counter() - started)
+
+
+async def postgres(single: int, batch_total: int, drain: int) -> dict[str, Any]:
+    await recreate_pg_schema(SCHEMA)
+    probe = await PgProbe.connect(schema=SCHEMA)
+    conn = probe.conn
+    results: dict[str, Any] = {}
+    try:
+        await conn.execute(
+            "CREATE TABLE raw_job (id bigserial PRIMARY KEY, state smallint NOT NULL DEFAULT 0,"
+            " payload text NOT NULL);"
+            "CREATE INDEX raw_job_queued ON raw_job (id) WHERE state = 0"
+        )
+        payload = '{"n": 1}'
+
+        async def single_inserts() -> None:
+            for _ in range(single):
+                await conn.execute("INSERT INTO raw_job (payload) VALUES ($1)", payload)
+
+        results["insert_single"] = await _timed(single, single_inserts)
+        rows = [(payload,)] * BATCH
+        batches = max(1, batch_total // BATCH)
+
+        async def executemany() -> None:
+            for _ in range(batches):
+                await conn.executemany("INSERT INTO raw_job (payload) VALUES ($1)", rows)
+
+        async def unnest() -> None:
+            for _ in range(batches):
+                await conn.execute(
+                    "INSERT INTO raw_job (payload) SELECT unnest($1::text[])", [payload] * BATCH
+                )
+
+        async def copy() -> None:
+            for _ in range(batches):
+                await conn.copy_records_to_table("raw_job", records=rows, columns=["payload"])
+
+        for name, work in (("executemany", executemany), ("unnest", unnest), ("copy", copy)):
+            results[f"insert_batch_{name}"] = await _timed(batches * BATCH, work)
+        for size in CLAIM_SIZES:
+            jobs = min(drain, 2000) if size == 1 else drain
+            await conn.execute("TRUNCATE raw_job")
+            await conn.execute(
+                "INSERT INTO raw_job (payload) SELECT $1 FROM generate_series(1, $2)",
+                payload,
+                jobs,
+            )
+            await conn.execute("VACUUM ANALYZE raw_job")
+
+            async def claim_finish(size: int = size) -> None:
+                while True:
+                    claimed = await conn.fetch(
+                        "UPDATE raw_job SET state = 1 WHERE id IN (SELECT id FROM raw_job"
+                        " WHERE state = 0 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                        " RETURNING id, payload",
+                        size,
+                    )
+                    if not claimed:
+                        return
+                    await conn.execute(
+                        "DELETE FROM raw_job WHERE id = ANY($1::bigint[])",
+                        [r["id"] for r in claimed],
+                    )
+
+            results[f"claim_finish_{size}"] = await _timed(jobs, claim_finish)
+    finally:
+        await probe.close()
+        await recreate_pg_schema(SCHEMA)
+    return results
+
+
+async def mysql(single: int, batch_total: int, drain: int) -> dict[str, Any]:
+    await recreate_mysql_database()
+    probe = await MysqlProbe.connect()
+    conn = probe.conn
+    results: dict[str, Any] = {}
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "CREATE TABLE raw_job (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+                " state TINYINT NOT NULL DEFAULT 0, payload TEXT NOT NULL,"
+                " KEY raw_job_queued (state, id)) ENGINE=InnoDB"
+            )
+            payload = '{"n": 1}'
+
+            async def single_inserts() -> None:
+                for _ in range(single):
+                    await cur.execute("INSERT INTO raw_job (payload) VALUES (%s)", (payload,))
+
+            results["insert_single"] = await _timed(single, single_inserts)
+            batches = max(1, batch_total // BATCH)
+
+            async def multi_row() -> None:
+                values = ",".join(["(%s)"] * BATCH)
+                for _ in range(batches):
+                    await cur.execute(
+                        f"INSERT INTO raw_job (payload) VALUES {values}", [payload] * BATCH
+                    )
+
+            results["insert_batch_multirow"] = await _timed(batches * BATCH, multi_row)
+            for size in CLAIM_SIZES:
+                jobs = min(drain, 2000) if size == 1 else drain
+                await cur.execute("TRUNCATE TABLE raw_job")
+                for start in range(0, jobs, BATCH):
+                    count = min(BATCH, jobs - start)
+                    await cur.execute(
+                        "INSERT INTO raw_job (payload) VALUES " + ",".join(["(%s)"] * count),
+                        [payload] * count,
+                    )
+
+                async def claim_finish(size: int = size) -> None:
+                    while True:
+                        await conn.begin()
+                        await cur.execute(
+                            "SELECT id, payload FROM raw_job WHERE state = 0 ORDER BY id"
+                            " LIMIT %s FOR UPDATE SKIP LOCKED",
+                            (size,),
+                        )
+                        ids = [row[0] for row in await cur.fetchall()]
+                        if not ids:
+                            await conn.commit()
+                            return
+                        marks = ",".join(["%s"] * len(ids))
+                        await cur.execute(
+                            f"UPDATE raw_job SET state = 1 WHERE id IN ({marks})", ids
+                        )
+                        await conn.commit()
+                        await cur.execute(f"DELETE FROM raw_job WHERE id IN ({marks})", ids)
+
+                results[f"claim_finish_{size}"] = await _timed(jobs, claim_finish)
+    finally:
+        await probe.close()
+        await recreate_mysql_database()
+    return results

@@ -1,0 +1,595 @@
+"""MariaDB/MySQL specifics: the multi-statement claim and its named-worker lock, deadlock
+retries, partitions, migrations, transactional enqueue on an aiomysql connection, and several
+worker processes on one database."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import aiomysql
+import anyio
+import anyio.to_thread
+import pytest
+
+from asyncjobs import BackgroundJobs, JobOptions, JobState
+from asyncjobs.dialects import parse_dsn
+from asyncjobs.dialects.mysql import MysqlDialect, create
+from asyncjobs.exceptions import ConfigurationError, InvalidDsnError
+from asyncjobs.store import month_key
+from tests import db_mysql
+from tests.commands import ALL_COMMANDS, Add, AddCommand, Nested, NestedCommand, Sleep, SleepCommand
+from tests.db_mysql import connect
+from tests.processes import ROOT
+
+pytestmark = [pytest.mark.anyio, pytest.mark.dialects("mysql")]
+Factory = Callable[..., BackgroundJobs]
+NODE = "test-node"
+
+
+async def query(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = await connect(dsn)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql, args or None)
+            return list(await cur.fetchall())
+    finally:
+        conn.close()
+
+
+def dialect_of(jobs: BackgroundJobs) -> MysqlDialect:
+    assert isinstance(jobs.dialect, MysqlDialect)
+    return jobs.dialect
+
+
+async def claim(jobs: BackgroundJobs, tx: Any, limit: int = 10) -> list[int]:
+    params = {"now": datetime.now(UTC), "node": NODE, "limit": limit, "named_only": 0}
+    return sorted(int(r["id"]) for r in await tx.fetch("claim_jobs", params))
+
+
+# -- transactional enqueue ------------------------------------------------------------------
+
+
+async def test_enqueue_in_a_rolled_back_transaction_leaves_no_job(
+    make_jobs: Factory, dsn: str
+) -> None:
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        app = await connect(dsn, autocommit=False)
+        try:
+            await app.begin()
+            ref = await jobs.enqueue_command(AddCommand, Add(1, 2), connection=app)
+            async with app.cursor() as cur:  # the job is visible inside the transaction
+                await cur.execute("SELECT COUNT(*) FROM background_job WHERE id = %s", (ref.id,))
+                assert (await cur.fetchone()) == (1,)
+            await app.rollback()
+        finally:
+            app.close()
+        await anyio.sleep(0.3)  # a poll or two: nothing may run
+        assert await jobs.get_job(ref.id) is None
+        assert await jobs.get_job_by_ref_id(ref.ref_id) is None
+        assert await jobs.store.select_job_ids(None, None) == []
+
+
+async def test_enqueue_in_a_committed_transaction_runs(make_jobs: Factory, dsn: str) -> None:
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        app = await connect(dsn, autocommit=False)
+        try:
+            await app.begin()
+            async with app.cursor() as cur:  # the application's own write, same transaction
+                await cur.execute("CREATE TABLE IF NOT EXISTS app_order (id INT PRIMARY KEY)")
+                await cur.execute("INSERT INTO app_order (id) VALUES (7)")
+            ref = await jobs.enqueue_command(AddCommand, Add(2, 3), connection=app)
+            await app.commit()
+        finally:
+            app.close()
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED
+    assert result.completed is not None and result.completed.response_body is not None
+    assert json.loads(result.completed.response_body) == {"total": 5}
+    assert await query(dsn, "SELECT id FROM app_order") == [(7,)]
+
+
+# -- the claim ------------------------------------------------------------------------------
+
+
+async def test_open_claims_take_disjoint_batches(make_jobs: Factory) -> None:
+    """SKIP LOCKED plus the claim index: a claim locks only the rows it returns."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(30))
+        dialect = dialect_of(jobs)
+        async with dialect.transaction() as first, dialect.transaction() as second:
+            a = await claim(jobs, first, 5)
+            b = await claim(jobs, second, 5)
+        assert len(a) == 5 and len(b) == 5 and not set(a) & set(b)
+        assert a == list(range(1, 6)) and b == list(range(6, 11))  # priority, then age
+
+
+async def test_claim_reads_by_index_only(make_jobs: Factory, dsn: str) -> None:
+    """Check the plan: the claim walks ix_background_job_claim in order (no sort, which would
+    lock every queued row) and looks workers, parents and running jobs up by key; nothing
+    scans a table (job_summary keeps every job ever run)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        parent = await jobs.enqueue_command(AddCommand, Add(0, 0))
+        await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(2000))
+        await jobs.enqueue_many(
+            (AddCommand, Add(i, i), JobOptions(worker=f"w{i % 20}")) for i in range(500)
+        )
+        await jobs.enqueue_many(
+            (AddCommand, Add(i, i), JobOptions(depends_on=parent.id)) for i in range(50)
+        )
+        await query(dsn, "ANALYZE TABLE background_job, job_summary, job_worker")
+        statements = dialect_of(jobs).statements("claim_jobs", {})[:2]
+        params = {"now": datetime.now(UTC).replace(tzinfo=None), "node": NODE, "limit": 10}
+        conn = await connect(dsn)
+        try:
+            plan = []
+            async with conn.cursor(aiomysql.DictCursor) as cur:
+                for sql in statements:
+                    await cur.execute("EXPLAIN " + sql, {**params, "named_only": 0})
+                    plan += await cur.fetchall()
+        finally:
+            conn.close()
+    tables = {row["table"]: row for row in plan}
+    assert tables["j"]["key"] == "ix_background_job_claim", plan
+    assert "filesort" not in (tables["j"]["Extra"] or ""), plan
+    assert tables["p"]["type"] == "eq_ref", plan
+    for name in ("w", "q", "r", "e", "j", "p"):  # our tables, not derived or JSON_TABLE ones
+        assert tables[name]["type"] != "ALL", (name, plan)
+
+
+async def test_named_worker_is_decided_by_one_claim_at_a_time(make_jobs: Factory, dsn: str) -> None:
+    """The race the job_worker lock closes: w1 enqueued (id 1) but committed after w2 (id 2).
+    Claim A sees only w2 and takes it; before A commits, claim B sees w1 as the worker's oldest
+    queued job and w2 still Queued. Without the worker row lock B would start w1 alongside w2."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        x = JobOptions(worker="x")
+        w0 = await jobs.enqueue_command(AddCommand, Add(0, 0), x)  # the worker's row exists
+        await jobs.cancel_job(w0.id)
+        app = await connect(dsn, autocommit=False)
+        try:
+            await app.begin()
+            w1 = await jobs.enqueue_command(AddCommand, Add(1, 1), x, connection=app)
+            w2 = await jobs.enqueue_command(AddCommand, Add(2, 2), x)
+            assert w1.id < w2.id
+            dialect = dialect_of(jobs)
+            async with dialect.transaction() as claim_a:
+                assert await claim(jobs, claim_a) == [w2.id]
+                await app.commit()
+                async with dialect.transaction() as claim_b:
+                    assert await claim(jobs, claim_b) == []
+            async with dialect.transaction() as claim_c:
+                assert await claim(jobs, claim_c) == []  # w2 runs: w1 waits for it
+        finally:
+            app.close()
+
+
+async def test_deadlock_in_the_first_query_is_retried_and_counted(
+    make_jobs: Factory, dsn: str
+) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        a, b = await jobs.enqueue_many([(AddCommand, Add(1, 1)), (AddCommand, Add(2, 2))])
+        await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(200))
+        dialect = dialect_of(jobs)
+        other = await connect(dsn, autocommit=False)
+        cancelled: list[int] = []
+
+        async def cancel_b_then_a() -> None:
+            async with dialect.transaction() as tx:
+                params = {"ids": json.dumps([b.id, a.id]), "now": datetime.now(UTC), "error": None}
+                cancelled.extend(int(r["id"]) for r in await tx.fetch("cancel_queued", params))
+
+        try:
+            async with other.cursor() as cur:
+                await other.begin()
+                # A heavy transaction (many changed rows): InnoDB picks the light one as victim.
+                await cur.execute("UPDATE background_job SET tag = 'x' WHERE id > %s", (b.id,))
+                await cur.execute("SELECT id FROM background_job WHERE id = %s FOR UPDATE", (a.id,))
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel_b_then_a)  # locks b, then waits for a
+                    await anyio.sleep(0.5)
+                    # b is held by the claim: a deadlock, which rolls the light side back
+                    await cur.execute(
+                        "SELECT id FROM background_job WHERE id = %s FOR UPDATE", (b.id,)
+                    )
+                    await other.rollback()
+        finally:
+            other.close()
+        assert sorted(cancelled) == [a.id, b.id]
+        stats = dialect.statistics()
+        assert stats["deadlock_retries"] == 1 and stats["deadlocks"] == 0
+
+
+# -- partitions -----------------------------------------------------------------------------
+
+
+async def partitions(dsn: str, table: str) -> list[tuple[str, int]]:
+    rows = await query(
+        dsn,
+        "SELECT partition_name, table_rows FROM information_schema.partitions "
+        "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY partition_ordinal_position",
+        table,
+    )
+    return [(str(name), int(count or 0)) for name, count in rows]
+
+
+async def rows_in(dsn: str, table: str, partition: str) -> list[int]:
+    rows = await query(dsn, f"SELECT id FROM {table} PARTITION ({partition}) ORDER BY id")
+    return [int(r[0]) for r in rows]
+
+
+async def test_archives_are_monthly_partitions_with_a_catch_all(
+    make_jobs: Factory, dsn: str
+) -> None:
+    now = datetime.now(UTC)
+    this, following = month_key(now), month_key(now.replace(day=1) + timedelta(days=32))
+    async with make_jobs(execute=False):
+        pass
+    for table in ("completed_job", "failed_job"):
+        names = [name for name, _ in await partitions(dsn, table)]
+        assert names == [f"p{this}", f"p{following}", "pmax"], table
+
+
+async def test_a_job_of_a_month_without_partition_is_kept_and_moved(
+    make_jobs: Factory, dsn: str
+) -> None:
+    future, past = datetime(2031, 5, 10, 12, tzinfo=UTC), datetime(2019, 1, 15, tzinfo=UTC)
+    async with make_jobs(commands=[AddCommand], execute=False) as producer:
+        late = await producer.enqueue_command(AddCommand, Add(1, 1))
+        early = await producer.enqueue_command(AddCommand, Add(2, 2))
+    for ref, when in ((late, future), (early, past)):
+        for table in ("background_job", "job_summary"):
+            await query(dsn, f"UPDATE {table} SET created_date = %s WHERE id = %s", when, ref.id)
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        with anyio.fail_after(10):
+            for ref in (late, early):
+                assert (await jobs.wait_for_job(ref.id)).completed is not None
+        this = month_key(datetime.now(UTC))
+        assert await rows_in(dsn, "completed_job", "pmax") == [late.id]
+        assert await rows_in(dsn, "completed_job", f"p{this}") == [early.id]  # lowest partition
+        await jobs.store.ensure_archives(future, months_ahead=0)
+        await jobs.store.ensure_archives(past, months_ahead=0)
+        assert await rows_in(dsn, "completed_job", "p203105") == [late.id]
+        assert await rows_in(dsn, "completed_job", "p201901") == [early.id]
+        assert await rows_in(dsn, "completed_job", "pmax") == []
+        for ref in (late, early):  # found through the partition key
+            result = await jobs.get_job(ref.id)
+            assert result is not None and result.completed is not None
+        assert {"201901", "203105"} <= set(await jobs.store.archive_months())
+        assert await jobs.store.drop_months_before("201902") == ["201901"]
+        assert await rows_in(dsn, "completed_job", f"p{this}") == []
+        assert await rows_in(dsn, "completed_job", "p203105") == [late.id]
+
+
+async def test_archive_reads_prune_to_one_partition(make_jobs: Factory, dsn: str) -> None:
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        with anyio.fail_after(10):
+            done = (await jobs.wait_for_job(ref.id)).completed
+        sql = dialect_of(jobs).statements("get_completed_job", {})[0]
+    assert done is not None
+    conn = await connect(dsn)
+    try:
+        async with conn.cursor(aiomysql.DictCursor) as cur:
+            await cur.execute("SELECT VERSION() AS v")
+            mariadb = "MariaDB" in str((await cur.fetchone())["v"])
+            explain = "EXPLAIN PARTITIONS " if mariadb else "EXPLAIN "
+            params = {"id": ref.id, "created_date": done.created_date.replace(tzinfo=None)}
+            await cur.execute(explain + sql, params)
+            plan = await cur.fetchall()
+    finally:
+        conn.close()
+    assert [row["partitions"] for row in plan] == [f"p{month_key(done.created_date)}"], plan
+
+
+async def test_partition_maintenance_is_idempotent_and_safe_concurrently(
+    make_jobs: Factory, dsn: str
+) -> None:
+    months = [datetime(2030, m, 1, tzinfo=UTC) for m in range(1, 7)]
+    instances = [make_jobs(execute=False) for _ in range(4)]
+    async with AsyncExitStack() as stack:
+        for jobs in instances:
+            await stack.enter_async_context(jobs)
+
+        async def ensure(jobs: BackgroundJobs) -> None:
+            for moment in months:
+                await jobs.store.ensure_archives(moment, months_ahead=0)
+
+        async with anyio.create_task_group() as tg:
+            for jobs in instances:
+                tg.start_soon(ensure, jobs)
+        expected = [f"2030{m:02d}" for m in range(1, 7)]
+        for table in ("completed_job", "failed_job"):
+            names = [n for n, _ in await partitions(dsn, table)]
+            assert [n[1:] for n in names if n.startswith("p2030")] == expected, names
+
+        async def drop(jobs: BackgroundJobs) -> None:
+            await jobs.store.drop_months_before("203004")
+
+        async with anyio.create_task_group() as tg:
+            for jobs in instances:
+                tg.start_soon(drop, jobs)
+        assert [m for m in await instances[0].store.archive_months() if m.startswith("2030")] == [
+            "203004", "203005", "203006"
+        ]  # fmt: skip
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+async def test_processes_starting_together_on_a_fresh_database(
+    make_jobs: Factory, dsn: str
+) -> None:
+    async def start_and_stop(jobs: BackgroundJobs) -> None:
+        async with jobs:  # migrates and creates the archive partitions
+            pass
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(start_and_stop, make_jobs(execute=False))
+    assert await query(dsn, "SELECT version FROM schema_version") == [(1,)]
+
+
+async def test_an_interrupted_migration_completes_on_the_next_start(
+    make_jobs: Factory, dsn: str
+) -> None:
+    async with make_jobs(execute=False):
+        pass
+    # As if the process died after creating background_job: MySQL had committed that DDL.
+    for table in ("job_summary", "job_node", "scheduled_task", "completed_job", "failed_job"):
+        await query(dsn, f"DROP TABLE {table}")
+    await query(dsn, "DELETE FROM schema_version")
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        with anyio.fail_after(10):
+            assert (await jobs.wait_for_job(ref.id)).completed is not None
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+async def test_text_and_times_round_trip(make_jobs: Factory) -> None:
+    big = "x" * 2_000_000
+    run_after = datetime(2020, 2, 29, 23, 59, 59, 123456, tzinfo=UTC)
+    async with make_jobs(commands=[NestedCommand], execute=False) as jobs:
+        options = JobOptions(tag="tâg 🎉", args={"ключ": "値 %s %% 'q' \\"}, run_after=run_after)
+        ref = await jobs.enqueue_command(NestedCommand, Nested(big, ["🎉", "%(x)s"]), options)
+        result = await jobs.get_job(ref.id)
+    assert result is not None and result.queued is not None
+    job = result.queued
+    assert job.tag == "tâg 🎉" and job.args == {"ключ": "値 %s %% 'q' \\"}
+    assert job.run_after == run_after and job.created_date.tzinfo is UTC
+    assert json.loads(job.request_body) == {"name": big, "tags": ["🎉", "%(x)s"], "inner": None}
+
+
+def test_dsn_options_are_checked() -> None:
+    dialect = create(parse_dsn("mysql://u:p%40ss@db:3307/jobs?max_size=3&deadlock_retries=2"))
+    assert dialect.deadlock_retries == 2 and dialect.dsn.password == "p@ss"
+    with pytest.raises(InvalidDsnError, match="unknown MySQL DSN option 'pool'"):
+        create(parse_dsn("mysql://u@db/jobs?pool=3"))
+    with pytest.raises(InvalidDsnError, match="needs a database"):
+        create(parse_dsn("mariadb://u@db"))
+    with pytest.raises(ConfigurationError, match="unknown MySQL settings"):
+        create(parse_dsn("mysql://u@db/jobs"), pool_size=3)
+
+
+def test_driver_errors_are_classified() -> None:
+    dialect = create(parse_dsn("mysql://u@db/jobs"))
+    assert dialect.is_unique_violation(aiomysql.IntegrityError(1062, "Duplicate entry"))
+    assert not dialect.is_unique_violation(aiomysql.IntegrityError(1452, "foreign key"))
+    for code in (2003, 2006, 2013, 1927):
+        assert dialect.is_disconnect(aiomysql.OperationalError(code, "gone"))
+    assert dialect.is_disconnect(ConnectionResetError())
+    assert not dialect.is_disconnect(aiomysql.OperationalError(1213, "Deadlock found"))
+    assert not dialect.is_disconnect(aiomysql.IntegrityError(1062, "Duplicate entry"))
+
+
+async def test_jobs_run_on_after_the_server_drops_every_connection(
+    make_jobs: Factory, dsn: str
+) -> None:
+    database = dsn.rsplit("/", 1)[1]
+    async with (
+        make_jobs(commands=[AddCommand], execute=False) as producer,
+        make_jobs(commands=[AddCommand]) as consumer,
+    ):
+        first = await producer.enqueue_command(AddCommand, Add(1, 1))
+        with anyio.fail_after(10):
+            await consumer.wait_for_job(first.id)
+        conn = await connect(dsn)
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    "SELECT id FROM information_schema.processlist"
+                    " WHERE db = %s AND id <> CONNECTION_ID()",
+                    (database,),
+                )
+                sessions = [row[0] for row in await cur.fetchall()]
+                for session in sessions:
+                    await cur.execute(f"KILL CONNECTION {int(session)}")
+        finally:
+            conn.close()
+        assert len(sessions) >= 2  # both pools
+        ref = await producer.enqueue_command(AddCommand, Add(2, 2))
+        with anyio.fail_after(10):
+            assert (await consumer.wait_for_job(ref.id)).state is JobState.COMPLETED
+
+
+async def test_an_unreachable_server_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db_mysql, "SERVER", "mysql://root@127.0.0.1:1/test")
+    with pytest.raises(aiomysql.OperationalError):
+        async for _ in db_mysql.isolated_dsn():
+            pass
+    jobs = BackgroundJobs("mysql://root@127.0.0.1:1/test", connect_timeout=2)
+    with pytest.raises(aiomysql.OperationalError):
+        async with jobs:
+            pass
+
+
+# -- several processes ----------------------------------------------------------------------
+
+
+def start(dsn: str, stderr: Path, *args: str) -> subprocess.Popen[str]:
+    """Start ``tests.mysql_worker`` with its log in ``stderr``; wait until it is ready."""
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.mysql_worker", dsn, *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        raise RuntimeError(f"worker did not start: {stderr.read_text()}")
+    return proc
+
+
+def stop(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """SIGTERM (a graceful stop); returns the statistics the worker prints on exit."""
+    if proc.poll() is None:
+        proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    return cast(dict[str, Any], json.loads(lines[-1])) if lines else {}
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def events(path: Path) -> list[tuple[str, str, float, int, int]]:
+    """The start/end lines the Sleep commands of every process appended."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        event, label, moment, pid, job_id = line.split()
+        out.append((event, label, float(moment), int(pid), int(job_id)))
+    return out
+
+
+async def wait_for(predicate: Callable[[], bool], seconds: float) -> None:
+    with anyio.fail_after(seconds):
+        while not predicate():
+            await anyio.sleep(0.05)
+
+
+def assert_clean_logs(logs: Sequence[Path]) -> None:
+    for path in logs:
+        bad = [ln for ln in path.read_text().splitlines() if ln.split(" ", 1)[0] != "INFO"]
+        assert not bad, f"{path.name}: {bad[:5]}"
+
+
+@pytest.mark.slow
+async def test_three_processes_drain_3000_jobs_exactly_once_in_worker_order(
+    make_jobs: Factory,
+    dsn: str,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    log_file, total = tmp_path / "events.log", 3000
+    async with make_jobs(execute=False):
+        pass  # migrated before the workers start
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    for path in logs:
+        args = ("--max-concurrency", "20", "--poll-ms", "200", "--lease-seconds", "10")
+        processes.append(await anyio.to_thread.run_sync(start, dsn, path, *args))
+    # Every fifth job runs on one of three named workers (serial, in enqueue order).
+    named = {i: f"w{i % 3}" for i in range(0, total, 5)}
+    items = [
+        (
+            SleepCommand,
+            Sleep(0.003 if i in named else 0, label=f"j{i}", log_file=str(log_file)),
+            JobOptions(worker=named.get(i)),
+        )
+        for i in range(total)
+    ]
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+        for chunk in range(0, total, 250):  # enqueued while the workers already drain
+            await producer.enqueue_many(items[chunk : chunk + 250])
+        await wait_for(lambda: sum(e[0] == "end" for e in events(log_file)) >= total, 50)
+    reports = [await anyio.to_thread.run_sync(stop, proc) for proc in processes]
+
+    seen = events(log_file)
+    starts = Counter(label for event, label, *_ in seen if event == "start")
+    ends = Counter(label for event, label, *_ in seen if event == "end")
+    assert set(starts) == {f"j{i}" for i in range(total)} and set(starts.values()) == {1}
+    assert ends == starts
+    assert len({pid for *_, pid, _ in seen}) == 3  # all three processes took work
+    summaries = await query(dsn, "SELECT state, attempts, COUNT(*) FROM job_summary GROUP BY 1, 2")
+    assert summaries == [("Completed", 1, total)]
+    by_worker: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+    spans: dict[str, dict[str, float]] = defaultdict(dict)
+    for event, label, moment, _pid, _job_id in seen:
+        spans[label][event] = moment
+    for event, label, _moment, _pid, job_id in seen:
+        index = int(label[1:])
+        if event == "start" and index in named:
+            span = spans[label]
+            by_worker[named[index]].append((span["start"], span["end"], job_id))
+    for worker, runs in by_worker.items():
+        runs.sort()
+        ids = [job_id for *_, job_id in runs]
+        assert ids == sorted(ids), f"{worker} ran out of enqueue order"
+        overlaps = [(a, b) for a, b in itertools.pairwise(runs) if b[0] < a[1]]
+        assert not overlaps, f"{worker} ran two jobs at once: {overlaps[:3]}"
+    assert_clean_logs(logs)
+    dialect_stats = [r["dialect"] for r in reports]
+    assert sum(s["deadlocks"] for s in dialect_stats) == 0, dialect_stats
+    claimed = sum(r["runtime"]["claimed"] for r in reports)
+    assert claimed == total
+    assert sum(s["deadlock_retries"] for s in dialect_stats) <= total // 100, dialect_stats
+
+
+@pytest.mark.slow
+async def test_cancel_reaches_other_processes(
+    make_jobs: Factory, dsn: str, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    log_file = tmp_path / "events.log"
+    async with make_jobs(execute=False):
+        pass
+    log = tmp_path / "worker.log"
+    processes.append(await anyio.to_thread.run_sync(start, dsn, log, "--poll-ms", "100"))
+    solo = JobOptions(worker="solo")
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+        running = await producer.enqueue_command(
+            SleepCommand, Sleep(30, label="running", log_file=str(log_file)), solo
+        )
+        waiting = await producer.enqueue_command(
+            SleepCommand, Sleep(0, label="waiting", log_file=str(log_file)), solo
+        )
+        await wait_for(lambda: any(e[:2] == ("start", "running") for e in events(log_file)), 10)
+        assert await producer.cancel_job(waiting.id)  # queued behind it: never starts
+        started = anyio.current_time()
+        assert await producer.cancel_job(running.id)  # running in the worker process
+        with anyio.fail_after(5):
+            result = await producer.wait_for_job(running.id)
+        elapsed = anyio.current_time() - started
+        waited = await producer.get_job(waiting.id)
+    assert result.state is JobState.CANCELLED and result.failed is not None
+    assert elapsed < 2.0
+    assert waited is not None and waited.state is JobState.CANCELLED
+    await anyio.sleep(0.3)
+    assert [e[:2] for e in events(log_file)] == [("start", "running")]
+    report = await anyio.to_thread.run_sync(stop, processes[0])
+    assert report["runtime"]["claimed"] == 1
+    assert_clean_logs([log])
