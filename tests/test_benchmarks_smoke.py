@@ -16,6 +16,7 @@ WORKLOADS = {
     "serial_drain", "latency_same_process", "latency_cross_process",
 }  # fmt: skip
 
+
 @pytest.mark.sqlite
 @pytest.mark.slow
 @pytest.mark.timeout(300)
