@@ -20,6 +20,35 @@ TRUNCATED_MARKER = "[... earlier log lines truncated ...]\n"
 CAPPED_MARKER = "[... log truncated: later lines are not stored ...]\n"
 
 
+class CancelFlag:
+    """The ``threading.Event`` interface, made cheaply: one is made for every job, and a
+    ``threading.Event`` (a Condition and a Lock) costs more than the rest of a no-op job's
+    bookkeeping. The real Event is only made if a thread waits on the flag."""
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        if self._event is None:
+            self._event = threading.Event()
+            if self._set:  # set in between, by another thread
+                self._event.set()
+        return self._event.wait(timeout)
+
+
 @dataclass(slots=True, eq=False)
 class JobContext:
     """The state of one running job shared by the job, its logger and the runtime."""
@@ -27,7 +56,7 @@ class JobContext:
     job: BackgroundJob
     services: Any = None
     #: set when the job is asked to stop; sync commands can poll it
-    cancel_event: threading.Event = field(default_factory=threading.Event)
+    cancel_event: CancelFlag = field(default_factory=CancelFlag)
     #: log text not yet written to the database
     pending_logs: list[str] = field(default_factory=list)
     dirty: bool = False

@@ -46,6 +46,8 @@ from .store import NewJob, Outcome, Store, add_months, month_key, utcnow
 
 log = logging.getLogger("asyncjobs")
 
+#: the options of a job enqueued without any (frozen, so one instance serves every job)
+_NO_OPTIONS = JobOptions()
 #: errors that another attempt cannot fix
 _PERMANENT_ERRORS = (SerializationError, RegistrationError)
 UserResolver = Callable[[str], Awaitable[Any]]
@@ -150,6 +152,8 @@ class BackgroundJobs:
         self._outcomes: list[Outcome] = []
         self._waiters: dict[int, anyio.Event] = {}
         self._saturated = False
+        #: unnamed slots held by enqueues that start their jobs at once (see _start_at_once)
+        self._reserved = 0
         self._poll_delay = poll_interval.total_seconds()
         self._transient_ids = -1
         self._durations: dict[tuple[str, str | None], tuple[float | None, float]] = {}
@@ -161,6 +165,8 @@ class BackgroundJobs:
         object itself may be built at import time, e.g. for ``--app module:attr``)."""
         self._loops_scope = anyio.CancelScope()
         self._dispatch_scope = anyio.CancelScope()
+        # Until a claim finds the queue drained, enqueued jobs wait their turn (no start at once).
+        self._saturated = True
         self._wake = anyio.Event()
         self._check_cancels = anyio.Event()
         self._dispatch_stopped = anyio.Event()
@@ -309,7 +315,7 @@ class BackgroundJobs:
         options: JobOptions | None,
         class_worker: str | None,
     ) -> NewJob:
-        options = options or JobOptions()
+        options = options or _NO_OPTIONS
         if not isinstance(options, JobOptions):
             raise InvalidOptionsError(f"options must be JobOptions, got {type(options).__name__}")
         if request_cls is not None:
@@ -398,11 +404,41 @@ class BackgroundJobs:
         if not new_jobs:
             return []
         self._require_started()
+        if connection is None and self._can_start_at_once(new_jobs):
+            return await self._start_at_once(new_jobs)
         adopted = None if connection is None else self.dialect.adopt(connection)
         ids = await self.store.enqueue(new_jobs, adopted)
         if self.execute and connection is None:
             self._wake_dispatcher()
         return [JobRef(job_id, ref_id) for job_id, ref_id in ids]
+
+    def _can_start_at_once(self, new_jobs: Sequence[NewJob]) -> bool:
+        """Whether jobs enqueued here start here at once: this process executes jobs and has
+        room for them, they are runnable now (no worker, dependency or delay), and nothing
+        older waits (the last claim did not fill up, so it found the queue drained)."""
+        return (
+            self.execute
+            and not self._saturated
+            and not self._dispatch_scope.cancel_called
+            and self.max_concurrency - self._running_unnamed - self._reserved >= len(new_jobs)
+            and all(
+                j.worker is None and j.depends_on is None and j.run_after is None for j in new_jobs
+            )
+        )
+
+    async def _start_at_once(self, new_jobs: Sequence[NewJob]) -> list[JobRef]:
+        """Insert the jobs already claimed by this node (one round trip) and start them: no
+        claim, no wake-up of the dispatcher."""
+        self._reserved += len(new_jobs)
+        try:
+            # Shielded: jobs a committed insert claimed for this node must be started.
+            with anyio.CancelScope(shield=True):
+                jobs = await self.store.enqueue_started(new_jobs, self.node_id)
+        finally:
+            self._reserved -= len(new_jobs)
+        for job in jobs:
+            self._start(job)
+        return [JobRef(job.id, job.ref_id) for job in jobs]
 
     def _require_started(self) -> None:
         if not self._started:
@@ -690,7 +726,7 @@ class BackgroundJobs:
         with self._dispatch_scope:
             while True:
                 self._wake = anyio.Event()
-                free = self.max_concurrency - self._running_unnamed
+                free = self.max_concurrency - self._running_unnamed - self._reserved
                 # With every unnamed slot busy, still look for named-worker jobs: a busy pool
                 # must not hold back a serial worker.
                 limit = free if free > 0 else 8
@@ -745,25 +781,29 @@ class BackgroundJobs:
         outcome: Outcome | None = None
         try:
             async with self._worker_lock(job.worker):
-                with running.scope:
-                    timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
-                    with anyio.move_on_after(timeout) as deadline:
-                        try:
-                            await self._prepare(job)
-                            result = await self._invoke(job, running.context)
-                        except Exception as exc:
-                            outcome = self._failure(
-                                job, exc, permanent=isinstance(exc, _PERMANENT_ERRORS)
-                            )
-                        else:
-                            outcome = self._success(job, result)
-                    if deadline.cancelled_caught:
+                # The job's own scope also carries its timeout (one cancel scope per job: they
+                # are not free). Cancelled with no stop_reason means the deadline passed.
+                scope = running.scope
+                timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
+                scope.deadline = anyio.current_time() + timeout
+                with scope:
+                    try:
+                        await self._prepare(job)
+                        result = await self._invoke(job, running.context)
+                    except Exception as exc:
                         outcome = self._failure(
-                            job, TimeoutError(f"job timed out after {timeout:g}s"), permanent=False
+                            job, exc, permanent=isinstance(exc, _PERMANENT_ERRORS)
                         )
-                        outcome.error_code = "Timeout"
+                    else:
+                        outcome = self._success(job, result)
                     if outcome is not None and job.callback and outcome.state is JobState.COMPLETED:
+                        scope.deadline = math.inf  # the timeout bounds the command only
                         outcome = await self._run_callback(job, outcome)
+                if scope.cancelled_caught and running.stop_reason is None:
+                    outcome = self._failure(
+                        job, TimeoutError(f"job timed out after {timeout:g}s"), permanent=False
+                    )
+                    outcome.error_code = "Timeout"
             # Asked to stop: Cancelled, even when a sync command saw the request and returned.
             if running.stop_reason == "cancelled":
                 outcome = Outcome(

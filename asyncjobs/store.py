@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from .dialects import Connection, Dialect, Row
 from .exceptions import DuplicateRefIdError, InvalidJobStateError, JobNotFoundError
 from .models import (
@@ -118,6 +120,12 @@ class FinishReport:
 
 
 _STATES = {str(state): state for state in JobState}
+_encoder = msgspec.json.Encoder()
+
+
+def _dumps(value: Any) -> str:
+    """JSON text of a batch parameter (msgspec: several times faster than json.dumps)."""
+    return _encoder.encode(value).decode()
 
 
 def _json_or_none(value: Any) -> Any:
@@ -233,15 +241,11 @@ class Store:
             return await self._insert(tx, jobs)
 
     async def _insert(self, tx: Connection, jobs: Sequence[NewJob]) -> list[tuple[int, str]]:
-        payload = json.dumps([job.as_json(self._time_format) for job in jobs])
+        payload = _dumps([job.as_json(self._time_format) for job in jobs])
         try:
             rows = await tx.fetch("insert_jobs", {"jobs": payload})
         except Exception as exc:
-            if self.dialect.is_unique_violation(exc):
-                refs = ", ".join(job.ref_id for job in jobs[:5])
-                raise DuplicateRefIdError(
-                    f"a job with ref_id {refs} already exists; ref_id must be unique"
-                ) from exc
+            self._raise_duplicate(exc, jobs)
             raise
         if any(job.depends_on is not None for job in jobs):
             # A parent that already failed takes these dependents with it.
@@ -251,6 +255,30 @@ class Store:
                 await self._cascade(tx, [int(r["id"]) for r in dead], utcnow())
         by_ref = {str(r["ref_id"]): int(r["id"]) for r in rows}
         return [(by_ref[job.ref_id], job.ref_id) for job in jobs]
+
+    async def enqueue_started(self, jobs: Sequence[NewJob], node: str) -> list[BackgroundJob]:
+        """Insert jobs already claimed by ``node``, which starts them at once: jobs with no
+        worker, dependency or delay, enqueued by a process with room to run them. One query;
+        returns the jobs in order."""
+        if any(j.worker is not None or j.depends_on is not None or j.run_after for j in jobs):
+            raise ValueError("only jobs with no worker, dependency or delay start at once")
+        payload = _dumps([job.as_json(self._time_format) for job in jobs])
+        params = {"jobs": payload, "node": node, "now": utcnow()}
+        async with self.dialect.connection() as conn:
+            try:
+                rows = await conn.fetch("insert_started_jobs", params)
+            except Exception as exc:
+                self._raise_duplicate(exc, jobs)
+                raise
+        by_ref = {str(r["ref_id"]): row_to_job(r) for r in rows}
+        return [by_ref[job.ref_id] for job in jobs]
+
+    def _raise_duplicate(self, exc: Exception, jobs: Sequence[NewJob]) -> None:
+        if self.dialect.is_unique_violation(exc):
+            refs = ", ".join(job.ref_id for job in jobs[:5])
+            raise DuplicateRefIdError(
+                f"a job with ref_id {refs} already exists; ref_id must be unique"
+            ) from exc
 
     # -- scheduled tasks ------------------------------------------------------------------
 
@@ -411,7 +439,7 @@ class Store:
                 templates = {"month": key} if key else {}
                 if key:
                     await self._ensure_month(conn, key)
-                payload = json.dumps(
+                payload = _dumps(
                     [
                         {
                             "id": o.job.id, "duration_ms": o.duration_ms,

@@ -187,6 +187,7 @@ class PostgresDialect(Dialect):
                 min_size=self._min_size,
                 max_size=self._max_size,
                 server_settings=self._server_settings(),
+                reset=_keep_session,
             )
         try:
             async with self._acquire() as conn:
@@ -493,6 +494,13 @@ async def _deliver(
                     await result
             except Exception:
                 log.exception("notification handler failed")
+
+
+async def _keep_session(conn: Any) -> None:
+    """How our own pool resets a connection it gets back: it does not. asyncpg's default runs
+    ``RESET ALL; UNLISTEN *; ...``, one more round trip for every query we run, to undo session
+    state that our statements never leave (settings are per transaction, locks are transaction
+    locks, LISTEN has its own connection); asyncpg still rolls back a transaction left open."""
 
 
 def _quote(identifier: str) -> str:

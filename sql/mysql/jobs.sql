@@ -106,6 +106,89 @@ SELECT b.id, b.ref_id
 FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
 STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
 
+-- name: insert_started_jobs
+-- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
+-- room, so they are inserted already claimed (Started, first attempt, leased), with their
+-- summaries (read first with a plain SELECT, as in insert_jobs), and their rows returned; no
+-- claim, no wake-up. Only for jobs with no worker (so no job_worker row), dependency or delay
+-- (the store checks).
+INSERT INTO background_job (
+    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
+    created_by, request_type, command, request, request_body, user_id, state, retry_limit,
+    timeout_secs, reply_to, args, meta, priority, attempts, started_date, last_activity_date,
+    lease_owner
+)
+SELECT
+    j.parent_id, j.ref_id, j.worker, j.tag, j.batch_id, j.callback, j.depends_on, j.run_after,
+    j.created_date, j.created_by, j.request_type, j.command, j.request, j.request_body,
+    j.user_id, 'Started', j.retry_limit, j.timeout_secs, j.reply_to, j.args, j.meta, j.priority,
+    1, :now, :now, :node
+FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (
+    n FOR ORDINALITY,
+    parent_id BIGINT PATH '$.parent_id',
+    ref_id LONGTEXT PATH '$.ref_id',
+    worker LONGTEXT PATH '$.worker',
+    tag LONGTEXT PATH '$.tag',
+    batch_id LONGTEXT PATH '$.batch_id',
+    callback LONGTEXT PATH '$.callback',
+    depends_on BIGINT PATH '$.depends_on',
+    run_after DATETIME(6) PATH '$.run_after',
+    created_date DATETIME(6) PATH '$.created_date',
+    created_by LONGTEXT PATH '$.created_by',
+    request_type LONGTEXT PATH '$.request_type',
+    command LONGTEXT PATH '$.command',
+    request LONGTEXT PATH '$.request',
+    request_body LONGTEXT PATH '$.request_body',
+    user_id LONGTEXT PATH '$.user_id',
+    retry_limit INT PATH '$.retry_limit',
+    timeout_secs DOUBLE PATH '$.timeout_secs',
+    reply_to LONGTEXT PATH '$.reply_to',
+    args LONGTEXT PATH '$.args',
+    meta LONGTEXT PATH '$.meta',
+    priority INT PATH '$.priority'
+)) AS j
+ORDER BY j.n;
+SELECT JSON_ARRAYAGG(JSON_OBJECT(
+    'id', b.id, 'parent_id', b.parent_id, 'ref_id', b.ref_id, 'worker', b.worker,
+    'tag', b.tag, 'batch_id', b.batch_id, 'callback', b.callback, 'depends_on', b.depends_on,
+    'created_date', b.created_date, 'created_by', b.created_by,
+    'request_type', b.request_type, 'command', b.command, 'request', b.request,
+    'user_id', b.user_id, 'state', b.state, 'attempts', b.attempts,
+    'started_date', b.started_date
+)) INTO @asyncjobs_summaries
+FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
+STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
+INSERT INTO job_summary (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on,
+    created_date, created_by, request_type, command, request, user_id, state, attempts,
+    started_date
+)
+SELECT s.id, s.parent_id, s.ref_id, s.worker, s.tag, s.batch_id, s.callback, s.depends_on,
+       s.created_date, s.created_by, s.request_type, s.command, s.request, s.user_id, s.state,
+       s.attempts, s.started_date
+FROM JSON_TABLE(@asyncjobs_summaries, '$[*]' COLUMNS (
+    id BIGINT PATH '$.id',
+    parent_id BIGINT PATH '$.parent_id',
+    ref_id LONGTEXT PATH '$.ref_id',
+    worker LONGTEXT PATH '$.worker',
+    tag LONGTEXT PATH '$.tag',
+    batch_id LONGTEXT PATH '$.batch_id',
+    callback LONGTEXT PATH '$.callback',
+    depends_on BIGINT PATH '$.depends_on',
+    created_date DATETIME(6) PATH '$.created_date',
+    created_by LONGTEXT PATH '$.created_by',
+    request_type LONGTEXT PATH '$.request_type',
+    command LONGTEXT PATH '$.command',
+    request LONGTEXT PATH '$.request',
+    user_id LONGTEXT PATH '$.user_id',
+    state LONGTEXT PATH '$.state',
+    attempts INT PATH '$.attempts',
+    started_date DATETIME(6) PATH '$.started_date'
+)) AS s;
+SELECT b.*
+FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
+STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
+
 -- name: claim_jobs
 -- Claim up to :limit runnable jobs in priority-then-age order. A job with a named worker is
 -- runnable only when no job of that worker is running and it is the worker's oldest queued job;

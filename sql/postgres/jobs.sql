@@ -9,9 +9,10 @@
 -- Enqueue a batch of jobs given as a JSON array, each with its summary row; ids follow the
 -- array's order. One statement, so it is atomic even on an autocommitting connection (one
 -- round trip per enqueue).
--- jsonb_to_record types each field (timestamps parse from ISO text); args and meta arrive as
--- JSON text inside the JSON, hence the ::jsonb. The trigger background_job_queued notifies
--- listeners, delivered only if this transaction commits.
+-- json_to_recordset types each field (timestamps parse from ISO text); it reads the text as
+-- json, which is parsed a third faster than jsonb, and the rows keep the array's order. args
+-- and meta arrive as JSON text inside the JSON, hence the ::jsonb. The trigger
+-- background_job_queued notifies listeners, delivered only if this transaction commits.
 WITH inserted AS (
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority
@@ -21,15 +22,18 @@ SELECT
     j.created_date, j.created_by, j.request_type, j.command, j.request, j.request_body,
     j.user_id, 'Queued', j.retry_limit, j.timeout_secs, j.reply_to, j.args::jsonb,
     j.meta::jsonb, j.priority
-FROM jsonb_array_elements(:jobs::jsonb) WITH ORDINALITY AS e(value, ord)
-CROSS JOIN LATERAL jsonb_to_record(e.value) AS j(
+FROM ROWS FROM (json_to_recordset(:jobs::json) AS (
     parent_id bigint, ref_id text, worker text, tag text, batch_id text, callback text,
     depends_on bigint, run_after timestamptz, created_date timestamptz, created_by text,
     request_type text, command text, request text, request_body text, user_id text,
     retry_limit integer, timeout_secs double precision, reply_to text, args text, meta text,
     priority integer
+)) WITH ORDINALITY AS j(
+    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
+    created_by, request_type, command, request, request_body, user_id, retry_limit,
+    timeout_secs, reply_to, args, meta, priority, ord
 )
-ORDER BY e.ord
+ORDER BY j.ord
 RETURNING *
 ),
 summaries AS (
@@ -38,6 +42,42 @@ SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, creat
 FROM inserted
 )
 SELECT id, ref_id FROM inserted;
+
+-- name: insert_started_jobs
+-- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
+-- room, so they are inserted already claimed (Started, first attempt, leased), with their
+-- summaries, and their rows returned; no round trip for a claim, no wait for a wake-up. Only
+-- for jobs with no worker, dependency or delay (the store checks). One statement, as above.
+WITH inserted AS (
+INSERT INTO background_job (
+    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority,
+    attempts, started_date, last_activity_date, lease_owner
+)
+SELECT
+    j.parent_id, j.ref_id, j.worker, j.tag, j.batch_id, j.callback, j.depends_on, j.run_after,
+    j.created_date, j.created_by, j.request_type, j.command, j.request, j.request_body,
+    j.user_id, 'Started', j.retry_limit, j.timeout_secs, j.reply_to, j.args::jsonb,
+    j.meta::jsonb, j.priority, 1, :now, :now, :node
+FROM ROWS FROM (json_to_recordset(:jobs::json) AS (
+    parent_id bigint, ref_id text, worker text, tag text, batch_id text, callback text,
+    depends_on bigint, run_after timestamptz, created_date timestamptz, created_by text,
+    request_type text, command text, request text, request_body text, user_id text,
+    retry_limit integer, timeout_secs double precision, reply_to text, args text, meta text,
+    priority integer
+)) WITH ORDINALITY AS j(
+    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
+    created_by, request_type, command, request, request_body, user_id, retry_limit,
+    timeout_secs, reply_to, args, meta, priority, ord
+)
+ORDER BY j.ord
+RETURNING *
+),
+summaries AS (
+INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date)
+SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date
+FROM inserted
+)
+SELECT * FROM inserted;
 
 -- name: claim_jobs
 -- Claim up to :limit runnable jobs in priority-then-age order and mark their summaries Started,

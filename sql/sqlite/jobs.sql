@@ -38,6 +38,45 @@ INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback,
 SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts
 FROM background_job WHERE ref_id IN (SELECT json_extract(value, '$.ref_id') FROM json_each(:jobs));
 
+-- name: insert_started_jobs
+-- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
+-- room, so they are inserted already claimed (Started, first attempt, leased), with their
+-- summaries, and their rows returned (the first statement's RETURNING); no claim, no wake-up.
+-- Only for jobs with no worker, dependency or delay (the store checks).
+INSERT INTO background_job (
+    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority, attempts, started_date, last_activity_date, lease_owner
+)
+SELECT
+    json_extract(value, '$.parent_id'),
+    json_extract(value, '$.ref_id'),
+    json_extract(value, '$.worker'),
+    json_extract(value, '$.tag'),
+    json_extract(value, '$.batch_id'),
+    json_extract(value, '$.callback'),
+    json_extract(value, '$.depends_on'),
+    json_extract(value, '$.run_after'),
+    json_extract(value, '$.created_date'),
+    json_extract(value, '$.created_by'),
+    json_extract(value, '$.request_type'),
+    json_extract(value, '$.command'),
+    json_extract(value, '$.request'),
+    json_extract(value, '$.request_body'),
+    json_extract(value, '$.user_id'),
+    'Started',
+    json_extract(value, '$.retry_limit'),
+    json_extract(value, '$.timeout_secs'),
+    json_extract(value, '$.reply_to'),
+    json_extract(value, '$.args'),
+    json_extract(value, '$.meta'),
+    json_extract(value, '$.priority'),
+    1, :now, :now, :node
+FROM json_each(:jobs)
+ORDER BY key
+RETURNING *;
+INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date)
+SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date
+FROM background_job WHERE ref_id IN (SELECT json_extract(value, '$.ref_id') FROM json_each(:jobs));
+
 -- name: claim_jobs
 -- Claim up to :limit runnable jobs in priority-then-age order and mark their summaries Started.
 -- A job with a named worker is runnable only when no job of that worker is running and it is
