@@ -1,6 +1,6 @@
 """Named SQL queries loaded from ``sql/<dialect>/*.sql``.
 
-A file holds queries, each under a header ``-- name: claim_jobs`` followed by comment lines that
+A file holds queries, each under a header ``-- name: get_summary`` followed by comment lines that
 describe it, then the SQL. Parameters are written ``:name`` in every dialect; each driver converts
 them once, at load time. The only template allowed is ``{identifier}`` for a validated identifier
 (e.g. a monthly archive table), filled by :meth:`Query.render`.

@@ -42,7 +42,7 @@ from .exceptions import (
 from .models import BackgroundJob, JobError, JobOptions, JobRef, JobResult, JobState, ScheduledTask
 from .schedule import Schedule
 from .scheduler import Scheduler, row_to_task, task_job
-from .store import NewJob, Outcome, Store, add_months, month_key, utcnow
+from .store import Claim, FinishReport, NewJob, Outcome, Store, add_months, month_key, utcnow
 
 log = logging.getLogger("asyncjobs")
 
@@ -53,6 +53,8 @@ _PERMANENT_ERRORS = (SerializationError, RegistrationError)
 UserResolver = Callable[[str], Awaitable[Any]]
 #: the first poll after a claim that found work (polls then back off up to poll_interval)
 _FAST_POLL = 0.05
+#: a claim made while every unnamed slot is busy looks for up to this many named-worker jobs
+_NAMED_ONLY_CLAIM = 8
 #: the notification channel a dialect with notifications uses for "work arrived" / "cancel:<id>"
 NOTIFY_CHANNEL = "asyncjobs"
 
@@ -168,6 +170,8 @@ class BackgroundJobs:
         # Until a claim finds the queue drained, enqueued jobs wait their turn (no start at once).
         self._saturated = True
         self._wake = anyio.Event()
+        self._wakes = 0  # wake-ups so far, so the finisher can tell one came during its claim
+        self._found_work = False  # a claim found jobs since the dispatcher last slept
         self._check_cancels = anyio.Event()
         self._dispatch_stopped = anyio.Event()
         self._flush_lock = anyio.Lock()
@@ -713,6 +717,7 @@ class BackgroundJobs:
     # -- the dispatcher -------------------------------------------------------------------
 
     def _wake_dispatcher(self) -> None:
+        self._wakes += 1
         self._wake.set()
 
     async def _dispatch_loop(self) -> None:
@@ -726,32 +731,51 @@ class BackgroundJobs:
         with self._dispatch_scope:
             while True:
                 self._wake = anyio.Event()
-                free = self.max_concurrency - self._running_unnamed - self._reserved
-                # With every unnamed slot busy, still look for named-worker jobs: a busy pool
-                # must not hold back a serial worker.
-                limit = free if free > 0 else 8
+                limit, named_only = self._claim_size()
+                self._reserved += limit
                 try:
                     # Shielded: jobs a committed claim returned must be started, not dropped.
                     with anyio.CancelScope(shield=True):
-                        jobs = await self.store.claim(self.node_id, limit, named_only=free <= 0)
+                        jobs = await self.store.claim(self.node_id, limit, named_only=named_only)
                     failures = 0
                 except Exception as exc:
                     failures += 1
                     await self._pause_after_error("claiming jobs", exc, failures)
                     continue
-                self._saturated = len(jobs) >= limit
-                for job in jobs:
-                    self._start(job)
-                if self._saturated and free > 0:
+                finally:
+                    self._reserved -= limit
+                self._start_claimed(jobs, limit, named_only)
+                if self._saturated and not named_only:
                     await anyio.lowlevel.checkpoint()
                     continue
-                await self._sleep_until_work(found=bool(jobs))
+                await self._sleep_until_work()
 
-    async def _sleep_until_work(self, found: bool = False) -> None:
+    def _claim_size(self) -> tuple[int, bool]:
+        """How many jobs a claim may take now, and whether only named workers' jobs. With every
+        unnamed slot busy, still look for named-worker jobs: a busy pool must not hold back a
+        serial worker. Nothing once shutting down. The caller reserves the slots while it
+        claims, so the dispatcher and the finisher never claim the same free slot twice."""
+        if self._dispatch_scope.cancel_called:
+            return 0, False
+        free = self.max_concurrency - self._running_unnamed - self._reserved
+        return (free, False) if free > 0 else (_NAMED_ONLY_CLAIM, True)
+
+    def _start_claimed(self, jobs: Sequence[BackgroundJob], limit: int, named_only: bool) -> None:
+        # A claim that filled its limit may have left more behind: enqueues wait their turn.
+        # (A named-only claim says nothing about the jobs without a worker.)
+        if not named_only:
+            self._saturated = len(jobs) >= limit
+        if jobs:
+            self._found_work = True
+        for job in jobs:
+            self._start(job)
+
+    async def _sleep_until_work(self) -> None:
         """Sleep until woken (local work) or the next poll for other processes' work. The
-        poll adapts: soon after a claim found work, doubling while none comes, up to
-        ``poll_interval``."""
+        poll adapts: soon after a claim (the dispatcher's or the finisher's) found work,
+        doubling while none comes, up to ``poll_interval``."""
         ceiling = self.poll_interval.total_seconds()
+        found, self._found_work = self._found_work, False
         if found:
             self._poll_delay = min(_FAST_POLL, ceiling)
         else:
@@ -927,35 +951,62 @@ class BackgroundJobs:
             await self._flush_locked()
 
     async def _flush_locked(self) -> None:
+        """Write finished jobs' outcomes, many per round trip. When all of a batch completed
+        (the common case) and more work is likely queued (the last claim filled up, or a named
+        worker's job finished, whose next job could not be claimed before), the same statement
+        claims jobs for the freed slots: one round trip where a finish and a claim take two."""
         failures = 0
         while self._outcomes:
             self._outcome_ready = anyio.Event()
             batch, self._outcomes = self._outcomes, []
+            all_completed = all(o.state is JobState.COMPLETED for o in batch)
+            claim_here = all_completed and (
+                self._saturated or any(o.job.worker is not None for o in batch)
+            )
+            limit, named_only = self._claim_size() if claim_here else (0, False)
+            wakes = self._wakes
+            self._reserved += limit
             try:
                 with anyio.CancelScope(shield=True):
-                    report = await self.store.finish(self.node_id, batch)
+                    if all_completed:
+                        report: FinishReport = await self.store.complete_and_claim(
+                            self.node_id, batch, limit, named_only=named_only
+                        )
+                    else:
+                        report = await self.store.finish(self.node_id, batch)
             except Exception as exc:
                 self._outcomes[:0] = batch  # keep them: nothing is lost while the db is away
                 failures += 1
                 await self._pause_after_error("recording finished jobs", exc, failures)
                 continue
-            for outcome in batch:
-                key = (outcome.job.command or "", outcome.job.worker)
-                if (
-                    outcome.state is JobState.COMPLETED
-                    and self._durations.get(key, (1.0,))[0] is None
-                ):
-                    del self._durations[key]
-                if outcome.state is JobState.QUEUED:
-                    self._stats["retried"] += 1
-                elif outcome.state is JobState.COMPLETED:
-                    self._stats["completed"] += 1
-                elif outcome.state is JobState.FAILED:
-                    self._stats["failed"] += 1
+            finally:
+                self._reserved -= limit
+            if isinstance(report, Claim) and limit:
+                self._start_claimed(report.jobs, limit, named_only)
+            self._count_outcomes(batch)
             if report.lost:
                 log.warning("jobs %s were taken over by another node; outcome dropped", report.lost)
             self._resolve(report.final)
-            self._wake_dispatcher()
+            # The dispatcher claims what this flush did not: retried jobs and dependents of
+            # finished ones, and work it was woken for while the slots were reserved here.
+            if (
+                not isinstance(report, Claim)
+                or report.dependents
+                or (limit and self._wakes != wakes and len(report.jobs) < limit)
+            ):
+                self._wake_dispatcher()
+
+    def _count_outcomes(self, batch: Sequence[Outcome]) -> None:
+        for outcome in batch:
+            key = (outcome.job.command or "", outcome.job.worker)
+            if outcome.state is JobState.COMPLETED and self._durations.get(key, (1.0,))[0] is None:
+                del self._durations[key]
+            if outcome.state is JobState.QUEUED:
+                self._stats["retried"] += 1
+            elif outcome.state is JobState.COMPLETED:
+                self._stats["completed"] += 1
+            elif outcome.state is JobState.FAILED:
+                self._stats["failed"] += 1
 
     def _resolve(self, final: Mapping[int, JobState]) -> None:
         for job_id in final:

@@ -28,7 +28,7 @@ from .models import (
     JobSummary,
 )
 
-MIGRATIONS = ("migration_1",)
+MIGRATIONS = ("migration_1", "migration_2")
 
 
 def utcnow() -> datetime:
@@ -117,6 +117,15 @@ class FinishReport:
     final: dict[int, JobState] = field(default_factory=dict)
     requeued: list[int] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)  # the lease was gone: another node owns it
+
+
+@dataclass(slots=True)
+class Claim(FinishReport):
+    """What ``complete_and_claim`` did: the jobs claimed, in claim order, and whether a job
+    completed here has queued dependents (runnable now, claimed by the next claim)."""
+
+    jobs: list[BackgroundJob] = field(default_factory=list)
+    dependents: bool = False
 
 
 _STATES = {str(state): state for state in JobState}
@@ -352,17 +361,69 @@ class Store:
     async def claim(
         self, node: str, limit: int, *, named_only: bool = False, now: datetime | None = None
     ) -> list[BackgroundJob]:
-        """Claim up to ``limit`` runnable jobs for this node, in priority-then-age order.
-        ``claim_jobs`` also marks their summaries, atomically (one round trip on PostgreSQL)."""
+        """Claim up to ``limit`` runnable jobs for this node, in priority-then-age order."""
+        return (await self.complete_and_claim(node, (), limit, named_only=named_only, now=now)).jobs
+
+    async def complete_and_claim(
+        self,
+        node: str,
+        outcomes: Sequence[Outcome],
+        limit: int,
+        *,
+        named_only: bool = False,
+        now: datetime | None = None,
+    ) -> Claim:
+        """Record successful executions and claim up to ``limit`` jobs, atomically.
+
+        ``complete_and_claim_jobs`` archives the completed jobs with their outcome, updates
+        their summaries, removes them from the queue and claims the next jobs (one statement and
+        one round trip on PostgreSQL). A named worker whose job completes here can get its next
+        job in the same call. With monthly archive tables, each month's jobs are one call (the
+        last one claims)."""
         now = now or utcnow()
+        claim = Claim()
+        monthly = self.caps.monthly_archive_tables
+        by_month: dict[str, list[Outcome]] = defaultdict(list)
+        for outcome in outcomes:
+            by_month[month_key(outcome.job.created_date) if monthly else ""].append(outcome)
+        if not by_month:
+            by_month[month_key(now) if monthly else ""] = []
+        time_format = self._time_format
         async with self.dialect.connection() as conn:
-            rows = await conn.fetch(
-                "claim_jobs",
-                {"now": now, "node": node, "limit": limit, "named_only": int(named_only)},
-            )
-        jobs = [row_to_job(r) for r in rows]
-        jobs.sort(key=lambda j: (-j.priority, j.id))
-        return jobs
+            last = len(by_month) - 1
+            for index, (key, group) in enumerate(by_month.items()):
+                templates = {"month": key} if key else {}
+                if key:
+                    await self._ensure_month(conn, key)
+                payload = _dumps(
+                    [
+                        {
+                            "id": o.job.id, "duration_ms": o.duration_ms,
+                            "response": o.response, "response_body": o.response_body,
+                            "status": o.status, "logs": o.logs,
+                            "notified_date": None
+                            if o.notified_date is None
+                            else time_format(o.notified_date),
+                        }
+                        for o in group
+                    ]
+                )  # fmt: skip
+                params = {
+                    "node": node, "now": now, "outcomes": payload,
+                    "limit": limit if index == last else 0, "named_only": int(named_only),
+                }  # fmt: skip
+                rows = await conn.fetch("complete_and_claim_jobs", params, **templates)
+                report = rows[0]
+                done = set(_json_or_none(report["done_ids"]) or ())
+                claim.dependents = claim.dependents or bool(report["dependents"])
+                for outcome in group:
+                    if outcome.job.id in done:
+                        claim.final[outcome.job.id] = JobState.COMPLETED
+                    else:
+                        claim.lost.append(outcome.job.id)
+                claim.jobs += [row_to_job(r) for r in rows if r["id"] is not None]
+        claim.jobs.sort(key=lambda j: (-j.priority, j.id))
+        return claim
 
     async def finish(self, node: str, outcomes: Sequence[Outcome]) -> FinishReport:
         """Write many outcomes in one transaction: final jobs are archived and leave the queue,
@@ -371,7 +432,9 @@ class Store:
         report = FinishReport()
         completed = [o for o in outcomes if o.state is JobState.COMPLETED]
         if completed:
-            await self._complete(node, completed, now, report)
+            recorded = await self.complete_and_claim(node, completed, 0, now=now)
+            report.final.update(recorded.final)
+            report.lost += recorded.lost
         final = [o for o in outcomes if o.state.is_final and o.state is not JobState.COMPLETED]
         requeue = [o for o in outcomes if not o.state.is_final]
         if not final and not requeue:
@@ -422,44 +485,6 @@ class Store:
             if created:
                 await tx.execute("delete_archived", {"ids": json.dumps(list(created))})
         return report
-
-    async def _complete(
-        self, node: str, outcomes: Sequence[Outcome], now: datetime, report: FinishReport
-    ) -> None:
-        """Successful executions, the common case: ``complete_jobs`` archives them with their
-        outcome, updates their summaries and removes them from the queue, atomically, in one
-        query per archive month (one round trip on PostgreSQL)."""
-        by_month: dict[str, list[Outcome]] = defaultdict(list)
-        for outcome in outcomes:
-            monthly = self.caps.monthly_archive_tables
-            by_month[month_key(outcome.job.created_date) if monthly else ""].append(outcome)
-        time_format = self._time_format
-        async with self.dialect.connection() as conn:
-            for key, group in by_month.items():
-                templates = {"month": key} if key else {}
-                if key:
-                    await self._ensure_month(conn, key)
-                payload = _dumps(
-                    [
-                        {
-                            "id": o.job.id, "duration_ms": o.duration_ms,
-                            "response": o.response, "response_body": o.response_body,
-                            "status": o.status, "logs": o.logs,
-                            "notified_date": None
-                            if o.notified_date is None
-                            else time_format(o.notified_date),
-                        }
-                        for o in group
-                    ]
-                )  # fmt: skip
-                params = {"node": node, "now": now, "outcomes": payload}
-                rows = await conn.fetch("complete_jobs", params, **templates)
-                done = {int(r["id"]) for r in rows}
-                for outcome in group:
-                    if outcome.job.id in done:
-                        report.final[outcome.job.id] = JobState.COMPLETED
-                    else:
-                        report.lost.append(outcome.job.id)
 
     async def _archive(self, tx: Connection, created: Mapping[int, datetime]) -> None:
         """Copy final jobs into their archive (the month of their created_date)."""

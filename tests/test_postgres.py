@@ -118,10 +118,11 @@ async def test_claim_uses_indexes_on_100k_queued_jobs(make_jobs: Factory, dsn: s
                 list(busy),
             )
             await conn.execute("ANALYZE background_job; ANALYZE job_summary")
-            sql, order = _pg(jobs).statement("claim_jobs", {})
-            for named_only in (0, 1):
+            sql, order = _pg(jobs).statement("complete_and_claim_jobs", {})
+            for named_only, outcomes in ((0, "[]"), (1, "[]"), (0, '[{"id": 5}, {"id": 7}]')):
                 params = {"now": datetime.now(UTC), "node": "n", "limit": 50}
-                args = [{**params, "named_only": named_only}[name] for name in order]
+                values = {**params, "named_only": named_only, "outcomes": outcomes}
+                args = [values[name] for name in order]
                 nodes = await _explain(conn, sql, *args)
                 assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
                 indexes = {n.get("Index Name") for n in nodes}

@@ -10,6 +10,12 @@ and all SQL in ``sql/mysql/``:
 
 - the statements run in order on one connection, inside the caller's transaction (on an
   autocommitting ``connection()`` they get a transaction of their own);
+- they are sent together, as one multi-statement packet (``CLIENT.MULTI_STATEMENTS``), with the
+  ``START TRANSACTION`` and ``COMMIT`` of that own transaction: a query is one round trip however
+  many statements it has (the driver interpolates the parameters client-side, as for one
+  statement). The server stops at the first statement that fails; the dialect then rolls back
+  the transaction it opened. A ``transaction()`` sends its ``START TRANSACTION`` with its first
+  query, so it costs no round trip of its own;
 - ``fetch`` returns the rows of the last statement and ``execute`` its row count;
 - statements hand values to each other in session variables named ``@asyncjobs_*``, e.g.
   ``SELECT JSON_ARRAYAGG(id) INTO @asyncjobs_ids FROM (... FOR UPDATE) AS t``, then
@@ -34,10 +40,12 @@ import random
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiomysql
+import aiomysql.connection
 import anyio
 
 from .._sql import Queries, convert_params, load_queries, split_statements
@@ -55,6 +63,11 @@ _DEADLOCK = 1213
 _LOCK_WAIT_TIMEOUT = 1205
 _DUPLICATE_KEY = 1062
 _CLIENT_FOUND_ROWS = 2  # pymysql.constants.CLIENT.FOUND_ROWS
+_CLIENT_MULTI_STATEMENTS = 1 << 16  # pymysql.constants.CLIENT.MULTI_STATEMENTS
+#: column type codes of DATETIME and TIMESTAMP (pymysql.constants.FIELD_TYPE)
+_TIME_TYPES = frozenset({7, 12})
+#: executemany sends its statements in packets of about this many bytes
+_BATCH_BYTES = 1 << 20
 #: the server went away or refuses us for now: can't connect (2002, 2003), gone away (2006),
 #: lost connection (2013, 2055), server shutdown (1053), connection killed (1927, MariaDB),
 #: disconnected for inactivity (4031, MySQL 8), too many connections (1040)
@@ -70,10 +83,10 @@ _DISCONNECT_CODES = frozenset({2002, 2003, 2006, 2013, 2055, 1053, 1927, 4031, 1
 #: into Python warnings); JSON_ARRAYAGG is bounded by group_concat_max_len on MariaDB; a UTC
 #: time zone makes NOW() agree with the stored times.
 _SESSION = (
-    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED;\n"
     "SET SESSION sql_mode = 'ONLY_FULL_GROUP_BY,STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,"
     "NO_ENGINE_SUBSTITUTION', sql_notes = 0, group_concat_max_len = 1073741824, "
-    "time_zone = '+00:00'",
+    "time_zone = '+00:00'"
 )
 
 
@@ -82,6 +95,20 @@ def to_db_time(value: datetime) -> str:
     if value.tzinfo is not None:
         value = value.astimezone(UTC)
     return value.strftime(_FORMAT)
+
+
+def _read_time(value: str | bytes) -> datetime | str:
+    """A DATETIME as stored (naive UTC) into an aware datetime: one C call where the driver's
+    own converter parses with a regular expression (on the claim's hot path)."""
+    text = value.decode("ascii") if isinstance(value, bytes) else value
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    except ValueError:
+        return text  # e.g. a zero date: text, as the driver leaves it
+
+
+#: the driver's decoders, with our DATETIME and TIMESTAMP one
+_DECODERS = {**aiomysql.connection.decoders, 7: _read_time, 12: _read_time}
 
 
 def _convert(value: Any) -> Any:
@@ -104,50 +131,102 @@ def _is_server_error(exc: BaseException) -> bool:
     return code is not None and 1000 <= code < 2000 and code not in _DISCONNECT_CODES
 
 
+async def _decode(cur: Any) -> list[Row]:
+    """The current result set's rows as dicts, datetimes aware (UTC): ours are decoded so
+    (``_read_time``), an application's connection may give naive ones."""
+    description = cur.description
+    if not description:
+        return []
+    names = [column[0] for column in description]
+    rows: list[Row] = [dict(zip(names, record, strict=True)) for record in await cur.fetchall()]
+    for name in [column[0] for column in description if column[1] in _TIME_TYPES]:
+        for row in rows:
+            value = row[name]
+            if isinstance(value, datetime) and value.tzinfo is None:
+                row[name] = value.replace(tzinfo=UTC)
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A named query rendered for the driver: its statements, and the text sent in one packet
+    (``packet``) or, when it opens its own transaction, with START TRANSACTION and COMMIT."""
+
+    statements: list[str]
+    packet: str
+    wrapped: str
+
+
+def _multi_statements(conn: Any) -> bool:
+    return bool(getattr(conn, "client_flag", 0) & _CLIENT_MULTI_STATEMENTS)
+
+
 class MysqlConnection:
     """Runs named queries on one aiomysql connection (see the module docstring)."""
 
-    def __init__(self, dialect: MysqlDialect, conn: Any, *, in_transaction: bool, own: bool):
+    def __init__(
+        self, dialect: MysqlDialect, conn: Any, *, in_transaction: bool, own: bool
+    ) -> None:
         self._dialect = dialect
         self._conn = conn
         self._in_transaction = in_transaction
         #: nothing has run yet in this transaction, so a deadlock may be retried
         self._fresh = own
+        #: our own transaction() not begun yet: its START TRANSACTION goes with the first query
+        self.begin_pending = in_transaction and own
+        self._multi = _multi_statements(conn)
         #: the connection's session state is unknown (a script stopped half-way)
         self.broken = False
 
     async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
-        statements = self._dialect.statements(query, templates)
+        prepared = self._dialect.prepared(query, templates)
         values = {k: _convert(v) for k, v in (params or {}).items()}
-        rows, _ = await self._attempt(lambda: self._run(statements, values))
+        rows, _ = await self._attempt(lambda: self._run(prepared, values))
         return rows
 
     async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
-        statements = self._dialect.statements(query, templates)
+        prepared = self._dialect.prepared(query, templates)
         values = {k: _convert(v) for k, v in (params or {}).items()}
-        _, count = await self._attempt(lambda: self._run(statements, values))
+        _, count = await self._attempt(lambda: self._run(prepared, values))
         return count
 
     async def executemany(self, query: str, params: Sequence[Params], **templates: str) -> None:
         if not params:
             return
-        statements = self._dialect.statements(query, templates)
+        statements = self._dialect.prepared(query, templates).statements
         if len(statements) != 1:
             raise ConfigurationError(f"executemany needs a single-statement query, not {query}")
         rows = [{k: _convert(v) for k, v in p.items()} for p in params]
 
         async def run() -> None:
+            await self._begin()
             async with self._conn.cursor(aiomysql.Cursor) as cur:
-                await cur.executemany(statements[0], rows)
+                if not self._multi or statements[0].lstrip()[:6].upper() == "INSERT":
+                    # The driver makes one multi-row INSERT of an INSERT ... VALUES.
+                    await cur.executemany(statements[0], rows)
+                    return
+                # Anything else the driver would send row by row: a packet of statements.
+                texts = [cur.mogrify(statements[0], row) for row in rows]
+                start = 0
+                while start < len(texts):
+                    end, size = start, 0
+                    while end < len(texts) and (end == start or size < _BATCH_BYTES):
+                        size += len(texts[end])
+                        end += 1
+                    await cur.execute(";\n".join(texts[start:end]))
+                    while await cur.nextset():
+                        pass
+                    start = end
 
         await self._attempt(run)
 
     async def script(self, query: str, **templates: str) -> None:
         """Run DDL statement by statement. MySQL commits implicitly around DDL, so a script is
         never atomic; the scripts in sql/mysql are written to be re-run."""
-        statements = self._dialect.statements(query, templates)
+        statements = self._dialect.prepared(query, templates).statements
         self._fresh = False
         try:
+            await self._begin()
             async with self._conn.cursor(aiomysql.Cursor) as cur:
                 for sql in statements:
                     await cur.execute(sql, {})
@@ -155,35 +234,51 @@ class MysqlConnection:
             self.broken = True  # e.g. a named lock still held: the connection is dropped
             raise
 
-    async def _run(self, statements: list[str], values: dict[str, Any]) -> tuple[list[Row], int]:
+    async def _begin(self) -> None:
+        if self.begin_pending:
+            self.begin_pending = False
+            await self._conn.begin()
+
+    async def _run(self, prepared: _Prepared, values: dict[str, Any]) -> tuple[list[Row], int]:
+        statements = prepared.statements
+        if not self._multi and len(statements) > 1:
+            return await self._run_each(statements, values)
+        # Our own transaction around a sequence, or a transaction() begun by this query.
         wrap = len(statements) > 1 and not self._in_transaction
         if wrap:
-            await self._conn.begin()
+            text = prepared.wrapped
+        elif self.begin_pending:
+            text = "START TRANSACTION;\n" + prepared.packet
+            self.begin_pending = False
+        else:
+            text = prepared.packet
+        # The result sets before the last statement's (START TRANSACTION, earlier statements).
+        before = len(statements) - 1 + (text is not prepared.packet)
         try:
             async with self._conn.cursor(aiomysql.Cursor) as cur:
-                for sql in statements:
-                    await cur.execute(sql, values)
+                await cur.execute(text, values)
+                for _ in range(before):
+                    await cur.nextset()
                 count = int(cur.rowcount)
-                rows: list[Row] = []
-                if cur.description:
-                    names = [column[0] for column in cur.description]
-                    for record in await cur.fetchall():
-                        rows.append(
-                            {
-                                name: value.replace(tzinfo=UTC)
-                                if isinstance(value, datetime)
-                                else value
-                                for name, value in zip(names, record, strict=True)
-                            }
-                        )
-            if wrap:
-                await self._conn.commit()
+                rows = await _decode(cur)
+                if wrap:
+                    await cur.nextset()  # COMMIT: its error, if any, is raised here
         except BaseException as exc:
             if wrap and _is_server_error(exc):  # else the connection is dropped
                 with anyio.CancelScope(shield=True):
                     await self._conn.rollback()
             raise
         return rows, count
+
+    async def _run_each(
+        self, statements: list[str], values: dict[str, Any]
+    ) -> tuple[list[Row], int]:
+        """A connection without multi-statements (an application's own): one round trip per
+        statement, inside its transaction."""
+        async with self._conn.cursor(aiomysql.Cursor) as cur:
+            for sql in statements:
+                await cur.execute(sql, values)
+            return await _decode(cur), int(cur.rowcount)
 
     async def _attempt(self, run: Callable[[], Awaitable[T]]) -> T:
         """Run, retrying a deadlock or lock-wait timeout while it is the transaction's first
@@ -206,7 +301,7 @@ class MysqlConnection:
                 # A deadlock rolled the transaction back; a lock-wait timeout only the statement.
                 await self._conn.rollback()
                 if self._in_transaction:
-                    await self._conn.begin()
+                    self.begin_pending = True  # begun again by the retry
                 self._fresh = True
                 await anyio.sleep(random.uniform(0, 0.005 * 2**retries))
 
@@ -240,19 +335,27 @@ class MysqlDialect(Dialect):
         self._connect_timeout = connect_timeout
         self._pool: Any = None
         self._configured: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._statements: dict[tuple[object, ...], list[str]] = {}
+        self._prepared: dict[object, _Prepared] = {}
         self.stats = {"deadlock_retries": 0, "deadlocks": 0}
 
-    def statements(self, query: str, templates: dict[str, str]) -> list[str]:
+    def prepared(self, query: str, templates: dict[str, str]) -> _Prepared:
         """A query's statements in the driver's ``%(name)s`` style, rendered and cached."""
-        key = (query, *sorted(templates.items()))
-        found = self._statements.get(key)
+        key = (query, *sorted(templates.items())) if templates else query
+        found = self._prepared.get(key)
         if found is None:
             named = self.queries[query]
             text = named.render(**templates) if templates else named.sql
-            found = [convert_params(named, "pyformat", sql)[0] for sql in split_statements(text)]
-            self._statements[key] = found
+            statements = [
+                convert_params(named, "pyformat", sql)[0] for sql in split_statements(text)
+            ]
+            packet = ";\n".join(statements)
+            found = _Prepared(statements, packet, f"START TRANSACTION;\n{packet};\nCOMMIT")
+            self._prepared[key] = found
         return found
+
+    def statements(self, query: str, templates: dict[str, str]) -> list[str]:
+        """A query's statements as the driver runs them (e.g. to EXPLAIN one)."""
+        return self.prepared(query, templates).statements
 
     def statistics(self) -> dict[str, int]:
         """Deadlocks retried transparently and deadlocks passed on; pool size and free."""
@@ -277,8 +380,9 @@ class MysqlDialect(Dialect):
             autocommit=True,
             charset="utf8mb4",
             # UPDATE counts the rows it matched, as on the other databases, not only those it
-            # changed.
-            client_flag=_CLIENT_FOUND_ROWS,
+            # changed; a query's statements go in one packet (see the module docstring).
+            client_flag=_CLIENT_FOUND_ROWS | _CLIENT_MULTI_STATEMENTS,
+            conv=_DECODERS,
         )
 
     async def close(self) -> None:
@@ -291,10 +395,9 @@ class MysqlDialect(Dialect):
                 await pool.wait_closed()
             pool.terminate()
 
-    async def _checkout(self, *, begin: bool) -> Any:
-        """A pooled connection, set up for our sessions and, with ``begin``, in a transaction.
-        (The pool drops idle connections whose socket the server closed; one that died
-        unnoticed fails here and is replaced once.)"""
+    async def _checkout(self) -> Any:
+        """A pooled connection, set up for our sessions. (The pool drops idle connections whose
+        socket the server closed; one that died unnoticed fails here and is replaced once.)"""
         pool = self._pool
         if pool is None:
             raise RuntimeError("the MySQL dialect is not open")
@@ -303,11 +406,10 @@ class MysqlDialect(Dialect):
             try:
                 if conn not in self._configured:
                     async with conn.cursor(aiomysql.Cursor) as cur:
-                        for sql in _SESSION:
-                            await cur.execute(sql)
+                        await cur.execute(_SESSION)
+                        while await cur.nextset():
+                            pass
                     self._configured.add(conn)
-                if begin:
-                    await conn.begin()
             except BaseException as exc:
                 conn.close()
                 pool.release(conn)
@@ -318,9 +420,9 @@ class MysqlDialect(Dialect):
         raise AssertionError("unreachable")
 
     @asynccontextmanager
-    async def _acquire(self, *, begin: bool = False) -> AsyncIterator[Any]:
+    async def _acquire(self) -> AsyncIterator[Any]:
         pool = self._pool
-        conn = await self._checkout(begin=begin)
+        conn = await self._checkout()
         try:
             yield conn
         except BaseException as exc:
@@ -334,22 +436,25 @@ class MysqlDialect(Dialect):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._acquire(begin=True) as conn:
+        """A transaction on a pooled connection; its START TRANSACTION is sent with its first
+        query (and nothing at all is sent for a transaction that runs none)."""
+        async with self._acquire() as conn:
             tx = MysqlConnection(self, conn, in_transaction=True, own=True)
             try:
                 yield tx
             except BaseException as exc:
                 if tx.broken or not _is_server_error(exc):
                     conn.close()
-                else:
+                elif not tx.begin_pending:
                     with anyio.CancelScope(shield=True):
                         await conn.rollback()
                 raise
             if tx.broken:  # a script failed but its error was swallowed by the caller
                 conn.close()
                 raise ConfigurationError("a DDL script failed; the transaction was abandoned")
-            with anyio.CancelScope(shield=True):
-                await conn.commit()
+            if not tx.begin_pending:  # else nothing ran: no transaction to commit
+                with anyio.CancelScope(shield=True):
+                    await conn.commit()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:

@@ -103,63 +103,6 @@ FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 WHERE b.state IN ('Failed', 'Cancelled');
 
--- name: complete_jobs
--- The finisher's common case, many successful executions at once: each job this node still
--- holds gets its outcome, is copied into the archive, has its summary updated and leaves the
--- queue. Returns the ids completed; a job missing from them was taken over by another node (its
--- lease ran out). :outcomes is a JSON array of {id, duration_ms, response, response_body,
--- status, logs, notified_date}.
--- No DELETE ... RETURNING into an INSERT here: the jobs still held are locked and kept in a
--- session variable, then updated, copied, summarised, deleted and returned (see jobs.sql).
-SELECT JSON_ARRAYAGG(c.id) INTO @asyncjobs_done FROM (
-    SELECT b.id FROM JSON_TABLE(:outcomes, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i
-    STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
-    WHERE b.lease_owner = :node
-    FOR UPDATE
-) AS c;
-UPDATE JSON_TABLE(:outcomes, '$[*]' COLUMNS (
-    id BIGINT PATH '$.id',
-    duration_ms BIGINT PATH '$.duration_ms',
-    response LONGTEXT PATH '$.response',
-    response_body LONGTEXT PATH '$.response_body',
-    status LONGTEXT PATH '$.status',
-    logs LONGTEXT PATH '$.logs',
-    notified_date DATETIME(6) PATH '$.notified_date'
-)) AS o
-STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = o.id
-SET b.state = 'Completed', b.completed_date = :now, b.last_activity_date = :now,
-    b.duration_ms = o.duration_ms, b.response = o.response, b.response_body = o.response_body,
-    b.error = NULL, b.error_code = NULL, b.progress = 1.0,
-    b.status = COALESCE(o.status, b.status),
-    b.notified_date = COALESCE(o.notified_date, b.notified_date),
-    b.logs = CASE WHEN o.logs IS NULL THEN b.logs ELSE CONCAT(COALESCE(b.logs, ''), o.logs) END
-WHERE b.lease_owner = :node;
-INSERT INTO completed_job (
-    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
-    created_by, request_type, command, request, request_body, user_id, response, response_body,
-    state, started_date, completed_date, notified_date, retry_limit, attempts, duration_ms,
-    timeout_secs, progress, status, logs, last_activity_date, reply_to, error_code, error, args,
-    meta, priority
-)
-SELECT
-    b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
-    b.run_after, b.created_date, b.created_by, b.request_type, b.command, b.request,
-    b.request_body, b.user_id, b.response, b.response_body, b.state, b.started_date,
-    b.completed_date, b.notified_date, b.retry_limit, b.attempts, b.duration_ms, b.timeout_secs,
-    b.progress, b.status, b.logs, b.last_activity_date, b.reply_to, b.error_code, b.error,
-    b.args, b.meta, b.priority
-FROM JSON_TABLE(@asyncjobs_done, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id;
-UPDATE JSON_TABLE(@asyncjobs_done, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
-STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = b.id
-SET s.state = b.state, s.started_date = b.started_date, s.completed_date = b.completed_date,
-    s.duration_ms = b.duration_ms, s.attempts = b.attempts, s.error_code = NULL,
-    s.error_message = NULL;
-DELETE b FROM JSON_TABLE(@asyncjobs_done, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id;
-SELECT i.id FROM JSON_TABLE(@asyncjobs_done, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i;
-
 -- name: delete_archived
 -- Remove archived jobs from the queue (same transaction as the archive insert).
 DELETE b FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
@@ -220,3 +163,188 @@ DO RELEASE_LOCK(CONCAT('asyncjobs.archive.', MD5(DATABASE())));
 -- Retention: summaries of finished jobs created before the oldest kept month.
 DELETE FROM job_summary
 WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
+
+-- name: complete_and_claim_jobs
+-- The finisher's and the dispatcher's query: the completion of many successful executions
+-- followed by a claim, in one transaction and one round trip, where a separate finish and
+-- claim would cost two of each. A pure claim passes no outcomes ('[]'); a pure finish passes :limit 0 (the claim's statements
+-- then read nothing). Returns one row per claimed job: done_ids (JSON array text of the ids
+-- completed, NULL if none), dependents (1 if a queued job depends on one of them, so that the
+-- caller claims again once they are runnable) and the job's columns; with nothing claimed,
+-- exactly one row whose job columns are NULL.
+-- The claim runs after the completions, in the same transaction and READ COMMITTED, so each of
+-- its statements sees them: a named worker whose running job completed here is idle, and its
+-- next job is claimed here. Their commit is the claim's commit, so no other transaction can see
+-- the worker idle before it sees the next job Started (the argument below holds as is).
+-- Locks: the completion waits for the rows it finishes (only a cancel request may hold one, and
+-- briefly); it is the transaction's first statement, so a deadlock there is retried by the
+-- dialect. The claim takes every lock with SKIP LOCKED and never waits.
+-- Completion: each job this node still holds gets its outcome, is copied into the archive, has
+-- its summary updated and leaves the queue. :outcomes is a JSON array of {id, duration_ms,
+-- response, response_body, status, logs, notified_date}.
+-- No DELETE ... RETURNING into an INSERT here: 1. the jobs still held are locked and their
+-- ids kept in a session variable (with those whose summary shows an earlier attempt's error,
+-- and whether a queued job depends on one), 2. copied into the archive with their outcome,
+-- 3. their summaries marked, 4. earlier errors cleared, 5. the jobs deleted from the queue.
+-- The live row is never updated first: it is about to go, and an UPDATE would rewrite the
+-- state indexes for nothing. Every UPDATE here and in the claim joins a JSON list first, so
+-- MySQL keeps the new values in an internal temporary table, which goes to disk when a value is
+-- a TEXT column: hence the summary's error_message (LONGTEXT) is cleared by an UPDATE of its
+-- own, of only the rows that need it (rarely any: the summary mirrors the job's error, so the
+-- job's row tells which). Statements 2-5 find the jobs through the list of statement 1
+-- (comma-separated, tested with FIND_IN_SET: a JSON_TABLE on the inner side of a join is
+-- evaluated again for every outer row), never again by lease: a job is archived and deleted
+-- only if locked here.
+SELECT GROUP_CONCAT(c.id), GROUP_CONCAT(IF(c.clean, NULL, c.id)),
+       COALESCE(MAX(EXISTS (SELECT 1 FROM background_job q
+                            FORCE INDEX (ix_background_job_depends_on)
+                            WHERE q.depends_on = c.id AND q.state = 'Queued')), 0)
+INTO @asyncjobs_done, @asyncjobs_errors, @asyncjobs_dependents
+FROM (
+    SELECT b.id, b.error_code IS NULL AND b.error IS NULL AS clean
+    FROM JSON_TABLE(:outcomes, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i
+    STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
+    WHERE b.lease_owner = :node
+    FOR UPDATE
+) AS c;
+INSERT INTO completed_job (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
+    created_by, request_type, command, request, request_body, user_id, response, response_body,
+    state, started_date, completed_date, notified_date, retry_limit, attempts, duration_ms,
+    timeout_secs, progress, status, logs, last_activity_date, reply_to, error_code, error, args,
+    meta, priority
+)
+SELECT
+    b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
+    b.run_after, b.created_date, b.created_by, b.request_type, b.command, b.request,
+    b.request_body, b.user_id, o.response, o.response_body, 'Completed', b.started_date, :now,
+    COALESCE(o.notified_date, b.notified_date), b.retry_limit, b.attempts, o.duration_ms,
+    b.timeout_secs, 1.0, COALESCE(o.status, b.status),
+    CASE WHEN o.logs IS NULL THEN b.logs ELSE CONCAT(COALESCE(b.logs, ''), o.logs) END,
+    :now, b.reply_to, NULL, NULL, b.args, b.meta, b.priority
+FROM JSON_TABLE(:outcomes, '$[*]' COLUMNS (
+    id BIGINT PATH '$.id',
+    duration_ms BIGINT PATH '$.duration_ms',
+    response LONGTEXT PATH '$.response',
+    response_body LONGTEXT PATH '$.response_body',
+    status LONGTEXT PATH '$.status',
+    logs LONGTEXT PATH '$.logs',
+    notified_date DATETIME(6) PATH '$.notified_date'
+)) AS o
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = o.id
+WHERE FIND_IN_SET(o.id, @asyncjobs_done);
+UPDATE JSON_TABLE(:outcomes, '$[*]' COLUMNS (
+    id BIGINT PATH '$.id', duration_ms BIGINT PATH '$.duration_ms')) AS o
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = o.id
+STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = o.id
+SET s.state = 'Completed', s.started_date = b.started_date, s.completed_date = :now,
+    s.duration_ms = o.duration_ms, s.attempts = b.attempts, s.error_code = NULL
+WHERE FIND_IN_SET(o.id, @asyncjobs_done);
+UPDATE JSON_TABLE(CONCAT('[', @asyncjobs_errors, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS e
+STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = e.id
+SET s.error_message = NULL;
+DELETE b FROM JSON_TABLE(CONCAT('[', @asyncjobs_done, ']'), '$[*]'
+                        COLUMNS (id BIGINT PATH '$')) AS d
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
+-- The claim: up to :limit runnable jobs in priority-then-age order. A job with a named worker is
+-- runnable only when no job of that worker is running and it is the worker's oldest queued job
+-- (its head); a job with depends_on only when its parent completed.
+-- Unlike PostgreSQL (one UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING *),
+-- MySQL cannot return what an UPDATE changed, so the claim is five statements (sent together,
+-- one round trip, see the dialect):
+-- 1. Lock the job_worker rows of named workers that have a queued job and nothing running,
+--    skipping workers another claim holds. Without this the checks of statement 2, which read
+--    committed data only, could race: two processes could each see a worker idle (a claim of
+--    another of its jobs not yet committed, e.g. after enqueues committed out of id order) and
+--    both start one of its jobs. Holding the worker row makes the decision for a worker one
+--    transaction at a time, cluster-wide. The session runs READ COMMITTED, so statement 2, a
+--    new statement with a new read view, sees every claim committed before the lock was taken
+--    (REPEATABLE READ would keep the snapshot of statement 1, taken before the lock; for the
+--    same reason the checks cannot move into statement 1, whose view predates its own locks).
+--    This walks job_worker and looks each worker up by key: its cost follows the number of
+--    workers, not the length of the queue.
+-- 2. Pick and lock the candidates, skipping rows other transactions hold: for each locked
+--    worker still idle, its head, found by one probe of ix_background_job_worker (worker, state,
+--    id), and runnable if due and its parent completed (a head that is not runnable holds its
+--    worker's later jobs back); and the jobs without a worker, in order from
+--    ix_background_job_claim (state, worker, priority DESC, id), which holds them together
+--    (worker IS NULL), so no named job is walked. The better :limit of both are claimed; the
+--    few locked but not chosen stay Queued and are free again at commit. A queue of one
+--    worker's jobs thus costs one probe per claim however long it is. The attempt number is
+--    read here, under the row lock.
+-- 3. Mark them Started, 4. and their summaries: only the columns a claim changes (the summary
+--    already mirrors the rest, e.g. the last attempt's error: every transaction that changes
+--    those on the job copies them; copying them again would put the LONGTEXT error_message in
+--    the multi-table UPDATE's internal temporary table, on disk, see the completion above).
+-- 5. Return them.
+-- Every lock here is taken with SKIP LOCKED, so a claim never waits and claims cannot deadlock
+-- with each other.
+SELECT JSON_ARRAYAGG(l.name) INTO @asyncjobs_workers FROM (
+    SELECT w.name FROM job_worker w
+    WHERE :limit > 0
+      AND EXISTS (SELECT 1 FROM background_job q FORCE INDEX (ix_background_job_worker)
+                  WHERE q.worker = w.name AND q.state = 'Queued')
+      -- one probe per state: with state IN (...) the dependent subquery looks up the worker
+      -- alone and reads every job it has queued
+      AND NOT EXISTS (SELECT 1 FROM background_job r FORCE INDEX (ix_background_job_worker)
+                      WHERE r.worker = w.name AND r.state = 'Started')
+      AND NOT EXISTS (SELECT 1 FROM background_job x FORCE INDEX (ix_background_job_worker)
+                      WHERE x.worker = w.name AND x.state = 'Executed')
+    FOR UPDATE SKIP LOCKED
+) AS l;
+SELECT JSON_ARRAYAGG(JSON_OBJECT('id', c.id, 'attempts', c.attempts)) INTO @asyncjobs_claimed
+FROM (
+    SELECT u.id, u.attempts FROM (
+        (SELECT n.id, n.priority, n.attempts + 1 AS attempts
+         FROM (SELECT (SELECT h.id FROM background_job h FORCE INDEX (ix_background_job_worker)
+                       WHERE h.worker = lw.name AND h.state = 'Queued'
+                       ORDER BY h.id LIMIT 1) AS id
+               FROM JSON_TABLE(@asyncjobs_workers, '$[*]'
+                               COLUMNS (name VARCHAR(255) PATH '$')) AS lw
+               WHERE NOT EXISTS (SELECT 1 FROM background_job r
+                                 FORCE INDEX (ix_background_job_worker)
+                                 WHERE r.worker = lw.name AND r.state = 'Started')
+                 AND NOT EXISTS (SELECT 1 FROM background_job x
+                                 FORCE INDEX (ix_background_job_worker)
+                                 WHERE x.worker = lw.name AND x.state = 'Executed')) AS hd
+         STRAIGHT_JOIN background_job n FORCE INDEX (PRIMARY) ON n.id = hd.id
+         WHERE n.state = 'Queued'
+           AND (n.run_after IS NULL OR n.run_after <= :now)
+           -- a scalar subquery, so the parent is looked up by key (as EXISTS, MariaDB may
+           -- materialize every completed summary)
+           AND (n.depends_on IS NULL
+                OR (SELECT np.state FROM job_summary np WHERE np.id = n.depends_on) = 'Completed')
+         ORDER BY n.priority DESC, n.id
+         LIMIT :limit
+         FOR UPDATE SKIP LOCKED)
+        UNION ALL
+        (SELECT j.id, j.priority, j.attempts + 1 AS attempts
+         FROM background_job j FORCE INDEX (ix_background_job_claim)
+         WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
+           AND (j.run_after IS NULL OR j.run_after <= :now)
+           AND (j.depends_on IS NULL
+                OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
+         ORDER BY j.priority DESC, j.id
+         LIMIT :limit
+         FOR UPDATE SKIP LOCKED)
+    ) AS u
+    ORDER BY u.priority DESC, u.id
+    LIMIT :limit
+) AS c;
+UPDATE JSON_TABLE(@asyncjobs_claimed, '$[*]'
+                  COLUMNS (id BIGINT PATH '$.id', attempts INT PATH '$.attempts')) AS i
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
+SET b.state = 'Started', b.attempts = i.attempts, b.started_date = :now,
+    b.last_activity_date = :now, b.lease_owner = :node, b.cancel_requested = 0;
+UPDATE JSON_TABLE(@asyncjobs_claimed, '$[*]'
+                  COLUMNS (id BIGINT PATH '$.id', attempts INT PATH '$.attempts')) AS i
+STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = i.id
+SET s.state = 'Started', s.attempts = i.attempts, s.started_date = :now;
+-- One row even when nothing was claimed: the report, left joined to the claimed jobs. (A user
+-- variable reads back as binary: CONVERT makes it text.)
+SELECT CONVERT(CONCAT('[', @asyncjobs_done, ']') USING utf8mb4) AS done_ids,
+       @asyncjobs_dependents AS dependents,
+       b.*
+FROM (SELECT 1 AS one) AS r
+LEFT JOIN (JSON_TABLE(@asyncjobs_claimed, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i
+           STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id) ON TRUE;

@@ -109,9 +109,12 @@ STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_i
 -- name: insert_started_jobs
 -- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
 -- room, so they are inserted already claimed (Started, first attempt, leased), with their
--- summaries (read first with a plain SELECT, as in insert_jobs), and their rows returned; no
--- claim, no wake-up. Only for jobs with no worker (so no job_worker row), dependency or delay
--- (the store checks).
+-- summaries, and their rows returned; no claim, no wake-up. Only for jobs with no worker (so no
+-- job_worker row), dependency or delay (the store checks). Unlike insert_jobs this always runs
+-- on the dialect's own READ COMMITTED connection, where INSERT ... SELECT reads
+-- background_job as a consistent read, without the next-key locks that REPEATABLE READ would
+-- take: the summaries are copied straight from the new rows (the JSON detour of insert_jobs
+-- also costs an on-disk temporary table for the aggregate).
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, state, retry_limit,
@@ -148,108 +151,19 @@ FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (
     priority INT PATH '$.priority'
 )) AS j
 ORDER BY j.n;
-SELECT JSON_ARRAYAGG(JSON_OBJECT(
-    'id', b.id, 'parent_id', b.parent_id, 'ref_id', b.ref_id, 'worker', b.worker,
-    'tag', b.tag, 'batch_id', b.batch_id, 'callback', b.callback, 'depends_on', b.depends_on,
-    'created_date', b.created_date, 'created_by', b.created_by,
-    'request_type', b.request_type, 'command', b.command, 'request', b.request,
-    'user_id', b.user_id, 'state', b.state, 'attempts', b.attempts,
-    'started_date', b.started_date
-)) INTO @asyncjobs_summaries
-FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
-STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
 INSERT INTO job_summary (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on,
     created_date, created_by, request_type, command, request, user_id, state, attempts,
     started_date
 )
-SELECT s.id, s.parent_id, s.ref_id, s.worker, s.tag, s.batch_id, s.callback, s.depends_on,
-       s.created_date, s.created_by, s.request_type, s.command, s.request, s.user_id, s.state,
-       s.attempts, s.started_date
-FROM JSON_TABLE(@asyncjobs_summaries, '$[*]' COLUMNS (
-    id BIGINT PATH '$.id',
-    parent_id BIGINT PATH '$.parent_id',
-    ref_id LONGTEXT PATH '$.ref_id',
-    worker LONGTEXT PATH '$.worker',
-    tag LONGTEXT PATH '$.tag',
-    batch_id LONGTEXT PATH '$.batch_id',
-    callback LONGTEXT PATH '$.callback',
-    depends_on BIGINT PATH '$.depends_on',
-    created_date DATETIME(6) PATH '$.created_date',
-    created_by LONGTEXT PATH '$.created_by',
-    request_type LONGTEXT PATH '$.request_type',
-    command LONGTEXT PATH '$.command',
-    request LONGTEXT PATH '$.request',
-    user_id LONGTEXT PATH '$.user_id',
-    state LONGTEXT PATH '$.state',
-    attempts INT PATH '$.attempts',
-    started_date DATETIME(6) PATH '$.started_date'
-)) AS s;
+SELECT b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
+       b.created_date, b.created_by, b.request_type, b.command, b.request, b.user_id, b.state,
+       b.attempts, b.started_date
+FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
+STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
 SELECT b.*
 FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
 STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
-
--- name: claim_jobs
--- Claim up to :limit runnable jobs in priority-then-age order. A job with a named worker is
--- runnable only when no job of that worker is running and it is the worker's oldest queued job;
--- a job with depends_on only when its parent completed.
--- Unlike PostgreSQL (one UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING *),
--- MySQL cannot return what an UPDATE changed, so the claim is four statements:
--- 1. Lock the job_worker rows of named workers that have a due job and nothing running,
---    skipping workers another claim holds. Without this the NOT EXISTS checks below, which read
---    committed data only, could race: two processes could each see a worker idle (a claim of
---    another of its jobs not yet committed, e.g. after enqueues committed out of id order) and
---    both start one of its jobs. Holding the worker row makes the decision for a worker one
---    transaction at a time, cluster-wide. The session runs READ COMMITTED, so statement 2 sees
---    every claim committed before the lock was taken (REPEATABLE READ would keep the snapshot
---    of statement 1, taken before the lock). This walks job_worker and looks each worker up by
---    key: its cost follows the number of workers, not the length of the queue.
--- 2. Pick and lock runnable jobs in index order, skipping rows other transactions hold.
--- 3. Mark them Started. 4. Mark their summaries. 5. Return them.
--- Every lock here is taken with SKIP LOCKED, so a claim never waits and claims cannot deadlock
--- with each other.
-SELECT JSON_ARRAYAGG(l.name) INTO @asyncjobs_workers FROM (
-    SELECT w.name FROM job_worker w
-    WHERE (SELECT q.id FROM background_job q FORCE INDEX (ix_background_job_worker)
-           WHERE q.worker = w.name AND q.state = 'Queued'
-             AND (q.run_after IS NULL OR q.run_after <= :now)
-           LIMIT 1) IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM background_job r FORCE INDEX (ix_background_job_worker)
-                      WHERE r.worker = w.name AND r.state IN ('Started', 'Executed'))
-    FOR UPDATE SKIP LOCKED
-) AS l;
-SELECT JSON_ARRAYAGG(c.id) INTO @asyncjobs_claimed FROM (
-    SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
-    WHERE j.state = 'Queued'
-      AND (j.run_after IS NULL OR j.run_after <= :now)
-      AND (:named_only = 0 OR j.worker IS NOT NULL)
-      -- a scalar subquery, so the parent is looked up by key (as EXISTS, MariaDB may
-      -- materialize every completed summary)
-      AND (j.depends_on IS NULL
-           OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
-      AND (j.worker IS NULL OR (
-            j.worker IN (SELECT lw.name FROM JSON_TABLE(@asyncjobs_workers, '$[*]'
-                                 COLUMNS (name VARCHAR(255) PATH '$')) AS lw)
-            AND NOT EXISTS (SELECT 1 FROM background_job r
-                            WHERE r.worker = j.worker AND r.state IN ('Started', 'Executed'))
-            AND NOT EXISTS (SELECT 1 FROM background_job e FORCE INDEX (ix_background_job_worker)
-                            WHERE e.worker = j.worker AND e.state = 'Queued' AND e.id < j.id)))
-    ORDER BY j.priority DESC, j.id
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
-) AS c;
-UPDATE JSON_TABLE(@asyncjobs_claimed, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
-SET b.state = 'Started', b.attempts = b.attempts + 1, b.started_date = :now,
-    b.last_activity_date = :now, b.lease_owner = :node, b.cancel_requested = 0;
-UPDATE JSON_TABLE(@asyncjobs_claimed, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
-STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = b.id
-SET s.state = b.state, s.started_date = b.started_date, s.completed_date = b.completed_date,
-    s.duration_ms = b.duration_ms, s.attempts = b.attempts, s.error_code = b.error_code,
-    s.error_message = JSON_UNQUOTE(JSON_EXTRACT(b.error, '$.message'));
-SELECT b.* FROM JSON_TABLE(@asyncjobs_claimed, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id;
 
 -- name: mark_summaries
 -- Copy the live state of jobs into their summaries.

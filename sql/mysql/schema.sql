@@ -65,10 +65,7 @@ CREATE TABLE IF NOT EXISTS background_job (
     lease_owner VARCHAR(255) NULL,
     cancel_requested TINYINT NOT NULL DEFAULT 0,
     UNIQUE KEY ux_background_job_ref_id (ref_id),
-    -- The claim walks queued jobs in priority-then-age order straight from this index, so its
-    -- LIMIT ... FOR UPDATE SKIP LOCKED locks only the rows it returns. (priority DESC needs a
-    -- real descending index: MariaDB 10.8+ and MySQL 8. Older MariaDB sorts, which locks every
-    -- queued row for the claim's short transaction: still correct, less parallel.)
+    -- Replaced by migration_2 (see there).
     KEY ix_background_job_claim (state, priority DESC, id),
     -- Named workers: is one of this worker's jobs running, and which is its oldest queued job?
     KEY ix_background_job_worker (worker, state, id),
@@ -216,3 +213,14 @@ CREATE TABLE IF NOT EXISTS failed_job (
     PRIMARY KEY (id, created_date)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
 PARTITION BY RANGE (TO_DAYS(created_date)) (PARTITION pmax VALUES LESS THAN MAXVALUE);
+
+-- name: migration_2
+-- The claim walks queued jobs without a worker (worker IS NULL) in priority-then-age order
+-- straight from ix_background_job_claim, so its LIMIT ... FOR UPDATE SKIP LOCKED locks only the
+-- rows it returns, and named workers' jobs queued ahead are not walked (they are found by
+-- ix_background_job_worker). (priority DESC needs a real descending index: MariaDB 10.8+ and
+-- MySQL 8. Older MariaDB sorts, which locks every queued row for the claim's short transaction:
+-- still correct, less parallel.) One ALTER, so it is atomic, and safe to run again.
+ALTER TABLE background_job
+    DROP INDEX ix_background_job_claim,
+    ADD INDEX ix_background_job_claim (state, worker, priority DESC, id);

@@ -61,16 +61,45 @@ FROM background_job
 WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
   AND state IN ('Failed', 'Cancelled');
 
--- name: complete_jobs
--- The finisher's common case, many successful executions at once: each job this node still
--- holds leaves the queue for the archive with its outcome, and its summary is updated. Returns
--- the ids completed; a job missing from them was taken over by another node (its lease ran
--- out). :outcomes is a JSON array of {id, duration_ms, response, response_body, status, logs,
--- notified_date}.
--- Differs from SQLite: one statement (data-modifying CTEs), so it is atomic on an autocommitting
--- connection and costs one round trip; and the row is moved (DELETE ... RETURNING into INSERT)
--- rather than updated, copied and deleted.
-WITH outcome AS MATERIALIZED (
+-- name: complete_and_claim_jobs
+-- The finisher's and the dispatcher's statement: record many successful executions and claim
+-- the next jobs, in one statement (atomic on an autocommitting connection: one round trip and
+-- one commit where a separate finish and claim would cost two). A pure claim passes no
+-- outcomes; a pure finish passes :limit 0.
+--
+-- Completing: each job this node still holds leaves the queue for the archive with its outcome
+-- (the row is moved: DELETE ... RETURNING into INSERT) and its summary is updated. A job
+-- missing from done_ids was taken over by another node (its lease ran out). :outcomes is a JSON
+-- array of {id, duration_ms, response, response_body, status, logs, notified_date}.
+--
+-- Claiming: up to :limit runnable jobs in priority-then-age order, their summaries marked
+-- Started. A job with a named worker is runnable only when no job of that worker is running and
+-- it is the worker's oldest queued job; a job with depends_on only when its parent completed.
+-- Every part of the statement reads one snapshot, taken before the jobs completed here left the
+-- queue, so the claim counts them as finished explicitly (`done`): a named worker whose job
+-- completes here gets its next job in the same round trip. Their dependents are claimed by the
+-- next claim (dependents = 1 tells the caller to make one).
+--
+-- Differs from SQLite, which serialises writers: here claims from many processes run at once,
+-- and FOR UPDATE SKIP LOCKED lets each take different rows without waiting.
+--
+-- Named workers: only a worker's head (its oldest queued job) is ever a candidate, and the head
+-- is claimed through its row lock. That lock is what keeps two claims from running one worker's
+-- jobs at the same time: a claim whose snapshot is older than another's commit either skips the
+-- head (still locked), or locks it after that commit and the re-check of the newest row version
+-- (state = 'Queued') rejects it; and in that older snapshot the head is still Queued, so no later
+-- job of the worker qualifies either. A job only stops being Queued by being claimed (or
+-- cancelled), so a worker's next job becomes a head only once its predecessor has left
+-- 'Started'/'Executed' in a committed transaction, or in this very statement (`done`), whose
+-- own commit makes both changes visible at once. We chose this over a per-worker
+-- pg_try_advisory_xact_lock: the statement's snapshot is taken before any lock it acquires, so
+-- an advisory lock alone cannot stop a claim acting on a snapshot from before the other claim
+-- committed; the row lock's re-check can. It also needs no extra table and no extra round trip.
+--
+-- Heads are found with a loose index scan of ix_background_job_worker_queue: one probe per
+-- worker with queued jobs, so a long queue of one worker costs one probe, not a scan. Unnamed
+-- jobs come from ix_background_job_claim in claim order.
+WITH RECURSIVE outcome AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(:outcomes::jsonb) AS o(
         id bigint, duration_ms bigint, response text, response_body text, status text,
         logs text, notified_date timestamptz)
@@ -98,15 +127,84 @@ archived AS (
         :now, d.reply_to, NULL, NULL, d.args, d.meta, d.priority
     FROM done d JOIN outcome o ON o.id = d.id
 ),
-summaries AS (
+completed_summaries AS (
     UPDATE job_summary s
     SET state = 'Completed', started_date = d.started_date, completed_date = :now,
         duration_ms = o.duration_ms, attempts = d.attempts, error_code = NULL,
         error_message = NULL
     FROM done d JOIN outcome o ON o.id = d.id
     WHERE s.id = d.id AND s.id = ANY (ARRAY(SELECT id FROM done))
+),
+heads(worker, id) AS (
+    (SELECT worker, id FROM background_job
+     WHERE state = 'Queued' AND worker IS NOT NULL AND :limit > 0
+     ORDER BY worker, id LIMIT 1)
+    UNION ALL
+    SELECT next.worker, next.id
+    FROM heads h
+    CROSS JOIN LATERAL (
+        SELECT b.worker, b.id FROM background_job b
+        WHERE b.state = 'Queued' AND b.worker IS NOT NULL AND b.worker > h.worker
+        ORDER BY b.worker, b.id LIMIT 1
+    ) next
+),
+idle_heads AS (
+    SELECT h.id FROM heads h
+    WHERE NOT EXISTS (SELECT 1 FROM background_job r
+                      WHERE r.worker = h.worker AND r.state IN ('Started', 'Executed')
+                        AND r.id <> ALL (ARRAY(SELECT id FROM done)))
+),
+named AS MATERIALIZED (
+    SELECT j.id, j.priority FROM background_job j
+    WHERE j.id = ANY (ARRAY(SELECT id FROM idle_heads))
+      AND j.state = 'Queued'
+      AND (j.run_after IS NULL OR j.run_after <= :now)
+      AND (j.depends_on IS NULL
+           OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
+    ORDER BY j.priority DESC, j.id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+),
+unnamed AS MATERIALIZED (
+    SELECT j.id, j.priority FROM background_job j
+    WHERE j.state = 'Queued' AND j.worker IS NULL AND :named_only = 0
+      AND (j.run_after IS NULL OR j.run_after <= :now)
+      AND (j.depends_on IS NULL
+           OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
+    ORDER BY j.priority DESC, j.id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+),
+-- Both candidate sets are locked as they are read, so SKIP LOCKED moves past rows another claim
+-- holds; the few locked here but not chosen stay Queued and are free again at commit.
+chosen AS (
+    SELECT c.id FROM (SELECT id, priority FROM named UNION ALL SELECT id, priority FROM unnamed) c
+    ORDER BY c.priority DESC, c.id
+    LIMIT :limit
+),
+claimed AS (
+    UPDATE background_job b
+    SET state = 'Started', attempts = b.attempts + 1, started_date = :now,
+        last_activity_date = :now, lease_owner = :node, cancel_requested = false
+    FROM chosen
+    WHERE b.id = chosen.id
+    RETURNING b.*
+),
+claimed_summaries AS (
+    UPDATE job_summary s
+    SET state = c.state, started_date = c.started_date, completed_date = c.completed_date,
+        duration_ms = c.duration_ms, attempts = c.attempts, error_code = c.error_code,
+        error_message = c.error ->> 'message'
+    FROM claimed c
+    WHERE s.id = c.id AND s.id = ANY (ARRAY(SELECT id FROM claimed))
+),
+-- What the caller learns besides the claimed jobs: one row even when nothing was claimed.
+report AS (
+    SELECT (SELECT json_agg(id) FROM done)::text AS done_ids,
+           (EXISTS (SELECT 1 FROM background_job q
+                    WHERE q.depends_on = ANY (ARRAY(SELECT id FROM done))))::int AS dependents
 )
-SELECT id FROM done;
+SELECT r.done_ids, r.dependents, c.* FROM report r LEFT JOIN claimed c ON true;
 
 -- name: delete_archived
 -- Remove archived jobs from the queue (same transaction as the archive insert).

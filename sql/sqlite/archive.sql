@@ -122,14 +122,26 @@ SELECT
 FROM background_job
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('Failed', 'Cancelled');
 
--- name: complete_jobs
--- The finisher's common case, many successful executions at once: each job this node still
--- holds gets its outcome, is copied into the month's archive, has its summary updated and leaves
--- the queue. The dialect runs the four statements as one transaction. Returns the ids completed;
--- a job missing from them was taken over by another node (its lease ran out). :outcomes is a
--- JSON array of {id, duration_ms, response, response_body, status, logs, notified_date}.
--- The outcomes are read from the JSON once (a materialized CTE): joined directly, json_each
--- would be parsed again for every row of the queue it is compared with.
+-- name: complete_and_claim_jobs
+-- The finisher's and the dispatcher's query: record many successful executions and claim the
+-- next jobs, as one transaction (the dialect runs the statements together, in one trip to its
+-- thread). A pure claim passes no outcomes; a pure finish passes :limit 0.
+--
+-- Completing: each job this node still holds gets its outcome, is copied into the month's
+-- archive, has its summary updated and leaves the queue. A job missing from done_ids was taken
+-- over by another node (its lease ran out). :outcomes is a JSON array of {id, duration_ms,
+-- response, response_body, status, logs, notified_date}. The outcomes are read from the JSON
+-- once (a materialized CTE): joined directly, json_each would be parsed again for every row of
+-- the queue it is compared with.
+--
+-- Claiming: up to :limit runnable jobs in priority-then-age order, their summaries marked
+-- Started. A job with a named worker is runnable only when no job of that worker is running and
+-- it is the worker's oldest queued job; a job with depends_on only when its parent completed.
+-- The claim runs after the completions, so a named worker whose job completed here is idle for
+-- it. SQLite serialises writers, so the claim is atomic across processes. Claimed jobs are found
+-- again by node and claim time (:now is unique per call of a node).
+--
+-- The completed rows leave the queue last, after the report has read their ids.
 WITH o AS MATERIALIZED (
     SELECT json_extract(value, '$.id') AS id,
            json_extract(value, '$.duration_ms') AS duration_ms,
@@ -149,7 +161,8 @@ SET state = 'Completed', completed_date = :now, last_activity_date = :now,
     logs = CASE WHEN o.logs IS NULL THEN background_job.logs
                 ELSE COALESCE(background_job.logs, '') || o.logs END
 FROM o
-WHERE background_job.id = o.id AND background_job.lease_owner = :node;
+WHERE background_job.id = o.id AND background_job.lease_owner = :node
+  AND background_job.state IN ('Started', 'Executed');
 INSERT INTO completed_job_{month} (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, response, response_body,
@@ -172,10 +185,49 @@ SET state = b.state, started_date = b.started_date, completed_date = b.completed
 FROM background_job b
 WHERE b.id = job_summary.id AND b.id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
   AND b.state = 'Completed' AND b.lease_owner = :node;
+UPDATE background_job
+SET state = 'Started', attempts = attempts + 1, started_date = :now,
+    last_activity_date = :now, lease_owner = :node, cancel_requested = 0
+WHERE id IN (
+    SELECT j.id FROM background_job j
+    WHERE j.state = 'Queued'
+      AND (j.run_after IS NULL OR j.run_after <= :now)
+      AND (:named_only = 0 OR j.worker IS NOT NULL)
+      AND (j.depends_on IS NULL OR EXISTS (
+            SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
+      AND (j.worker IS NULL OR (
+            NOT EXISTS (SELECT 1 FROM background_job r
+                        WHERE r.worker = j.worker AND r.state IN ('Started', 'Executed'))
+            AND NOT EXISTS (SELECT 1 FROM background_job e
+                            WHERE e.worker = j.worker AND e.state = 'Queued' AND e.id < j.id)))
+    ORDER BY j.priority DESC, j.id
+    LIMIT :limit
+);
+UPDATE job_summary
+SET state = b.state, started_date = b.started_date, completed_date = b.completed_date,
+    duration_ms = b.duration_ms, attempts = b.attempts, error_code = b.error_code,
+    error_message = json_extract(b.error, '$.message')
+FROM background_job b
+WHERE b.id = job_summary.id AND b.lease_owner = :node AND b.started_date = :now
+  AND b.state = 'Started';
+WITH done AS (
+    SELECT id FROM background_job
+    WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
+      AND state = 'Completed' AND lease_owner = :node
+),
+report AS (
+    SELECT (SELECT json_group_array(id) FROM done WHERE id IS NOT NULL HAVING count(*) > 0)
+               AS done_ids,
+           EXISTS (SELECT 1 FROM background_job q
+                   WHERE q.depends_on IN (SELECT id FROM done) AND q.state = 'Queued')
+               AS dependents
+)
+SELECT r.done_ids, r.dependents, b.* FROM report r
+LEFT JOIN background_job b
+       ON b.lease_owner = :node AND b.started_date = :now AND b.state = 'Started';
 DELETE FROM background_job
 WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
-  AND state = 'Completed' AND lease_owner = :node
-RETURNING id;
+  AND state = 'Completed' AND lease_owner = :node;
 
 -- name: delete_archived
 -- Remove archived jobs from the queue (same transaction as the archive insert).

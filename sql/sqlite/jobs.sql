@@ -77,40 +77,6 @@ INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback,
 SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date
 FROM background_job WHERE ref_id IN (SELECT json_extract(value, '$.ref_id') FROM json_each(:jobs));
 
--- name: claim_jobs
--- Claim up to :limit runnable jobs in priority-then-age order and mark their summaries Started.
--- A job with a named worker is runnable only when no job of that worker is running and it is
--- the worker's oldest queued job; a job with depends_on only when its parent completed. SQLite
--- serialises writers, and the dialect runs the two statements as one transaction, so the claim
--- is atomic across processes. The second finds this claim's jobs by node and claim time (a
--- summary copied twice is copied the same).
-UPDATE background_job
-SET state = 'Started', attempts = attempts + 1, started_date = :now,
-    last_activity_date = :now, lease_owner = :node, cancel_requested = 0
-WHERE id IN (
-    SELECT j.id FROM background_job j
-    WHERE j.state = 'Queued'
-      AND (j.run_after IS NULL OR j.run_after <= :now)
-      AND (:named_only = 0 OR j.worker IS NOT NULL)
-      AND (j.depends_on IS NULL OR EXISTS (
-            SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
-      AND (j.worker IS NULL OR (
-            NOT EXISTS (SELECT 1 FROM background_job r
-                        WHERE r.worker = j.worker AND r.state IN ('Started', 'Executed'))
-            AND NOT EXISTS (SELECT 1 FROM background_job e
-                            WHERE e.worker = j.worker AND e.state = 'Queued' AND e.id < j.id)))
-    ORDER BY j.priority DESC, j.id
-    LIMIT :limit
-)
-RETURNING *;
-UPDATE job_summary
-SET state = b.state, started_date = b.started_date, completed_date = b.completed_date,
-    duration_ms = b.duration_ms, attempts = b.attempts, error_code = b.error_code,
-    error_message = json_extract(b.error, '$.message')
-FROM background_job b
-WHERE b.id = job_summary.id AND b.lease_owner = :node AND b.started_date = :now
-  AND b.state = 'Started';
-
 -- name: mark_summaries
 -- Copy the live state of jobs into their summaries.
 UPDATE job_summary

@@ -1,0 +1,285 @@
+-- The job lifecycle: enqueue, finish, retry, cancel, read (the claim is complete_and_claim_jobs,
+-- in archive.sql).
+-- Lists of ids and of new jobs arrive as one JSON array parameter, read with
+-- OPENJSON(:ids) WITH (id bigint '$') and joined to the table by its key, so a batch is one
+-- statement and each id one index seek.
+--
+-- A query of several statements is one batch, sent in one round trip: statements hand values to
+-- each other in table variables (DECLARE @x TABLE), and the rows of the last statement that
+-- returns rows are the result (`fetch`); `execute` counts the rows of the last statement that
+-- changed any. The dialect runs such a batch inside a transaction (its own, on an autocommitting
+-- connection) with XACT_ABORT ON, so an error anywhere rolls all of it back.
+-- Table variables declare their string columns with the tables' binary collation: they would
+-- otherwise take the database default and fail to compare with the columns they join.
+
+-- name: insert_jobs
+-- Enqueue a batch of jobs given as a JSON array, each with its summary row; ids follow the
+-- array's order (NEXT VALUE FOR ... OVER (ORDER BY) numbers them in that order). New named
+-- workers get their job_worker row, which the claim locks; the check that finds them takes no
+-- lock on a known worker, so enqueueing never waits for a claim (IGNORE_DUP_KEY absorbs two
+-- enqueues adding one new worker at once).
+DECLARE @jobs nvarchar(max) = :jobs;
+DECLARE @new TABLE (
+    id bigint NOT NULL PRIMARY KEY,
+    ref_id nvarchar(255) COLLATE Latin1_General_100_BIN2 NOT NULL
+);
+INSERT INTO background_job (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
+    created_by, request_type, command, request, request_body, user_id, state, retry_limit,
+    timeout_secs, reply_to, args, meta, priority
+)
+OUTPUT inserted.id, inserted.ref_id INTO @new
+SELECT
+    NEXT VALUE FOR background_job_id OVER (ORDER BY CAST(a.[key] AS int)),
+    j.parent_id, j.ref_id, j.worker, j.tag, j.batch_id, j.callback, j.depends_on, j.run_after,
+    j.created_date, j.created_by, j.request_type, j.command, j.request, j.request_body,
+    j.user_id, 'Queued', j.retry_limit, j.timeout_secs, j.reply_to, j.args, j.meta, j.priority
+FROM OPENJSON(@jobs) AS a
+CROSS APPLY OPENJSON(a.[value]) WITH (
+    parent_id bigint '$.parent_id',
+    ref_id nvarchar(max) '$.ref_id',
+    worker nvarchar(max) '$.worker',
+    tag nvarchar(max) '$.tag',
+    batch_id nvarchar(max) '$.batch_id',
+    callback nvarchar(max) '$.callback',
+    depends_on bigint '$.depends_on',
+    run_after datetime2(6) '$.run_after',
+    created_date datetime2(6) '$.created_date',
+    created_by nvarchar(max) '$.created_by',
+    request_type nvarchar(max) '$.request_type',
+    command nvarchar(max) '$.command',
+    request nvarchar(max) '$.request',
+    request_body nvarchar(max) '$.request_body',
+    user_id nvarchar(max) '$.user_id',
+    retry_limit int '$.retry_limit',
+    timeout_secs float '$.timeout_secs',
+    reply_to nvarchar(max) '$.reply_to',
+    args nvarchar(max) '$.args',
+    meta nvarchar(max) '$.meta',
+    priority int '$.priority'
+) AS j;
+INSERT INTO job_summary (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on,
+    created_date, created_by, request_type, command, request, user_id, state, attempts
+)
+SELECT b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
+       b.created_date, b.created_by, b.request_type, b.command, b.request, b.user_id, b.state,
+       b.attempts
+FROM @new AS n
+JOIN background_job AS b ON b.id = n.id;
+INSERT INTO job_worker (name)
+SELECT DISTINCT b.worker
+FROM @new AS n
+JOIN background_job AS b ON b.id = n.id
+WHERE b.worker IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM job_worker AS w WHERE w.name = b.worker);
+SELECT id, ref_id FROM @new;
+
+-- name: insert_started_jobs
+-- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
+-- room, so they are inserted already claimed (Started, first attempt, leased), with their
+-- summaries, and their rows returned; no round trip for a claim. Only for jobs with no worker,
+-- dependency or delay (the store checks), so no job_worker rows.
+DECLARE @jobs nvarchar(max) = :jobs;
+DECLARE @now datetime2(6) = :now;
+DECLARE @new TABLE (id bigint NOT NULL PRIMARY KEY);
+INSERT INTO background_job (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
+    created_by, request_type, command, request, request_body, user_id, state, retry_limit,
+    timeout_secs, reply_to, args, meta, priority, attempts, started_date, last_activity_date,
+    lease_owner
+)
+OUTPUT inserted.id INTO @new
+SELECT
+    NEXT VALUE FOR background_job_id OVER (ORDER BY CAST(a.[key] AS int)),
+    j.parent_id, j.ref_id, j.worker, j.tag, j.batch_id, j.callback, j.depends_on, j.run_after,
+    j.created_date, j.created_by, j.request_type, j.command, j.request, j.request_body,
+    j.user_id, 'Started', j.retry_limit, j.timeout_secs, j.reply_to, j.args, j.meta, j.priority,
+    1, @now, @now, :node
+FROM OPENJSON(@jobs) AS a
+CROSS APPLY OPENJSON(a.[value]) WITH (
+    parent_id bigint '$.parent_id',
+    ref_id nvarchar(max) '$.ref_id',
+    worker nvarchar(max) '$.worker',
+    tag nvarchar(max) '$.tag',
+    batch_id nvarchar(max) '$.batch_id',
+    callback nvarchar(max) '$.callback',
+    depends_on bigint '$.depends_on',
+    run_after datetime2(6) '$.run_after',
+    created_date datetime2(6) '$.created_date',
+    created_by nvarchar(max) '$.created_by',
+    request_type nvarchar(max) '$.request_type',
+    command nvarchar(max) '$.command',
+    request nvarchar(max) '$.request',
+    request_body nvarchar(max) '$.request_body',
+    user_id nvarchar(max) '$.user_id',
+    retry_limit int '$.retry_limit',
+    timeout_secs float '$.timeout_secs',
+    reply_to nvarchar(max) '$.reply_to',
+    args nvarchar(max) '$.args',
+    meta nvarchar(max) '$.meta',
+    priority int '$.priority'
+) AS j;
+INSERT INTO job_summary (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on,
+    created_date, created_by, request_type, command, request, user_id, state, attempts,
+    started_date
+)
+SELECT b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
+       b.created_date, b.created_by, b.request_type, b.command, b.request, b.user_id, b.state,
+       b.attempts, b.started_date
+FROM @new AS n
+JOIN background_job AS b ON b.id = n.id;
+SELECT b.* FROM @new AS n JOIN background_job AS b ON b.id = n.id;
+
+-- name: mark_summaries
+-- Copy the live state of jobs into their summaries. The error message is read with OPENJSON,
+-- which returns nvarchar(max); JSON_VALUE would return NULL for a message over 4000 characters.
+UPDATE s
+SET state = b.state, started_date = b.started_date, completed_date = b.completed_date,
+    duration_ms = b.duration_ms, attempts = b.attempts, error_code = b.error_code,
+    error_message = e.message
+FROM OPENJSON(:ids) WITH (id bigint '$') AS i
+JOIN background_job AS b ON b.id = i.id
+JOIN job_summary AS s ON s.id = b.id
+OUTER APPLY OPENJSON(b.error) WITH (message nvarchar(max) '$.message') AS e;
+
+-- name: next_run_after
+-- When the earliest delayed job becomes runnable, so the dispatcher can sleep until then.
+SELECT MIN(run_after) AS run_after FROM background_job
+WHERE state = 'Queued' AND run_after > :now;
+
+-- name: set_outcome
+-- Record how one execution ended; only the node holding the job may do it.
+UPDATE background_job
+SET state = :state, completed_date = :now, last_activity_date = :now, duration_ms = :duration_ms,
+    response = :response, response_body = :response_body, error = :error,
+    error_code = :error_code, progress = COALESCE(:progress, progress),
+    status = COALESCE(:status, status), notified_date = COALESCE(:notified_date, notified_date),
+    logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(logs, :logs) END
+WHERE id = :id AND lease_owner = :node;
+
+-- name: mark_executed
+-- The command succeeded and its callback runs next; the result is kept meanwhile.
+UPDATE background_job
+SET state = 'Executed', response = :response, response_body = :response_body,
+    last_activity_date = :now
+WHERE id = :id AND lease_owner = :node;
+
+-- name: requeue_job
+-- Put a job back in the queue after a failed attempt (run_after: the backoff) or a shutdown.
+UPDATE background_job
+SET state = 'Queued', run_after = :run_after, error = :error, error_code = :error_code,
+    last_activity_date = :now, lease_owner = NULL, cancel_requested = 0,
+    logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(logs, :logs) END
+WHERE id = :id AND lease_owner = :node;
+
+-- name: update_progress
+-- A running job's progress, status line and new log text (appended; CONCAT reads NULL as '').
+UPDATE background_job
+SET progress = COALESCE(:progress, progress), status = COALESCE(:status, status),
+    logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(logs, :logs) END,
+    last_activity_date = :now
+WHERE id = :id;
+
+-- name: cancel_queued
+-- Cancel jobs that have not started; they are archived by the caller. An UPDATE reads its target
+-- rows with update locks, also under READ_COMMITTED_SNAPSHOT: it waits for a claim holding one
+-- and then sees it Started, so a claimed job is never cancelled here.
+UPDATE b
+SET state = 'Cancelled', completed_date = :now, last_activity_date = :now, error = :error,
+    error_code = 'Cancelled'
+OUTPUT inserted.id
+FROM OPENJSON(:ids) WITH (id bigint '$') AS i
+JOIN background_job AS b ON b.id = i.id
+WHERE b.state = 'Queued';
+
+-- name: request_cancel
+-- Flag running jobs for cancellation; the node running each is told (or polls) and stops it.
+UPDATE b
+SET cancel_requested = 1
+OUTPUT inserted.id, inserted.lease_owner
+FROM OPENJSON(:ids) WITH (id bigint '$') AS i
+JOIN background_job AS b ON b.id = i.id
+WHERE b.state IN ('Started', 'Executed');
+
+-- name: cancel_requests
+-- Jobs this node runs whose cancellation another process asked for.
+SELECT id FROM background_job
+WHERE lease_owner = :node AND state IN ('Started', 'Executed') AND cancel_requested = 1;
+
+-- name: cancel_dependents
+-- Cancel every queued job that depends, directly or transitively, on a failed or cancelled job.
+-- The error names the ancestor that failed, however deep the dependent is (its id is a number,
+-- so the JSON needs no escaping). T-SQL's recursive CTE takes UNION ALL only; dependencies
+-- cannot form a cycle (a job depends on one that exists before it), and MAXRECURSION 0 lifts
+-- the default limit of 100 levels. The UPDATE re-checks the state under its update lock.
+DECLARE @doomed TABLE (id bigint NOT NULL PRIMARY KEY, ancestor bigint NOT NULL);
+WITH doomed (id, ancestor) AS (
+    SELECT j.id, p.id
+    FROM OPENJSON(:ids) WITH (id bigint '$') AS r
+    JOIN job_summary AS p ON p.id = r.id
+    JOIN background_job AS j ON j.depends_on = p.id
+    WHERE j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled')
+    UNION ALL
+    SELECT j.id, d.ancestor
+    FROM doomed AS d
+    JOIN background_job AS j ON j.depends_on = d.id
+    WHERE j.state = 'Queued'
+)
+INSERT INTO @doomed (id, ancestor)
+SELECT id, MIN(ancestor) FROM doomed GROUP BY id
+OPTION (MAXRECURSION 0);
+UPDATE b
+SET state = 'Cancelled', completed_date = :now, last_activity_date = :now,
+    error_code = 'DependencyFailed',
+    error = CONCAT(N'{"message":"cancelled because job ', d.ancestor,
+                   N' it depends on failed or was cancelled","type":"DependencyFailed",',
+                   N'"traceback":null}')
+OUTPUT inserted.id, inserted.created_date
+FROM @doomed AS d
+JOIN background_job AS b ON b.id = d.id
+WHERE b.state = 'Queued';
+
+-- name: orphaned_dependents
+-- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).
+SELECT j.depends_on AS id
+FROM OPENJSON(:ids) WITH (id bigint '$') AS i
+JOIN background_job AS j ON j.id = i.id
+JOIN job_summary AS p ON p.id = j.depends_on
+WHERE p.state IN ('Failed', 'Cancelled');
+
+-- name: select_job_ids
+-- Active jobs by state and worker (either may be NULL: any).
+SELECT id FROM background_job
+WHERE (:state IS NULL OR state = :state) AND (:worker IS NULL OR worker = :worker)
+ORDER BY id;
+
+-- name: get_active_job
+SELECT * FROM background_job WHERE id = :id;
+
+-- name: get_summary
+SELECT * FROM job_summary WHERE id = :id;
+
+-- name: get_summary_by_ref_id
+SELECT * FROM job_summary WHERE ref_id = :ref_id;
+
+-- name: get_summaries
+SELECT s.*
+FROM OPENJSON(:ids) WITH (id bigint '$') AS i
+JOIN job_summary AS s ON s.id = i.id;
+
+-- name: final_states
+-- The state of jobs that reached a final state (or have no summary at all).
+SELECT s.id, s.state
+FROM OPENJSON(:ids) WITH (id bigint '$') AS i
+JOIN job_summary AS s ON s.id = i.id
+WHERE s.state IN ('Completed', 'Failed', 'Cancelled');
+
+-- name: recent_durations
+-- The last durations of a command on a worker, for progress estimates (a NULL worker matches
+-- jobs without one; IS NOT DISTINCT FROM is SQL Server 2022+).
+SELECT TOP (10) duration_ms FROM job_summary
+WHERE command = :command AND (worker = :worker OR (worker IS NULL AND :worker IS NULL))
+  AND state = 'Completed' AND duration_ms IS NOT NULL
+ORDER BY id DESC;

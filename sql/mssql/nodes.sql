@@ -1,0 +1,44 @@
+-- Nodes (processes running jobs) hold leases on the jobs they claimed. A node renews its own
+-- lease; jobs of a node whose lease ran out are taken back.
+
+-- name: renew_node
+-- An upsert: update the node's row, insert it if there was none. UPDLOCK, SERIALIZABLE holds
+-- the key (or the gap where it would be) to the end of the transaction, so two renewals of a
+-- new node cannot both insert.
+UPDATE job_node WITH (UPDLOCK, SERIALIZABLE) SET lease_expires = :expires WHERE id = :node;
+IF @@ROWCOUNT = 0
+INSERT INTO job_node (id, host, pid, started_date, lease_expires)
+VALUES (:node, :host, :pid, :now, :expires);
+
+-- name: delete_node
+DELETE FROM job_node WHERE id = :node;
+
+-- name: expire_dead_nodes
+-- Forget nodes whose lease ran out long ago.
+DELETE FROM job_node WHERE lease_expires < :before;
+
+-- name: fail_orphans
+-- Jobs held by a dead node that have no retries left fail; the caller archives them. READPAST
+-- skips rows another transaction holds (another process recovering them, or their node
+-- finishing them after all); the UPDATE re-checks the state of the rows it locks.
+UPDATE j
+SET state = 'Failed', completed_date = :now, last_activity_date = :now, lease_owner = NULL,
+    error_code = 'LeaseExpired',
+    error = N'{"message":"the process running the job stopped and no retries are left","type":"LeaseExpired","traceback":null}'
+OUTPUT inserted.id
+FROM background_job AS j WITH (READPAST)
+WHERE j.state IN ('Started', 'Executed') AND j.attempts > j.retry_limit
+  AND NOT EXISTS (SELECT 1 FROM job_node AS n
+                  WHERE n.id = j.lease_owner AND n.lease_expires > :now);
+
+-- name: requeue_orphans
+-- Jobs held by a dead node go back to the queue; the next claim counts an attempt.
+UPDATE j
+SET state = 'Queued', lease_owner = NULL, last_activity_date = :now,
+    error_code = 'LeaseExpired',
+    error = N'{"message":"the process running the job stopped; retrying","type":"LeaseExpired","traceback":null}'
+OUTPUT inserted.id
+FROM background_job AS j WITH (READPAST)
+WHERE j.state IN ('Started', 'Executed')
+  AND NOT EXISTS (SELECT 1 FROM job_node AS n
+                  WHERE n.id = j.lease_owner AND n.lease_expires > :now);

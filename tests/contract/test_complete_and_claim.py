@@ -1,0 +1,111 @@
+"""One round trip that records finished jobs and claims the next ones (``complete_and_claim``),
+on every dialect: what it completes, what it claims, and what it must refuse."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import pytest
+
+from asyncjobs import BackgroundJobs, JobOptions, JobState
+from asyncjobs.models import BackgroundJob
+from asyncjobs.store import Outcome
+from tests.commands import Add, AddCommand
+
+pytestmark = pytest.mark.anyio
+Factory = Callable[..., BackgroundJobs]
+NODE = "node-a"
+
+
+def completed(*jobs: BackgroundJob) -> list[Outcome]:
+    return [
+        Outcome(job, JobState.COMPLETED, duration_ms=7, response="Sum", response_body="{}")
+        for job in jobs
+    ]
+
+
+async def test_completes_jobs_and_claims_the_freed_slots(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        refs = await jobs.enqueue_many((AddCommand, Add(i, 1)) for i in range(5))
+        first = await jobs.store.claim(NODE, 2)
+        assert [j.id for j in first] == [refs[0].id, refs[1].id]
+        claim = await jobs.store.complete_and_claim(NODE, completed(*first), 2)
+        assert claim.final == {refs[0].id: JobState.COMPLETED, refs[1].id: JobState.COMPLETED}
+        assert claim.lost == [] and not claim.dependents
+        assert [j.id for j in claim.jobs] == [refs[2].id, refs[3].id]
+        assert all(j.state is JobState.STARTED and j.attempts == 1 for j in claim.jobs)
+        for ref in refs[:2]:
+            result = await jobs.get_job(ref.id)
+            assert result is not None and result.completed is not None
+            assert result.summary.state is JobState.COMPLETED
+            assert result.summary.duration_ms == 7
+        started = await jobs.get_job(refs[2].id)
+        assert started is not None and started.summary.state is JobState.STARTED
+        assert await jobs.store.select_job_ids(None, None) == [r.id for r in refs[2:]]
+
+
+async def test_a_named_workers_next_job_comes_with_the_completion(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        serial = JobOptions(worker="serial")
+        refs = await jobs.enqueue_many((AddCommand, Add(i, 1), serial) for i in range(3))
+        (head,) = await jobs.store.claim(NODE, 10)
+        assert head.id == refs[0].id
+        assert await jobs.store.claim(NODE, 10) == []  # one job of a worker at a time
+        claim = await jobs.store.complete_and_claim(NODE, completed(head), 10)
+        assert [j.id for j in claim.jobs] == [refs[1].id]
+        # Also when every unnamed slot is busy (a named-only claim).
+        outcomes = completed(*claim.jobs)
+        claim = await jobs.store.complete_and_claim(NODE, outcomes, 8, named_only=True)
+        assert [j.id for j in claim.jobs] == [refs[2].id]
+
+
+async def test_a_job_whose_lease_moved_on_is_neither_completed_nor_counted(
+    make_jobs: Factory,
+) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        (job,) = await jobs.store.claim(NODE, 1)
+        claim = await jobs.store.complete_and_claim("node-b", completed(job), 5)
+        assert claim.lost == [ref.id] and claim.final == {} and claim.jobs == []
+        result = await jobs.get_job(ref.id)
+        assert result is not None and result.summary.state is JobState.STARTED
+
+
+async def test_limit_zero_only_completes_and_reports_waiting_dependents(
+    make_jobs: Factory,
+) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        parent = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        (job,) = await jobs.store.claim(NODE, 1)
+        child = await jobs.enqueue_command(AddCommand, Add(2, 2), JobOptions(depends_on=parent.id))
+        other = await jobs.enqueue_command(AddCommand, Add(3, 3))
+        claim = await jobs.store.complete_and_claim(NODE, completed(job), 0)
+        assert claim.final == {parent.id: JobState.COMPLETED} and claim.jobs == []
+        assert claim.dependents  # the caller claims again: the child can run now
+        claimed = await jobs.store.claim(NODE, 5)
+        assert [j.id for j in claimed] == [child.id, other.id]
+
+
+async def test_a_serial_worker_needs_no_claim_between_its_jobs(make_jobs: Factory) -> None:
+    """Each finished job of a named worker brings the next one: the dispatcher's own claims
+    stay few however many jobs run."""
+    async with make_jobs(commands=[AddCommand], execute=False) as producer:
+        refs = await producer.enqueue_many(
+            (AddCommand, Add(i, 1), JobOptions(worker="serial")) for i in range(30)
+        )
+    async with make_jobs(commands=[AddCommand]) as runner:
+        claims = 0
+        claim = runner.store.claim
+
+        async def counting_claim(*args: object, **kwargs: object) -> list[BackgroundJob]:
+            nonlocal claims
+            claims += 1
+            return await claim(*args, **kwargs)  # type: ignore[arg-type]
+
+        runner.store.claim = counting_claim  # type: ignore[method-assign]
+        with anyio.fail_after(30):
+            for ref in refs:
+                result = await runner.wait_for_job(ref.id)
+                assert result.summary.state is JobState.COMPLETED
+    assert claims < 10, claims

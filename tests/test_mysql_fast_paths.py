@@ -1,0 +1,270 @@
+"""MariaDB/MySQL fast paths: a named query's statements sent as one multi-statement packet (and
+what happens when one of them fails), transactions begun with their first query, and
+complete_and_claim_jobs, which completes jobs and claims the next ones in one round trip."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomysql
+import pytest
+
+from asyncjobs import BackgroundJobs, JobOptions
+from asyncjobs._sql import Query
+from asyncjobs.dialects import Row
+from asyncjobs.dialects.mysql import MysqlDialect
+from tests.commands import Add, AddCommand
+from tests.db_mysql import connect
+
+pytestmark = [pytest.mark.anyio, pytest.mark.dialects("mysql")]
+Factory = Callable[..., BackgroundJobs]
+NODE = "fast-node"
+
+
+def dialect_of(jobs: BackgroundJobs) -> MysqlDialect:
+    assert isinstance(jobs.dialect, MysqlDialect)
+    return jobs.dialect
+
+
+async def query(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    conn = await connect(dsn)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql, args or None)
+            return list(await cur.fetchall())
+    finally:
+        conn.close()
+
+
+def outcome(job_id: int) -> dict[str, Any]:
+    return {
+        "id": job_id, "duration_ms": 7, "response": "Add", "response_body": '{"total": 2}',
+        "status": "done", "logs": None, "notified_date": None,
+    }  # fmt: skip
+
+
+async def complete_and_claim(
+    jobs: BackgroundJobs, done: list[int], limit: int, node: str = NODE, named_only: int = 0
+) -> list[Row]:
+    params = {
+        "outcomes": json.dumps([outcome(i) for i in done]), "node": node,
+        "now": datetime.now(UTC), "limit": limit, "named_only": named_only,
+    }  # fmt: skip
+    async with jobs.dialect.connection() as conn:
+        return await conn.fetch("complete_and_claim_jobs", params)
+
+
+def done_ids(rows: list[Row]) -> list[int]:
+    text = rows[0]["done_ids"]
+    assert text is None or isinstance(text, str)
+    return sorted(json.loads(text)) if text else []
+
+
+def claimed(rows: list[Row]) -> list[int]:
+    return sorted(int(r["id"]) for r in rows if r["id"] is not None)
+
+
+def add_query(dialect: MysqlDialect, name: str, sql: str) -> None:
+    """A test-only named query (the dialect runs any query by name)."""
+    dialect.queries.by_name[name] = Query(name, sql, (), (), "test")
+
+
+# -- complete_and_claim_jobs ----------------------------------------------------------------
+
+
+async def test_completes_and_claims_in_one_call(make_jobs: Factory, dsn: str) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        refs = await jobs.enqueue_many((AddCommand, Add(i, 1)) for i in range(4))
+        first = await complete_and_claim(jobs, [], 2)
+        assert claimed(first) == [refs[0].id, refs[1].id] and done_ids(first) == []
+        assert all(r["state"] == "Started" and r["lease_owner"] == NODE for r in first)
+        second = await complete_and_claim(jobs, [refs[0].id, refs[1].id], 5)
+        assert done_ids(second) == [refs[0].id, refs[1].id]
+        assert second[0]["dependents"] == 0
+        assert claimed(second) == [refs[2].id, refs[3].id]
+        assert {r["attempts"] for r in second} == {1}
+        for ref in refs[:2]:
+            result = await jobs.get_job(ref.id)
+            assert result is not None and result.completed is not None
+            assert result.summary.state == "Completed" and result.summary.duration_ms == 7
+            assert result.completed.status == "done" and result.completed.progress == 1.0
+        summaries = await query(
+            dsn, "SELECT state, attempts, started_date IS NOT NULL FROM job_summary WHERE id = %s",
+            refs[2].id,
+        )  # fmt: skip
+        assert summaries == [("Started", 1, 1)]
+        assert await query(dsn, "SELECT COUNT(*) FROM background_job") == [(2,)]
+
+
+async def test_a_named_workers_next_job_is_claimed_in_the_same_call(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        serial = JobOptions(worker="serial")
+        refs = await jobs.enqueue_many((AddCommand, Add(i, 1), serial) for i in range(3))
+        rows = await complete_and_claim(jobs, [], 10)
+        assert claimed(rows) == [refs[0].id]  # one job of a worker at a time
+        assert claimed(await complete_and_claim(jobs, [], 10)) == []  # it still runs
+        rows = await complete_and_claim(jobs, [refs[0].id], 10)
+        assert done_ids(rows) == [refs[0].id] and claimed(rows) == [refs[1].id]
+        rows = await complete_and_claim(jobs, [refs[1].id], 10, named_only=1)
+        assert claimed(rows) == [refs[2].id]
+
+
+async def test_nothing_queued_gives_one_row_of_nulls(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        rows = await complete_and_claim(jobs, [], 10)
+        assert len(rows) == 1
+        assert rows[0]["done_ids"] is None and rows[0]["dependents"] == 0
+        assert rows[0]["id"] is None and rows[0]["state"] is None
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        assert claimed(await complete_and_claim(jobs, [], 10)) == [ref.id]
+        rows = await complete_and_claim(jobs, [ref.id], 0)  # a pure finish claims nothing
+        assert len(rows) == 1 and done_ids(rows) == [ref.id] and rows[0]["id"] is None
+
+
+async def test_a_job_another_node_holds_is_not_completed(make_jobs: Factory, dsn: str) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        mine, theirs = await jobs.enqueue_many([(AddCommand, Add(1, 1)), (AddCommand, Add(2, 2))])
+        assert claimed(await complete_and_claim(jobs, [], 1)) == [mine.id]
+        assert claimed(await complete_and_claim(jobs, [], 1, node="other")) == [theirs.id]
+        rows = await complete_and_claim(jobs, [mine.id, theirs.id], 10)
+        assert done_ids(rows) == [mine.id] and claimed(rows) == []
+        assert await query(dsn, "SELECT id, state, lease_owner FROM background_job") == [
+            (theirs.id, "Started", "other")
+        ]
+        assert await query(dsn, "SELECT state FROM job_summary WHERE id = %s", theirs.id) == [
+            ("Started",)
+        ]
+
+
+async def test_dependents_are_reported_and_claimed_next(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        parent = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        child = await jobs.enqueue_command(AddCommand, Add(2, 2), JobOptions(depends_on=parent.id))
+        assert claimed(await complete_and_claim(jobs, [], 10)) == [parent.id]
+        rows = await complete_and_claim(jobs, [parent.id], 10)
+        assert done_ids(rows) == [parent.id] and rows[0]["dependents"] == 1
+        # The claim of the same call already sees the parent completed.
+        assert claimed(rows) == [child.id]
+
+
+async def test_a_serial_workers_claim_reads_a_few_rows_however_long_its_queue(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """The named-worker claim finds the worker's head and its running jobs by index probes:
+    with 1 500 jobs queued for one worker, no table access reads more than a couple of rows."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        serial = JobOptions(worker="serial")
+        for first in range(0, 1500, 500):
+            await jobs.enqueue_many(
+                (AddCommand, Add(i, 1), serial) for i in range(first, first + 500)
+            )
+        assert claimed(await complete_and_claim(jobs, [], 10)) == [1]
+        statements = dialect_of(jobs).statements("complete_and_claim_jobs", {})
+        params = {
+            "outcomes": json.dumps([outcome(1)]), "node": NODE,
+            "now": datetime.now(UTC).replace(tzinfo=None), "limit": 10, "named_only": 0,
+        }  # fmt: skip
+        conn = await connect(dsn, autocommit=False)
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT VERSION()")
+                if "MariaDB" not in str((await cur.fetchone())[0]):
+                    pytest.skip("ANALYZE <statement> is MariaDB's")
+                await conn.begin()
+                reads: list[tuple[str, float]] = []
+                for sql in statements:
+                    if sql.startswith(("SELECT", "UPDATE", "DELETE", "INSERT")):
+                        await cur.execute("ANALYZE " + sql, params)
+                        names = [d[0] for d in cur.description]
+                        for row in await cur.fetchall():
+                            found = dict(zip(names, row, strict=True))
+                            if found["r_rows"] is not None:
+                                reads.append((str(found["table"]), float(found["r_rows"])))
+                    else:
+                        await cur.execute(sql, params)
+                await conn.rollback()
+        finally:
+            conn.close()
+    assert reads and max(rows for _, rows in reads) <= 2, reads
+
+
+# -- one packet per query -------------------------------------------------------------------
+
+
+async def test_a_failing_statement_rolls_back_the_whole_query(make_jobs: Factory, dsn: str) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        dialect = dialect_of(jobs)
+        add_query(
+            dialect,
+            "twice",
+            "INSERT INTO job_worker (name) VALUES ('a');\n"
+            "INSERT INTO job_worker (name) VALUES ('a');\n"
+            "INSERT INTO job_worker (name) VALUES ('b');",
+        )
+        for _ in range(3):  # the same pooled connection, reused cleanly each time
+            async with dialect.connection() as conn:
+                with pytest.raises(aiomysql.IntegrityError):
+                    await conn.execute("twice")
+                assert (await conn.fetch("get_schema_version"))[0]["version"] == 2
+        assert await query(dsn, "SELECT name FROM job_worker") == []
+        assert dialect.statistics()["pool_size"] == 1  # never dropped: a server error
+        # Inside a transaction the error leaves it to the caller, who rolls back.
+        with pytest.raises(aiomysql.IntegrityError):
+            async with dialect.transaction() as tx:
+                await tx.execute("twice")
+        assert await query(dsn, "SELECT name FROM job_worker") == []
+
+
+async def test_rows_and_counts_are_those_of_the_last_statement(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        dialect = dialect_of(jobs)
+        add_query(
+            dialect,
+            "last",
+            "SELECT 1 AS a UNION ALL SELECT 2;\n"
+            "INSERT INTO job_worker (name) VALUES ('x'), ('y');\n"
+            "SELECT name, NOW(6) AS at FROM job_worker ORDER BY name;",
+        )
+        add_query(dialect, "count", "SELECT 1 AS a;\nUPDATE job_worker SET name = name;")
+        async with dialect.transaction() as tx:
+            rows = await tx.fetch("last")
+            assert [r["name"] for r in rows] == ["x", "y"]
+            assert all(r["at"].tzinfo is UTC for r in rows)
+            assert await tx.execute("count") == 2
+
+
+async def test_a_transaction_begins_with_its_first_query(make_jobs: Factory, dsn: str) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        dialect = dialect_of(jobs)
+        async with dialect.transaction():
+            pass  # nothing sent, nothing to commit
+
+        async def fail_after_a_write() -> None:
+            async with dialect.transaction() as tx:
+                await tx.execute("set_schema_version", {"version": 7, "now": datetime.now(UTC)})
+                raise RuntimeError("the caller fails")
+
+        with pytest.raises(RuntimeError):
+            await fail_after_a_write()
+        assert await query(dsn, "SELECT version FROM schema_version") == [(1,), (2,)]
+        async with dialect.transaction() as tx:
+            await tx.execute("set_schema_version", {"version": 7, "now": datetime.now(UTC)})
+            # isolated until commit
+            assert await query(dsn, "SELECT version FROM schema_version") == [(1,), (2,)]
+        assert await query(dsn, "SELECT version FROM schema_version") == [(1,), (2,), (7,)]
+
+
+async def test_executemany_sends_updates_together(make_jobs: Factory, dsn: str) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        refs = await jobs.enqueue_many((AddCommand, Add(i, 1)) for i in range(300))
+        updates = [
+            {"id": ref.id, "progress": 0.5, "status": f"s{ref.id}", "logs": "l%",
+             "now": datetime.now(UTC)}
+            for ref in refs
+        ]  # fmt: skip
+        await jobs.store.update_progress(updates)
+        rows = await query(dsn, "SELECT id, status, logs FROM background_job ORDER BY id")
+    assert rows == [(ref.id, f"s{ref.id}", "l%") for ref in refs]
