@@ -318,6 +318,7 @@ class BackgroundJobs:
         request_cls: Any,
         options: JobOptions | None,
         class_worker: str | None,
+        created_date: datetime | None = None,
     ) -> NewJob:
         options = options or _NO_OPTIONS
         if not isinstance(options, JobOptions):
@@ -340,7 +341,7 @@ class BackgroundJobs:
             retry_limit=self.default_retry_limit
             if options.retry_limit is None
             else options.retry_limit,
-            created_date=utcnow(),
+            created_date=created_date or utcnow(),
             parent_id=options.parent_id,
             worker=options.worker or class_worker,
             tag=options.tag,
@@ -358,12 +359,18 @@ class BackgroundJobs:
         )
 
     def _command_job(
-        self, command: type[Any] | str, request: Any, options: JobOptions | None
+        self,
+        command: type[Any] | str,
+        request: Any,
+        options: JobOptions | None,
+        created_date: datetime | None = None,
     ) -> NewJob:
         info = self.registry.command(command)
         if options is not None and options.callback is not None:
             self.registry.command(options.callback)  # fail now, not after the job ran
-        return self._new_job("CMD", info.name, request, info.request_type, options, info.worker)
+        return self._new_job(
+            "CMD", info.name, request, info.request_type, options, info.worker, created_date
+        )
 
     def _api_job(self, request: Any, options: JobOptions | None) -> NewJob:
         api = self.registry.api(type_name(type(request)))
@@ -400,9 +407,10 @@ class BackgroundJobs:
     ) -> list[JobRef]:
         """Enqueue many command jobs in one transaction and one round trip."""
         new_jobs = []
+        now = utcnow()  # one transaction, one creation time
         for item in items:
             command, request, *rest = item
-            new_jobs.append(self._command_job(command, request, rest[0] if rest else None))
+            new_jobs.append(self._command_job(command, request, rest[0] if rest else None, now))
         return await self._enqueue(new_jobs, connection)
 
     async def _enqueue(self, new_jobs: Sequence[NewJob], connection: object | None) -> list[JobRef]:

@@ -250,7 +250,7 @@ class Store:
             return await self._insert(tx, jobs)
 
     async def _insert(self, tx: Connection, jobs: Sequence[NewJob]) -> list[tuple[int, str]]:
-        payload = _dumps([job.as_json(self._time_format) for job in jobs])
+        payload = self._jobs_json(jobs)
         try:
             rows = await tx.fetch("insert_jobs", {"jobs": payload})
         except Exception as exc:
@@ -271,7 +271,7 @@ class Store:
         returns the jobs in order."""
         if any(j.worker is not None or j.depends_on is not None or j.run_after for j in jobs):
             raise ValueError("only jobs with no worker, dependency or delay start at once")
-        payload = _dumps([job.as_json(self._time_format) for job in jobs])
+        payload = self._jobs_json(jobs)
         params = {"jobs": payload, "node": node, "now": utcnow()}
         async with self.dialect.connection() as conn:
             try:
@@ -281,6 +281,20 @@ class Store:
                 raise
         by_ref = {str(r["ref_id"]): row_to_job(r) for r in rows}
         return [by_ref[job.ref_id] for job in jobs]
+
+    def _jobs_json(self, jobs: Sequence[NewJob]) -> str:
+        """The JSON array parameter of new jobs; a batch shares its creation time, so each
+        distinct time is formatted once."""
+        formatted: dict[datetime, str] = {}
+        time_format = self._time_format
+
+        def format_time(moment: datetime) -> str:
+            text = formatted.get(moment)
+            if text is None:
+                text = formatted[moment] = time_format(moment)
+            return text
+
+        return _dumps([job.as_json(format_time) for job in jobs])
 
     def _raise_duplicate(self, exc: Exception, jobs: Sequence[NewJob]) -> None:
         if self.dialect.is_unique_violation(exc):

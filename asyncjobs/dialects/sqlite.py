@@ -54,11 +54,23 @@ def _convert(value: Any) -> Any:
     return value
 
 
-def _row_factory(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
-    row: Row = {}
-    for (name, *_), value in zip(cursor.description, values, strict=True):
-        row[name] = _from_db_time(value) if name in DATETIME_COLUMNS else value
-    return row
+def _fetch_rows(cursor: sqlite3.Cursor) -> list[Row]:
+    """A statement's rows as dicts, converted together: the column names and which of them
+    hold times are worked out once per statement, not once per row (a claim returns dozens of
+    rows of some forty columns)."""
+    records = cursor.fetchall()
+    if cursor.description is None:
+        return []
+    names = [column[0] for column in cursor.description]
+    times = [(i, name) for i, name in enumerate(names) if name in DATETIME_COLUMNS]
+    rows: list[Row] = []
+    for values in records:
+        row = dict(zip(names, values, strict=True))
+        for i, name in times:
+            if isinstance(values[i], str):
+                row[name] = _from_db_time(values[i])
+        rows.append(row)
+    return rows
 
 
 class SqliteConnection:
@@ -79,7 +91,7 @@ class SqliteConnection:
         values = {k: _convert(v) for k, v in (params or {}).items()}
         if len(statements) == 1:
             sql = statements[0]
-            return await self._dialect.run(lambda db: db.execute(sql, values).fetchall())
+            return await self._dialect.run(lambda db: _fetch_rows(db.execute(sql, values)))
         rows, _ = await self._dialect.run(lambda db: self._run_all(db, statements, values))
         return rows
 
@@ -104,7 +116,7 @@ class SqliteConnection:
             count = 0
             for sql in statements:
                 cursor = db.execute(sql, values)
-                found = cursor.fetchall()
+                found = _fetch_rows(cursor)
                 if cursor.description is not None:
                     rows = found
                 count = cursor.rowcount
@@ -178,7 +190,6 @@ class SqliteDialect(Dialect):
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
                 check_same_thread=False,  # used from one worker thread at a time, under a lock
             )
-            db.row_factory = _row_factory
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL is durable against a process crash (the failure this library guards
             # against); only a power loss can drop the last commits.
