@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiomysql
@@ -59,3 +60,14 @@ async def isolated_dsn() -> AsyncIterator[str]:
         yield server_dsn(name)
     finally:
         await _run(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+async def query(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on a connection of its own; its rows as tuples."""
+    conn = await connect(dsn)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(sql, args or None)
+            return list(await cur.fetchall())
+    finally:
+        conn.close()

@@ -28,22 +28,12 @@ from asyncjobs.exceptions import ConfigurationError, InvalidDsnError
 from asyncjobs.store import month_key
 from tests import db_mysql
 from tests.commands import ALL_COMMANDS, Add, AddCommand, Nested, NestedCommand, Sleep, SleepCommand
-from tests.db_mysql import connect
+from tests.db_mysql import connect, query
 from tests.processes import ROOT
 
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("mysql")]
 Factory = Callable[..., BackgroundJobs]
 NODE = "test-node"
-
-
-async def query(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = await connect(dsn)
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(sql, args or None)
-            return list(await cur.fetchall())
-    finally:
-        conn.close()
 
 
 def dialect_of(jobs: BackgroundJobs) -> MysqlDialect:

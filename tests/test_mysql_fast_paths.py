@@ -17,7 +17,7 @@ from asyncjobs._sql import Query
 from asyncjobs.dialects import Row
 from asyncjobs.dialects.mysql import MysqlDialect
 from tests.commands import Add, AddCommand
-from tests.db_mysql import connect
+from tests.db_mysql import connect, query
 
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("mysql")]
 Factory = Callable[..., BackgroundJobs]
@@ -27,16 +27,6 @@ NODE = "fast-node"
 def dialect_of(jobs: BackgroundJobs) -> MysqlDialect:
     assert isinstance(jobs.dialect, MysqlDialect)
     return jobs.dialect
-
-
-async def query(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = await connect(dsn)
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(sql, args or None)
-            return list(await cur.fetchall())
-    finally:
-        conn.close()
 
 
 def outcome(job_id: int) -> dict[str, Any]:

@@ -108,4 +108,6 @@ async def test_a_serial_worker_needs_no_claim_between_its_jobs(make_jobs: Factor
             for ref in refs:
                 result = await runner.wait_for_job(ref.id)
                 assert result.summary.state is JobState.COMPLETED
-    assert claims < 10, claims
+    # Without the combined statement every job would need a claim of its own (30 or more);
+    # what remains are the dispatcher's start-up claim and its polls.
+    assert claims < len(refs) // 2, claims
