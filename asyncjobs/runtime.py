@@ -741,6 +741,11 @@ class BackgroundJobs:
             while True:
                 self._wake = anyio.Event()
                 limit, named_only = self._claim_size()
+                if named_only and self._found_work:
+                    # Every slot is busy and the finisher keeps claiming as slots free up
+                    # (named workers' jobs included): a claim here would find nothing more.
+                    await self._sleep_until_work()
+                    continue
                 self._reserved += limit
                 try:
                     # Shielded: jobs a committed claim returned must be started, not dropped.
@@ -969,10 +974,11 @@ class BackgroundJobs:
             self._outcome_ready = anyio.Event()
             batch, self._outcomes = self._outcomes, []
             all_completed = all(o.state is JobState.COMPLETED for o in batch)
-            claim_here = all_completed and (
-                self._saturated or any(o.job.worker is not None for o in batch)
-            )
+            named_done = any(o.job.worker is not None for o in batch)
+            claim_here = all_completed and (self._saturated or named_done)
             limit, named_only = self._claim_size() if claim_here else (0, False)
+            if named_only and not named_done:
+                limit = 0  # no slot freed, and no named worker's job finished: nothing to claim
             wakes = self._wakes
             self._reserved += limit
             try:

@@ -201,8 +201,11 @@ claimed_summaries AS (
 -- What the caller learns besides the claimed jobs: one row even when nothing was claimed.
 report AS (
     SELECT (SELECT json_agg(id) FROM done)::text AS done_ids,
-           (EXISTS (SELECT 1 FROM background_job q
-                    WHERE q.depends_on = ANY (ARRAY(SELECT id FROM done))))::int AS dependents
+           -- one probe of the partial index per completed job (depends_on IS NOT NULL lets
+           -- the planner use it), never a scan of the queue
+           (EXISTS (SELECT 1 FROM done d
+                    JOIN background_job q ON q.depends_on = d.id AND q.depends_on IS NOT NULL
+                   ))::int AS dependents
 )
 SELECT r.done_ids, r.dependents, c.* FROM report r LEFT JOIN claimed c ON true;
 
