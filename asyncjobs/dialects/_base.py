@@ -8,16 +8,22 @@ either in its SQL files or in its :class:`Capabilities`. A :class:`Connection` h
 from __future__ import annotations
 
 import abc
+import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import anyio
 
 from .._sql import Queries
 from ..exceptions import ConfigurationError
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
+T = TypeVar("T")
+log = logging.getLogger("asyncjobs.dialects")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +111,36 @@ class _NoListen:
 
 def _no_listen() -> AbstractAsyncContextManager[None]:
     return _NoListen()
+
+
+async def retry_deadlocks(
+    run: Callable[[], Awaitable[T]],
+    *,
+    first_is_retryable: bool,
+    is_deadlock: Callable[[BaseException], bool],
+    recover: Callable[[], Awaitable[None]],
+    limit: int,
+    stats: dict[str, int],
+) -> T:
+    """Run a query, retrying it when the server chose it as a deadlock victim, at most ``limit``
+    times. Only a query that was its transaction's first (``first_is_retryable``; autocommitting
+    queries always are) is retried: nothing else of the transaction ran, so a retry is
+    invisible. ``recover`` undoes what the deadlock left (rolls back, begins again);
+    ``stats`` counts the retries and the deadlocks passed on to the caller."""
+    retryable = first_is_retryable
+    retries = 0
+    while True:
+        try:
+            return await run()
+        except Exception as exc:
+            if not is_deadlock(exc):
+                raise
+            if not retryable or retries >= limit:
+                stats["deadlocks"] += 1
+                raise
+            retries += 1
+            stats["deadlock_retries"] += 1
+            log.debug("retrying after %r (retry %d)", exc, retries)
+            await recover()
+            retryable = True
+            await anyio.sleep(random.uniform(0, 0.005 * 2**retries))

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -43,7 +42,7 @@ import anyio
 
 from .._sql import Queries, convert_params, load_queries, split_statements
 from ..exceptions import ConfigurationError, InvalidDsnError
-from ._base import Capabilities, Connection, Dialect, Params, Row
+from ._base import Capabilities, Connection, Dialect, Params, Row, retry_deadlocks
 from ._dsn import Dsn
 
 log = logging.getLogger("asyncjobs.mssql")
@@ -226,26 +225,21 @@ class MssqlConnection:
     async def _attempt(self, run: Callable[[], Awaitable[T]]) -> T:
         """Run, retrying a deadlock while it is the transaction's first query (autocommitting
         queries always are)."""
-        retries = 0
-        while True:
-            retryable = self._fresh or not self._in_transaction
-            self._fresh = False
-            try:
-                return await run()
-            except Exception as exc:
-                if _DEADLOCK not in native_errors(exc):
-                    raise
-                if not retryable or retries >= self._dialect.deadlock_retries:
-                    self._dialect.stats["deadlocks"] += 1
-                    raise
-                retries += 1
-                self._dialect.stats["deadlock_retries"] += 1
-                log.debug("retrying after %r (retry %d)", exc, retries)
-                # The deadlock victim's transaction is rolled back already: open a new one.
-                if self._in_transaction:
-                    await _statement(self._conn, _BEGIN)
-                self._fresh = True
-                await anyio.sleep(random.uniform(0, 0.005 * 2**retries))
+        first_is_retryable = self._fresh or not self._in_transaction
+        self._fresh = False
+        return await retry_deadlocks(
+            run,
+            first_is_retryable=first_is_retryable,
+            is_deadlock=lambda exc: _DEADLOCK in native_errors(exc),
+            recover=self._after_deadlock,
+            limit=self._dialect.deadlock_retries,
+            stats=self._dialect.stats,
+        )
+
+    async def _after_deadlock(self) -> None:
+        # The deadlock victim's transaction is rolled back already: open a new one.
+        if self._in_transaction:
+            await _statement(self._conn, _BEGIN)
 
 
 async def _drain(cur: Any) -> tuple[list[Row], int]:

@@ -36,7 +36,6 @@ Settings (keyword arguments or DSN query options): ``min_size`` and ``max_size``
 from __future__ import annotations
 
 import logging
-import random
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -50,7 +49,7 @@ import anyio
 
 from .._sql import Queries, convert_params, load_queries, split_statements
 from ..exceptions import ConfigurationError, InvalidDsnError
-from ._base import Capabilities, Connection, Dialect, Params, Row
+from ._base import Capabilities, Connection, Dialect, Params, Row, retry_deadlocks
 from ._dsn import Dsn
 
 log = logging.getLogger("asyncjobs.mysql")
@@ -283,27 +282,22 @@ class MysqlConnection:
     async def _attempt(self, run: Callable[[], Awaitable[T]]) -> T:
         """Run, retrying a deadlock or lock-wait timeout while it is the transaction's first
         query (autocommitting queries always are)."""
-        retries = 0
-        while True:
-            retryable = self._fresh or not self._in_transaction
-            self._fresh = False
-            try:
-                return await run()
-            except aiomysql.MySQLError as exc:
-                if _error_code(exc) not in (_DEADLOCK, _LOCK_WAIT_TIMEOUT):
-                    raise
-                if not retryable or retries >= self._dialect.deadlock_retries:
-                    self._dialect.stats["deadlocks"] += 1
-                    raise
-                retries += 1
-                self._dialect.stats["deadlock_retries"] += 1
-                log.debug("retrying after %r (retry %d)", exc, retries)
-                # A deadlock rolled the transaction back; a lock-wait timeout only the statement.
-                await self._conn.rollback()
-                if self._in_transaction:
-                    self.begin_pending = True  # begun again by the retry
-                self._fresh = True
-                await anyio.sleep(random.uniform(0, 0.005 * 2**retries))
+        first_is_retryable = self._fresh or not self._in_transaction
+        self._fresh = False
+        return await retry_deadlocks(
+            run,
+            first_is_retryable=first_is_retryable,
+            is_deadlock=lambda exc: _error_code(exc) in (_DEADLOCK, _LOCK_WAIT_TIMEOUT),
+            recover=self._after_deadlock,
+            limit=self._dialect.deadlock_retries,
+            stats=self._dialect.stats,
+        )
+
+    async def _after_deadlock(self) -> None:
+        # A deadlock rolled the transaction back; a lock-wait timeout only the statement.
+        await self._conn.rollback()
+        if self._in_transaction:
+            self.begin_pending = True  # begun again by the retry
 
 
 class MysqlDialect(Dialect):
