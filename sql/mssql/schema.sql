@@ -160,5 +160,5 @@ CREATE TABLE archive_month (
 );
 
 -- name: migration_2
--- Nothing to change here: migration 2 re-orders MySQL's claim index.
+-- Nothing to change here: migration 2 re-orders the claim index of MySQL and SQLite.
 SELECT 1;

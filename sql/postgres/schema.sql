@@ -259,5 +259,5 @@ CREATE TRIGGER background_job_queued AFTER INSERT ON background_job
     FOR EACH STATEMENT EXECUTE FUNCTION notify_job_queued();
 
 -- name: migration_2
--- Nothing to change here: migration 2 re-orders MySQL's claim index.
+-- Nothing to change here: migration 2 re-orders the claim index of MySQL and SQLite.
 SELECT 1;

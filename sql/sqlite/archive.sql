@@ -136,10 +136,12 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('Failed', 'Cancell
 --
 -- Claiming: up to :limit runnable jobs in priority-then-age order, their summaries marked
 -- Started. A job with a named worker is runnable only when no job of that worker is running and
--- it is the worker's oldest queued job; a job with depends_on only when its parent completed.
--- The claim runs after the completions, so a named worker whose job completed here is idle for
--- it. SQLite serialises writers, so the claim is atomic across processes. Claimed jobs are found
--- again by node and claim time (:now is unique per call of a node).
+-- it is the worker's oldest queued job (its head); a job with depends_on only when its parent
+-- completed. Heads are found per worker and jobs without a worker from their own index, so a
+-- long queue of one worker costs one probe, not a walk. The claim runs after the completions,
+-- so a named worker whose job completed here is idle for it. SQLite serialises writers, so the
+-- claim is atomic across processes. Claimed jobs are found again by node and claim time (:now
+-- is unique per call of a node).
 --
 -- The completed rows leave the queue last, after the report has read their ids.
 WITH o AS MATERIALIZED (
@@ -185,24 +187,44 @@ SET state = b.state, started_date = b.started_date, completed_date = b.completed
 FROM background_job b
 WHERE b.id = job_summary.id AND b.id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
   AND b.state = 'Completed' AND b.lease_owner = :node;
+WITH RECURSIVE workers(name) AS (
+    -- every named worker with jobs, one index probe each (a loose scan of
+    -- ix_background_job_worker), never a walk of a worker's queue
+    SELECT MIN(worker) FROM background_job WHERE worker IS NOT NULL AND :limit > 0
+    UNION ALL
+    SELECT (SELECT MIN(b.worker) FROM background_job b WHERE b.worker > w.name)
+    FROM workers w WHERE w.name IS NOT NULL
+),
+heads(id) AS (
+    -- each idle worker's oldest queued job
+    SELECT (SELECT e.id FROM background_job e
+            WHERE e.worker = w.name AND e.state = 'Queued' ORDER BY e.id LIMIT 1)
+    FROM workers w
+    WHERE w.name IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM background_job r
+                      WHERE r.worker = w.name AND r.state IN ('Started', 'Executed'))
+),
+candidates(id, priority) AS (
+    SELECT j.id, j.priority FROM heads h JOIN background_job j ON j.id = h.id
+    WHERE (j.run_after IS NULL OR j.run_after <= :now)
+      AND (j.depends_on IS NULL OR EXISTS (
+            SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
+    UNION ALL
+    SELECT * FROM (
+        -- jobs without a worker, straight from ix_background_job_claim in claim order
+        SELECT j.id, j.priority FROM background_job j
+        WHERE j.state = 'Queued' AND j.worker IS NULL AND :named_only = 0
+          AND (j.run_after IS NULL OR j.run_after <= :now)
+          AND (j.depends_on IS NULL OR EXISTS (
+                SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
+        ORDER BY j.priority DESC, j.id
+        LIMIT :limit
+    )
+)
 UPDATE background_job
 SET state = 'Started', attempts = attempts + 1, started_date = :now,
     last_activity_date = :now, lease_owner = :node, cancel_requested = 0
-WHERE id IN (
-    SELECT j.id FROM background_job j
-    WHERE j.state = 'Queued'
-      AND (j.run_after IS NULL OR j.run_after <= :now)
-      AND (:named_only = 0 OR j.worker IS NOT NULL)
-      AND (j.depends_on IS NULL OR EXISTS (
-            SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
-      AND (j.worker IS NULL OR (
-            NOT EXISTS (SELECT 1 FROM background_job r
-                        WHERE r.worker = j.worker AND r.state IN ('Started', 'Executed'))
-            AND NOT EXISTS (SELECT 1 FROM background_job e
-                            WHERE e.worker = j.worker AND e.state = 'Queued' AND e.id < j.id)))
-    ORDER BY j.priority DESC, j.id
-    LIMIT :limit
-);
+WHERE id IN (SELECT id FROM candidates ORDER BY priority DESC, id LIMIT :limit);
 UPDATE job_summary
 SET state = b.state, started_date = b.started_date, completed_date = b.completed_date,
     duration_ms = b.duration_ms, attempts = b.attempts, error_code = b.error_code,

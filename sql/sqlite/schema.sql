@@ -57,7 +57,7 @@ CREATE TABLE background_job (
     lease_owner TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
--- The claim scans queued jobs in priority-then-age order.
+-- The claim scans queued jobs in priority-then-age order (replaced by migration_2).
 CREATE INDEX ix_background_job_claim ON background_job (priority DESC, id) WHERE state = 'Queued';
 -- Named workers: is one of this worker's jobs running, and which is its oldest queued job?
 CREATE INDEX ix_background_job_worker ON background_job (worker, state, id) WHERE worker IS NOT NULL;
@@ -118,5 +118,9 @@ CREATE TABLE archive_month (
 );
 
 -- name: migration_2
--- Nothing to change here: migration 2 re-orders MySQL's claim index.
-SELECT 1;
+-- The claim index holds only jobs without a worker: named workers' jobs are found per worker
+-- through ix_background_job_worker, and the claim's walk of the index in priority-then-age
+-- order no longer passes over them.
+DROP INDEX IF EXISTS ix_background_job_claim;
+CREATE INDEX ix_background_job_claim ON background_job (priority DESC, id)
+    WHERE state = 'Queued' AND worker IS NULL;
