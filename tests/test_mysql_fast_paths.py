@@ -162,7 +162,9 @@ async def test_a_serial_workers_claim_reads_a_few_rows_however_long_its_queue(
             async with conn.cursor() as cur:
                 await cur.execute("SELECT VERSION()")
                 if "MariaDB" not in str((await cur.fetchone())[0]):
-                    pytest.skip("ANALYZE <statement> is MariaDB's")
+                    # Rows read per table come from MariaDB's ANALYZE <statement>; MySQL 8 has
+                    # no such count (its plans are checked by the EXPLAIN test in test_mysql.py).
+                    pytest.skip("per-table rows read are reported by MariaDB only")
                 await conn.begin()
                 reads: list[tuple[str, float]] = []
                 for sql in statements:
