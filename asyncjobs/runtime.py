@@ -172,6 +172,12 @@ class BackgroundJobs:
         self._wake = anyio.Event()
         self._wakes = 0  # wake-ups so far, so the finisher can tell one came during its claim
         self._found_work = False  # a claim found jobs since the dispatcher last slept
+        # A claim failed after perhaps committing: jobs may be leased to this node that it
+        # never heard of; the dispatcher gives them back (see _requeue_unknown_jobs).
+        self._unsure_claims = False
+        self._requeuing_unknown = False  # ...and no claim starts while it does
+        self._claims_settled = anyio.Event()  # set when no claim holds reserved slots
+        self._flushing: list[Outcome] = []  # outcomes being written (their jobs still leased)
         self._check_cancels = anyio.Event()
         self._dispatch_stopped = anyio.Event()
         self._flush_lock = anyio.Lock()
@@ -433,6 +439,7 @@ class BackgroundJobs:
             self.execute
             and not self._saturated
             and not self._dispatch_scope.cancel_called
+            and not self._requeuing_unknown
             and self.max_concurrency - self._running_unnamed - self._reserved >= len(new_jobs)
             and all(
                 j.worker is None and j.depends_on is None and j.run_after is None for j in new_jobs
@@ -447,8 +454,11 @@ class BackgroundJobs:
             # Shielded: jobs a committed insert claimed for this node must be started.
             with anyio.CancelScope(shield=True):
                 jobs = await self.store.enqueue_started(new_jobs, self.node_id)
+        except Exception:
+            self._claim_failed()
+            raise
         finally:
-            self._reserved -= len(new_jobs)
+            self._release_slots(len(new_jobs))
         for job in jobs:
             self._start(job)
         return [JobRef(job.id, job.ref_id) for job in jobs]
@@ -740,6 +750,13 @@ class BackgroundJobs:
         with self._dispatch_scope:
             while True:
                 self._wake = anyio.Event()
+                if self._unsure_claims:
+                    try:
+                        await self._requeue_unknown_jobs()
+                    except Exception as exc:
+                        failures += 1
+                        await self._pause_after_error("taking back unknown jobs", exc, failures)
+                        continue
                 limit, named_only = self._claim_size()
                 if named_only and self._found_work:
                     # Every slot is busy and the finisher keeps claiming as slots free up
@@ -753,11 +770,12 @@ class BackgroundJobs:
                         jobs = await self.store.claim(self.node_id, limit, named_only=named_only)
                     failures = 0
                 except Exception as exc:
+                    self._claim_failed()
                     failures += 1
                     await self._pause_after_error("claiming jobs", exc, failures)
                     continue
                 finally:
-                    self._reserved -= limit
+                    self._release_slots(limit)
                 self._start_claimed(jobs, limit, named_only)
                 if self._saturated and not named_only:
                     await anyio.lowlevel.checkpoint()
@@ -769,10 +787,43 @@ class BackgroundJobs:
         unnamed slot busy, still look for named-worker jobs: a busy pool must not hold back a
         serial worker. Nothing once shutting down. The caller reserves the slots while it
         claims, so the dispatcher and the finisher never claim the same free slot twice."""
-        if self._dispatch_scope.cancel_called:
+        if self._dispatch_scope.cancel_called or self._requeuing_unknown:
             return 0, False
         free = self.max_concurrency - self._running_unnamed - self._reserved
         return (free, False) if free > 0 else (_NAMED_ONLY_CLAIM, True)
+
+    def _release_slots(self, count: int) -> None:
+        """A claim that reserved ``count`` slots is over."""
+        self._reserved -= count
+        if not self._reserved:
+            self._claims_settled.set()
+
+    def _claim_failed(self) -> None:
+        """A claim raised: perhaps before its commit, perhaps after (the reply was lost)."""
+        self._unsure_claims = True
+        self._wake_dispatcher()
+
+    async def _requeue_unknown_jobs(self) -> None:
+        """Give back jobs leased to this node that it does not hold: a claim that committed
+        but raised left them Started under a node that stays alive and would never run them.
+        Claims are held off meanwhile (slots reserved means a claim is in flight), so every job
+        a claim returns is known here before the database is asked."""
+        self._requeuing_unknown = True
+        try:
+            while self._reserved:
+                self._claims_settled = anyio.Event()
+                await self._claims_settled.wait()
+            self._unsure_claims = False
+            known = {*self._running, *(o.job.id for o in (*self._outcomes, *self._flushing))}
+            try:
+                requeued = await self.store.requeue_unknown(self.node_id, known)
+            except BaseException:
+                self._unsure_claims = True
+                raise
+        finally:
+            self._requeuing_unknown = False
+        if requeued:
+            log.warning("jobs %s were claimed by a claim that failed; requeued", requeued)
 
     def _start_claimed(self, jobs: Sequence[BackgroundJob], limit: int, named_only: bool) -> None:
         # A claim that filled its limit may have left more behind: enqueues wait their turn.
@@ -827,13 +878,15 @@ class BackgroundJobs:
                 with scope:
                     try:
                         await self._prepare(job)
-                        result = await self._invoke(job, running.context)
+                        if job.callback and job.response is not None:
+                            outcome = self._command_succeeded_before(job, running.context)
+                        else:
+                            result = await self._invoke(job, running.context)
+                            outcome = self._success(job, result)
                     except Exception as exc:
                         outcome = self._failure(
                             job, exc, permanent=isinstance(exc, _PERMANENT_ERRORS)
                         )
-                    else:
-                        outcome = self._success(job, result)
                     if outcome is not None and job.callback and outcome.state is JobState.COMPLETED:
                         scope.deadline = math.inf  # the timeout bounds the command only
                         outcome = await self._run_callback(job, outcome)
@@ -936,6 +989,17 @@ class BackgroundJobs:
             error=error, error_code="CallbackFailed",
         )  # fmt: skip
 
+    def _command_succeeded_before(self, job: BackgroundJob, context: JobContext) -> Outcome:
+        """The job's command succeeded in an earlier attempt, whose process stopped while the
+        callback ran (the job was Executed, its result kept: see Store.mark_executed). The
+        command's side effects happened once; only the callback runs again, with that result."""
+        _current.set(context)
+        callback = self.registry.command(job.callback or "")
+        body = job.response_body
+        if body is not None and callback.request_type is not None:
+            job.result = decode(body, callback.request_type)
+        return Outcome(job, JobState.COMPLETED, response=job.response or None, response_body=body)
+
     def _success(self, job: BackgroundJob, result: Any) -> Outcome:
         job.result = result
         response = None if result is None else type_name(type(result))
@@ -981,6 +1045,7 @@ class BackgroundJobs:
                 limit = 0  # no slot freed, and no named worker's job finished: nothing to claim
             wakes = self._wakes
             self._reserved += limit
+            self._flushing = batch
             try:
                 with anyio.CancelScope(shield=True):
                     if all_completed:
@@ -991,11 +1056,14 @@ class BackgroundJobs:
                         report = await self.store.finish(self.node_id, batch)
             except Exception as exc:
                 self._outcomes[:0] = batch  # keep them: nothing is lost while the db is away
+                if limit:
+                    self._claim_failed()
                 failures += 1
                 await self._pause_after_error("recording finished jobs", exc, failures)
                 continue
             finally:
-                self._reserved -= limit
+                self._release_slots(limit)
+                self._flushing = []
             if isinstance(report, Claim) and limit:
                 self._start_claimed(report.jobs, limit, named_only)
             self._count_outcomes(batch)

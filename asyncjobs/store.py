@@ -533,12 +533,16 @@ class Store:
         return dict.fromkeys(created, JobState.CANCELLED)
 
     async def mark_executed(self, node: str, outcome: Outcome) -> None:
-        """The command succeeded and its callback is about to run."""
+        """The command succeeded and its callback is about to run. The result is kept with
+        the job, and ``response`` is never NULL here (a command that returned nothing gets ''),
+        so a job claimed again with a response is one whose command already ran: if this
+        process stops during the callback, the next attempt runs only the callback."""
+        response = "" if outcome.response is None else outcome.response
         async with self.dialect.transaction() as tx:
             await tx.execute(
                 "mark_executed",
                 {"id": outcome.job.id, "node": node, "now": utcnow(),
-                 "response": outcome.response, "response_body": outcome.response_body},
+                 "response": response, "response_body": outcome.response_body},
             )  # fmt: skip
             await tx.execute("mark_summaries", {"ids": json.dumps([outcome.job.id])})
 
@@ -629,6 +633,17 @@ class Store:
     async def delete_node(self, node: str) -> None:
         async with self.dialect.transaction() as tx:
             await tx.execute("delete_node", {"node": node})
+
+    async def requeue_unknown(self, node: str, known: Iterable[int]) -> list[int]:
+        """Give back the jobs leased to ``node`` other than ``known`` (the ones it holds): what
+        a claim committed when its reply was lost. They never started, so their attempt is
+        taken back. The caller must have no claim in flight."""
+        params = {"node": node, "known": json.dumps(sorted(known)), "now": utcnow()}
+        async with self.dialect.transaction() as tx:
+            ids = [int(r["id"]) for r in await tx.fetch("requeue_unknown_jobs", params)]
+            if ids:
+                await tx.execute("mark_summaries", {"ids": json.dumps(ids)})
+        return ids
 
     async def recover_orphans(self) -> tuple[dict[int, JobState], list[int]]:
         """Take back jobs held by nodes whose lease ran out: fail those without retries left,

@@ -140,3 +140,33 @@ class FirstAttemptHangsCommand(AsyncCommand[Sleep]):
 
 
 ALL_COMMANDS.append(FirstAttemptHangsCommand)
+
+
+class EchoSleepCommand(AsyncCommandWithResult[Sleep, Sleep]):
+    """Records its start and returns its request: a result for a callback."""
+
+    async def run(self, request: Sleep) -> Sleep:
+        _record("start", request)
+        return request
+
+
+class CallbackHangsFirstCommand(AsyncCommand[Sleep]):
+    """A callback that hangs on the job's first attempt (so a test can stop the process while
+    the job is Executed) and returns on later ones."""
+
+    async def run(self, request: Sleep) -> None:
+        _record("callback", request)
+        if current_job().attempts == 1:
+            await anyio.sleep(request.seconds)
+
+
+class NoResultCallbackHangsFirstCommand(AsyncNoRequestCommand):
+    """The same for a command that returns nothing (the callback takes no request)."""
+
+    async def run(self) -> None:
+        EVENTS.append(("callback", str(current_job().id), time.monotonic()))
+        if current_job().attempts == 1:
+            await anyio.sleep(60)
+
+
+ALL_COMMANDS += [EchoSleepCommand, CallbackHangsFirstCommand, NoResultCallbackHangsFirstCommand]

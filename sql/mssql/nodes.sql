@@ -42,3 +42,16 @@ FROM background_job AS j WITH (READPAST)
 WHERE j.state IN ('Started', 'Executed')
   AND NOT EXISTS (SELECT 1 FROM job_node AS n
                   WHERE n.id = j.lease_owner AND n.lease_expires > :now);
+
+-- name: requeue_unknown_jobs
+-- Jobs leased to :node that it does not know it holds (not in :known, a JSON array of ids) go
+-- back to the queue: a claim committed but its reply never reached the node (the connection
+-- broke). They never started, so the attempt the claim counted is taken back. The caller makes
+-- sure no claim of its own is in flight.
+UPDATE j
+SET state = 'Queued', lease_owner = NULL, attempts = j.attempts - 1, started_date = NULL,
+    last_activity_date = :now
+OUTPUT inserted.id
+FROM background_job AS j
+WHERE j.lease_owner = :node AND j.state = 'Started'
+  AND j.id NOT IN (SELECT k.id FROM OPENJSON(:known) WITH (id bigint '$') AS k);

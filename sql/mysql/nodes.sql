@@ -51,3 +51,22 @@ SET b.state = 'Queued', b.lease_owner = NULL, b.last_activity_date = :now,
     b.error = JSON_OBJECT('message', 'the process running the job stopped; retrying',
                           'type', 'LeaseExpired', 'traceback', NULL);
 SELECT i.id FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i;
+
+-- name: requeue_unknown_jobs
+-- Jobs leased to :node that it does not know it holds (not in :known, a JSON array of ids) go
+-- back to the queue: a claim committed but its reply never reached the node (the connection
+-- broke). They never started, so the attempt the claim counted is taken back. The caller makes
+-- sure no claim of its own is in flight. Same shape as requeue_orphans: lock the rows, then
+-- update them by primary key.
+SELECT JSON_ARRAYAGG(o.id) INTO @asyncjobs_ids FROM (
+    SELECT b.id FROM background_job b FORCE INDEX (ix_background_job_lease)
+    WHERE b.lease_owner = :node AND b.state = 'Started'
+      AND b.id NOT IN (SELECT k.id
+                       FROM JSON_TABLE(:known, '$[*]' COLUMNS (id BIGINT PATH '$')) AS k)
+    FOR UPDATE
+) AS o;
+UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
+SET b.state = 'Queued', b.lease_owner = NULL, b.attempts = b.attempts - 1,
+    b.started_date = NULL, b.last_activity_date = :now;
+SELECT i.id FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i;

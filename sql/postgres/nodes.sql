@@ -36,3 +36,15 @@ SET state = 'Queued', lease_owner = NULL, last_activity_date = :now, error_code 
 WHERE j.state IN ('Started', 'Executed')
   AND NOT EXISTS (SELECT 1 FROM job_node n WHERE n.id = j.lease_owner AND n.lease_expires > :now)
 RETURNING j.id;
+
+-- name: requeue_unknown_jobs
+-- Jobs leased to :node that it does not know it holds (not in :known, a JSON array of ids) go
+-- back to the queue: a claim committed but its reply never reached the node (the connection
+-- broke). They never started, so the attempt the claim counted is taken back. The caller makes
+-- sure no claim of its own is in flight.
+UPDATE background_job
+SET state = 'Queued', lease_owner = NULL, attempts = attempts - 1, started_date = NULL,
+    last_activity_date = :now
+WHERE lease_owner = :node AND state = 'Started'
+  AND NOT (id = ANY (ARRAY(SELECT jsonb_array_elements_text(:known::jsonb)::bigint)))
+RETURNING id;

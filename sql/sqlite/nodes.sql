@@ -35,3 +35,15 @@ WHERE state IN ('Started', 'Executed')
   AND (lease_owner IS NULL
        OR lease_owner NOT IN (SELECT id FROM job_node WHERE lease_expires > :now))
 RETURNING id;
+
+-- name: requeue_unknown_jobs
+-- Jobs leased to :node that it does not know it holds (not in :known, a JSON array of ids) go
+-- back to the queue: a claim committed but its reply never reached the node. They never
+-- started, so the attempt the claim counted is taken back. The caller makes sure no claim of
+-- its own is in flight.
+UPDATE background_job
+SET state = 'Queued', lease_owner = NULL, attempts = attempts - 1, started_date = NULL,
+    last_activity_date = :now
+WHERE lease_owner = :node AND state = 'Started'
+  AND id NOT IN (SELECT value FROM json_each(:known))
+RETURNING id;

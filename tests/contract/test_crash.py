@@ -11,8 +11,17 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from asyncjobs import BackgroundJobs, JobState
-from tests.commands import ALL_COMMANDS, FirstAttemptHangsCommand, Sleep, SleepCommand
+from asyncjobs import BackgroundJobs, JobOptions, JobState
+from tests.commands import (
+    ALL_COMMANDS,
+    EVENTS,
+    CallbackHangsFirstCommand,
+    EchoSleepCommand,
+    FirstAttemptHangsCommand,
+    NoResultCallbackHangsFirstCommand,
+    Sleep,
+    SleepCommand,
+)
 from tests.processes import start_worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -109,3 +118,57 @@ async def test_kill_during_completion_neither_loses_nor_duplicates(
     assert set(starts_after) == set(results)
     assert all(starts_after[i] == starts_before[i] for i in committed)
     assert len(committed) < total  # the kill really happened mid-drain
+
+
+async def test_a_worker_killed_during_the_callback_runs_only_the_callback_again(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    """The command succeeded and the job is Executed when its process dies: the next attempt
+    runs the callback with the kept result, not the command a second time."""
+    log_file = tmp_path / "events.log"
+    echo = Sleep(60, label="echoed", log_file=str(log_file))
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+        ref = await producer.enqueue_command(
+            EchoSleepCommand, echo, JobOptions(callback=CallbackHangsFirstCommand.__name__)
+        )
+    worker = await anyio.to_thread.run_sync(start_worker, dsn, "--lease-seconds", "1")
+    try:
+        await _wait_for(lambda: any(x[0] == "callback" for x in _lines(log_file)), 20)
+        worker.send_signal(signal.SIGKILL)
+        await anyio.to_thread.run_sync(worker.wait)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        if worker.stdout:
+            worker.stdout.close()
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as reader:
+        mid = await reader.get_job(ref.id)
+        assert mid is not None and mid.state is JobState.EXECUTED
+    async with make_jobs(commands=ALL_COMMANDS, lease_duration=anyio_seconds(1)) as jobs:
+        with anyio.fail_after(30):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED
+    assert result.completed is not None and result.completed.attempts == 2
+    events = [(x[0], x[1]) for x in _lines(log_file)]
+    # the callback got the command's result (the echoed request) both times
+    assert events == [("start", "echoed"), ("callback", "echoed"), ("callback", "echoed")]
+
+
+async def test_a_shutdown_during_the_callback_of_a_command_without_result_reruns_the_callback(
+    make_jobs: Factory,
+) -> None:
+    EVENTS.clear()
+    options = JobOptions(callback=NoResultCallbackHangsFirstCommand.__name__)
+    async with make_jobs(commands=ALL_COMMANDS, shutdown_grace=anyio_seconds(0.2)) as jobs:
+        ref = await jobs.enqueue_command(SleepCommand, Sleep(0, label="no-result"), options)
+        await _wait_for(lambda: any(event == "callback" for event, _, _ in EVENTS), 20)
+    async with make_jobs(commands=ALL_COMMANDS) as jobs:
+        with anyio.fail_after(30):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED
+    assert result.completed is not None and result.completed.response is None
+    assert [(e, label) for e, label, _ in EVENTS if e in ("start", "end")] == [
+        ("start", "no-result"),
+        ("end", "no-result"),
+    ]
+    assert [label for e, label, _ in EVENTS if e == "callback"] == [str(ref.id)] * 2
