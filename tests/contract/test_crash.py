@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,21 @@ async def _wait_for(predicate: Callable[[], bool], seconds: float) -> None:
     with anyio.fail_after(seconds):
         while not predicate():
             await anyio.sleep(0.02)
+
+
+async def _kill_when(
+    worker: subprocess.Popen[str], ready: Callable[[], bool], seconds: float
+) -> None:
+    """SIGKILL the worker process once ``ready()`` holds; reap it whatever happens."""
+    try:
+        await _wait_for(ready, seconds)
+        worker.send_signal(signal.SIGKILL)
+        await anyio.to_thread.run_sync(worker.wait)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        if worker.stdout:
+            worker.stdout.close()
 
 
 async def test_jobs_of_a_killed_worker_are_retried_with_an_extra_attempt(
@@ -94,16 +110,8 @@ async def test_kill_during_completion_neither_loses_nor_duplicates(
     worker = await anyio.to_thread.run_sync(
         start_worker, dsn, "--lease-seconds", "1", "--max-concurrency", "20"
     )
-    try:
-        # Kill it while it is busy finishing and archiving jobs, at a fraction of the drain.
-        await _wait_for(lambda: len(_lines(log_file)) > 2 * total * kill_at, 30)
-        worker.send_signal(signal.SIGKILL)
-        await anyio.to_thread.run_sync(worker.wait)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        if worker.stdout:
-            worker.stdout.close()
+    # Kill it while it is busy finishing and archiving jobs, at a fraction of the drain.
+    await _kill_when(worker, lambda: len(_lines(log_file)) > 2 * total * kill_at, 30)
     async with make_jobs(commands=ALL_COMMANDS, execute=False) as reader:
         before = {r.id: await reader.get_job(r.id) for r in refs}
     committed = {i for i, r in before.items() if r is not None and r.state is JobState.COMPLETED}
@@ -132,15 +140,7 @@ async def test_a_worker_killed_during_the_callback_runs_only_the_callback_again(
             EchoSleepCommand, echo, JobOptions(callback=CallbackHangsFirstCommand.__name__)
         )
     worker = await anyio.to_thread.run_sync(start_worker, dsn, "--lease-seconds", "1")
-    try:
-        await _wait_for(lambda: any(x[0] == "callback" for x in _lines(log_file)), 20)
-        worker.send_signal(signal.SIGKILL)
-        await anyio.to_thread.run_sync(worker.wait)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        if worker.stdout:
-            worker.stdout.close()
+    await _kill_when(worker, lambda: any(x[0] == "callback" for x in _lines(log_file)), 20)
     async with make_jobs(commands=ALL_COMMANDS, execute=False) as reader:
         mid = await reader.get_job(ref.id)
         assert mid is not None and mid.state is JobState.EXECUTED

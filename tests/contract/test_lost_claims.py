@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from asyncjobs import BackgroundJobs, JobOptions, JobState
-from asyncjobs.store import Claim
+from asyncjobs.store import Store
 from tests.commands import EVENTS, SerialSleepCommand, Sleep, SleepCommand
 
 pytestmark = pytest.mark.anyio
@@ -37,6 +37,25 @@ async def assert_ran_once(jobs: BackgroundJobs, job_ids: list[int], labels: list
     assert [starts(label) for label in labels] == [1] * len(labels)
 
 
+def lose_first_reply(
+    monkeypatch: pytest.MonkeyPatch, store: Store, method: str, when: Callable[[Any], bool]
+) -> list[Any]:
+    """Make ``store.<method>`` commit as usual, then raise :class:`ReplyLost` the first time its
+    result satisfies ``when``; returns the list that result (the lost reply) is put in."""
+    real = getattr(store, method)
+    lost: list[Any] = []
+
+    async def commit_then_lose_reply(*args: Any, **kwargs: Any) -> Any:
+        result = await real(*args, **kwargs)
+        if not lost and when(result):
+            lost.append(result)
+            raise ReplyLost(f"connection lost after {method} committed")
+        return result
+
+    monkeypatch.setattr(store, method, commit_then_lose_reply)
+    return lost
+
+
 async def test_jobs_of_a_dispatcher_claim_whose_reply_was_lost_run_once(
     make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -45,20 +64,10 @@ async def test_jobs_of_a_dispatcher_claim_whose_reply_was_lost_run_once(
     async with make_jobs(commands=COMMANDS, execute=False) as producer:
         refs = [await producer.enqueue_command(SleepCommand, Sleep(0, label)) for label in labels]
     jobs = make_jobs(commands=COMMANDS)
-    real_claim = jobs.store.claim
-    broken: list[int] = []
-
-    async def claim_then_lose_reply(*args: Any, **kwargs: Any) -> Any:
-        claimed = await real_claim(*args, **kwargs)
-        if claimed and not broken:
-            broken.extend(job.id for job in claimed)
-            raise ReplyLost("connection lost after the claim committed")
-        return claimed
-
-    monkeypatch.setattr(jobs.store, "claim", claim_then_lose_reply)
+    lost = lose_first_reply(monkeypatch, jobs.store, "claim", lambda claimed: bool(claimed))
     async with jobs:
         await assert_ran_once(jobs, [r.id for r in refs], labels)
-    assert sorted(broken) == sorted(r.id for r in refs)
+    assert len(lost) == 1 and sorted(job.id for job in lost[0]) == sorted(r.id for r in refs)
 
 
 async def test_jobs_of_a_finisher_claim_whose_reply_was_lost_run_once(
@@ -73,20 +82,12 @@ async def test_jobs_of_a_finisher_claim_whose_reply_was_lost_run_once(
             await producer.enqueue_command(SerialSleepCommand, Sleep(0, label)) for label in labels
         ]
     jobs = make_jobs(commands=COMMANDS)
-    real = jobs.store.complete_and_claim
-    broken: list[Claim] = []
-
-    async def complete_and_claim_then_lose_reply(*args: Any, **kwargs: Any) -> Claim:
-        claim = await real(*args, **kwargs)
-        if claim.final and claim.jobs and not broken:
-            broken.append(claim)
-            raise ReplyLost("connection lost after the completion and claim committed")
-        return claim
-
-    monkeypatch.setattr(jobs.store, "complete_and_claim", complete_and_claim_then_lose_reply)
+    lost = lose_first_reply(
+        monkeypatch, jobs.store, "complete_and_claim", lambda claim: claim.final and claim.jobs
+    )
     async with jobs:
         await assert_ran_once(jobs, [r.id for r in refs], labels)
-    assert len(broken) == 1 and len(broken[0].jobs) == 1
+    assert len(lost) == 1 and len(lost[0].jobs) == 1
 
 
 async def test_a_job_started_at_once_whose_insert_reply_was_lost_runs_once(
@@ -97,22 +98,12 @@ async def test_a_job_started_at_once_whose_insert_reply_was_lost_runs_once(
         # The first claim finds the queue drained; from then on enqueues start at once.
         warm_up = await jobs.enqueue_command(SleepCommand, Sleep(0, "lost-start-warm-up"))
         await jobs.wait_for_job(warm_up.id)
-        real = jobs.store.enqueue_started
-        broken: list[int] = []
-
-        async def insert_then_lose_reply(*args: Any, **kwargs: Any) -> Any:
-            started = await real(*args, **kwargs)
-            if not broken:
-                broken.extend(job.id for job in started)
-                raise ReplyLost("connection lost after the insert committed")
-            return started
-
-        monkeypatch.setattr(jobs.store, "enqueue_started", insert_then_lose_reply)
+        lost = lose_first_reply(monkeypatch, jobs.store, "enqueue_started", lambda _: True)
         with pytest.raises(ReplyLost):
             await jobs.enqueue_command(
                 SleepCommand, Sleep(0, "lost-start"), JobOptions(ref_id="lost-start")
             )
-        assert len(broken) == 1
+        assert len(lost) == 1 and len(lost[0]) == 1
         found = await jobs.get_job_by_ref_id("lost-start")
-        assert found is not None and found.summary.id == broken[0]
-        await assert_ran_once(jobs, broken, ["lost-start"])
+        assert found is not None and found.summary.id == lost[0][0].id
+        await assert_ran_once(jobs, [found.summary.id], ["lost-start"])
