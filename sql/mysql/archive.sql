@@ -242,7 +242,10 @@ SET s.state = 'Completed', s.started_date = b.started_date, s.completed_date = :
 WHERE FIND_IN_SET(o.id, @asyncjobs_done);
 UPDATE JSON_TABLE(CONCAT('[', @asyncjobs_errors, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS e
 STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = e.id
-SET s.error_message = NULL;
+SET s.error_message = NULL
+-- Almost always no row needs it: this constant condition lets MariaDB skip the statement,
+-- which otherwise builds an on-disk temporary table (the column is LONGTEXT) for nothing.
+WHERE @asyncjobs_errors IS NOT NULL;
 DELETE b FROM JSON_TABLE(CONCAT('[', @asyncjobs_done, ']'), '$[*]'
                         COLUMNS (id BIGINT PATH '$')) AS d
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;

@@ -101,6 +101,8 @@ async def test_retry_succeeds_on_a_later_attempt(make_jobs: Factory) -> None:
         result = await jobs.wait_for_job(ref.id)
     assert result.state is JobState.COMPLETED
     assert result.completed is not None and result.completed.attempts == 2
+    # the first attempt's error no longer shows in the summary
+    assert result.summary.error_code is None and result.summary.error_message is None
 
 
 async def test_zero_retry_limit_fails_after_one_attempt(make_jobs: Factory) -> None:
