@@ -37,6 +37,13 @@ async def assert_ran_once(jobs: BackgroundJobs, job_ids: list[int], labels: list
     assert [starts(label) for label in labels] == [1] * len(labels)
 
 
+async def enqueue_labelled(make_jobs: Factory, command: type[Any], labels: list[str]) -> list[int]:
+    """Enqueue one job of ``command`` per label from a process that runs nothing; their ids."""
+    EVENTS.clear()
+    async with make_jobs(commands=COMMANDS, execute=False) as producer:
+        return [(await producer.enqueue_command(command, Sleep(0, label))).id for label in labels]
+
+
 def lose_first_reply(
     monkeypatch: pytest.MonkeyPatch, store: Store, method: str, when: Callable[[Any], bool]
 ) -> list[Any]:
@@ -59,15 +66,13 @@ def lose_first_reply(
 async def test_jobs_of_a_dispatcher_claim_whose_reply_was_lost_run_once(
     make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    EVENTS.clear()
     labels = [f"lost-claim-{i}" for i in range(3)]
-    async with make_jobs(commands=COMMANDS, execute=False) as producer:
-        refs = [await producer.enqueue_command(SleepCommand, Sleep(0, label)) for label in labels]
+    job_ids = await enqueue_labelled(make_jobs, SleepCommand, labels)
     jobs = make_jobs(commands=COMMANDS)
     lost = lose_first_reply(monkeypatch, jobs.store, "claim", lambda claimed: bool(claimed))
     async with jobs:
-        await assert_ran_once(jobs, [r.id for r in refs], labels)
-    assert len(lost) == 1 and sorted(job.id for job in lost[0]) == sorted(r.id for r in refs)
+        await assert_ran_once(jobs, job_ids, labels)
+    assert len(lost) == 1 and sorted(job.id for job in lost[0]) == sorted(job_ids)
 
 
 async def test_jobs_of_a_finisher_claim_whose_reply_was_lost_run_once(
@@ -75,18 +80,14 @@ async def test_jobs_of_a_finisher_claim_whose_reply_was_lost_run_once(
 ) -> None:
     # A named worker's job completing makes the finisher claim the worker's next job in the
     # same statement; that statement commits both, then the reply is lost.
-    EVENTS.clear()
     labels = [f"lost-finish-{i}" for i in range(4)]
-    async with make_jobs(commands=COMMANDS, execute=False) as producer:
-        refs = [
-            await producer.enqueue_command(SerialSleepCommand, Sleep(0, label)) for label in labels
-        ]
+    job_ids = await enqueue_labelled(make_jobs, SerialSleepCommand, labels)
     jobs = make_jobs(commands=COMMANDS)
     lost = lose_first_reply(
         monkeypatch, jobs.store, "complete_and_claim", lambda claim: claim.final and claim.jobs
     )
     async with jobs:
-        await assert_ran_once(jobs, [r.id for r in refs], labels)
+        await assert_ran_once(jobs, job_ids, labels)
     assert len(lost) == 1 and len(lost[0].jobs) == 1
 
 
