@@ -253,13 +253,16 @@ def _notes(results: Results, labels: Mapping[str, str]) -> list[str]:
             f"- {', '.join(slow)}: a drain that would overrun its time budget is measured over "
             "the jobs finished within it (the number of jobs is shown)."
         )
-    for system in ("sqlite", "mysql"):
-        if system in results:
-            notes.append(
-                f"- {labels.get(system, system)} has no notifications: another process finds "
-                "new work by polling (adaptive, at most `poll_interval`, default 1 s)."
-            )
-            break
+    if "sqlite" in results:
+        notes.append(
+            f"- {labels.get('sqlite', 'sqlite')}: another process learns of new work by watching "
+            "the file's data version (every 10 ms)."
+        )
+    if "mysql" in results:
+        notes.append(
+            f"- {labels.get('mysql', 'mysql')} has no notifications: another process finds "
+            "new work by polling (adaptive, at most `poll_interval`, default 1 s)."
+        )
     errors = [
         f"- {labels.get(s, s)} {w}: {entry['error']}"
         for s, workloads in results.items()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import anyio
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,3 +55,26 @@ def workers(dsn: str, count: int, *args: str) -> Iterator[list[subprocess.Popen[
             proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
+
+
+def event_lines(path: Path) -> list[list[str]]:
+    """``start|end|callback label time pid job_id`` lines that test commands append (see
+    tests/commands.py); none before the file exists."""
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def started_at(path: Path, label: str) -> float | None:
+    """When the job labelled ``label`` first started (wall clock), or None."""
+    for line in event_lines(path):
+        if line[0] == "start" and line[1] == label:
+            return float(line[2])
+    return None
+
+
+async def wait_for(predicate: Callable[[], bool], seconds: float) -> None:
+    """Wait until ``predicate()`` holds; TimeoutError after ``seconds``."""
+    with anyio.fail_after(seconds):
+        while not predicate():
+            await anyio.sleep(0.01)

@@ -30,7 +30,7 @@ from tests import db_postgres
 from tests.commands import ALL_COMMANDS, Add, AddCommand, Sleep, SleepCommand
 from tests.conftest import FAST
 from tests.db_postgres import SERVER
-from tests.processes import start_worker, stop_worker, workers
+from tests.processes import event_lines, start_worker, started_at, stop_worker, wait_for, workers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("postgres")]
 Factory = Callable[..., BackgroundJobs]
@@ -48,26 +48,6 @@ def _schema(dsn: str) -> str:
 async def _connect(dsn: str) -> Any:
     """A plain asyncpg connection on the test's schema, for looking behind the API."""
     return await asyncpg.connect(SERVER, server_settings={"search_path": _schema(dsn)})
-
-
-def _lines(path: Path) -> list[list[str]]:
-    """``start|end label time pid job_id`` lines written by SleepCommand."""
-    if not path.exists():
-        return []
-    return [line.split() for line in path.read_text().splitlines() if line.strip()]
-
-
-def _started_at(path: Path, label: str) -> float | None:
-    for line in _lines(path):
-        if line[0] == "start" and line[1] == label:
-            return float(line[2])
-    return None
-
-
-async def _wait_for(predicate: Callable[[], bool], seconds: float) -> None:
-    with anyio.fail_after(seconds):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -143,30 +123,6 @@ async def test_claim_uses_indexes_on_100k_queued_jobs(make_jobs: Factory, dsn: s
 # -- wake-ups and cancels across processes ------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("migrated")
-async def test_enqueue_in_one_process_starts_in_another_well_before_a_poll(
-    make_jobs: Factory, dsn: str, tmp_path: Path
-) -> None:
-    log_file = tmp_path / "events.log"
-    worker = await anyio.to_thread.run_sync(start_worker, dsn, "--poll-ms", "5000")
-    try:
-        await anyio.sleep(0.5)  # past the worker's first claim: it now sleeps for 5 s
-        async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
-            for i in range(3):
-                label = f"n{i}"
-                enqueued = time.time()
-                await producer.enqueue_command(
-                    SleepCommand, Sleep(0, label=label, log_file=str(log_file))
-                )
-                await _wait_for(lambda label=label: _started_at(log_file, label) is not None, 5)
-                started = _started_at(log_file, label)
-                assert started is not None and started - enqueued < 1.0
-                await anyio.sleep(0.2)
-    finally:
-        await anyio.to_thread.run_sync(stop_worker, worker)
-
-
 async def test_without_notifications_polling_runs_the_job(make_jobs: Factory) -> None:
     async with (
         make_jobs(commands=ALL_COMMANDS, execute=False) as producer,
@@ -196,7 +152,7 @@ async def test_cancel_reaches_a_job_running_in_another_process(
             ref = await producer.enqueue_command(
                 SleepCommand, Sleep(30, label="long", log_file=str(log_file))
             )
-            await _wait_for(lambda: _started_at(log_file, "long") is not None, 10)
+            await wait_for(lambda: started_at(log_file, "long") is not None, 10)
             asked = time.monotonic()
             assert await producer.cancel_job(ref.id)
             with anyio.fail_after(5):
@@ -206,7 +162,7 @@ async def test_cancel_reaches_a_job_running_in_another_process(
         await anyio.to_thread.run_sync(stop_worker, worker)
     assert result.state is JobState.CANCELLED
     assert elapsed < 2.0
-    assert not [line for line in _lines(log_file) if line[0] == "end"]
+    assert not [line for line in event_lines(log_file) if line[0] == "end"]
 
 
 @pytest.mark.slow
@@ -241,14 +197,14 @@ async def test_three_processes_drain_3000_jobs_with_named_workers(
 
     starts: dict[str, list[str]] = defaultdict(list)
     ends: dict[str, list[str]] = defaultdict(list)
-    for line in _lines(log_file):
+    for line in event_lines(log_file):
         (starts if line[0] == "start" else ends)[line[1]].append(line[2])
     assert sorted(starts) == sorted(str(item[1].label) for item in items)
     assert all(len(v) == 1 for v in starts.values()) and all(len(v) == 1 for v in ends.values())
-    assert len({line[3] for line in _lines(log_file)}) >= 2  # the work was shared
+    assert len({line[3] for line in event_lines(log_file)}) >= 2  # the work was shared
 
     by_worker: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
-    for line in _lines(log_file):
+    for line in event_lines(log_file):
         if line[0] == "start" and line[1].startswith("w"):
             label = line[1]
             by_worker[label.split("-")[0]].append(

@@ -86,6 +86,7 @@ def test_missing_driver_names_the_pip_extra() -> None:
         ("lease_duration", timedelta(seconds=-1)),
         ("retry_delay", timedelta(seconds=-1)),
         ("retention_months", 0),
+        ("change_poll_interval", timedelta(0)),
     ],
 )
 def test_bad_settings_are_configuration_errors(setting: str, value: object) -> None:

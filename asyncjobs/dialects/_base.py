@@ -8,6 +8,7 @@ either in its SQL files or in its :class:`Capabilities`. A :class:`Connection` h
 from __future__ import annotations
 
 import abc
+import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -111,6 +112,17 @@ class _NoListen:
 
 def _no_listen() -> AbstractAsyncContextManager[None]:
     return _NoListen()
+
+
+async def deliver(on_message: Callable[[str], Awaitable[None] | None], payload: str) -> None:
+    """Hand a notification to its handler. A failing handler is logged, not raised: it must
+    not end the listener, which would leave the process deaf until it restarts."""
+    try:
+        result = on_message(payload)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("notification handler failed")
 
 
 async def retry_deadlocks(

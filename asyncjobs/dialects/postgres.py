@@ -12,7 +12,6 @@ missing; ``search_path`` of every connection), ``min_size`` and ``max_size`` (th
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import re
@@ -28,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._sql import Queries, convert_params, load_queries
 from ..exceptions import ConfigurationError
-from ._base import Capabilities, Connection, Dialect, Params, Row
+from ._base import Capabilities, Connection, Dialect, Params, Row, deliver
 from ._dsn import Dsn
 
 log = logging.getLogger("asyncjobs.postgres")
@@ -522,12 +521,7 @@ async def _deliver(
 ) -> None:
     async with receive:
         async for payload in receive:
-            try:
-                result = on_message(payload)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("notification handler failed")
+            await deliver(on_message, payload)
 
 
 async def _keep_session(conn: Any) -> None:

@@ -3,14 +3,17 @@
 One connection per process, used from a worker thread so the event loop never blocks on a busy
 database. Writers take the database lock up front (``BEGIN IMMEDIATE``), which is what makes a
 claim atomic across processes sharing the file. WAL mode lets readers in other processes proceed.
+SQLite has no notifications; instead a process watches the file's data version, which moves with
+every commit made through another connection, and so learns of new work within milliseconds.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,10 +21,12 @@ import anyio
 import anyio.to_thread
 
 from .._sql import Queries, load_queries, split_statements
-from ._base import Capabilities, Connection, Dialect, Params, Row
+from ..exceptions import ConfigurationError
+from ._base import Capabilities, Connection, Dialect, Params, Row, deliver
 from ._dsn import Dsn
 
 T = TypeVar("T")
+log = logging.getLogger("asyncjobs.sqlite")
 
 # Columns stored as text 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC) and read back as aware datetimes.
 DATETIME_COLUMNS = frozenset(
@@ -147,14 +152,29 @@ class SqliteConnection:
 
 class SqliteDialect(Dialect):
     name = "sqlite"
-    capabilities = Capabilities(monthly_archive_tables=True, concurrent_writers=False)
+    # "notifications": the change watch below stands in for them (see listen).
+    capabilities = Capabilities(
+        monthly_archive_tables=True, concurrent_writers=False, notifications=True
+    )
     #: how datetimes are written inside JSON parameters (json_each reads them as text)
     json_time = staticmethod(to_db_time)
 
-    def __init__(self, path: str, *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout: float = 30.0,
+        change_poll_interval: timedelta = timedelta(milliseconds=10),
+    ) -> None:
+        if change_poll_interval <= timedelta(0):
+            raise ConfigurationError(
+                f"change_poll_interval must be positive, got {change_poll_interval}"
+            )
         self.path = path
         self.queries: Queries = load_queries("sqlite")
         self._busy_timeout = busy_timeout
+        #: how often the change watch reads the data version (see listen)
+        self.change_poll_interval = change_poll_interval
         self._db: sqlite3.Connection | None = None
         self._rendered: dict[tuple[object, ...], str] = {}
         self._split: dict[tuple[object, ...], list[str]] = {}
@@ -229,6 +249,14 @@ class SqliteDialect(Dialect):
         async with self._lock:
             yield SqliteConnection(self)
 
+    def listen(
+        self, channel: str, on_message: Callable[[str], Awaitable[None] | None]
+    ) -> AbstractAsyncContextManager[None]:
+        """Call ``on_message("")`` soon after another connection (another process, usually)
+        commits to the database: the stand-in for notifications. Commits of this process's own
+        connection count too; a wake-up that finds nothing costs one empty claim."""
+        return _ChangeWatch(self.path, self.change_poll_interval.total_seconds(), on_message)
+
     def is_unique_violation(self, exc: BaseException) -> bool:
         return (
             isinstance(exc, sqlite3.IntegrityError)
@@ -237,6 +265,60 @@ class SqliteDialect(Dialect):
 
     def is_disconnect(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+class _ChangeWatch:
+    """Polls ``PRAGMA data_version`` on a connection of its own, which changes whenever another
+    connection has committed. In WAL mode the read is a look at the shared-memory WAL index (a
+    few microseconds, no disk I/O), so it runs on the event loop itself, every ``interval``
+    seconds, rather than paying a thread hand-off per poll; with no busy timeout it never waits
+    for a lock (a busy database is simply read again at the next tick). A class rather than a
+    generator, like PostgreSQL's listener: an error inside ``async with`` reaches the caller
+    unwrapped."""
+
+    def __init__(
+        self, path: str, interval: float, on_change: Callable[[str], Awaitable[None] | None]
+    ) -> None:
+        self._path = path
+        self._interval = interval
+        self._on_change = on_change
+        self._tg = anyio.create_task_group()
+
+    async def __aenter__(self) -> None:
+        if self._path != ":memory:":  # private to one connection: nobody else writes to it
+            await self._tg.__aenter__()
+            self._tg.start_soon(self._watch)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._path != ":memory:":
+            # The watch never raises, so the group exits with nothing to report.
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+
+    async def _watch(self) -> None:
+        try:
+            db = await anyio.to_thread.run_sync(
+                lambda: sqlite3.connect(
+                    self._path, timeout=0, isolation_level=None, check_same_thread=False
+                )
+            )
+        except sqlite3.Error as exc:  # polling alone still finds the work
+            log.warning("cannot watch %s for changes: %r", self._path, exc)
+            return
+        try:
+            seen = None
+            while True:
+                try:
+                    version = db.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.Error as exc:  # busy, or the file is being replaced: next tick
+                    log.debug("reading the data version failed: %r", exc)
+                else:
+                    if seen is not None and version != seen:
+                        await deliver(self._on_change, "")
+                    seen = version
+                await anyio.sleep(self._interval)
+        finally:
+            db.close()
 
 
 def create(dsn: Dsn, **settings: Any) -> SqliteDialect:

@@ -23,22 +23,10 @@ from tests.commands import (
     Sleep,
     SleepCommand,
 )
-from tests.processes import start_worker
+from tests.processes import event_lines, start_worker, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 Factory = Callable[..., BackgroundJobs]
-
-
-def _lines(path: Path) -> list[list[str]]:
-    if not path.exists():
-        return []
-    return [line.split() for line in path.read_text().splitlines() if line.strip()]
-
-
-async def _wait_for(predicate: Callable[[], bool], seconds: float) -> None:
-    with anyio.fail_after(seconds):
-        while not predicate():
-            await anyio.sleep(0.02)
 
 
 async def _kill_when(
@@ -46,7 +34,7 @@ async def _kill_when(
 ) -> None:
     """SIGKILL the worker process once ``ready()`` holds; reap it whatever happens."""
     try:
-        await _wait_for(ready, seconds)
+        await wait_for(ready, seconds)
         worker.send_signal(signal.SIGKILL)
         await anyio.to_thread.run_sync(worker.wait)
     finally:
@@ -71,7 +59,9 @@ async def test_jobs_of_a_killed_worker_are_retried_with_an_extra_attempt(
                 )
                 for i in range(5)
             ]
-            await _wait_for(lambda: len([x for x in _lines(log_file) if x[0] == "start"]) == 5, 20)
+            await wait_for(
+                lambda: len([x for x in event_lines(log_file) if x[0] == "start"]) == 5, 20
+            )
             worker.send_signal(signal.SIGKILL)
             await anyio.to_thread.run_sync(worker.wait)
             mid = [await producer.get_job(r.id) for r in refs]
@@ -87,7 +77,7 @@ async def test_jobs_of_a_killed_worker_are_retried_with_an_extra_attempt(
     for result in results:
         assert result.state is JobState.COMPLETED
         assert result.completed is not None and result.completed.attempts == 2
-    ends = [x for x in _lines(log_file) if x[0] == "end"]
+    ends = [x for x in event_lines(log_file) if x[0] == "end"]
     assert sorted(x[1] for x in ends) == [f"j{i}" for i in range(5)]
 
 
@@ -111,15 +101,15 @@ async def test_kill_during_completion_neither_loses_nor_duplicates(
         start_worker, dsn, "--lease-seconds", "1", "--max-concurrency", "20"
     )
     # Kill it while it is busy finishing and archiving jobs, at a fraction of the drain.
-    await _kill_when(worker, lambda: len(_lines(log_file)) > 2 * total * kill_at, 30)
+    await _kill_when(worker, lambda: len(event_lines(log_file)) > 2 * total * kill_at, 30)
     async with make_jobs(commands=ALL_COMMANDS, execute=False) as reader:
         before = {r.id: await reader.get_job(r.id) for r in refs}
     committed = {i for i, r in before.items() if r is not None and r.state is JobState.COMPLETED}
-    starts_before = Counter(int(x[4]) for x in _lines(log_file) if x[0] == "start")
+    starts_before = Counter(int(x[4]) for x in event_lines(log_file) if x[0] == "start")
     async with make_jobs(commands=ALL_COMMANDS, lease_duration=anyio_seconds(1)) as jobs:
         with anyio.fail_after(60):
             results = {r.id: await jobs.wait_for_job(r.id) for r in refs}
-    starts_after = Counter(int(x[4]) for x in _lines(log_file) if x[0] == "start")
+    starts_after = Counter(int(x[4]) for x in event_lines(log_file) if x[0] == "start")
     assert all(r.state is JobState.COMPLETED for r in results.values())
     assert all(r.completed is not None and r.queued is None for r in results.values())
     # every job ran; a job whose completion had been committed never ran again
@@ -140,7 +130,7 @@ async def test_a_worker_killed_during_the_callback_runs_only_the_callback_again(
             EchoSleepCommand, echo, JobOptions(callback=CallbackHangsFirstCommand.__name__)
         )
     worker = await anyio.to_thread.run_sync(start_worker, dsn, "--lease-seconds", "1")
-    await _kill_when(worker, lambda: any(x[0] == "callback" for x in _lines(log_file)), 20)
+    await _kill_when(worker, lambda: any(x[0] == "callback" for x in event_lines(log_file)), 20)
     async with make_jobs(commands=ALL_COMMANDS, execute=False) as reader:
         mid = await reader.get_job(ref.id)
         assert mid is not None and mid.state is JobState.EXECUTED
@@ -149,7 +139,7 @@ async def test_a_worker_killed_during_the_callback_runs_only_the_callback_again(
             result = await jobs.wait_for_job(ref.id)
     assert result.state is JobState.COMPLETED
     assert result.completed is not None and result.completed.attempts == 2
-    events = [(x[0], x[1]) for x in _lines(log_file)]
+    events = [(x[0], x[1]) for x in event_lines(log_file)]
     # the callback got the command's result (the echoed request) both times
     assert events == [("start", "echoed"), ("callback", "echoed"), ("callback", "echoed")]
 
@@ -161,7 +151,7 @@ async def test_a_shutdown_during_the_callback_of_a_command_without_result_reruns
     options = JobOptions(callback=NoResultCallbackHangsFirstCommand.__name__)
     async with make_jobs(commands=ALL_COMMANDS, shutdown_grace=anyio_seconds(0.2)) as jobs:
         ref = await jobs.enqueue_command(SleepCommand, Sleep(0, label="no-result"), options)
-        await _wait_for(lambda: any(event == "callback" for event, _, _ in EVENTS), 20)
+        await wait_for(lambda: any(event == "callback" for event, _, _ in EVENTS), 20)
     async with make_jobs(commands=ALL_COMMANDS) as jobs:
         with anyio.fail_after(30):
             result = await jobs.wait_for_job(ref.id)

@@ -1,0 +1,104 @@
+"""Work enqueued by one process reaches an idle worker process at once, not at its next poll:
+PostgreSQL through LISTEN/NOTIFY, SQLite through the watch of the file's data version. (MySQL
+has neither and relies on its adaptive polling.)"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from asyncjobs import BackgroundJobs
+from asyncjobs.dialects.sqlite import SqliteDialect
+from tests.commands import ALL_COMMANDS, Sleep, SleepCommand
+from tests.processes import start_worker, started_at, stop_worker, wait_for
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.dialects("sqlite", "postgres")]
+Factory = Callable[..., BackgroundJobs]
+
+
+async def test_enqueue_in_one_process_starts_in_another_well_before_a_poll(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "events.log"
+    async with make_jobs(commands=ALL_COMMANDS, execute=False):
+        pass  # migrate before the worker starts
+    worker = await anyio.to_thread.run_sync(start_worker, dsn, "--poll-ms", "5000")
+    try:
+        await anyio.sleep(0.5)  # past the worker's first claim: it now sleeps for 5 s
+        async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+            for i in range(3):
+                label = f"n{i}"
+                enqueued = time.time()
+                await producer.enqueue_command(
+                    SleepCommand, Sleep(0, label=label, log_file=str(log_file))
+                )
+                await wait_for(lambda label=label: started_at(log_file, label) is not None, 5)
+                started = started_at(log_file, label)
+                assert started is not None and started - enqueued < 1.0
+                await anyio.sleep(0.2)
+    finally:
+        await anyio.to_thread.run_sync(stop_worker, worker)
+
+
+async def test_without_the_wake_up_the_worker_waits_for_its_poll(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    """The control for the test above: the same worker without notifications (or the change
+    watch) finds the job only at its next poll."""
+    log_file = tmp_path / "events.log"
+    async with make_jobs(commands=ALL_COMMANDS, execute=False):
+        pass
+    worker = await anyio.to_thread.run_sync(
+        start_worker, dsn, "--poll-ms", "3000", "--no-notifications"
+    )
+    try:
+        await anyio.sleep(0.5)  # its next poll is about 3 s after its start
+        async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+            enqueued = time.time()
+            await producer.enqueue_command(
+                SleepCommand, Sleep(0, label="polled", log_file=str(log_file))
+            )
+            await wait_for(lambda: started_at(log_file, "polled") is not None, 10)
+        started = started_at(log_file, "polled")
+        assert started is not None and started - enqueued > 1.0
+    finally:
+        await anyio.to_thread.run_sync(stop_worker, worker)
+
+
+async def test_the_sqlite_change_watch_hears_every_other_connection_commit(
+    tmp_path: Path,
+) -> None:
+    """The watch calls its handler after each commit of another connection (one by one here),
+    never without one, and keeps watching after its handler raised."""
+    path = str(tmp_path / "watched.db")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (x INTEGER)")
+    calls: list[str] = []
+
+    def on_change(payload: str) -> None:
+        calls.append(payload)
+        if len(calls) == 1:
+            raise RuntimeError("a failing handler must not end the watch")
+
+    dialect = SqliteDialect(path, change_poll_interval=timedelta(milliseconds=5))
+    try:
+        async with dialect.listen("any", on_change):
+            await anyio.sleep(0.1)  # the watch's first read, the baseline
+            assert calls == []
+            for expected in (1, 2, 3):
+                writer.execute("INSERT INTO t VALUES (?)", (expected,))
+                await wait_for(lambda n=expected: len(calls) == n, 5)
+            await anyio.sleep(0.2)
+            assert calls == ["", "", ""]  # nothing committed since: no more calls
+        async with SqliteDialect(":memory:").listen("any", on_change):
+            pass  # private to its connection: nothing to watch, and no error
+    finally:
+        writer.close()
