@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-sqlite lint bench bench-quick clean
+.PHONY: demo test test-sqlite lint bench bench-quick profile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ bench: $(VENV)/.installed-bench
 
 bench-quick: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks --quick
+
+## Where a worker's time goes in a drain (py-spy), per database: benchmarks/results/profiles/.
+profile: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks --only sqlite,postgres,mysql --no-raw \
+		--workloads drain_1_worker,serial_drain --profile benchmarks/results/profiles \
+		--out benchmarks/results/profiles --name profiled
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

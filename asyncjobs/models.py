@@ -234,5 +234,9 @@ class ScheduledTask:
     next_run: datetime | None
 
 
-_JOB_FIELDS = frozenset(f.name for f in fields(BackgroundJob))
-_SUMMARY_FIELDS = frozenset(f.name for f in fields(JobSummary))
+# Field names by name, to build a record from a row with the model's own (interned) strings as
+# keywords: keywords are matched to parameters by identity first, and a driver's column names
+# are fresh strings, each then compared with every parameter name in turn (for BackgroundJob's
+# 40 fields that made the constructor ~17 us instead of ~2 us, on the claim's hot path).
+_JOB_FIELDS = {f.name: f.name for f in fields(BackgroundJob)}
+_SUMMARY_FIELDS = {f.name: f.name for f in fields(JobSummary)}

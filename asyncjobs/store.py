@@ -151,7 +151,7 @@ def _error_json(error: JobError | None) -> str | None:
 
 def row_to_job(row: Row) -> BackgroundJob:
     # On the claim's hot path: the None checks skip calls for the columns usually empty.
-    values = {k: v for k, v in row.items() if k in _JOB_FIELDS}
+    values = {_JOB_FIELDS[k]: v for k, v in row.items() if k in _JOB_FIELDS}
     values["state"] = _STATES[row["state"]]
     error = row.get("error")
     if error is not None:
@@ -171,7 +171,7 @@ def row_to_job(row: Row) -> BackgroundJob:
 
 
 def row_to_summary(row: Row) -> JobSummary:
-    values = {k: v for k, v in row.items() if k in _SUMMARY_FIELDS}
+    values = {_SUMMARY_FIELDS[k]: v for k, v in row.items() if k in _SUMMARY_FIELDS}
     values["state"] = JobState(row["state"])
     return JobSummary(**values)
 

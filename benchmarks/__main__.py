@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import psutil
 
-from . import _db, _harness, _raw, _report
+from . import _db, _harness, _profile, _raw, _report
 from ._subject import Subject
 
 SYSTEMS = ("sqlite", "postgres", "mysql", "pgqueuer", "procrastinate")
@@ -48,12 +48,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     parser.add_argument("--name", default="latest", help="file name stem of the results")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="sample asyncjobs' worker with py-spy during its drains; summaries go here",
+    )
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()] or WORKLOADS
+    if args.profile is not None:
+        if _profile.py_spy() is None:
+            parser.error("--profile needs py-spy (pip install 'asyncjobs[bench]')")
+        args.profile.mkdir(parents=True, exist_ok=True)
     if set(args.workloads) - set(WORKLOADS):
         parser.error(f"unknown workloads; choose from {', '.join(WORKLOADS)}")
     return args
@@ -113,10 +123,20 @@ def _summary(entry: dict[str, Any]) -> str:
 
 
 async def run_subject(
-    subject: Subject, sizes: _harness.Sizes, only: Sequence[str] = WORKLOADS
+    subject: Subject,
+    sizes: _harness.Sizes,
+    only: Sequence[str] = WORKLOADS,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     h = _harness
+
+    def profile(workload: str) -> Path | None:
+        """Where the profile of one of asyncjobs' drains goes, if profiling."""
+        if profile_dir is None or subject.key not in ("sqlite", "postgres", "mysql"):
+            return None
+        return profile_dir / f"{subject.key}-{workload}"
+
     drain = max(50, int(sizes.drain * subject.drain_fraction))
     await subject.open()
     try:
@@ -138,8 +158,8 @@ async def run_subject(
         for concurrency in subject.drain_concurrency:
             key = "drain_1_worker" if concurrency == primary else f"drain_1_worker_c{concurrency}"
 
-            async def one_worker(c: int | None = concurrency) -> dict[str, Any]:
-                return await h.drain(subject, drain, concurrency=c)
+            async def one_worker(c: int | None = concurrency, key: str = key) -> dict[str, Any]:
+                return await h.drain(subject, drain, concurrency=c, profile=profile(key))
 
             await attempt(results, key, one_worker, only=only, repeat=sizes.repeat)
         await attempt(
@@ -160,7 +180,9 @@ async def run_subject(
         await attempt(
             results,
             "serial_drain",
-            lambda: h.drain(subject, serial, serial=True, budget=sizes.budget),
+            lambda: h.drain(
+                subject, serial, serial=True, budget=sizes.budget, profile=profile("serial_drain")
+            ),
             only=only,
             repeat=sizes.repeat,
         )
@@ -234,7 +256,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             subject = make_subject(key, Path(tmp))
             meta["labels"][key] = subject.label
             log(f"{subject.label}")
-            results[key] = await run_subject(subject, sizes, args.workloads)
+            results[key] = await run_subject(subject, sizes, args.workloads, args.profile)
     if not args.no_raw:
         if "postgres" in args.systems:
             log("raw asyncpg")

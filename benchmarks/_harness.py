@@ -18,14 +18,16 @@ import math
 import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, nullcontext, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import psutil
 
+from . import _profile
 from ._jobs import hooks
 from ._subject import ROOT, Subject
 
@@ -226,9 +228,12 @@ async def drain(
     serial: bool = False,
     concurrency: int | None = None,
     budget: float = math.inf,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """Queue ``count`` jobs, then time ``workers`` worker processes draining them (or as many
-    as they finish within ``budget`` seconds: the rate is over the jobs done by then)."""
+    as they finish within ``budget`` seconds: the rate is over the jobs done by then). With
+    ``profile`` (a path without suffix), the first worker is sampled while the drain is timed
+    (see _profile)."""
     await subject.reset()
     ids = await fill(subject, count, serial=serial)
     last = ids[-1]
@@ -239,7 +244,8 @@ async def drain(
             with anyio.fail_after(STALL_TIMEOUT):
                 await _first_started(procs)
             t0 = min(w.first_start for w in procs if w.first_start is not None)
-            finished, done = await _wait_drained(subject, last, count, budget)
+            async with _profile.sampling(procs[0].pid, profile) if profile else nullcontext():
+                finished, done = await _wait_drained(subject, last, count, budget)
             tg.cancel_scope.cancel()
     result = rate(done, finished - t0, workers=workers, rss_peak_mb=sampler.peak_mb)
     if done < count:

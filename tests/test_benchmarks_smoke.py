@@ -44,3 +44,30 @@ def test_quick_mode_on_sqlite_writes_json_markdown_and_chart(tmp_path: Path) -> 
     assert all({"target", "ours", "ratio", "met"} <= set(t) for t in report["targets"])
     assert "| Workload |" in (tmp_path / "smoke.md").read_text()
     assert (tmp_path / "smoke.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_profile_summary_splits_waiting_from_work_per_thread() -> None:
+    from benchmarks._profile import summarise
+
+    main = "thread (1): MainThread;run (anyio/_core/_eventloop.py:83)"
+    claim = f"{main};Store.claim (asyncjobs/store.py:379)"
+    collapsed = "\n".join(
+        [
+            f"{main};EpollSelector.select (selectors.py:468) 6",
+            f"{claim};row_to_job (asyncjobs/store.py:170) 3",
+            f"{claim};Connection.fetch (asyncpg/connection.py:717) 1",
+            "thread (2): AnyIO worker thread;Condition.wait (threading.py:327) 10",
+            "not a sample line",
+        ]
+    )
+    text = summarise(collapsed, "postgres-drain")
+    assert text.startswith("# postgres-drain\n")
+    assert "20 samples" in text
+    assert "| MainThread | 10 | 60% |" in text
+    assert "| AnyIO worker thread | 10 | 100% |" in text
+    busy, inclusive = text.split("Busy samples")[1].split("The runtime's")
+    assert busy.index("row_to_job") < busy.index("Connection.fetch")  # most samples first
+    assert "| 15.0% | `row_to_job (asyncjobs/store.py:170)` |" in busy
+    assert "EpollSelector" not in busy and "Condition.wait" not in busy
+    assert "| 20.0% | `Store.claim (asyncjobs/store.py:379)` |" in inclusive  # 3 + 1 under it
+    assert summarise("", "empty").endswith("No samples.\n")
