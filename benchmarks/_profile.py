@@ -29,6 +29,8 @@ RATE = 250
 _WAITING = re.compile(r"^(EpollSelector\.select|KqueueSelector\.select|Condition\.wait) ")
 #: frames worth a line in the inclusive table: the runtime and the drivers it talks through
 _OURS = re.compile(r"\((asyncjobs|asyncpg|aiomysql|pymysql|sqlite3)/")
+#: a frame's line number: the inclusive table adds up a function's lines
+_LINE = re.compile(r":\d+\)$")
 
 
 def py_spy() -> str | None:
@@ -88,10 +90,11 @@ def summarise(collapsed: str, title: str, top: int = 15) -> str:
         if _WAITING.match(frames[-1]):
             waiting[thread] += count
             continue
-        self_time[frames[-1]] += count
-        for frame in set(frames[1:]):
-            if _OURS.search(frame):
-                inclusive[frame] += count
+        # Only the thread's own frame: it ran native code with no Python frame on top.
+        self_time[frames[-1] if len(frames) > 1 else "(native code)"] += count
+        for function in {_LINE.sub(")", frame) for frame in frames[1:]}:
+            if _OURS.search(function):
+                inclusive[function] += count
     if not total:
         return f"# {title}\n\nNo samples.\n"
     lines = [
@@ -109,7 +112,7 @@ def summarise(collapsed: str, title: str, top: int = 15) -> str:
     lines += ["| % | function |", "|---|---|"]
     for frame, count in self_time.most_common(top):
         lines.append(f"| {count / total:.1%} | `{frame}` |")
-    lines += ["", "The runtime's and drivers' functions by busy samples under them:", ""]
+    lines += ["", "The runtime's and drivers' functions by busy samples under them (any line):", ""]
     lines += ["| % | function |", "|---|---|"]
     for frame, count in inclusive.most_common(top * 2):
         lines.append(f"| {count / total:.1%} | `{frame}` |")
