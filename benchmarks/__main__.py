@@ -60,12 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()] or WORKLOADS
+    if set(args.workloads) - set(WORKLOADS):
+        parser.error(f"unknown workloads; choose from {', '.join(WORKLOADS)}")
     if args.profile is not None:
         if _profile.py_spy() is None:
             parser.error("--profile needs py-spy (pip install 'asyncjobs[bench]')")
         args.profile.mkdir(parents=True, exist_ok=True)
-    if set(args.workloads) - set(WORKLOADS):
-        parser.error(f"unknown workloads; choose from {', '.join(WORKLOADS)}")
     return args
 
 
