@@ -172,6 +172,8 @@ class BackgroundJobs:
         self._wake = anyio.Event()
         self._wakes = 0  # wake-ups so far, so the finisher can tell one came during its claim
         self._found_work = False  # a claim found jobs since the dispatcher last slept
+        #: the dispatcher left its claim to the finisher (see _leave_claim_to_finisher)
+        self._claim_deferred = False
         # A claim failed after perhaps committing: jobs may be leased to this node that it
         # never heard of; the dispatcher gives them back (see _requeue_unknown_jobs).
         self._unsure_claims = False
@@ -757,6 +759,10 @@ class BackgroundJobs:
                         failures += 1
                         await self._pause_after_error("taking back unknown jobs", exc, failures)
                         continue
+                if self._leave_claim_to_finisher():
+                    self._claim_deferred = True
+                    await self._sleep_until_work()
+                    continue
                 limit, named_only = self._claim_size()
                 if named_only and self._found_work:
                     # Every slot is busy and the finisher keeps claiming as slots free up
@@ -781,6 +787,15 @@ class BackgroundJobs:
                     await anyio.lowlevel.checkpoint()
                     continue
                 await self._sleep_until_work()
+
+    def _leave_claim_to_finisher(self) -> bool:
+        """With a single writer (SQLite), a claim of its own would queue behind the finisher's
+        transaction and commit separately; the finisher claims for the freed slots in the
+        transaction that records the outcomes instead (a drain commits half as often). Where
+        writers run concurrently, the dispatcher's claim overlaps the finisher's write."""
+        return not self.dialect.capabilities.concurrent_writers and bool(
+            self._outcomes or self._flushing
+        )
 
     def _claim_size(self) -> tuple[int, bool]:
         """How many jobs a claim may take now, and whether only named workers' jobs. With every
@@ -1039,7 +1054,8 @@ class BackgroundJobs:
             batch, self._outcomes = self._outcomes, []
             all_completed = all(o.state is JobState.COMPLETED for o in batch)
             named_done = any(o.job.worker is not None for o in batch)
-            claim_here = all_completed and (self._saturated or named_done)
+            deferred, self._claim_deferred = self._claim_deferred, False
+            claim_here = all_completed and (self._saturated or named_done or deferred)
             limit, named_only = self._claim_size() if claim_here else (0, False)
             if named_only and not named_done:
                 limit = 0  # no slot freed, and no named worker's job finished: nothing to claim
@@ -1058,6 +1074,8 @@ class BackgroundJobs:
                 self._outcomes[:0] = batch  # keep them: nothing is lost while the db is away
                 if limit:
                     self._claim_failed()
+                elif deferred:
+                    self._wake_dispatcher()  # it defers again, or claims if it now may
                 failures += 1
                 await self._pause_after_error("recording finished jobs", exc, failures)
                 continue
@@ -1075,6 +1093,7 @@ class BackgroundJobs:
             if (
                 not isinstance(report, Claim)
                 or report.dependents
+                or (deferred and not limit)
                 or (limit and self._wakes != wakes and len(report.jobs) < limit)
             ):
                 self._wake_dispatcher()

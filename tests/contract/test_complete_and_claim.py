@@ -4,6 +4,8 @@ on every dialect: what it completes, what it claims, and what it must refuse."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
 
 import anyio
 import pytest
@@ -111,3 +113,33 @@ async def test_a_serial_worker_needs_no_claim_between_its_jobs(make_jobs: Factor
     # Without the combined statement every job would need a claim of its own (30 or more);
     # what remains are the dispatcher's start-up claim and its polls.
     assert claims < len(refs) // 2, claims
+
+
+async def test_a_drain_never_waits_for_a_poll_and_a_single_writer_claims_with_completions(
+    make_jobs: Factory, dialect_name: str
+) -> None:
+    """Jobs finish in batches and free slots are claimed again at once, with a 30 s poll. On
+    SQLite (one writer) the claims ride with the completions, one transaction per batch: the
+    dispatcher leaves its claim to the finisher instead of committing one of its own."""
+    async with make_jobs(commands=[AddCommand], execute=False) as producer:
+        refs = await producer.enqueue_many((AddCommand, Add(i, 1)) for i in range(200))
+    async with make_jobs(
+        commands=[AddCommand], max_concurrency=10, poll_interval=timedelta(seconds=30)
+    ) as jobs:
+        dispatcher_claims = 0
+        claim = jobs.store.claim
+
+        async def counting_claim(*args: Any, **kwargs: Any) -> list[BackgroundJob]:
+            nonlocal dispatcher_claims
+            dispatcher_claims += 1
+            return await claim(*args, **kwargs)
+
+        jobs.store.claim = counting_claim  # type: ignore[method-assign]
+        with anyio.fail_after(20):
+            while jobs.statistics()["completed"] < len(refs):
+                await anyio.sleep(0.02)
+        result = await jobs.get_job(refs[-1].id)
+    assert result is not None and result.state is JobState.COMPLETED
+    if dialect_name == "sqlite":
+        # 20 batches of 10; a dispatcher claiming on its own would commit about 20 claims
+        assert dispatcher_claims <= 4

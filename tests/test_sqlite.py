@@ -1,0 +1,35 @@
+"""The SQLite dialect's own settings, on a real database file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asyncjobs.dialects.sqlite import SqliteDialect
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_connection_runs_wal_with_rare_checkpoints_and_a_bounded_file(
+    tmp_path: Path,
+) -> None:
+    """WAL, NORMAL sync, a checkpoint every 10 000 pages (the queue's hot pages are then copied
+    once per 10 000, not per 1 000) and the WAL file cut back to 64 MiB afterwards."""
+    dialect = SqliteDialect(str(tmp_path / "jobs.db"))
+    await dialect.open()
+    try:
+        settings = await dialect.run(
+            lambda db: [
+                db.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in (
+                    "journal_mode",
+                    "synchronous",
+                    "wal_autocheckpoint",
+                    "journal_size_limit",
+                )
+            ]
+        )
+    finally:
+        await dialect.close()
+    assert settings == ["wal", 1, 10_000, 64 * 1024 * 1024]
