@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from ._ref_ids import new_ref_id
 from ._retry import retry_backoff
 from ._serialization import check_encodable, decode, encode, type_name
 from .clock import Clock, SystemClock
@@ -340,8 +341,7 @@ class BackgroundJobs:
         body = encode(request)
         timeout = options.timeout or self.default_timeout
         return NewJob(
-            # 128 random bits as 32 hex digits, like uuid4().hex at a tenth of the cost
-            ref_id=options.ref_id or os.urandom(16).hex(),
+            ref_id=options.ref_id or new_ref_id(),
             request_type=request_type,
             command=command,
             request=type_name(type(request)) if request is not None else "None",

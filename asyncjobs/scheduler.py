@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import anyio
 
+from ._ref_ids import new_ref_id
 from .clock import Clock
 from .dialects import Row
 from .models import JobOptions, ScheduledTask
@@ -52,7 +52,7 @@ def task_job(
     options = task.options
     timeout = options.timeout or default_timeout
     return NewJob(
-        ref_id=uuid.uuid4().hex,
+        ref_id=new_ref_id(),
         request_type=task.request_type,
         request=task.request,
         request_body=task.request_body,

@@ -50,6 +50,13 @@ def add_months(key: str, months: int) -> str:
     return f"{index // 12:04d}{index % 12 + 1:02d}"
 
 
+#: NewJob's plain fields that are usually empty (see NewJob.as_json)
+_OPTIONAL_JSON_KEYS = (
+    "parent_id", "worker", "tag", "batch_id", "callback", "depends_on", "created_by",
+    "user_id", "timeout_secs", "reply_to",
+)  # fmt: skip
+
+
 @dataclass(slots=True)
 class NewJob:
     """A job about to be inserted; the runtime builds it from a request and options. (Not
@@ -82,22 +89,27 @@ class NewJob:
         """The job as one object of an insert's JSON array parameter. Keys whose value is None
         are left out: every dialect's JSON reader gives NULL for a missing key, and most of a
         typical job's fields are empty (PostgreSQL's json_to_recordset took 2.0 ms instead of
-        4.4 ms for 500 jobs: it parses every key it is sent)."""
-        values = {
-            "parent_id": self.parent_id, "ref_id": self.ref_id, "worker": self.worker,
-            "tag": self.tag, "batch_id": self.batch_id, "callback": self.callback,
-            "depends_on": self.depends_on,
-            "run_after": None if self.run_after is None else time_format(self.run_after),
-            "created_date": time_format(self.created_date), "created_by": self.created_by,
-            "request_type": self.request_type, "command": self.command, "request": self.request,
-            "request_body": self.request_body, "user_id": self.user_id,
-            "retry_limit": self.retry_limit, "timeout_secs": self.timeout_secs,
-            "reply_to": self.reply_to,
-            "args": None if self.args is None else json.dumps(dict(self.args)),
-            "meta": None if self.meta is None else json.dumps(dict(self.meta), default=str),
+        4.4 ms for 500 jobs: it parses every key it is sent). The optional keys are added one
+        by one, which costs a third of building them all and filtering."""
+        values: dict[str, Any] = {
+            "ref_id": self.ref_id, "created_date": time_format(self.created_date),
+            "request_type": self.request_type, "request": self.request,
+            "request_body": self.request_body, "retry_limit": self.retry_limit,
             "priority": self.priority,
         }  # fmt: skip
-        return {key: value for key, value in values.items() if value is not None}
+        if self.command is not None:
+            values["command"] = self.command
+        for key in _OPTIONAL_JSON_KEYS:
+            value = getattr(self, key)
+            if value is not None:
+                values[key] = value
+        if self.run_after is not None:
+            values["run_after"] = time_format(self.run_after)
+        if self.args is not None:
+            values["args"] = json.dumps(dict(self.args))
+        if self.meta is not None:
+            values["meta"] = json.dumps(dict(self.meta), default=str)
+        return values
 
 
 @dataclass(slots=True)

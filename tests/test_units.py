@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import timedelta
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 import asyncjobs
 from asyncjobs import BackgroundJobs
+from asyncjobs._ref_ids import new_ref_id
 from asyncjobs._retry import retry_backoff
 from asyncjobs.dialects import parse_dsn
 from asyncjobs.exceptions import (
@@ -105,3 +107,25 @@ def test_backoff_is_exponential_capped_and_jittered(attempt: int, base_ms: int, 
 
 def test_zero_base_retries_at_once() -> None:
     assert retry_backoff(5, timedelta(0), timedelta(minutes=1)) == timedelta(0)
+
+
+def test_ref_ids_are_128_random_bits_in_hex_and_never_repeat() -> None:
+    ids = [new_ref_id() for _ in range(3 * 256 + 7)]  # across refills of the buffer
+    assert len(set(ids)) == len(ids)
+    assert all(len(ref) == 32 and int(ref, 16) >= 0 for ref in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_draws_ref_ids_of_its_own() -> None:
+    new_ref_id()  # the buffer now holds ids the parent has not handed out yet
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write_end, new_ref_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    child_id = os.read(read_end, 64).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    parent_ids = {new_ref_id() for _ in range(256)}
+    assert len(child_id) == 32 and child_id not in parent_ids
