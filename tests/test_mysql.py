@@ -385,6 +385,10 @@ def test_dsn_options_are_checked() -> None:
         create(parse_dsn("mariadb://u@db"))
     with pytest.raises(ConfigurationError, match="unknown MySQL settings"):
         create(parse_dsn("mysql://u@db/jobs"), pool_size=3)
+    watched = create(parse_dsn("mysql://u@db/jobs"), change_poll_interval=timedelta(seconds=1))
+    assert watched.change_poll_interval == timedelta(seconds=1)
+    with pytest.raises(ConfigurationError, match="change_poll_interval must be positive"):
+        create(parse_dsn("mysql://u@db/jobs"), change_poll_interval=timedelta(0))
 
 
 def test_driver_errors_are_classified() -> None:
@@ -437,6 +441,50 @@ async def test_an_unreachable_server_fails(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(aiomysql.OperationalError):
         async with jobs:
             pass
+
+
+# -- the change watch -----------------------------------------------------------------------
+
+
+async def test_the_change_watch_hears_new_jobs_and_survives_a_killed_connection(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """The watch's connection is killed on the server; the watch connects again and still
+    hears the next enqueue (and nothing in between)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as producer:
+        dialect = MysqlDialect(parse_dsn(dsn), change_poll_interval=timedelta(milliseconds=5))
+        connections: list[Any] = []
+        connect_watch = dialect._watch_connect
+
+        async def recording_connect() -> Any:
+            conn = await connect_watch()
+            connections.append(conn)
+            return conn
+
+        dialect._watch_connect = recording_connect  # type: ignore[method-assign]
+        calls: list[str] = []
+        async with dialect.listen("any", calls.append):
+            with anyio.fail_after(5):
+                while not connections:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.1)  # the first read, the baseline
+            assert calls == []
+            await producer.enqueue_command(AddCommand, Add(1, 1))
+            with anyio.fail_after(5):
+                while len(calls) < 1:
+                    await anyio.sleep(0.01)
+            await query(dsn, f"KILL CONNECTION {connections[0].thread_id()}")
+            with anyio.fail_after(10):  # a failed read waits the quiet interval, then reconnects
+                while len(connections) < 2:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.1)
+            assert calls == [""]
+            await producer.enqueue_command(AddCommand, Add(2, 2))
+            with anyio.fail_after(5):
+                while len(calls) < 2:
+                    await anyio.sleep(0.01)
+        assert calls == ["", ""]
+        assert all(conn.closed for conn in connections)
 
 
 # -- several processes ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 
@@ -24,6 +24,7 @@ from ..exceptions import ConfigurationError
 Row = dict[str, Any]
 Params = Mapping[str, Any]
 T = TypeVar("T")
+C = TypeVar("C")
 log = logging.getLogger("asyncjobs.dialects")
 
 
@@ -99,7 +100,7 @@ class Dialect(abc.ABC):
         self, channel: str, on_message: Callable[[str], Awaitable[None] | None]
     ) -> AbstractAsyncContextManager[None]:
         """Call ``on_message`` for each notification while the context is open."""
-        return _no_listen()
+        return no_listen()
 
 
 class _NoListen:
@@ -110,8 +111,86 @@ class _NoListen:
         return None
 
 
-def _no_listen() -> AbstractAsyncContextManager[None]:
+def no_listen() -> AbstractAsyncContextManager[None]:
     return _NoListen()
+
+
+#: how many times its interval a change watch waits between reads once nothing has changed for
+#: a while
+_QUIET_BACKOFF = 8
+_UNREAD = object()
+
+
+class ChangeWatch(Generic[C]):
+    """The stand-in for notifications where a database has none: on a connection of its own, it
+    reads a value that moves when another process adds work (SQLite: the file's data version;
+    MySQL: the newest job id) and calls ``on_change("")`` when the value moved. It reads every
+    ``interval`` seconds while changes come, backing off, doubling, to ``_QUIET_BACKOFF`` times
+    that when none do: each wake-up of the event loop costs ~0.15 ms of CPU on a small VM.
+
+    It never raises (polling stays the backstop): a failed connect or read is logged, the
+    connection dropped and made again at the next read. A class rather than a generator, like
+    PostgreSQL's listener: an error inside ``async with`` reaches the caller unwrapped."""
+
+    def __init__(
+        self,
+        what: str,
+        interval: float,
+        on_change: Callable[[str], Awaitable[None] | None],
+        *,
+        connect: Callable[[], Awaitable[C]],
+        read: Callable[[C], Awaitable[object]],
+        close: Callable[[C], None],
+    ) -> None:
+        self._what = what
+        self._interval = interval
+        self._on_change = on_change
+        self._connect = connect
+        self._read = read
+        self._close = close
+        self._tg = anyio.create_task_group()
+
+    async def __aenter__(self) -> None:
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._watch)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # The watch never raises, so the group exits with nothing to report.
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(None, None, None)
+
+    async def _watch(self) -> None:
+        conn: C | None = None
+        seen: object = _UNREAD
+        quiet = self._interval * _QUIET_BACKOFF
+        delay = self._interval
+        failing = False
+        try:
+            while True:
+                try:
+                    if conn is None:
+                        conn = await self._connect()
+                    value = await self._read(conn)
+                except Exception as exc:
+                    # e.g. busy, or the server went away: read again later, connected afresh
+                    (log.debug if failing else log.warning)("watching %s: %r", self._what, exc)
+                    failing = True
+                    if conn is not None:
+                        self._close(conn)
+                        conn = None
+                    delay = quiet
+                else:
+                    failing = False
+                    if seen is not _UNREAD and value != seen:
+                        delay = self._interval
+                        await deliver(self._on_change, "")
+                    else:
+                        delay = min(delay * 2, quiet)
+                    seen = value
+                await anyio.sleep(delay)
+        finally:
+            if conn is not None:
+                self._close(conn)
 
 
 async def deliver(on_message: Callable[[str], Awaitable[None] | None], payload: str) -> None:

@@ -22,7 +22,7 @@ import anyio.to_thread
 
 from .._sql import Queries, load_queries, split_statements
 from ..exceptions import ConfigurationError
-from ._base import Capabilities, Connection, Dialect, Params, Row, deliver
+from ._base import Capabilities, ChangeWatch, Connection, Dialect, Params, Row, no_listen
 from ._dsn import Dsn
 
 T = TypeVar("T")
@@ -266,7 +266,24 @@ class SqliteDialect(Dialect):
         """Call ``on_message("")`` soon after another connection (another process, usually)
         commits to the database: the stand-in for notifications. Commits of this process's own
         connection count too; a wake-up that finds nothing costs one empty claim."""
-        return _ChangeWatch(self.path, self.change_poll_interval.total_seconds(), on_message)
+        if self.path == ":memory:":  # private to one connection: nobody else writes to it
+            return no_listen()
+        return ChangeWatch(
+            self.path,
+            self.change_poll_interval.total_seconds(),
+            on_message,
+            connect=self._watch_connect,
+            read=_read_data_version,
+            close=sqlite3.Connection.close,
+        )
+
+    async def _watch_connect(self) -> sqlite3.Connection:
+        # No busy timeout: the watch never waits for a lock (a busy database is simply read
+        # again at the next tick).
+        path = self.path
+        return await anyio.to_thread.run_sync(
+            lambda: sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        )
 
     def is_unique_violation(self, exc: BaseException) -> bool:
         return (
@@ -278,70 +295,11 @@ class SqliteDialect(Dialect):
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
-#: how many times ``change_poll_interval`` the change watch waits between reads once the
-#: database has been quiet for a while
-_QUIET_BACKOFF = 8
-
-
-class _ChangeWatch:
-    """Polls ``PRAGMA data_version`` on a connection of its own, which changes whenever another
-    connection has committed. In WAL mode the read is a look at the shared-memory WAL index (a
-    few microseconds, no disk I/O), so it runs on the event loop itself rather than paying a
-    thread hand-off per poll; with no busy timeout it never waits for a lock (a busy database
-    is simply read again at the next tick). It reads every ``interval`` seconds while changes
-    come, backing off to ``_QUIET_BACKOFF`` times that when none do. A class rather than a
-    generator, like PostgreSQL's listener: an error inside ``async with`` reaches the caller
-    unwrapped."""
-
-    def __init__(
-        self, path: str, interval: float, on_change: Callable[[str], Awaitable[None] | None]
-    ) -> None:
-        self._path = path
-        self._interval = interval
-        self._on_change = on_change
-        self._tg = anyio.create_task_group()
-
-    async def __aenter__(self) -> None:
-        if self._path != ":memory:":  # private to one connection: nobody else writes to it
-            await self._tg.__aenter__()
-            self._tg.start_soon(self._watch)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._path != ":memory:":
-            # The watch never raises, so the group exits with nothing to report.
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
-
-    async def _watch(self) -> None:
-        try:
-            db = await anyio.to_thread.run_sync(
-                lambda: sqlite3.connect(
-                    self._path, timeout=0, isolation_level=None, check_same_thread=False
-                )
-            )
-        except sqlite3.Error as exc:  # polling alone still finds the work
-            log.warning("cannot watch %s for changes: %r", self._path, exc)
-            return
-        try:
-            seen = None
-            delay = self._interval
-            while True:
-                try:
-                    version = db.execute("PRAGMA data_version").fetchone()[0]
-                except sqlite3.Error as exc:  # busy, or the file is being replaced: next tick
-                    log.debug("reading the data version failed: %r", exc)
-                else:
-                    if seen is not None and version != seen:
-                        delay = self._interval
-                        await deliver(self._on_change, "")
-                    else:
-                        # Each wake-up of the event loop costs ~0.15 ms of CPU on a small VM: an
-                        # idle process backs off, doubling, to a few times the interval.
-                        delay = min(delay * 2, self._interval * _QUIET_BACKOFF)
-                    seen = version
-                await anyio.sleep(delay)
-        finally:
-            db.close()
+async def _read_data_version(db: sqlite3.Connection) -> object:
+    """The change watch's read: ``PRAGMA data_version`` moves whenever another connection has
+    committed. In WAL mode it is a look at the shared-memory WAL index (a few microseconds, no
+    disk I/O), so it runs on the event loop itself rather than paying a thread hand-off."""
+    return db.execute("PRAGMA data_version").fetchone()[0]
 
 
 def create(dsn: Dsn, **settings: Any) -> SqliteDialect:

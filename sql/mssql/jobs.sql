@@ -283,3 +283,8 @@ SELECT TOP (10) duration_ms FROM job_summary
 WHERE command = :command AND (worker = :worker OR (worker IS NULL AND :worker IS NULL))
   AND state = 'Completed' AND duration_ms IS NOT NULL
 ORDER BY id DESC;
+
+-- name: newest_job_id
+-- The newest job's id, which moves when any process enqueues (the MySQL dialect's change watch
+-- reads it; kept in every dialect so that each has the same queries).
+SELECT MAX(id) AS id FROM background_job;

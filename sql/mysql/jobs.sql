@@ -322,3 +322,8 @@ SELECT duration_ms FROM job_summary
 WHERE command = :command AND worker <=> :worker
   AND state = 'Completed' AND duration_ms IS NOT NULL
 ORDER BY id DESC LIMIT 10;
+
+-- name: newest_job_id
+-- The change watch's read (MySQL has no notifications): it moves when any process enqueues. One
+-- look at the end of the primary key.
+SELECT MAX(id) AS id FROM background_job;

@@ -1,6 +1,6 @@
 """Work enqueued by one process reaches an idle worker process at once, not at its next poll:
-PostgreSQL through LISTEN/NOTIFY, SQLite through the watch of the file's data version. (MySQL
-has neither and relies on its adaptive polling.)"""
+PostgreSQL through LISTEN/NOTIFY, SQLite through the watch of the file's data version, MySQL
+through the watch of the newest job id."""
 
 from __future__ import annotations
 
@@ -19,7 +19,11 @@ from asyncjobs.dialects.sqlite import SqliteDialect
 from tests.commands import ALL_COMMANDS, Sleep, SleepCommand
 from tests.processes import start_worker, started_at, stop_worker, wait_for
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.dialects("sqlite", "postgres")]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.dialects("sqlite", "postgres", "mysql"),
+]
 Factory = Callable[..., BackgroundJobs]
 
 
