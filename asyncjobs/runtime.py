@@ -1097,6 +1097,10 @@ class BackgroundJobs:
                 or (limit and self._wakes != wakes and len(report.jobs) < limit)
             ):
                 self._wake_dispatcher()
+        if self._claim_deferred:
+            # The dispatcher was woken while the last flush ran, and left the claim to it.
+            self._claim_deferred = False
+            self._wake_dispatcher()
 
     def _count_outcomes(self, batch: Sequence[Outcome]) -> None:
         for outcome in batch:

@@ -143,3 +143,35 @@ async def test_a_drain_never_waits_for_a_poll_and_a_single_writer_claims_with_co
     if dialect_name == "sqlite":
         # 20 batches of 10; a dispatcher claiming on its own would commit about 20 claims
         assert dispatcher_claims <= 4
+
+
+@pytest.mark.dialects("sqlite")
+async def test_work_that_arrives_during_a_flush_that_claims_nothing_is_claimed_at_once(
+    make_jobs: Factory,
+) -> None:
+    """A job that cannot start at once (it has a named worker) is enqueued while this process
+    records a finished job without claiming (the queue was drained). The dispatcher, woken for
+    it meanwhile, left its claim to the finisher; the finisher hands it back rather than leave
+    the job to the 30 s poll. (No change watch here: it would wake the dispatcher again.)"""
+    async with make_jobs(
+        commands=[AddCommand], poll_interval=timedelta(seconds=30), notifications=False
+    ) as jobs:
+        await anyio.sleep(0.2)  # the first claim found the queue drained
+        arrived: list[int] = []
+        complete_and_claim = jobs.store.complete_and_claim
+
+        async def enqueue_first(*args: Any, **kwargs: Any) -> Any:
+            if not arrived:
+                ref = await jobs.enqueue_command(AddCommand, Add(2, 2), JobOptions(worker="w"))
+                arrived.append(ref.id)
+                await anyio.sleep(0.2)  # the dispatcher wakes, and leaves the claim to us
+            return await complete_and_claim(*args, **kwargs)
+
+        jobs.store.complete_and_claim = enqueue_first  # type: ignore[method-assign]
+        first = await jobs.enqueue_command(AddCommand, Add(1, 1))  # starts here at once
+        with anyio.fail_after(5):
+            await jobs.wait_for_job(first.id)
+            while not arrived:
+                await anyio.sleep(0.01)
+            result = await jobs.wait_for_job(arrived[0])
+    assert result.state is JobState.COMPLETED
