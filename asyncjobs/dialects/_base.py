@@ -118,6 +118,8 @@ def no_listen() -> AbstractAsyncContextManager[None]:
 #: how many times its interval a change watch waits between reads once nothing has changed for
 #: a while
 _QUIET_BACKOFF = 8
+#: the longest a change watch waits before trying again a database that keeps failing (seconds)
+_FAILING_CEILING = 5.0
 _UNREAD = object()
 
 
@@ -129,7 +131,8 @@ class ChangeWatch(Generic[C]):
     that when none do: each wake-up of the event loop costs ~0.15 ms of CPU on a small VM.
 
     It never raises (polling stays the backstop): a failed connect or read is logged, the
-    connection dropped and made again at the next read. A class rather than a generator, like
+    connection dropped and made again at the next read, which comes later after each failure
+    in a row (up to ``_FAILING_CEILING``). A class rather than a generator, like
     PostgreSQL's listener: an error inside ``async with`` reaches the caller unwrapped."""
 
     def __init__(
@@ -178,7 +181,8 @@ class ChangeWatch(Generic[C]):
                     if conn is not None:
                         self._close(conn)
                         conn = None
-                    delay = quiet
+                    # a database that stays away is tried less and less often
+                    delay = min(max(delay * 2, quiet), _FAILING_CEILING)
                 else:
                     failing = False
                     if seen is not _UNREAD and value != seen:
