@@ -175,6 +175,7 @@ class BackgroundJobs:
         self._found_work = False  # a claim found jobs since the dispatcher last slept
         #: the dispatcher left its claim to the finisher (see _leave_claim_to_finisher)
         self._claim_deferred = False
+        self._flush_failing = False  # the last flush raised; the finisher retries after a pause
         # A claim failed after perhaps committing: jobs may be leased to this node that it
         # never heard of; the dispatcher gives them back (see _requeue_unknown_jobs).
         self._unsure_claims = False
@@ -792,10 +793,11 @@ class BackgroundJobs:
         """With a single writer (SQLite), a claim of its own would queue behind the finisher's
         transaction and commit separately; the finisher claims for the freed slots in the
         transaction that records the outcomes instead (a drain commits half as often). Where
-        writers run concurrently, the dispatcher's claim overlaps the finisher's write."""
-        return not self.dialect.capabilities.concurrent_writers and bool(
-            self._outcomes or self._flushing
-        )
+        writers run concurrently, the dispatcher's claim overlaps the finisher's write. Not
+        while the finisher's writes fail: it may be a while before one succeeds."""
+        if self.dialect.capabilities.concurrent_writers or self._flush_failing:
+            return False
+        return bool(self._outcomes or self._flushing)
 
     def _claim_size(self) -> tuple[int, bool]:
         """How many jobs a claim may take now, and whether only named workers' jobs. With every
@@ -1072,16 +1074,18 @@ class BackgroundJobs:
                         report = await self.store.finish(self.node_id, batch)
             except Exception as exc:
                 self._outcomes[:0] = batch  # keep them: nothing is lost while the db is away
+                self._flush_failing = True
                 if limit:
                     self._claim_failed()
                 elif deferred:
-                    self._wake_dispatcher()  # it defers again, or claims if it now may
+                    self._wake_dispatcher()  # it claims for itself while the writes fail
                 failures += 1
                 await self._pause_after_error("recording finished jobs", exc, failures)
                 continue
             finally:
                 self._release_slots(limit)
                 self._flushing = []
+            self._flush_failing = False
             if isinstance(report, Claim) and limit:
                 self._start_claimed(report.jobs, limit, named_only)
             self._count_outcomes(batch)

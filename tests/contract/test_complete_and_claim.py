@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -13,7 +14,8 @@ import pytest
 from asyncjobs import BackgroundJobs, JobOptions, JobState
 from asyncjobs.models import BackgroundJob
 from asyncjobs.store import Outcome
-from tests.commands import Add, AddCommand
+from tests.commands import Add, AddCommand, Sleep, SleepCommand
+from tests.processes import started_at, wait_for
 
 pytestmark = pytest.mark.anyio
 Factory = Callable[..., BackgroundJobs]
@@ -175,3 +177,33 @@ async def test_work_that_arrives_during_a_flush_that_claims_nothing_is_claimed_a
                 await anyio.sleep(0.01)
             result = await jobs.wait_for_job(arrived[0])
     assert result.state is JobState.COMPLETED
+
+
+async def test_claims_go_on_while_the_finisher_cannot_write(
+    make_jobs: Factory, tmp_path: Path
+) -> None:
+    """The finisher's writes fail (its outcomes are kept and retried); meanwhile the dispatcher
+    still claims new work, also on SQLite, where it otherwise leaves claims to the finisher."""
+    log_file = str(tmp_path / "events.log")
+    async with make_jobs(
+        commands=[SleepCommand], poll_interval=timedelta(seconds=30), notifications=False
+    ) as jobs:
+        await anyio.sleep(0.2)  # the first claim found the queue drained
+        complete_and_claim = jobs.store.complete_and_claim
+
+        async def failing_writes(node: str, outcomes: Any, *args: Any, **kwargs: Any) -> Any:
+            if outcomes:
+                raise ConnectionError("the database went away")
+            return await complete_and_claim(node, outcomes, *args, **kwargs)
+
+        jobs.store.complete_and_claim = failing_writes  # type: ignore[method-assign]
+        first = await jobs.enqueue_command(SleepCommand, Sleep(0, label="first", log_file=log_file))
+        await anyio.sleep(0.3)  # it ran; its outcome waits for the database
+        second = await jobs.enqueue_command(
+            SleepCommand, Sleep(0, label="second", log_file=log_file), JobOptions(worker="w")
+        )
+        await wait_for(lambda: started_at(Path(log_file), "second") is not None, 5)
+        jobs.store.complete_and_claim = complete_and_claim  # type: ignore[method-assign]
+        with anyio.fail_after(10):
+            for ref in (first, second):
+                assert (await jobs.wait_for_job(ref.id)).state is JobState.COMPLETED
