@@ -282,6 +282,7 @@ class Store:
             if dead:
                 await self._cascade(tx, [int(r["id"]) for r in dead], utcnow())
         by_ref = {str(r["ref_id"]): int(r["id"]) for r in rows}
+        self.dialect.inserted_here(by_ref.values())
         return [(by_ref[job.ref_id], job.ref_id) for job in jobs]
 
     async def enqueue_started(self, jobs: Sequence[NewJob], node: str) -> list[BackgroundJob]:
@@ -299,6 +300,7 @@ class Store:
                 self._raise_duplicate(exc, jobs)
                 raise
         by_ref = {str(r["ref_id"]): row_to_job(r) for r in rows}
+        self.dialect.inserted_here(job.id for job in by_ref.values())
         return [by_ref[job.ref_id] for job in jobs]
 
     def _jobs_json(self, jobs: Sequence[NewJob]) -> str:

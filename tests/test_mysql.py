@@ -487,6 +487,28 @@ async def test_the_change_watch_hears_new_jobs_and_survives_a_killed_connection(
         assert all(conn.closed for conn in connections)
 
 
+def test_the_change_watch_wakes_for_other_processes_jobs_only() -> None:
+    """The judge of the newest job id: the first read is the baseline; ids this process
+    inserted itself are no news; any other id past the highest seen is, a gap included (the
+    server may skip ids: a wake-up too many, never one too few); a lower id (jobs deleted) is
+    not."""
+    dialect = create(parse_dsn("mysql://u@db/jobs"))
+    judge = dialect._new_job_ids
+    dialect.inserted_here([1])
+    assert judge.own == set()  # recorded only while a watch runs
+    judge.watches = 1
+    assert judge(10) is False  # the baseline
+    dialect.inserted_here([11, 12])
+    assert judge(12) is False and judge.own == set()
+    assert judge(13) is True  # another process's job
+    dialect.inserted_here([15])
+    assert judge(15) is True  # 14 is not ours
+    assert judge(None) is False and judge(3) is False  # the queue drained: nothing new
+    dialect.inserted_here([16])
+    assert judge(16) is False
+    assert judge(17) is True
+
+
 # -- several processes ----------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import abc
 import inspect
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -93,6 +93,10 @@ class Dialect(abc.ABC):
         """Whether a driver error means the database went away (the runtime retries)."""
         return isinstance(exc, OSError | ConnectionError)
 
+    def inserted_here(self, ids: Iterable[int]) -> None:  # noqa: B027 - optional
+        """Jobs this process has just inserted: a change watch need not wake it for them (its
+        own enqueues wake it directly, or start at once)."""
+
     async def notify(self, channel: str, payload: str) -> None:  # noqa: B027 - optional
         """Wake listeners in other processes; a no-op where there are none."""
 
@@ -123,10 +127,22 @@ _FAILING_CEILING = 5.0
 _UNREAD = object()
 
 
+class ValueChanged:
+    """A change watch's default judge: news whenever the value read differs from the last."""
+
+    def __init__(self) -> None:
+        self._last: object = _UNREAD
+
+    def __call__(self, value: object) -> bool:
+        last, self._last = self._last, value
+        return last is not _UNREAD and value != last
+
+
 class ChangeWatch(Generic[C]):
     """The stand-in for notifications where a database has none: on a connection of its own, it
     reads a value that moves when another process adds work (SQLite: the file's data version;
-    MySQL: the newest job id) and calls ``on_change("")`` when the value moved. It reads every
+    MySQL: the newest job id) and calls ``on_change("")`` when ``judge`` finds the value is news
+    (by default: it moved; the first read is the baseline). It reads every
     ``interval`` seconds while changes come, backing off, doubling, to ``_QUIET_BACKOFF`` times
     that when none do: each wake-up of the event loop costs ~0.15 ms of CPU on a small VM.
 
@@ -144,6 +160,7 @@ class ChangeWatch(Generic[C]):
         connect: Callable[[], Awaitable[C]],
         read: Callable[[C], Awaitable[object]],
         close: Callable[[C], None],
+        judge: Callable[[object], bool] | None = None,
     ) -> None:
         self._what = what
         self._interval = interval
@@ -151,6 +168,7 @@ class ChangeWatch(Generic[C]):
         self._connect = connect
         self._read = read
         self._close = close
+        self._judge = judge or ValueChanged()
         self._tg = anyio.create_task_group()
 
     async def __aenter__(self) -> None:
@@ -164,7 +182,6 @@ class ChangeWatch(Generic[C]):
 
     async def _watch(self) -> None:
         conn: C | None = None
-        seen: object = _UNREAD
         quiet = self._interval * _QUIET_BACKOFF
         delay = self._interval
         failing = False
@@ -185,12 +202,11 @@ class ChangeWatch(Generic[C]):
                     delay = min(max(delay * 2, quiet), _FAILING_CEILING)
                 else:
                     failing = False
-                    if seen is not _UNREAD and value != seen:
+                    if self._judge(value):
                         delay = self._interval
                         await deliver(self._on_change, "")
                     else:
                         delay = min(delay * 2, quiet)
-                    seen = value
                 await anyio.sleep(delay)
         finally:
             if conn is not None:
