@@ -362,8 +362,8 @@ class BackgroundJobs:
             user_id=options.user_id,
             timeout_secs=None if timeout is None else timeout.total_seconds(),
             reply_to=options.reply_to,
-            args=options.args,
-            meta=options.meta,
+            args=None if options.args is None else dict(options.args),
+            meta=None if options.meta is None else dict(options.meta),
             priority=options.priority,
         )
 

@@ -67,7 +67,7 @@ def task_job(
         user_id=options.user_id,
         timeout_secs=None if timeout is None else timeout.total_seconds(),
         reply_to=options.reply_to,
-        args=options.args,
+        args=None if options.args is None else dict(options.args),
         meta={**(options.meta or {}), "scheduled_task": task.name,
               "fire_time": fire_time.isoformat()},
         priority=options.priority,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from asyncjobs.store import MIGRATIONS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 APP = textwrap.dedent(
@@ -40,7 +42,7 @@ def test_migrate_then_worker_runs_jobs_and_stops_on_sigterm(tmp_path: Path) -> N
     (tmp_path / "myapp.py").write_text(APP)
     env = _env(tmp_path, dsn)
     migrated = _run("migrate", "--dsn", dsn, env=env, cwd=tmp_path)
-    assert migrated.returncode == 0 and "schema at version 2" in migrated.stdout
+    assert migrated.returncode == 0 and f"schema at version {len(MIGRATIONS)}" in migrated.stdout
     enqueue = textwrap.dedent(
         """
         import anyio, sys

@@ -16,12 +16,16 @@ from asyncjobs import BackgroundJobs, JobOptions
 from asyncjobs._sql import Query
 from asyncjobs.dialects import Row
 from asyncjobs.dialects.mysql import MysqlDialect
+from asyncjobs.store import MIGRATIONS
 from tests.commands import Add, AddCommand
 from tests.db_mysql import connect, query
 
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("mysql")]
 Factory = Callable[..., BackgroundJobs]
 NODE = "fast-node"
+
+#: the schema_version rows of a fully migrated database
+APPLIED = [(number,) for number in range(1, len(MIGRATIONS) + 1)]
 
 
 def dialect_of(jobs: BackgroundJobs) -> MysqlDialect:
@@ -200,7 +204,7 @@ async def test_a_failing_statement_rolls_back_the_whole_query(make_jobs: Factory
             async with dialect.connection() as conn:
                 with pytest.raises(aiomysql.IntegrityError):
                     await conn.execute("twice")
-                assert (await conn.fetch("get_schema_version"))[0]["version"] == 2
+                assert (await conn.fetch("get_schema_version"))[0]["version"] == len(MIGRATIONS)
         assert await query(dsn, "SELECT name FROM job_worker") == []
         assert dialect.statistics()["pool_size"] == 1  # never dropped: a server error
         # Inside a transaction the error leaves it to the caller, who rolls back.
@@ -241,12 +245,12 @@ async def test_a_transaction_begins_with_its_first_query(make_jobs: Factory, dsn
 
         with pytest.raises(RuntimeError):
             await fail_after_a_write()
-        assert await query(dsn, "SELECT version FROM schema_version") == [(1,), (2,)]
+        assert await query(dsn, "SELECT version FROM schema_version") == APPLIED
         async with dialect.transaction() as tx:
             await tx.execute("set_schema_version", {"version": 7, "now": datetime.now(UTC)})
             # isolated until commit
-            assert await query(dsn, "SELECT version FROM schema_version") == [(1,), (2,)]
-        assert await query(dsn, "SELECT version FROM schema_version") == [(1,), (2,), (7,)]
+            assert await query(dsn, "SELECT version FROM schema_version") == APPLIED
+        assert await query(dsn, "SELECT version FROM schema_version") == [*APPLIED, (7,)]
 
 
 async def test_executemany_sends_updates_together(make_jobs: Factory, dsn: str) -> None:

@@ -4,7 +4,6 @@ application's own pool and transactional enqueue. Multi-process tests use ``test
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -18,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 import anyio
 import anyio.to_thread
 import asyncpg
+import msgspec
 import pytest
 
 from asyncjobs import BackgroundJobs, JobOptions, JobState
@@ -241,7 +241,7 @@ async def test_archives_are_monthly_partitions_with_a_default(make_jobs: Factory
                 )
 
             # A job created in a month that has no partition still lands, in the default one.
-            new = dataclasses.replace(
+            new = msgspec.structs.replace(
                 jobs._command_job(AddCommand, Add(1, 2), None), created_date=old
             )
             ((job_id, _),) = await jobs.store.enqueue([new])

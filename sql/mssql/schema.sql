@@ -162,3 +162,7 @@ CREATE TABLE archive_month (
 -- name: migration_2
 -- Nothing to change here: migration 2 re-orders the claim index of MySQL and SQLite.
 SELECT 1;
+
+-- name: migration_3
+-- Nothing to change here: migration 3 changes PostgreSQL's summary indexes.
+SELECT 1;
