@@ -69,7 +69,10 @@ WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
 --
 -- Completing: each job this node still holds leaves the queue for the archive with its outcome
 -- (the row is moved: DELETE ... RETURNING into INSERT) and its summary is updated. A job
--- missing from done_ids was taken over by another node (its lease ran out). :outcomes is a JSON
+-- missing from done_ids was taken over by another node (its lease ran out). The state test,
+-- always true of a held job, lets the plan (generic: the number of ids is unknown) find the
+-- jobs through the small ix_background_job_lease; without it, a queue of a few thousand rows
+-- was read whole instead, 0.2 ms per statement. :outcomes is a JSON
 -- array of {id, duration_ms, response, response_body, status, logs, notified_date}.
 --
 -- Claiming: up to :limit runnable jobs in priority-then-age order, their summaries marked
@@ -107,6 +110,7 @@ WITH RECURSIVE outcome AS MATERIALIZED (
 done AS (
     DELETE FROM background_job b
     WHERE b.id = ANY (ARRAY(SELECT id FROM outcome)) AND b.lease_owner = :node
+      AND b.state IN ('Started', 'Executed')
     RETURNING b.*
 ),
 archived AS (
