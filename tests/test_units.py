@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from datetime import timedelta
 
 import pytest
@@ -109,10 +110,18 @@ def test_zero_base_retries_at_once() -> None:
     assert retry_backoff(5, timedelta(0), timedelta(minutes=1)) == timedelta(0)
 
 
-def test_ref_ids_are_128_random_bits_in_hex_and_never_repeat() -> None:
+def test_ref_ids_are_32_hex_digits_time_first_and_never_repeat() -> None:
+    before = time.time_ns() // 1_000_000
     ids = [new_ref_id() for _ in range(3 * 256 + 7)]  # across refills of the buffer
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == len(ids)
     assert all(len(ref) == 32 and int(ref, 16) >= 0 for ref in ids)
+    # The first 12 digits are the creation time in ms, so later ids sort after earlier ones.
+    stamps = [int(ref[:12], 16) for ref in ids]
+    assert before <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= after
+    # The rest is random: ids of one millisecond differ there, in no particular order.
+    tails = [ref[12:] for ref in ids]
+    assert len(set(tails)) == len(tails) and tails != sorted(tails)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
