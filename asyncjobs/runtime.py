@@ -23,6 +23,7 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import anyio.to_thread
+import msgspec
 
 from ._ref_ids import new_ref_id
 from ._retry import retry_backoff
@@ -320,33 +321,26 @@ class BackgroundJobs:
 
     # -- enqueue --------------------------------------------------------------------------
 
-    def _new_job(
+    def _job_template(
         self,
         request_type: str,
         command: str | None,
-        request: Any,
-        request_cls: Any,
         options: JobOptions | None,
         class_worker: str | None,
         created_date: datetime | None = None,
     ) -> NewJob:
+        """What every job of one command (or API) and one options object shares; _with_request
+        completes a copy per request. (enqueue_many builds this once per distinct pair.)"""
         options = options or _NO_OPTIONS
         if not isinstance(options, JobOptions):
             raise InvalidOptionsError(f"options must be JobOptions, got {type(options).__name__}")
-        if request_cls is not None:
-            if request is None:
-                raise SerializationError(
-                    f"{command or 'this API'} needs a request of type {type_name(request_cls)}"
-                )
-            check_encodable(request, request_cls)
-        body = encode(request)
         timeout = options.timeout or self.default_timeout
         return NewJob(
-            ref_id=options.ref_id or new_ref_id(),
+            ref_id="",
             request_type=request_type,
             command=command,
-            request=type_name(type(request)) if request is not None else "None",
-            request_body=body,
+            request="",
+            request_body="",
             retry_limit=self.default_retry_limit
             if options.retry_limit is None
             else options.retry_limit,
@@ -367,6 +361,23 @@ class BackgroundJobs:
             priority=options.priority,
         )
 
+    @staticmethod
+    def _with_request(
+        template: NewJob, request: Any, request_cls: Any, ref_id: str | None, what: str
+    ) -> NewJob:
+        """A job from its template and its request, checked and serialized now: bad input
+        fails the enqueue call, before anything is stored."""
+        if request_cls is not None:
+            if request is None:
+                raise SerializationError(f"{what} needs a request of type {type_name(request_cls)}")
+            check_encodable(request, request_cls)
+        return msgspec.structs.replace(
+            template,
+            ref_id=ref_id or new_ref_id(),
+            request=type_name(type(request)) if request is not None else "None",
+            request_body=encode(request),
+        )
+
     def _command_job(
         self,
         command: type[Any] | str,
@@ -377,13 +388,15 @@ class BackgroundJobs:
         info = self.registry.command(command)
         if options is not None and options.callback is not None:
             self.registry.command(options.callback)  # fail now, not after the job ran
-        return self._new_job(
-            "CMD", info.name, request, info.request_type, options, info.worker, created_date
-        )
+        template = self._job_template("CMD", info.name, options, info.worker, created_date)
+        ref_id = options.ref_id if options is not None else None
+        return self._with_request(template, request, info.request_type, ref_id, info.name)
 
     def _api_job(self, request: Any, options: JobOptions | None) -> NewJob:
         api = self.registry.api(type_name(type(request)))
-        return self._new_job("API", None, request, api.request_type, options, None)
+        template = self._job_template("API", None, options, None)
+        ref_id = options.ref_id if options is not None else None
+        return self._with_request(template, request, api.request_type, ref_id, "this API")
 
     async def enqueue_command(
         self,
@@ -417,9 +430,24 @@ class BackgroundJobs:
         """Enqueue many command jobs in one transaction and one round trip."""
         new_jobs = []
         now = utcnow()  # one transaction, one creation time
+        # Jobs of one command and one options object share a template, made once: what is
+        # left per job is its request (checked, serialized) and its ref id.
+        templates: dict[tuple[Any, int], tuple[NewJob, Any, JobOptions | None]] = {}
         for item in items:
             command, request, *rest = item
-            new_jobs.append(self._command_job(command, request, rest[0] if rest else None, now))
+            options = rest[0] if rest else None
+            key = (command, id(options))  # the options object is kept alive in the value
+            known = templates.get(key)
+            if known is None:
+                first = self._command_job(command, request, options, now)
+                info = self.registry.command(command)
+                templates[key] = (first, info.request_type, options)
+                new_jobs.append(first)
+                continue
+            template, request_cls, options = known
+            ref_id = options.ref_id if options is not None else None
+            what = template.command or ""
+            new_jobs.append(self._with_request(template, request, request_cls, ref_id, what))
         return await self._enqueue(new_jobs, connection)
 
     async def _enqueue(self, new_jobs: Sequence[NewJob], connection: object | None) -> list[JobRef]:

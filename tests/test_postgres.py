@@ -120,6 +120,36 @@ async def test_claim_uses_indexes_on_100k_queued_jobs(make_jobs: Factory, dsn: s
     assert not {j.worker for j in named} & set(busy)
 
 
+async def test_completion_plan_reads_no_small_queue_whole(make_jobs: Factory, dsn: str) -> None:
+    """A prepared statement is soon run with a generic plan, which cannot know how many ids
+    :outcomes holds. On a queue of a few thousand rows not yet analyzed (as one is right after
+    it was filled) such a plan once found the jobs to complete by reading the whole table: 0.2
+    ms of a serial drain's 1.2 ms per job."""
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as jobs:
+        conn = await _connect(dsn)
+        try:
+            await conn.execute(
+                """
+                INSERT INTO background_job (ref_id, worker, created_date, request_type, command,
+                                            request, request_body, state, retry_limit,
+                                            lease_owner)
+                SELECT 'r' || g, 'serial', now(), 'CMD', 'SleepCommand', 'Sleep',
+                       '{"seconds": 0}', CASE WHEN g = 1 THEN 'Started' ELSE 'Queued' END, 2,
+                       CASE WHEN g = 1 THEN 'n' END
+                FROM generate_series(1, 2000) g
+                """
+            )
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            sql, order = _pg(jobs).statement("complete_and_claim_jobs", {})
+            values = {"now": datetime.now(UTC), "node": "n", "limit": 1, "named_only": 0,
+                      "outcomes": '[{"id": 1}]'}  # fmt: skip
+            nodes = await _explain(conn, sql, *[values[name] for name in order])
+        finally:
+            await conn.close()
+    scans = [n for n in nodes if n.get("Relation Name") == "background_job"]
+    assert scans and not [n for n in scans if n["Node Type"] == "Seq Scan"], scans
+
+
 # -- wake-ups and cancels across processes ------------------------------------------------
 
 

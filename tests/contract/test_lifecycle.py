@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from asyncjobs import BackgroundJobs, JobOptions, JobState
+from asyncjobs._serialization import encode
 from asyncjobs.exceptions import (
     DuplicateRefIdError,
     InvalidJobStateError,
@@ -269,6 +270,41 @@ async def test_duplicate_ref_id_is_a_clear_error(make_jobs: Factory) -> None:
             await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(ref_id="same"))
         # nothing was half-written by the failed enqueue
         assert len(await jobs.store.select_job_ids(None, None)) == 1
+
+
+async def test_enqueue_many_keeps_each_jobs_command_options_and_request(
+    make_jobs: Factory,
+) -> None:
+    """A batch mixing commands and options objects: jobs sharing both share the work of
+    building them, never their request, ref id or another pair's options."""
+    tagged = JobOptions(tag="t", priority=3, args={"k": "v"})
+    named = JobOptions(worker="w", batch_id="b")
+    items = [
+        (AddCommand, Add(1, 1), tagged), (SleepCommand, Sleep(0.5), tagged),
+        (AddCommand, Add(2, 2), named), (AddCommand, Add(3, 3), tagged),
+        (AddCommand, Add(4, 4)), (SleepCommand, Sleep(0.25), named),
+    ]  # fmt: skip
+    async with make_jobs(commands=[AddCommand, SleepCommand], execute=False) as jobs:
+        refs = await jobs.enqueue_many(items)
+        stored = [await jobs.get_job(ref.id) for ref in refs]
+    assert len({ref.ref_id for ref in refs}) == len(items)
+    for item, ref, result in zip(items, refs, stored, strict=True):
+        assert result is not None and result.queued is not None
+        job, options = result.queued, item[2] if len(item) == 3 else JobOptions()
+        assert job.ref_id == ref.ref_id and job.command == item[0].__name__
+        assert job.request == type(item[1]).__name__
+        assert job.request_body == encode(item[1])
+        assert (job.tag, job.priority, job.args) == (options.tag, options.priority, options.args)
+        assert (job.worker, job.batch_id) == (options.worker, options.batch_id)
+
+
+async def test_a_bad_request_in_a_batch_stores_none_of_it(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        with pytest.raises(SerializationError, match="expected a request of type Add"):
+            await jobs.enqueue_many([(AddCommand, Add(1, 1)), (AddCommand, Sleep(1.0))])
+        with pytest.raises(SerializationError, match="needs a request"):
+            await jobs.enqueue_many([(AddCommand, Add(1, 1)), (AddCommand, None)])
+        assert await jobs.store.select_job_ids(None, None) == []
 
 
 async def test_bad_input_errors(make_jobs: Factory) -> None:
