@@ -107,9 +107,9 @@ class NewJob(msgspec.Struct, omit_defaults=True):
         if self.run_after is not None:
             values["run_after"] = time_format(self.run_after)
         if self.args is not None:
-            values["args"] = json.dumps(dict(self.args))
+            values["args"] = _new_jobs_encoder.encode(self.args).decode()
         if self.meta is not None:
-            values["meta"] = json.dumps(dict(self.meta), default=str)
+            values["meta"] = _new_jobs_encoder.encode(self.meta).decode()
         return values
 
 
@@ -157,8 +157,8 @@ def _dumps(value: Any) -> str:
     return _encoder.encode(value).decode()
 
 
-#: New jobs as they are (see Store._jobs_json); a meta value JSON cannot hold is stored as its
-#: text, as json.dumps(default=str) does for the other dialects.
+#: New jobs as they are (see Store._jobs_json), and their args and meta on every dialect; a meta
+#: value JSON cannot hold is stored as its text.
 _new_jobs_encoder = msgspec.json.Encoder(enc_hook=str)
 
 
@@ -193,6 +193,24 @@ def row_to_job(row: Row) -> BackgroundJob:
     if values.get("progress") is not None:
         values["progress"] = float(values["progress"])
     return BackgroundJob(**values)
+
+
+def _started_job(new: NewJob, job_id: int, now: datetime) -> BackgroundJob:
+    """The row insert_started_jobs stored, built here rather than read back (less to send and
+    to decode on the path from enqueue to start)."""
+    meta = new.meta
+    if meta is not None:  # as stored: a value JSON cannot hold became its text
+        meta = msgspec.json.decode(_new_jobs_encoder.encode(meta))
+    return BackgroundJob(
+        id=job_id, ref_id=new.ref_id, request_type=new.request_type, request=new.request,
+        request_body=new.request_body, state=JobState.STARTED, created_date=new.created_date,
+        retry_limit=new.retry_limit, parent_id=new.parent_id, worker=new.worker, tag=new.tag,
+        batch_id=new.batch_id, callback=new.callback, depends_on=new.depends_on,
+        run_after=new.run_after, created_by=new.created_by, command=new.command,
+        user_id=new.user_id, started_date=now, attempts=1, timeout_secs=new.timeout_secs,
+        last_activity_date=now, reply_to=new.reply_to,
+        args=None if new.args is None else dict(new.args), meta=meta, priority=new.priority,
+    )  # fmt: skip
 
 
 def row_to_summary(row: Row) -> JobSummary:
@@ -300,16 +318,17 @@ class Store:
         if any(j.worker is not None or j.depends_on is not None or j.run_after for j in jobs):
             raise ValueError("only jobs with no worker, dependency or delay start at once")
         payload = self._jobs_json(jobs)
-        params = {"jobs": payload, "node": node, "now": utcnow()}
+        now = utcnow()
+        params = {"jobs": payload, "node": node, "now": now}
         async with self.dialect.connection() as conn:
             try:
                 rows = await conn.fetch("insert_started_jobs", params)
             except Exception as exc:
                 self._raise_duplicate(exc, jobs)
                 raise
-        by_ref = {str(r["ref_id"]): row_to_job(r) for r in rows}
-        self.dialect.inserted_here(job.id for job in by_ref.values())
-        return [by_ref[job.ref_id] for job in jobs]
+        ids = {str(r["ref_id"]): int(r["id"]) for r in rows}
+        self.dialect.inserted_here(ids.values())
+        return [_started_job(job, ids[job.ref_id], now) for job in jobs]
 
     def _jobs_json(self, jobs: Sequence[NewJob]) -> str:
         """The JSON array parameter of new jobs. PostgreSQL reads ISO times and nested JSON as

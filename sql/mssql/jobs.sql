@@ -78,8 +78,9 @@ SELECT id, ref_id FROM @new;
 -- name: insert_started_jobs
 -- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
 -- room, so they are inserted already claimed (Started, first attempt, leased), with their
--- summaries, and their rows returned; no round trip for a claim. Only for jobs with no worker,
--- dependency or delay (the store checks), so no job_worker rows.
+-- summaries; only their ids come back (the caller knows the rest of each row). No round trip
+-- for a claim. Only for jobs with no worker, dependency or delay (the store checks), so no
+-- job_worker rows.
 DECLARE @jobs nvarchar(max) = :jobs;
 DECLARE @now datetime2(6) = :now;
 DECLARE @new TABLE (id bigint NOT NULL PRIMARY KEY);
@@ -130,7 +131,7 @@ SELECT b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.d
        b.attempts, b.started_date
 FROM @new AS n
 JOIN background_job AS b ON b.id = n.id;
-SELECT b.* FROM @new AS n JOIN background_job AS b ON b.id = n.id;
+SELECT b.id, b.ref_id FROM @new AS n JOIN background_job AS b ON b.id = n.id;
 
 -- name: mark_summaries
 -- Copy the live state of jobs into their summaries. The error message is read with OPENJSON,

@@ -109,8 +109,9 @@ STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_i
 -- name: insert_started_jobs
 -- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
 -- room, so they are inserted already claimed (Started, first attempt, leased), with their
--- summaries, and their rows returned; no claim, no wake-up. Only for jobs with no worker (so no
--- job_worker row), dependency or delay (the store checks). Unlike insert_jobs this always runs
+-- summaries; only their ids come back (the caller knows the rest of each row). No claim, no
+-- wake-up. Only for jobs with no worker (so no job_worker row), dependency or delay (the store
+-- checks). Unlike insert_jobs this always runs
 -- on the dialect's own READ COMMITTED connection, where INSERT ... SELECT reads
 -- background_job as a consistent read, without the next-key locks that REPEATABLE READ would
 -- take: the summaries are copied straight from the new rows (the JSON detour of insert_jobs
@@ -161,7 +162,7 @@ SELECT b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.d
        b.attempts, b.started_date
 FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
 STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
-SELECT b.*
+SELECT b.id, b.ref_id
 FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
 STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
 

@@ -47,8 +47,9 @@ SELECT id, ref_id FROM inserted;
 -- name: insert_started_jobs
 -- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
 -- room, so they are inserted already claimed (Started, first attempt, leased), with their
--- summaries, and their rows returned; no round trip for a claim, no wait for a wake-up. Only
--- for jobs with no worker, dependency or delay (the store checks). One statement, as above.
+-- summaries; only their ids come back (the caller knows the rest of each row). No round trip
+-- for a claim, no wait for a wake-up. Only for jobs with no worker, dependency or delay (the
+-- store checks). One statement, as above.
 WITH inserted AS (
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority,
@@ -78,7 +79,7 @@ INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback,
 SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date
 FROM inserted
 )
-SELECT * FROM inserted;
+SELECT id, ref_id FROM inserted;
 
 -- name: mark_summaries
 -- Copy the live state of jobs into their summaries.

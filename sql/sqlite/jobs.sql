@@ -41,8 +41,9 @@ FROM background_job WHERE ref_id IN (SELECT json_extract(value, '$.ref_id') FROM
 -- name: insert_started_jobs
 -- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
 -- room, so they are inserted already claimed (Started, first attempt, leased), with their
--- summaries, and their rows returned (the first statement's RETURNING); no claim, no wake-up.
--- Only for jobs with no worker, dependency or delay (the store checks).
+-- summaries; only their ids come back (the first statement's RETURNING; the caller knows the
+-- rest of each row). No claim, no wake-up. Only for jobs with no worker, dependency or delay
+-- (the store checks).
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority, attempts, started_date, last_activity_date, lease_owner
 )
@@ -72,7 +73,7 @@ SELECT
     1, :now, :now, :node
 FROM json_each(:jobs)
 ORDER BY key
-RETURNING *;
+RETURNING id, ref_id;
 INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date)
 SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date
 FROM background_job WHERE ref_id IN (SELECT json_extract(value, '$.ref_id') FROM json_each(:jobs));

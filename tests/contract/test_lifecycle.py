@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
 
-from asyncjobs import BackgroundJobs, JobOptions, JobState
+from asyncjobs import AsyncCommand, BackgroundJob, BackgroundJobs, JobOptions, JobState, current_job
 from asyncjobs._serialization import encode
 from asyncjobs.exceptions import (
     DuplicateRefIdError,
@@ -350,6 +351,42 @@ async def test_local_enqueue_starts_without_waiting_for_a_poll(make_jobs: Factor
             ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
             result = await jobs.wait_for_job(ref.id)
     assert result.state is JobState.COMPLETED
+
+
+#: what CaptureCommand saw of its job, a copy per run
+CAPTURED: list[BackgroundJob] = []
+
+
+class CaptureCommand(AsyncCommand[Sleep]):
+    async def run(self, request: Sleep) -> None:
+        CAPTURED.append(dataclasses.replace(current_job()))
+        await anyio.sleep(request.seconds)
+
+
+async def test_a_job_started_at_once_sees_its_row_as_stored(make_jobs: Factory) -> None:
+    """A job this process enqueues and starts at once is built from what was inserted, not
+    read back: it must match the stored row field for field."""
+    CAPTURED.clear()
+    options = JobOptions(
+        parent_id=7, created_by="alice", retry_limit=4, timeout=timedelta(seconds=90),
+        reply_to="https://example.invalid/hook", tag="t", batch_id="b", args={"k": "v"},
+        meta={"n": 1, "when": datetime(2030, 1, 2, tzinfo=UTC)}, priority=2,
+    )  # fmt: skip
+    async with make_jobs(commands=[CaptureCommand], poll_interval=timedelta(seconds=30)) as jobs:
+        await anyio.sleep(0.1)  # the dispatcher is asleep: only a start at once runs it soon
+        ref = await jobs.enqueue_command(CaptureCommand, Sleep(1.0), options)
+        with anyio.fail_after(2):
+            while not CAPTURED:
+                await anyio.sleep(0.01)
+        result = await jobs.get_job(ref.id)
+    assert result is not None and result.queued is not None
+    seen, stored = CAPTURED[0], result.queued
+    assert seen.state is JobState.STARTED and seen.attempts == 1
+    assert seen.meta == {"n": 1, "when": "2030-01-02T00:00:00Z"}  # as JSON keeps it
+    runtime_only = {"parent_job", "user", "request_object", "result"}
+    for name in (f.name for f in dataclasses.fields(BackgroundJob)):
+        if name not in runtime_only:
+            assert getattr(seen, name) == getattr(stored, name), name
 
 
 async def test_graceful_shutdown_requeues_unfinished_jobs(make_jobs: Factory) -> None:
