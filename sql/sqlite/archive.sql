@@ -143,7 +143,11 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('Failed', 'Cancell
 -- claim is atomic across processes. Claimed jobs are found again by node and claim time (:now
 -- is unique per call of a node).
 --
--- The completed rows leave the queue last, after the report has read their ids.
+-- The live row is never updated first: it is about to go, and an UPDATE would rewrite it and
+-- its indexes for nothing. The archive row is written with the outcome applied, the summary
+-- marked, and the row deleted, all picked by the same test (held by this node and running),
+-- and then the claim runs. The jobs completed here are found again in the archive by their completion
+-- time (:now, as above).
 WITH o AS MATERIALIZED (
     SELECT json_extract(value, '$.id') AS id,
            json_extract(value, '$.duration_ms') AS duration_ms,
@@ -154,17 +158,6 @@ WITH o AS MATERIALIZED (
            json_extract(value, '$.notified_date') AS notified_date
     FROM json_each(:outcomes)
 )
-UPDATE background_job
-SET state = 'Completed', completed_date = :now, last_activity_date = :now,
-    duration_ms = o.duration_ms, response = o.response, response_body = o.response_body,
-    error = NULL, error_code = NULL, progress = 1.0,
-    status = COALESCE(o.status, background_job.status),
-    notified_date = COALESCE(o.notified_date, background_job.notified_date),
-    logs = CASE WHEN o.logs IS NULL THEN background_job.logs
-                ELSE COALESCE(background_job.logs, '') || o.logs END
-FROM o
-WHERE background_job.id = o.id AND background_job.lease_owner = :node
-  AND background_job.state IN ('Started', 'Executed');
 INSERT INTO completed_job_{month} (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, response, response_body,
@@ -173,20 +166,24 @@ INSERT INTO completed_job_{month} (
     meta, priority
 )
 SELECT
-    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
-    created_by, request_type, command, request, request_body, user_id, response, response_body,
-    state, started_date, completed_date, notified_date, retry_limit, attempts, duration_ms,
-    timeout_secs, progress, status, logs, last_activity_date, reply_to, error_code, error, args,
-    meta, priority
-FROM background_job
-WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
-  AND state = 'Completed' AND lease_owner = :node;
+    b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
+    b.run_after, b.created_date, b.created_by, b.request_type, b.command, b.request,
+    b.request_body, b.user_id, o.response, o.response_body, 'Completed', b.started_date, :now,
+    COALESCE(o.notified_date, b.notified_date), b.retry_limit, b.attempts, o.duration_ms,
+    b.timeout_secs, 1.0, COALESCE(o.status, b.status),
+    CASE WHEN o.logs IS NULL THEN b.logs ELSE COALESCE(b.logs, '') || o.logs END,
+    :now, b.reply_to, NULL, NULL, b.args, b.meta, b.priority
+FROM o JOIN background_job b ON b.id = o.id
+WHERE b.lease_owner = :node AND b.state IN ('Started', 'Executed');
 UPDATE job_summary
-SET state = b.state, started_date = b.started_date, completed_date = b.completed_date,
-    duration_ms = b.duration_ms, attempts = b.attempts, error_code = NULL, error_message = NULL
-FROM background_job b
-WHERE b.id = job_summary.id AND b.id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
-  AND b.state = 'Completed' AND b.lease_owner = :node;
+SET state = 'Completed', started_date = a.started_date, completed_date = :now,
+    duration_ms = a.duration_ms, attempts = a.attempts, error_code = NULL, error_message = NULL
+FROM completed_job_{month} a
+WHERE a.id = job_summary.id AND a.id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
+  AND a.completed_date = :now;
+DELETE FROM background_job
+WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
+  AND lease_owner = :node AND state IN ('Started', 'Executed');
 WITH RECURSIVE workers(name) AS (
     -- every named worker with jobs, one index probe each (a loose scan of
     -- ix_background_job_worker), never a walk of a worker's queue
@@ -233,9 +230,9 @@ FROM background_job b
 WHERE b.id = job_summary.id AND b.lease_owner = :node AND b.started_date = :now
   AND b.state = 'Started';
 WITH done AS (
-    SELECT id FROM background_job
+    SELECT id FROM completed_job_{month}
     WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
-      AND state = 'Completed' AND lease_owner = :node
+      AND completed_date = :now
 ),
 report AS (
     SELECT (SELECT json_group_array(id) FROM done WHERE id IS NOT NULL HAVING count(*) > 0)
@@ -247,9 +244,6 @@ report AS (
 SELECT r.done_ids, r.dependents, b.* FROM report r
 LEFT JOIN background_job b
        ON b.lease_owner = :node AND b.started_date = :now AND b.state = 'Started';
-DELETE FROM background_job
-WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
-  AND state = 'Completed' AND lease_owner = :node;
 
 -- name: delete_archived
 -- Remove archived jobs from the queue (same transaction as the archive insert).
