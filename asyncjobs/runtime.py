@@ -185,7 +185,9 @@ class BackgroundJobs:
         self._flushing: list[Outcome] = []  # outcomes being written (their jobs still leased)
         self._check_cancels = anyio.Event()
         self._dispatch_stopped = anyio.Event()
-        self._flush_lock = anyio.Lock()
+        # fast_acquire: an uncontended lock is taken without a trip through the event loop,
+        # one of the few per job of a serial worker (held across awaits, so nothing starves).
+        self._flush_lock = anyio.Lock(fast_acquire=True)
         self._idle = anyio.Event()
         self._idle.set()
         self._outcome_ready = anyio.Event()
@@ -761,7 +763,7 @@ class BackgroundJobs:
             return _NO_LOCK
         lock = self._worker_locks.get(worker)
         if lock is None:
-            lock = self._worker_locks[worker] = anyio.Lock()
+            lock = self._worker_locks[worker] = anyio.Lock(fast_acquire=True)
         return lock
 
     # -- the dispatcher -------------------------------------------------------------------

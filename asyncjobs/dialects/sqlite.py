@@ -202,7 +202,7 @@ class SqliteDialect(Dialect):
 
     async def open(self) -> None:
         # Made here, not in __init__: they belong to the running event loop.
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # see BackgroundJobs._flush_lock
         self._thread_limiter = anyio.CapacityLimiter(1)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
