@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from asyncjobs import (
@@ -185,3 +188,28 @@ async def test_sync_command_sees_a_cancel_request(make_jobs: Factory) -> None:
             result = await jobs.wait_for_job(ref.id)
     assert result.state is JobState.CANCELLED
     assert result.failed is not None and result.failed.attempts == 1
+
+
+#: set by every MarkCommand; what each saw before it set it
+_MARK: ContextVar[str | None] = ContextVar("mark", default=None)
+SEEN_MARKS: list[tuple[str | None, int]] = []
+
+
+class MarkCommand(AsyncCommand[Add]):
+    async def run(self, request: Add) -> None:
+        SEEN_MARKS.append((_MARK.get(), id(asyncio.current_task())))
+        _MARK.set(f"job {request.a}")
+        await anyio.lowlevel.checkpoint()
+
+
+async def test_context_variables_a_job_sets_stay_its_own(make_jobs: Factory) -> None:
+    """Jobs share runner tasks, one after another; each still starts from a clean copy of the
+    context, as a task of its own would."""
+    SEEN_MARKS.clear()
+    async with make_jobs(commands=[MarkCommand], max_concurrency=1) as jobs:
+        for i in range(4):
+            ref = await jobs.enqueue_command(MarkCommand, Add(i, 0))
+            with anyio.fail_after(10):
+                await jobs.wait_for_job(ref.id)
+    assert [mark for mark, _task in SEEN_MARKS] == [None] * 4
+    assert len({task for _mark, task in SEEN_MARKS}) < 4  # the runner was reused
