@@ -416,3 +416,21 @@ async def test_an_error_in_the_body_propagates_unwrapped(make_jobs: Factory) -> 
 
     with pytest.raises(KeyError, match="from the body"):
         await failing_body()
+
+
+async def test_a_cancelled_host_gives_back_every_started_job(make_jobs: Factory) -> None:
+    """The application's task is cancelled right after jobs were started at once, before any
+    runner took them: the runtime still shuts down, and every job is back in the queue."""
+    with anyio.fail_after(20):
+        with anyio.CancelScope() as host:
+            async with make_jobs(commands=[SleepCommand]) as jobs:
+                await anyio.sleep(0.1)
+                refs = await jobs.enqueue_many([(SleepCommand, Sleep(5.0)) for _ in range(5)])
+                assert jobs.statistics()["running"] == 5
+                host.cancel()
+                await anyio.sleep(10)
+        assert host.cancelled_caught
+        async with make_jobs(commands=[SleepCommand], execute=False) as reader:
+            results = [await reader.get_job(ref.id) for ref in refs]
+    assert all(r is not None and r.queued is not None for r in results)
+    assert [r.summary.state for r in results if r is not None] == [JobState.QUEUED] * 5
