@@ -28,7 +28,7 @@ from .models import (
     JobSummary,
 )
 
-MIGRATIONS = ("migration_1", "migration_2", "migration_3")
+MIGRATIONS = ("migration_1", "migration_2", "migration_3", "migration_4")
 
 
 def utcnow() -> datetime:

@@ -373,7 +373,7 @@ class PostgresDialect(Dialect):
 
     def channel(self, channel: str) -> str:
         """The channel on the wire: one per schema, so schemas do not wake each other.
-        The trigger notify_job_queued (migration_1) builds the same name."""
+        The statements that queue jobs (insert_jobs, requeue_failed) build the same name."""
         if self._channel_schema is None:
             return channel[:63]
         return f"{channel}.{self._channel_schema}"[:63]

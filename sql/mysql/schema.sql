@@ -228,3 +228,7 @@ ALTER TABLE background_job
 -- name: migration_3
 -- Nothing to change here: migration 3 changes PostgreSQL's summary indexes.
 SELECT 1;
+
+-- name: migration_4
+-- Nothing to change here: migration 4 replaces PostgreSQL's wake-up trigger.
+SELECT 1;

@@ -227,7 +227,12 @@ SELECT * FROM completed_job WHERE id = :id AND created_date = :created_date;
 SELECT * FROM failed_job WHERE id = :id AND created_date = :created_date;
 
 -- name: requeue_failed
--- Bring a failed or cancelled job back into the queue with the same id and a fresh retry budget.
+-- Bring a failed or cancelled job back into the queue with the same id and a fresh retry budget,
+-- and wake listening processes (as insert_jobs does).
+WITH woken AS MATERIALIZED (
+    SELECT pg_notify(left('asyncjobs.' || n.nspname, 63), '') FROM pg_namespace n
+    WHERE n.oid = (SELECT relnamespace FROM pg_class WHERE oid = 'background_job'::regclass)
+)
 INSERT INTO background_job (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, response, response_body,
@@ -240,7 +245,7 @@ SELECT
     created_by, request_type, command, request, request_body, user_id, NULL, NULL, 'Queued',
     NULL, NULL, NULL, retry_limit, 0, NULL, timeout_secs, NULL, NULL, logs, :now, reply_to,
     error_code, error, args, meta, priority
-FROM failed_job WHERE id = :id;
+FROM failed_job, woken WHERE id = :id;
 
 -- name: delete_failed
 DELETE FROM failed_job WHERE id = :id;

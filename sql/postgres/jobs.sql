@@ -12,8 +12,7 @@
 -- json_to_recordset types each field (timestamps parse from ISO text); it reads the text as
 -- json, which is parsed a third faster than jsonb, and the rows keep the array's order. Empty
 -- fields are left out of the JSON and read as NULL (hence the COALESCE for priority); args and
--- meta arrive as nested objects. The trigger background_job_queued notifies listeners,
--- delivered only if this transaction commits.
+-- meta arrive as nested objects.
 WITH inserted AS (
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority
@@ -41,8 +40,15 @@ summaries AS (
 INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts)
 SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts
 FROM inserted
+),
+-- Wake listening processes: once per statement (materialized), on the channel of the schema
+-- the jobs went into ('asyncjobs.<schema>', what PostgresDialect.listen subscribes to).
+-- NOTIFY is delivered at commit, so an enqueue that rolls back wakes nobody.
+woken AS MATERIALIZED (
+    SELECT pg_notify(left('asyncjobs.' || n.nspname, 63), '') FROM pg_namespace n
+    WHERE n.oid = (SELECT relnamespace FROM pg_class WHERE oid = 'background_job'::regclass)
 )
-SELECT id, ref_id FROM inserted;
+SELECT i.id, i.ref_id FROM inserted i, woken;
 
 -- name: insert_started_jobs
 -- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has

@@ -273,3 +273,10 @@ CREATE INDEX ix_job_summary_created_date ON job_summary USING brin (created_date
     WITH (autosummarize = on);
 DROP INDEX ix_job_summary_durations;
 CREATE INDEX ix_completed_job_durations ON completed_job (command, id DESC);
+
+-- name: migration_4
+-- Listeners are woken by the statements that queue jobs (insert_jobs, requeue_failed), not by a
+-- trigger: the statement trigger's transition table cost a one-job enqueue 0.04 ms of its
+-- 0.5, and it fired for jobs inserted already Started as well.
+DROP TRIGGER IF EXISTS background_job_queued ON background_job;
+DROP FUNCTION IF EXISTS notify_job_queued();

@@ -128,3 +128,7 @@ CREATE INDEX ix_background_job_claim ON background_job (priority DESC, id)
 -- name: migration_3
 -- Nothing to change here: migration 3 changes PostgreSQL's summary indexes.
 SELECT 1;
+
+-- name: migration_4
+-- Nothing to change here: migration 4 replaces PostgreSQL's wake-up trigger.
+SELECT 1;

@@ -7,14 +7,14 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 import pytest
 
-from asyncjobs import BackgroundJobs
+from asyncjobs import BackgroundJobs, JobOptions
 from asyncjobs.dialects.sqlite import SqliteDialect
 from tests.commands import ALL_COMMANDS, Sleep, SleepCommand
 from tests.processes import start_worker, started_at, stop_worker, wait_for
@@ -106,3 +106,29 @@ async def test_the_sqlite_change_watch_hears_every_other_connection_commit(
             pass  # private to its connection: nothing to watch, and no error
     finally:
         writer.close()
+
+
+async def test_a_requeued_failed_job_starts_in_another_process_well_before_a_poll(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "events.log"
+    later = datetime.now(UTC) + timedelta(hours=1)
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+        # Cancelled while it waits for its run_after: archived with the failed jobs.
+        ref = await producer.enqueue_command(
+            SleepCommand,
+            Sleep(0, label="again", log_file=str(log_file)),
+            JobOptions(run_after=later),
+        )
+        await producer.cancel_job(ref.id)
+    worker = await anyio.to_thread.run_sync(start_worker, dsn, "--poll-ms", "5000")
+    try:
+        await anyio.sleep(0.5)  # past the worker's first claim: it now sleeps for 5 s
+        async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+            requeued = time.time()
+            await producer.requeue_failed_job(ref.id)
+            await wait_for(lambda: started_at(log_file, "again") is not None, 5)
+        started = started_at(log_file, "again")
+        assert started is not None and started - requeued < 1.0
+    finally:
+        await anyio.to_thread.run_sync(stop_worker, worker)
