@@ -213,6 +213,22 @@ def _started_job(new: NewJob, job_id: int, now: datetime) -> BackgroundJob:
     )  # fmt: skip
 
 
+def _job_columns(new: NewJob) -> dict[str, Any]:
+    """The parameters of insert_started_job: one job's columns (it is never for a job with a
+    worker, dependency or delay). args and meta are JSON text, as NewJob.as_json writes them."""
+    return {
+        "parent_id": new.parent_id, "ref_id": new.ref_id, "tag": new.tag,
+        "batch_id": new.batch_id, "callback": new.callback, "created_date": new.created_date,
+        "created_by": new.created_by, "request_type": new.request_type,
+        "command": new.command, "request": new.request, "request_body": new.request_body,
+        "user_id": new.user_id, "retry_limit": new.retry_limit,
+        "timeout_secs": new.timeout_secs, "reply_to": new.reply_to,
+        "args": None if new.args is None else _new_jobs_encoder.encode(new.args).decode(),
+        "meta": None if new.meta is None else _new_jobs_encoder.encode(new.meta).decode(),
+        "priority": new.priority,
+    }  # fmt: skip
+
+
 def row_to_summary(row: Row) -> JobSummary:
     values = {_SUMMARY_FIELDS[k]: v for k, v in row.items() if k in _SUMMARY_FIELDS}
     values["state"] = JobState(row["state"])
@@ -317,12 +333,16 @@ class Store:
         returns the jobs in order."""
         if any(j.worker is not None or j.depends_on is not None or j.run_after for j in jobs):
             raise ValueError("only jobs with no worker, dependency or delay start at once")
-        payload = self._jobs_json(jobs)
         now = utcnow()
-        params = {"jobs": payload, "node": node, "now": now}
+        params: dict[str, Any]
+        if len(jobs) == 1:  # how most enqueues come: a single-row insert, no JSON to read
+            query, params = "insert_started_job", _job_columns(jobs[0])
+        else:
+            query, params = "insert_started_jobs", {"jobs": self._jobs_json(jobs)}
+        params["node"], params["now"] = node, now
         async with self.dialect.connection() as conn:
             try:
-                rows = await conn.fetch("insert_started_jobs", params)
+                rows = await conn.fetch(query, params)
             except Exception as exc:
                 self._raise_duplicate(exc, jobs)
                 raise

@@ -133,6 +133,31 @@ FROM @new AS n
 JOIN background_job AS b ON b.id = n.id;
 SELECT b.id, b.ref_id FROM @new AS n JOIN background_job AS b ON b.id = n.id;
 
+-- name: insert_started_job
+-- insert_started_jobs for one job, given column by column (one job is how most enqueues
+-- come): no JSON to read.
+DECLARE @id bigint = NEXT VALUE FOR background_job_id;
+DECLARE @now datetime2(6) = :now;
+INSERT INTO background_job (
+    id, parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type,
+    command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args,
+    meta, priority, attempts, started_date, last_activity_date, lease_owner
+)
+VALUES (
+    @id, :parent_id, :ref_id, :tag, :batch_id, :callback, :created_date, :created_by,
+    :request_type, :command, :request, :request_body, :user_id, 'Started', :retry_limit,
+    :timeout_secs, :reply_to, :args, :meta, :priority, 1, @now, @now, :node
+);
+INSERT INTO job_summary (
+    id, parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type,
+    command, request, user_id, state, attempts, started_date
+)
+SELECT b.id, b.parent_id, b.ref_id, b.tag, b.batch_id, b.callback, b.created_date, b.created_by,
+       b.request_type, b.command, b.request, b.user_id, b.state, b.attempts, b.started_date
+FROM background_job AS b
+WHERE b.id = @id;
+SELECT @id AS id, :ref_id AS ref_id;
+
 -- name: mark_summaries
 -- Copy the live state of jobs into their summaries. The error message is read with OPENJSON,
 -- which returns nvarchar(max); JSON_VALUE would return NULL for a message over 4000 characters.

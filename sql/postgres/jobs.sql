@@ -87,6 +87,29 @@ FROM inserted
 )
 SELECT id, ref_id FROM inserted;
 
+-- name: insert_started_job
+-- insert_started_jobs for one job, given column by column (one job is how most enqueues
+-- come): no JSON to parse on either side. One statement.
+WITH inserted AS (
+INSERT INTO background_job (
+    parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type, command,
+    request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta,
+    priority, attempts, started_date, last_activity_date, lease_owner
+)
+VALUES (
+    :parent_id, :ref_id, :tag, :batch_id, :callback, :created_date, :created_by, :request_type,
+    :command, :request, :request_body, :user_id, 'Started', :retry_limit, :timeout_secs,
+    :reply_to, :args::jsonb, :meta::jsonb, :priority, 1, :now, :now, :node
+)
+RETURNING *
+),
+summaries AS (
+INSERT INTO job_summary (id, parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date)
+SELECT id, parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date
+FROM inserted
+)
+SELECT id, ref_id FROM inserted;
+
 -- name: mark_summaries
 -- Copy the live state of jobs into their summaries.
 UPDATE job_summary s

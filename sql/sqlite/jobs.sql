@@ -78,6 +78,24 @@ INSERT INTO job_summary (id, parent_id, ref_id, worker, tag, batch_id, callback,
 SELECT id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date
 FROM background_job WHERE ref_id IN (SELECT json_extract(value, '$.ref_id') FROM json_each(:jobs));
 
+-- name: insert_started_job
+-- insert_started_jobs for one job, given column by column (one job is how most enqueues
+-- come): no JSON to read. The id comes back from the first statement's RETURNING.
+INSERT INTO background_job (
+    parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type, command,
+    request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta,
+    priority, attempts, started_date, last_activity_date, lease_owner
+)
+VALUES (
+    :parent_id, :ref_id, :tag, :batch_id, :callback, :created_date, :created_by, :request_type,
+    :command, :request, :request_body, :user_id, 'Started', :retry_limit, :timeout_secs,
+    :reply_to, :args, :meta, :priority, 1, :now, :now, :node
+)
+RETURNING id, ref_id;
+INSERT INTO job_summary (id, parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date)
+SELECT id, parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type, command, request, user_id, state, attempts, started_date
+FROM background_job WHERE id = last_insert_rowid();
+
 -- name: mark_summaries
 -- Copy the live state of jobs into their summaries.
 UPDATE job_summary

@@ -9,7 +9,15 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
-from asyncjobs import AsyncCommand, BackgroundJob, BackgroundJobs, JobOptions, JobState, current_job
+from asyncjobs import (
+    AsyncCommand,
+    BackgroundJob,
+    BackgroundJobs,
+    JobOptions,
+    JobState,
+    JobSummary,
+    current_job,
+)
 from asyncjobs._serialization import encode
 from asyncjobs.exceptions import (
     DuplicateRefIdError,
@@ -363,9 +371,11 @@ class CaptureCommand(AsyncCommand[Sleep]):
         await anyio.sleep(request.seconds)
 
 
-async def test_a_job_started_at_once_sees_its_row_as_stored(make_jobs: Factory) -> None:
+@pytest.mark.parametrize("count", [1, 3], ids=["one job", "a batch"])
+async def test_a_job_started_at_once_sees_its_row_as_stored(make_jobs: Factory, count: int) -> None:
     """A job this process enqueues and starts at once is built from what was inserted, not
-    read back: it must match the stored row field for field."""
+    read back: it must match the stored row field for field, and its summary the row. (One job
+    and a batch are inserted by different queries.)"""
     CAPTURED.clear()
     options = JobOptions(
         parent_id=7, created_by="alice", retry_limit=4, timeout=timedelta(seconds=90),
@@ -374,19 +384,26 @@ async def test_a_job_started_at_once_sees_its_row_as_stored(make_jobs: Factory) 
     )  # fmt: skip
     async with make_jobs(commands=[CaptureCommand], poll_interval=timedelta(seconds=30)) as jobs:
         await anyio.sleep(0.1)  # the dispatcher is asleep: only a start at once runs it soon
-        ref = await jobs.enqueue_command(CaptureCommand, Sleep(1.0), options)
+        refs = await jobs.enqueue_many([(CaptureCommand, Sleep(1.0), options)] * count)
         with anyio.fail_after(2):
-            while not CAPTURED:
+            while len(CAPTURED) < count:
                 await anyio.sleep(0.01)
-        result = await jobs.get_job(ref.id)
-    assert result is not None and result.queued is not None
-    seen, stored = CAPTURED[0], result.queued
-    assert seen.state is JobState.STARTED and seen.attempts == 1
-    assert seen.meta == {"n": 1, "when": "2030-01-02T00:00:00Z"}  # as JSON keeps it
+        results = [await jobs.get_job(ref.id) for ref in refs]
     runtime_only = {"parent_job", "user", "request_object", "result"}
-    for name in (f.name for f in dataclasses.fields(BackgroundJob)):
-        if name not in runtime_only:
-            assert getattr(seen, name) == getattr(stored, name), name
+    summary_fields = {f.name for f in dataclasses.fields(JobSummary)}
+    seen_by_id = {job.id: job for job in CAPTURED}
+    assert sorted(seen_by_id) == sorted(ref.id for ref in refs)
+    for ref, result in zip(refs, results, strict=True):
+        assert result is not None and result.queued is not None
+        seen, stored = seen_by_id[ref.id], result.queued
+        assert seen.ref_id == ref.ref_id
+        assert seen.state is JobState.STARTED and seen.attempts == 1
+        assert seen.meta == {"n": 1, "when": "2030-01-02T00:00:00Z"}  # as JSON keeps it
+        for name in (f.name for f in dataclasses.fields(BackgroundJob)):
+            if name not in runtime_only:
+                assert getattr(seen, name) == getattr(stored, name), name
+            if name in summary_fields:
+                assert getattr(result.summary, name) == getattr(stored, name), name
 
 
 async def test_graceful_shutdown_requeues_unfinished_jobs(make_jobs: Factory) -> None:
