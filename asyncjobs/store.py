@@ -214,10 +214,12 @@ def _started_job(new: NewJob, job_id: int, now: datetime) -> BackgroundJob:
 
 
 def _job_columns(new: NewJob) -> dict[str, Any]:
-    """The parameters of insert_started_job: one job's columns (it is never for a job with a
-    worker, dependency or delay). args and meta are JSON text, as NewJob.as_json writes them."""
+    """The parameters of insert_job and insert_started_job: one job's columns (the latter has
+    no worker, dependency or delay). args and meta are JSON text, as NewJob.as_json writes
+    them."""
     return {
-        "parent_id": new.parent_id, "ref_id": new.ref_id, "tag": new.tag,
+        "parent_id": new.parent_id, "ref_id": new.ref_id, "worker": new.worker, "tag": new.tag,
+        "depends_on": new.depends_on, "run_after": new.run_after,
         "batch_id": new.batch_id, "callback": new.callback, "created_date": new.created_date,
         "created_by": new.created_by, "request_type": new.request_type,
         "command": new.command, "request": new.request, "request_body": new.request_body,
@@ -311,9 +313,13 @@ class Store:
             return await self._insert(tx, jobs)
 
     async def _insert(self, tx: Connection, jobs: Sequence[NewJob]) -> list[tuple[int, str]]:
-        payload = self._jobs_json(jobs)
+        params: dict[str, Any]
+        if len(jobs) == 1:  # how most enqueues come: a single-row insert, no JSON to read
+            query, params = "insert_job", _job_columns(jobs[0])
+        else:
+            query, params = "insert_jobs", {"jobs": self._jobs_json(jobs)}
         try:
-            rows = await tx.fetch("insert_jobs", {"jobs": payload})
+            rows = await tx.fetch(query, params)
         except Exception as exc:
             self._raise_duplicate(exc, jobs)
             raise
@@ -335,7 +341,7 @@ class Store:
             raise ValueError("only jobs with no worker, dependency or delay start at once")
         now = utcnow()
         params: dict[str, Any]
-        if len(jobs) == 1:  # how most enqueues come: a single-row insert, no JSON to read
+        if len(jobs) == 1:
             query, params = "insert_started_job", _job_columns(jobs[0])
         else:
             query, params = "insert_started_jobs", {"jobs": self._jobs_json(jobs)}

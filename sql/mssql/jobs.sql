@@ -75,6 +75,35 @@ WHERE b.worker IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM job_worker AS w WHERE w.name = b.worker);
 SELECT id, ref_id FROM @new;
 
+-- name: insert_job
+-- insert_jobs for one job, given column by column (one job is how most enqueues come): no
+-- JSON to read. A new named worker gets its job_worker row as in insert_jobs.
+DECLARE @id bigint = NEXT VALUE FOR background_job_id;
+DECLARE @worker nvarchar(255) = :worker;
+INSERT INTO background_job (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
+    created_by, request_type, command, request, request_body, user_id, state, retry_limit,
+    timeout_secs, reply_to, args, meta, priority
+)
+VALUES (
+    @id, :parent_id, :ref_id, :worker, :tag, :batch_id, :callback, :depends_on, :run_after,
+    :created_date, :created_by, :request_type, :command, :request, :request_body, :user_id,
+    'Queued', :retry_limit, :timeout_secs, :reply_to, :args, :meta, :priority
+);
+INSERT INTO job_summary (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date,
+    created_by, request_type, command, request, user_id, state, attempts
+)
+SELECT b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
+       b.created_date, b.created_by, b.request_type, b.command, b.request, b.user_id, b.state,
+       b.attempts
+FROM background_job AS b WHERE b.id = @id;
+INSERT INTO job_worker (name)
+SELECT @worker
+WHERE @worker IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM job_worker AS w WHERE w.name = @worker);
+SELECT @id AS id, :ref_id AS ref_id;
+
 -- name: insert_started_jobs
 -- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
 -- room, so they are inserted already claimed (Started, first attempt, leased), with their

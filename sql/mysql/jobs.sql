@@ -106,6 +106,37 @@ SELECT b.id, b.ref_id
 FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
 STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
 
+-- name: insert_job
+-- insert_jobs for one job, given column by column: single-row INSERT ... VALUES, the summary
+-- written from the same values (so nothing is read, and nothing locked, in the application's
+-- REPEATABLE READ transaction) under the id LAST_INSERT_ID() gives (job_summary and job_worker
+-- have no auto-increment, so it stays the job's). A new named worker gets its job_worker row
+-- as in insert_jobs: a consistent read finds it first; with no worker both statements are
+-- empty.
+INSERT INTO background_job (
+    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
+    created_by, request_type, command, request, request_body, user_id, state, retry_limit,
+    timeout_secs, reply_to, args, meta, priority
+)
+VALUES (
+    :parent_id, :ref_id, :worker, :tag, :batch_id, :callback, :depends_on, :run_after,
+    :created_date, :created_by, :request_type, :command, :request, :request_body, :user_id,
+    'Queued', :retry_limit, :timeout_secs, :reply_to, :args, :meta, :priority
+);
+INSERT INTO job_summary (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date,
+    created_by, request_type, command, request, user_id, state, attempts
+)
+VALUES (
+    LAST_INSERT_ID(), :parent_id, :ref_id, :worker, :tag, :batch_id, :callback, :depends_on,
+    :created_date, :created_by, :request_type, :command, :request, :user_id, 'Queued', 0
+);
+SELECT COUNT(*) INTO @asyncjobs_known_worker FROM job_worker WHERE name = :worker;
+INSERT INTO job_worker (name)
+SELECT :worker FROM DUAL WHERE :worker IS NOT NULL AND @asyncjobs_known_worker = 0
+ON DUPLICATE KEY UPDATE job_worker.name = job_worker.name;
+SELECT LAST_INSERT_ID() AS id, :ref_id AS ref_id;
+
 -- name: insert_started_jobs
 -- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
 -- room, so they are inserted already claimed (Started, first attempt, leased), with their

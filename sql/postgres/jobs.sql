@@ -50,6 +50,38 @@ woken AS MATERIALIZED (
 )
 SELECT i.id, i.ref_id FROM inserted i, woken;
 
+-- name: insert_job
+-- insert_jobs for one job, given column by column (one job is how most enqueues come): no
+-- JSON to parse. One statement, which wakes listeners as insert_jobs does.
+WITH inserted AS (
+INSERT INTO background_job (
+    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
+    created_by, request_type, command, request, request_body, user_id, state, retry_limit,
+    timeout_secs, reply_to, args, meta, priority
+)
+VALUES (
+    :parent_id, :ref_id, :worker, :tag, :batch_id, :callback, :depends_on, :run_after,
+    :created_date, :created_by, :request_type, :command, :request, :request_body, :user_id,
+    'Queued', :retry_limit, :timeout_secs, :reply_to, :args::jsonb, :meta::jsonb, :priority
+)
+RETURNING *
+),
+summaries AS (
+INSERT INTO job_summary (
+    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date,
+    created_by, request_type, command, request, user_id, state, attempts
+)
+SELECT b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
+       b.created_date, b.created_by, b.request_type, b.command, b.request, b.user_id, b.state,
+       b.attempts
+FROM inserted b
+),
+woken AS MATERIALIZED (
+    SELECT pg_notify(left('asyncjobs.' || n.nspname, 63), '') FROM pg_namespace n
+    WHERE n.oid = (SELECT relnamespace FROM pg_class WHERE oid = 'background_job'::regclass)
+)
+SELECT i.id, i.ref_id FROM inserted i, woken;
+
 -- name: insert_started_jobs
 -- Enqueue jobs that :node starts at once: a process that executes jobs enqueued them and has
 -- room, so they are inserted already claimed (Started, first attempt, leased), with their

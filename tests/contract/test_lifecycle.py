@@ -371,6 +371,35 @@ class CaptureCommand(AsyncCommand[Sleep]):
         await anyio.sleep(request.seconds)
 
 
+async def test_a_job_enqueued_alone_is_stored_as_one_from_a_batch(make_jobs: Factory) -> None:
+    """One job and a batch are inserted by different queries: every column and the summary
+    must come out the same."""
+    options = JobOptions(
+        parent_id=7, created_by="alice", retry_limit=4, timeout=timedelta(seconds=90),
+        reply_to="https://example.invalid/hook", tag="t", batch_id="b", args={"k": "v"},
+        meta={"n": 1}, priority=2, worker="solo", run_after=datetime(2031, 1, 1, tzinfo=UTC),
+        user_id="u1",
+    )  # fmt: skip
+    async with make_jobs(commands=[CaptureCommand], execute=False) as jobs:
+        alone = await jobs.enqueue_command(CaptureCommand, Sleep(1.0), options)
+        batch = await jobs.enqueue_many([(CaptureCommand, Sleep(1.0), options)] * 2)
+        results = [await jobs.get_job(ref.id) for ref in [alone, *batch]]
+    rows = [r.queued for r in results if r is not None and r.queued is not None]
+    summaries = [r.summary for r in results if r is not None]
+    assert len(rows) == len(summaries) == 3
+    assert rows[0].ref_id == alone.ref_id and rows[0].worker == "solo"
+    assert rows[0].state is JobState.QUEUED and rows[0].args == {"k": "v"}
+    assert rows[0].run_after == datetime(2031, 1, 1, tzinfo=UTC)
+    differ = {"id", "ref_id", "created_date"}
+    for name in (f.name for f in dataclasses.fields(BackgroundJob)):
+        if name not in differ:
+            assert getattr(rows[0], name) == getattr(rows[1], name), name
+    for name in (f.name for f in dataclasses.fields(JobSummary)):
+        if name not in differ:
+            assert getattr(summaries[0], name) == getattr(summaries[1], name), name
+    assert summaries[0].id == alone.id and summaries[0].ref_id == alone.ref_id
+
+
 @pytest.mark.parametrize("count", [1, 3], ids=["one job", "a batch"])
 async def test_a_job_started_at_once_sees_its_row_as_stored(make_jobs: Factory, count: int) -> None:
     """A job this process enqueues and starts at once is built from what was inserted, not
