@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
@@ -462,6 +463,40 @@ async def test_an_error_in_the_body_propagates_unwrapped(make_jobs: Factory) -> 
 
     with pytest.raises(KeyError, match="from the body"):
         await failing_body()
+
+
+# Without the fix shutdown waits forever, shielded: only a thread can end the test.
+@pytest.mark.timeout(30, method="thread")
+async def test_a_cancelled_host_gives_back_jobs_an_idle_runner_was_woken_for(
+    make_jobs: Factory,
+) -> None:
+    """The host is cancelled just as an enqueue's jobs are inserted started; they go to an idle
+    runner (woken, but cancelled before it takes one) and to new runners. The cancelled runner
+    must give back every job still waiting: no other runner may come for them, and shutdown
+    would wait forever for jobs nobody runs."""
+    with anyio.fail_after(20):
+        with anyio.CancelScope() as host:
+            async with make_jobs(commands=[SleepCommand]) as jobs:
+                await anyio.sleep(0.1)
+                first = await jobs.enqueue_command(SleepCommand, Sleep(0.0))
+                while jobs.statistics()["running"]:
+                    await anyio.sleep(0.01)  # its runner is idle now
+                insert_started = jobs.store.enqueue_started
+
+                async def insert_then_cancel_host(*args: Any, **kwargs: Any) -> Any:
+                    inserted = await insert_started(*args, **kwargs)
+                    host.cancel()
+                    return inserted
+
+                jobs.store.enqueue_started = insert_then_cancel_host  # type: ignore[method-assign]
+                refs = await jobs.enqueue_many([(SleepCommand, Sleep(5.0)) for _ in range(5)])
+                await anyio.sleep(10)
+        assert host.cancelled_caught
+        async with make_jobs(commands=[SleepCommand], execute=False) as reader:
+            done = await reader.get_job(first.id)
+            results = [await reader.get_job(ref.id) for ref in refs]
+    assert done is not None and done.state is JobState.COMPLETED
+    assert [r.summary.state for r in results if r is not None] == [JobState.QUEUED] * 5
 
 
 async def test_a_cancelled_host_gives_back_every_started_job(make_jobs: Factory) -> None:
