@@ -87,29 +87,7 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-async def attempt(
-    results: dict[str, Any],
-    key: str,
-    work: Callable[[], Awaitable[dict[str, Any]]],
-    only: Sequence[str] = WORKLOADS,
-    repeat: int = 1,
-) -> None:
-    """Run one workload (if selected); a failure is recorded and the run goes on. With
-    ``repeat``, the best of that many runs is kept (interference from other processes on the
-    machine only ever slows a run down), and every run's rate is listed under ``runs``."""
-    if not any(key.startswith(name) for name in only):
-        return
-    started = time.perf_counter()
-    try:
-        runs = [await work() for _ in range(repeat)]
-        best = max(runs, key=lambda r: float(r.get("rate", 0.0)))
-        if repeat > 1:
-            best["runs"] = [round(float(r["rate"]), 1) for r in runs]
-        results[key] = best
-    except Exception as exc:
-        traceback.print_exc()
-        results[key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    log(f"  {key}: {_summary(results[key])} ({time.perf_counter() - started:.1f} s)")
+Work = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def _summary(entry: dict[str, Any]) -> str:
@@ -122,13 +100,10 @@ def _summary(entry: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v['rate']:.0f}/s" for k, v in entry.items() if "rate" in v)
 
 
-async def run_subject(
-    subject: Subject,
-    sizes: _harness.Sizes,
-    only: Sequence[str] = WORKLOADS,
-    profile_dir: Path | None = None,
-) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+def workloads(
+    subject: Subject, sizes: _harness.Sizes, profile_dir: Path | None = None
+) -> list[tuple[str, Work, int]]:
+    """One subject's workloads in run order: (result key, the work, how many runs)."""
     h = _harness
 
     def profile(workload: str) -> Path | None:
@@ -137,70 +112,126 @@ async def run_subject(
             return None
         return profile_dir / f"{subject.key}-{workload}"
 
+    def parked(work: Work) -> Work:
+        async def run() -> dict[str, Any]:
+            try:
+                return await work()
+            finally:
+                await subject.park()
+
+        return run
+
     drain = max(50, int(sizes.drain * subject.drain_fraction))
-    await subject.open()
-    try:
-        await attempt(
-            results,
-            "enqueue_single",
-            lambda: h.enqueue_single(subject, sizes.single),
-            only=only,
-            repeat=sizes.repeat,
-        )
-        await attempt(
-            results,
+    serial = max(20, int(sizes.serial * min(1.0, subject.drain_fraction * 2)))
+    primary = subject.drain_concurrency[-1]
+    plan: list[tuple[str, Work, int]] = [
+        ("enqueue_single", lambda: h.enqueue_single(subject, sizes.single), sizes.repeat),
+        (
             "enqueue_many",
             lambda: h.enqueue_batches(subject, sizes.batch_total, sizes.batch_size),
-            only=only,
-            repeat=sizes.repeat,
-        )
-        primary = subject.drain_concurrency[-1]
-        for concurrency in subject.drain_concurrency:
-            key = "drain_1_worker" if concurrency == primary else f"drain_1_worker_c{concurrency}"
+            sizes.repeat,
+        ),
+    ]
+    for concurrency in subject.drain_concurrency:
+        key = "drain_1_worker" if concurrency == primary else f"drain_1_worker_c{concurrency}"
 
-            async def one_worker(c: int | None = concurrency, key: str = key) -> dict[str, Any]:
-                return await h.drain(subject, drain, concurrency=c, profile=profile(key))
+        async def one_worker(c: int | None = concurrency, key: str = key) -> dict[str, Any]:
+            return await h.drain(subject, drain, concurrency=c, profile=profile(key))
 
-            await attempt(results, key, one_worker, only=only, repeat=sizes.repeat)
-        await attempt(
-            results,
+        plan.append((key, one_worker, sizes.repeat))
+    plan += [
+        (
             "drain_2_workers",
             lambda: h.drain(subject, drain, workers=2, concurrency=primary),
-            only=only,
-            repeat=sizes.repeat,
-        )
-        await attempt(
-            results,
+            sizes.repeat,
+        ),
+        (
             "drain_backlog",
             lambda: h.drain(subject, sizes.backlog, budget=sizes.backlog_budget),
-            only=only,
-            repeat=sizes.repeat,
-        )
-        serial = max(20, int(sizes.serial * min(1.0, subject.drain_fraction * 2)))
-        await attempt(
-            results,
+            sizes.repeat,
+        ),
+        (
             "serial_drain",
             lambda: h.drain(
                 subject, serial, serial=True, budget=sizes.budget, profile=profile("serial_drain")
             ),
-            only=only,
-            repeat=sizes.repeat,
-        )
-        await attempt(
-            results,
+            sizes.repeat,
+        ),
+        (
             "latency_same_process",
             lambda: h.latency_same_process(subject, sizes.latency, sizes.budget),
-            only=only,
-        )
-        await attempt(
-            results,
+            1,
+        ),
+        (
             "latency_cross_process",
             lambda: h.latency_cross_process(subject, sizes.latency, sizes.budget),
-            only=only,
-        )
-    finally:
-        await subject.close()
+            1,
+        ),
+    ]
+    return [(key, parked(work), runs) for key, work, runs in plan]
+
+
+async def run_all(
+    plans: dict[str, list[tuple[str, Work, int]]], only: Sequence[str] = WORKLOADS
+) -> dict[str, dict[str, Any]]:
+    """Every selected workload of every subject's plan (subject key → its ``workloads``).
+    Workload by workload, and within one the subjects take turns run by run (A B A B), so the
+    figures a ratio divides are taken minutes apart at most: the machine drifts (other
+    tenants, the servers' background work) over a run of ten minutes, and a subject measured
+    all at once would carry its own window's luck. With several runs the best is kept
+    (interference only ever slows a run down), and every run's rate is listed under ``runs``.
+    A failure is recorded and the run goes on."""
+    by_key = {name: {key: (work, n) for key, work, n in plan} for name, plan in plans.items()}
+    # The union of the plans' workloads, each where it comes in the plans (a subject's extra
+    # workload runs beside its sibling, not at the end).
+    position: dict[str, int] = {}
+    for plan in plans.values():
+        for index, (key, _work, _runs) in enumerate(plan):
+            position[key] = min(index, position.get(key, index))
+    order = sorted(position, key=position.__getitem__)
+    results: dict[str, dict[str, Any]] = {name: {} for name in plans}
+    for key in order:
+        if not any(key.startswith(name) for name in only):
+            continue
+        taking = [name for name in plans if key in by_key[name]]
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in taking}
+        spent = dict.fromkeys(taking, 0.0)
+        for round_ in range(max(by_key[name][key][1] for name in taking)):
+            for name in taking:
+                work, repeat = by_key[name][key]
+                if round_ >= repeat or "error" in results[name].get(key, {}):
+                    continue
+                clock = time.perf_counter()
+                try:
+                    runs[name].append(await work())
+                except Exception as exc:
+                    traceback.print_exc()
+                    results[name][key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                spent[name] += time.perf_counter() - clock
+        for name in taking:
+            done = runs[name]
+            if "error" not in results[name].get(key, {}):
+                best = max(done, key=lambda r: float(r.get("rate", 0.0)))
+                if len(done) > 1:
+                    best["runs"] = [round(float(r["rate"]), 1) for r in done]
+                results[name][key] = best
+            log(f"  {name} {key}: {_summary(results[name][key])} ({spent[name]:.1f} s)")
     return results
+
+
+async def attempt(
+    results: dict[str, Any], key: str, work: Work, only: Sequence[str] = WORKLOADS
+) -> None:
+    """Run one workload once (if selected); a failure is recorded and the run goes on."""
+    if not any(key.startswith(name) for name in only):
+        return
+    started = time.perf_counter()
+    try:
+        results[key] = await work()
+    except Exception as exc:
+        traceback.print_exc()
+        results[key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    log(f"  {key}: {_summary(results[key])} ({time.perf_counter() - started:.1f} s)")
 
 
 def machine() -> dict[str, Any]:
@@ -252,11 +283,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     }
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="asyncjobs-bench-") as tmp:
-        for key in args.systems:
-            subject = make_subject(key, Path(tmp))
-            meta["labels"][key] = subject.label
-            log(f"{subject.label}")
-            results[key] = await run_subject(subject, sizes, args.workloads, args.profile)
+        subjects = [make_subject(key, Path(tmp)) for key in args.systems]
+        for subject in subjects:
+            meta["labels"][subject.key] = subject.label
+        log(", ".join(subject.label for subject in subjects))
+        try:
+            for subject in subjects:
+                await subject.open()
+            plans = {s.key: workloads(s, sizes, args.profile) for s in subjects}
+            results.update(await run_all(plans, args.workloads))
+        finally:
+            for subject in subjects:
+                await subject.close()
     if not args.no_raw:
         if "postgres" in args.systems:
             log("raw asyncpg")

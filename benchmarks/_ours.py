@@ -58,6 +58,9 @@ class AsyncJobsSubject(Subject):
     async def close(self) -> None:
         await self._release()
 
+    async def park(self) -> None:
+        await self._release()
+
     async def reset(self) -> None:
         await self._release()
         if self.key == "sqlite":

@@ -35,6 +35,10 @@ class Subject(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional
         """Release everything ``open`` and ``reset`` made."""
 
+    async def park(self) -> None:  # noqa: B027 - optional
+        """Between workloads: release what ``reset`` opened (the next ``reset`` opens it again),
+        so that subjects taking turns never hold task groups open across each other's runs."""
+
     @abc.abstractmethod
     async def reset(self) -> None:
         """Drop and recreate this system's storage; afterwards the queue is empty."""

@@ -7,7 +7,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,3 +73,35 @@ def test_profile_summary_splits_waiting_from_work_per_thread() -> None:
     assert "EpollSelector" not in busy and "Condition.wait" not in busy
     assert "| 20.0% | `Store.claim (asyncjobs/store.py)` |" in inclusive  # 3 + 1 under it
     assert summarise("", "empty").endswith("No samples.\n")
+
+
+def test_subjects_take_turns_run_by_run_and_keep_their_best() -> None:
+    """Ratios divide figures taken close together: within a workload the subjects alternate
+    run by run; each keeps its best run, and a failing subject is not run again."""
+    from benchmarks.__main__ import run_all
+
+    calls: list[str] = []
+
+    def work(name: str, rates: list[float]) -> Any:
+        async def run() -> dict[str, Any]:
+            calls.append(name)
+            rate = rates.pop(0)
+            if rate < 0:
+                raise RuntimeError("broken")
+            return {"rate": rate, "jobs": 10}
+
+        return run
+
+    enqueue, drain = "enqueue_single", "drain_1_worker"
+    plans = {
+        "a": [(enqueue, work("a1", [1.0, 3.0]), 2), (drain, work("a2", [5.0]), 1)],
+        "b": [(enqueue, work("b1", [2.0, 1.0]), 2), (drain, work("b2", [-1.0]), 1)],
+        "c": [(enqueue, work("c1", [-1.0, 9.0]), 2)],
+    }
+    results = anyio.run(run_all, plans)
+    assert calls == ["a1", "b1", "c1", "a1", "b1", "a2", "b2"]
+    assert results["a"]["enqueue_single"] == {"rate": 3.0, "jobs": 10, "runs": [1.0, 3.0]}
+    assert results["b"]["enqueue_single"]["rate"] == 2.0
+    assert "broken" in results["c"]["enqueue_single"]["error"]
+    assert results["a"]["drain_1_worker"]["rate"] == 5.0
+    assert "error" in results["b"]["drain_1_worker"]
