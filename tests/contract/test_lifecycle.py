@@ -476,20 +476,25 @@ async def test_a_cancelled_host_gives_back_jobs_an_idle_runner_was_woken_for(
     would wait forever for jobs nobody runs."""
     with anyio.fail_after(20):
         with anyio.CancelScope() as host:
-            async with make_jobs(commands=[SleepCommand]) as jobs:
-                await anyio.sleep(0.1)
+            quiet = timedelta(seconds=30)  # the dispatcher claims only when woken
+            async with make_jobs(commands=[SleepCommand], poll_interval=quiet) as jobs:
                 first = await jobs.enqueue_command(SleepCommand, Sleep(0.0))
-                while jobs.statistics()["running"]:
-                    await anyio.sleep(0.01)  # its runner is idle now
+                await jobs.wait_for_job(first.id)  # its runner is idle now
+                # A claim in flight (the dispatcher's polls) holds every free slot, and jobs
+                # would not start at once; nothing awaits between this check and the enqueue's.
+                while jobs._reserved:
+                    await anyio.sleep(0.001)
                 insert_started = jobs.store.enqueue_started
+                inserted: list[Any] = []
 
                 async def insert_then_cancel_host(*args: Any, **kwargs: Any) -> Any:
-                    inserted = await insert_started(*args, **kwargs)
+                    inserted.extend(await insert_started(*args, **kwargs))
                     host.cancel()
                     return inserted
 
                 jobs.store.enqueue_started = insert_then_cancel_host  # type: ignore[method-assign]
                 refs = await jobs.enqueue_many([(SleepCommand, Sleep(5.0)) for _ in range(5)])
+                assert len(inserted) == 5, "the jobs were not started at once"
                 await anyio.sleep(10)
         assert host.cancelled_caught
         async with make_jobs(commands=[SleepCommand], execute=False) as reader:
