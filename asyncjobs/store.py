@@ -107,9 +107,9 @@ class NewJob(msgspec.Struct, omit_defaults=True):
         if self.run_after is not None:
             values["run_after"] = time_format(self.run_after)
         if self.args is not None:
-            values["args"] = _new_jobs_encoder.encode(self.args).decode()
+            values["args"] = _json_text(self.args)
         if self.meta is not None:
-            values["meta"] = _new_jobs_encoder.encode(self.meta).decode()
+            values["meta"] = _json_text(self.meta)
         return values
 
 
@@ -160,6 +160,11 @@ def _dumps(value: Any) -> str:
 #: New jobs as they are (see Store._jobs_json), and their args and meta on every dialect; a meta
 #: value JSON cannot hold is stored as its text.
 _new_jobs_encoder = msgspec.json.Encoder(enc_hook=str)
+
+
+def _json_text(value: Any) -> str:
+    """args or meta as stored: JSON text (a value JSON cannot hold becomes its text)."""
+    return _new_jobs_encoder.encode(value).decode()
 
 
 def _json_or_none(value: Any) -> Any:
@@ -225,8 +230,8 @@ def _job_columns(new: NewJob) -> dict[str, Any]:
         "command": new.command, "request": new.request, "request_body": new.request_body,
         "user_id": new.user_id, "retry_limit": new.retry_limit,
         "timeout_secs": new.timeout_secs, "reply_to": new.reply_to,
-        "args": None if new.args is None else _new_jobs_encoder.encode(new.args).decode(),
-        "meta": None if new.meta is None else _new_jobs_encoder.encode(new.meta).decode(),
+        "args": None if new.args is None else _json_text(new.args),
+        "meta": None if new.meta is None else _json_text(new.meta),
         "priority": new.priority,
     }  # fmt: skip
 
@@ -313,11 +318,7 @@ class Store:
             return await self._insert(tx, jobs)
 
     async def _insert(self, tx: Connection, jobs: Sequence[NewJob]) -> list[tuple[int, str]]:
-        params: dict[str, Any]
-        if len(jobs) == 1:  # how most enqueues come: a single-row insert, no JSON to read
-            query, params = "insert_job", _job_columns(jobs[0])
-        else:
-            query, params = "insert_jobs", {"jobs": self._jobs_json(jobs)}
+        query, params = self._insert_query(jobs, "insert_job", "insert_jobs")
         try:
             rows = await tx.fetch(query, params)
         except Exception as exc:
@@ -340,11 +341,7 @@ class Store:
         if any(j.worker is not None or j.depends_on is not None or j.run_after for j in jobs):
             raise ValueError("only jobs with no worker, dependency or delay start at once")
         now = utcnow()
-        params: dict[str, Any]
-        if len(jobs) == 1:
-            query, params = "insert_started_job", _job_columns(jobs[0])
-        else:
-            query, params = "insert_started_jobs", {"jobs": self._jobs_json(jobs)}
+        query, params = self._insert_query(jobs, "insert_started_job", "insert_started_jobs")
         params["node"], params["now"] = node, now
         async with self.dialect.connection() as conn:
             try:
@@ -355,6 +352,15 @@ class Store:
         ids = {str(r["ref_id"]): int(r["id"]) for r in rows}
         self.dialect.inserted_here(ids.values())
         return [_started_job(job, ids[job.ref_id], now) for job in jobs]
+
+    def _insert_query(
+        self, jobs: Sequence[NewJob], one: str, many: str
+    ) -> tuple[str, dict[str, Any]]:
+        """Which insert and its parameters: one job (how most enqueues come) is a row of
+        parameters, with no JSON to read; a batch is one JSON array."""
+        if len(jobs) == 1:
+            return one, _job_columns(jobs[0])
+        return many, {"jobs": self._jobs_json(jobs)}
 
     def _jobs_json(self, jobs: Sequence[NewJob]) -> str:
         """The JSON array parameter of new jobs. PostgreSQL reads ISO times and nested JSON as
