@@ -302,7 +302,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await attempt(
                 results,
                 "raw_postgres",
-                lambda: _raw.postgres(sizes.single, sizes.batch_total, sizes.drain),
+                lambda: _raw.postgres(sizes.single, sizes.batch_total, sizes.drain, sizes.latency),
                 only=["raw_postgres"],
             )
         if needs_mysql:
@@ -311,7 +311,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await attempt(
                 results,
                 "raw_mysql",
-                lambda: _raw.mysql(sizes.single, sizes.batch_total, sizes.drain),
+                lambda: _raw.mysql(sizes.single, sizes.batch_total, sizes.drain, sizes.latency),
                 only=["raw_mysql"],
             )
     meta["duration_s"] = round(time.perf_counter() - clock, 1)

@@ -36,6 +36,8 @@ POLL = 0.005
 #: a drain that makes no progress for this long has failed
 STALL_TIMEOUT = 120.0
 WARMUP = 10
+#: the pause between two latency samples: jobs arrive one at a time, not back to back
+LATENCY_PACING = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +335,7 @@ async def latency_same_process(
                     await events[n].wait()
                 if n >= WARMUP:
                     latencies.append(started[n])
-                await anyio.sleep(0.002)
+                await anyio.sleep(LATENCY_PACING)
     finally:
         hooks.reset()
     return percentiles(latencies)
@@ -362,5 +364,5 @@ async def latency_cross_process(
                 raise RuntimeError(f"{subject.key}: expected job {n} to start, got {got}")
             if n >= WARMUP:
                 latencies.append(seconds)
-            await anyio.sleep(0.002)
+            await anyio.sleep(LATENCY_PACING)
     return percentiles(latencies)

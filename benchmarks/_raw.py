@@ -2,6 +2,10 @@
 library on them works under. A bare table ``raw_job(id, state, payload)``:
 
 - ``insert_single``: one autocommitted INSERT per job;
+- ``commit_paced``: the same INSERT paced like the latency samples (one every
+  ``LATENCY_PACING``), its round trip in ms: the floor under an enqueue→start latency, which
+  waits for one commit. A disk that flushes back-to-back commits fast may flush one that comes
+  after a pause much slower;
 - ``insert_batch``: 500 jobs per call (PostgreSQL: ``executemany``, ``unnest`` and ``COPY``;
   MariaDB: a multi-row INSERT);
 - ``claim_finish_<k>``: a claim of k queued jobs (``FOR UPDATE SKIP LOCKED``, marked running,
@@ -15,7 +19,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
+
 from ._db import MysqlProbe, PgProbe, recreate_mysql_database, recreate_pg_schema
+from ._harness import LATENCY_PACING, WARMUP, percentiles
 
 SCHEMA = "raw"
 BATCH = 500
@@ -32,7 +39,19 @@ async def _timed(jobs: int, work: Callable[[], Awaitable[None]]) -> dict[str, An
     return _rate(jobs, time.perf_counter() - started)
 
 
-async def postgres(single: int, batch_total: int, drain: int) -> dict[str, Any]:
+async def _paced(samples: int, insert: Callable[[], Awaitable[object]]) -> dict[str, Any]:
+    """Round trips of ``insert`` sent one at a time, ``LATENCY_PACING`` apart."""
+    times = []
+    for n in range(WARMUP + samples):
+        started = time.perf_counter()
+        await insert()
+        if n >= WARMUP:
+            times.append(time.perf_counter() - started)
+        await anyio.sleep(LATENCY_PACING)
+    return percentiles(times)
+
+
+async def postgres(single: int, batch_total: int, drain: int, paced: int) -> dict[str, Any]:
     await recreate_pg_schema(SCHEMA)
     probe = await PgProbe.connect(schema=SCHEMA)
     conn = probe.conn
@@ -50,6 +69,9 @@ async def postgres(single: int, batch_total: int, drain: int) -> dict[str, Any]:
                 await conn.execute("INSERT INTO raw_job (payload) VALUES ($1)", payload)
 
         results["insert_single"] = await _timed(single, single_inserts)
+        results["commit_paced"] = await _paced(
+            paced, lambda: conn.execute("INSERT INTO raw_job (payload) VALUES ($1)", payload)
+        )
         rows = [(payload,)] * BATCH
         batches = max(1, batch_total // BATCH)
 
@@ -101,7 +123,7 @@ async def postgres(single: int, batch_total: int, drain: int) -> dict[str, Any]:
     return results
 
 
-async def mysql(single: int, batch_total: int, drain: int) -> dict[str, Any]:
+async def mysql(single: int, batch_total: int, drain: int, paced: int) -> dict[str, Any]:
     await recreate_mysql_database()
     probe = await MysqlProbe.connect()
     conn = probe.conn
@@ -120,6 +142,9 @@ async def mysql(single: int, batch_total: int, drain: int) -> dict[str, Any]:
                     await cur.execute("INSERT INTO raw_job (payload) VALUES (%s)", (payload,))
 
             results["insert_single"] = await _timed(single, single_inserts)
+            results["commit_paced"] = await _paced(
+                paced, lambda: cur.execute("INSERT INTO raw_job (payload) VALUES (%s)", (payload,))
+            )
             batches = max(1, batch_total // BATCH)
 
             async def multi_row() -> None:
