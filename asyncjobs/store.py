@@ -50,6 +50,10 @@ def add_months(key: str, months: int) -> str:
     return f"{index // 12:04d}{index % 12 + 1:02d}"
 
 
+# A job that keeps moving between the reads of get_job (requeued and finished again) is
+# reported where the last read found it.
+_RESULT_READ_ATTEMPTS = 4
+
 #: NewJob's plain fields that are usually empty (see NewJob.as_json)
 _OPTIONAL_JSON_KEYS = (
     "parent_id", "worker", "tag", "batch_id", "callback", "depends_on", "created_by",
@@ -762,12 +766,28 @@ class Store:
             return await self._result(conn, rows)
 
     async def _result(self, conn: Connection, rows: list[Row]) -> JobResult | None:
-        if not rows:
-            return None
-        summary = row_to_summary(rows[0])
+        # The summary and the job row are separate reads, and a job can move between them
+        # (finished, or requeued from the archive): when the second read misses, read the
+        # summary again and follow the job to where it went.
+        result = None
+        for _ in range(_RESULT_READ_ATTEMPTS):
+            if not rows:
+                return None
+            summary = row_to_summary(rows[0])
+            result = await self._located(conn, summary)
+            if result.queued or result.completed or result.failed:
+                return result
+            rows = await conn.fetch("get_summary", {"id": summary.id})
+            if rows and row_to_summary(rows[0]).state is summary.state:
+                return result
+        return result
+
+    async def _located(self, conn: Connection, summary: JobSummary) -> JobResult:
         active = await conn.fetch("get_active_job", {"id": summary.id})
         if active:
             return JobResult(summary, queued=row_to_job(active[0]))
+        if not summary.state.is_final:
+            return JobResult(summary)
         templates = self._month_templates(summary.created_date)
         if self.caps.monthly_archive_tables and templates["month"] not in set(
             await self._months(conn)

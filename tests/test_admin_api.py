@@ -374,8 +374,10 @@ async def test_requeue_failed_and_cancelled_jobs(admin: Admin) -> None:
         assert "999999" in result["errors"]
         for ref in refs[1:]:
             assert await wait_state(jobs, ref.id, "Completed") == "Completed"
+        # Requeued, the cancelled job runs at once (its run_after is cleared) and is archived.
         await admin.post(f"/api/jobs/{cancelled.id}/requeue")
-        assert (await admin.get(f"/api/jobs/{cancelled.id}"))["location"] == "queue"
+        assert await wait_state(jobs, cancelled.id, "Completed") == "Completed"
+        assert (await admin.get(f"/api/jobs/{cancelled.id}"))["location"] == "completed"
         assert (
             "only failed or cancelled"
             in (await admin.post(f"/api/jobs/{done.id}/requeue", status=409))["error"]

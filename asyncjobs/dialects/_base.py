@@ -11,8 +11,8 @@ import abc
 import inspect
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -105,6 +105,18 @@ class Dialect(abc.ABC):
     ) -> AbstractAsyncContextManager[None]:
         """Call ``on_message`` for each notification while the context is open."""
         return no_listen()
+
+
+@asynccontextmanager
+async def in_arrival_order(turns: anyio.Semaphore | None) -> AsyncIterator[None]:
+    """Hold one of a pool's ``turns`` (a semaphore of its size) while a connection is out.
+    aiomysql's and aioodbc's pools give a released connection to whichever task asks next, so
+    tasks that query in a loop can starve the rest (a worker's completions among them); the
+    semaphore hands connections out in arrival order."""
+    if turns is None:
+        raise RuntimeError("the dialect is not open")
+    async with turns:
+        yield
 
 
 class _NoListen:

@@ -42,7 +42,15 @@ import anyio
 
 from .._sql import Queries, convert_params, load_queries, split_statements
 from ..exceptions import ConfigurationError, InvalidDsnError
-from ._base import Capabilities, Connection, Dialect, Params, Row, retry_deadlocks
+from ._base import (
+    Capabilities,
+    Connection,
+    Dialect,
+    Params,
+    Row,
+    in_arrival_order,
+    retry_deadlocks,
+)
 from ._dsn import Dsn
 
 log = logging.getLogger("asyncjobs.mssql")
@@ -299,6 +307,7 @@ class MssqlDialect(Dialect):
         self._pool_recycle = pool_recycle
         self._connect_timeout = connect_timeout
         self._pool: Any = None
+        self._turns: anyio.Semaphore | None = None
         self._batches: dict[tuple[object, ...], tuple[str, tuple[str, ...], bool]] = {}
         self._scripts: dict[tuple[object, ...], list[str]] = {}
         self.stats = {"deadlock_retries": 0, "deadlocks": 0}
@@ -336,6 +345,7 @@ class MssqlDialect(Dialect):
         }
 
     async def open(self) -> None:
+        self._turns = anyio.Semaphore(self._max_size)
         aioodbc = importlib.import_module("aioodbc")
 
         async def configure(raw: Any) -> None:
@@ -382,6 +392,11 @@ class MssqlDialect(Dialect):
 
     @asynccontextmanager
     async def _acquire(self, *, begin: bool = False) -> AsyncIterator[Any]:
+        async with in_arrival_order(self._turns), self._checked_out(begin) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _checked_out(self, begin: bool) -> AsyncIterator[Any]:
         pool = self._pool
         conn = await self._checkout(begin=begin)
         try:

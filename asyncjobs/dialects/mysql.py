@@ -53,7 +53,16 @@ import anyio
 
 from .._sql import Queries, convert_params, load_queries, split_statements
 from ..exceptions import ConfigurationError, InvalidDsnError
-from ._base import Capabilities, ChangeWatch, Connection, Dialect, Params, Row, retry_deadlocks
+from ._base import (
+    Capabilities,
+    ChangeWatch,
+    Connection,
+    Dialect,
+    Params,
+    Row,
+    in_arrival_order,
+    retry_deadlocks,
+)
 from ._dsn import Dsn
 
 log = logging.getLogger("asyncjobs.mysql")
@@ -343,6 +352,7 @@ class MysqlDialect(Dialect):
         self._pool_recycle = pool_recycle
         self._connect_timeout = connect_timeout
         self._pool: Any = None
+        self._turns: anyio.Semaphore | None = None
         self._configured: weakref.WeakSet[Any] = weakref.WeakSet()
         self._prepared: dict[object, _Prepared] = {}
         self.stats = {"deadlock_retries": 0, "deadlocks": 0}
@@ -392,6 +402,7 @@ class MysqlDialect(Dialect):
         }
 
     async def open(self) -> None:
+        self._turns = anyio.Semaphore(self._max_size)
         self._pool = await aiomysql.create_pool(
             minsize=self._min_size,
             maxsize=self._max_size,
@@ -435,6 +446,11 @@ class MysqlDialect(Dialect):
 
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[Any]:
+        async with in_arrival_order(self._turns), self._checked_out() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _checked_out(self) -> AsyncIterator[Any]:
         pool = self._pool
         conn = await self._checkout()
         try:

@@ -68,6 +68,28 @@ async def test_get_job_by_ref_id_and_unknown_ids(make_jobs: Factory) -> None:
         assert await jobs.get_job_by_ref_id("nope") is None
 
 
+async def test_get_job_finds_the_job_row_while_jobs_finish(make_jobs: Factory) -> None:
+    # get_job reads the summary, then the job where the summary says it is: a job that
+    # finishes between the two reads must still be found (in the archive), not reported
+    # without its row. Each job is polled in a tight loop while it finishes, by more readers
+    # than the pool has connections: they must not starve the worker's completions.
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        refs = [await jobs.enqueue_command(SleepCommand, Sleep(0.05 + 0.01 * n)) for n in range(40)]
+
+        async def poll_until_completed(job_id: int) -> None:
+            while True:
+                result = await jobs.get_job(job_id)
+                assert result is not None and result.job is not None, result
+                if result.state is JobState.COMPLETED:
+                    assert result.completed is not None
+                    return
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for ref in refs:
+                    tg.start_soon(poll_until_completed, ref.id)
+
+
 async def test_every_option_is_stored_and_returned(make_jobs: Factory) -> None:
     run_after = datetime.now(UTC) + timedelta(hours=1)
     options = JobOptions(
