@@ -42,15 +42,7 @@ import anyio
 
 from .._sql import Queries, convert_params, load_queries, split_statements
 from ..exceptions import ConfigurationError, InvalidDsnError
-from ._base import (
-    Capabilities,
-    Connection,
-    Dialect,
-    Params,
-    Row,
-    in_arrival_order,
-    retry_deadlocks,
-)
+from ._base import Capabilities, Connection, Dialect, Params, Row, in_arrival_order, retry_deadlocks
 from ._dsn import Dsn
 
 log = logging.getLogger("asyncjobs.mssql")
