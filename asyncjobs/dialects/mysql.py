@@ -17,6 +17,10 @@ and all SQL in ``sql/mysql/``:
   the transaction it opened. A ``transaction()`` sends its ``START TRANSACTION`` with its first
   query, so it costs no round trip of its own;
 - ``fetch`` returns the rows of the last statement and ``execute`` its row count;
+- a statement that begins with ``/* only if :name */`` is left out of the packet when that
+  parameter is empty (NULL, 0, '' or '[]'). Only for a statement that then does nothing, so
+  that sending it anyway changes nothing: the server is spared parsing and planning it (e.g.
+  the claim's statements in a flush that claims nothing);
 - statements hand values to each other in session variables named ``@asyncjobs_*``, e.g.
   ``SELECT JSON_ARRAYAGG(id) INTO @asyncjobs_ids FROM (... FOR UPDATE) AS t``, then
   ``UPDATE JSON_TABLE(@asyncjobs_ids, ...) AS i STRAIGHT_JOIN background_job b ...``. The
@@ -40,10 +44,11 @@ Settings (keyword arguments or DSN query options): ``min_size`` and ``max_size``
 from __future__ import annotations
 
 import logging
+import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -80,6 +85,10 @@ _CLIENT_FOUND_ROWS = 2  # pymysql.constants.CLIENT.FOUND_ROWS
 _CLIENT_MULTI_STATEMENTS = 1 << 16  # pymysql.constants.CLIENT.MULTI_STATEMENTS
 #: column type codes of DATETIME and TIMESTAMP (pymysql.constants.FIELD_TYPE)
 _TIME_TYPES = frozenset({7, 12})
+#: the guard of a statement sent only when a parameter is not empty (see the module docstring)
+_GUARD = re.compile(r"/\* only if :(\w+) \*/\s*")
+#: the values of an empty parameter
+_EMPTY = (None, 0, "", "[]")
 #: executemany sends its statements in packets of about this many bytes
 _BATCH_BYTES = 1 << 20
 #: the server went away or refuses us for now: can't connect (2002, 2003), gone away (2006),
@@ -164,11 +173,32 @@ async def _decode(cur: Any) -> list[Row]:
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     """A named query rendered for the driver: its statements, and the text sent in one packet
-    (``packet``) or, when it opens its own transaction, with START TRANSACTION and COMMIT."""
+    (``packet``) or, when it opens its own transaction, with START TRANSACTION and COMMIT.
+    ``guards`` names, per statement, the parameter it is sent only with (None: always)."""
 
     statements: list[str]
     packet: str
     wrapped: str
+    guards: tuple[str | None, ...] = ()
+    #: the packets without the statements whose guard is empty, by which are sent
+    variants: dict[tuple[bool, ...], _Prepared] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, statements: list[str], guards: Sequence[str | None] = ()) -> _Prepared:
+        packet = ";\n".join(statements)
+        wrapped = f"START TRANSACTION;\n{packet};\nCOMMIT"
+        return cls(statements, packet, wrapped, tuple(guards) if any(guards) else ())
+
+    def for_values(self, values: dict[str, Any]) -> _Prepared:
+        """The statements to send with these parameter values."""
+        if not self.guards:
+            return self
+        sent = tuple(guard is None or values.get(guard) not in _EMPTY for guard in self.guards)
+        found = self.variants.get(sent)
+        if found is None:
+            kept = [sql for sql, send in zip(self.statements, sent, strict=True) if send]
+            found = self.variants[sent] = _Prepared.of(kept)
+        return found
 
 
 def _multi_statements(conn: Any) -> bool:
@@ -193,14 +223,14 @@ class MysqlConnection:
         self.broken = False
 
     async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
-        prepared = self._dialect.prepared(query, templates)
         values = {k: _convert(v) for k, v in (params or {}).items()}
+        prepared = self._dialect.prepared(query, templates).for_values(values)
         rows, _ = await self._attempt(lambda: self._run(prepared, values))
         return rows
 
     async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
-        prepared = self._dialect.prepared(query, templates)
         values = {k: _convert(v) for k, v in (params or {}).items()}
+        prepared = self._dialect.prepared(query, templates).for_values(values)
         _, count = await self._attempt(lambda: self._run(prepared, values))
         return count
 
@@ -364,12 +394,15 @@ class MysqlDialect(Dialect):
         if found is None:
             named = self.queries[query]
             text = named.render(**templates) if templates else named.sql
-            statements = [
-                convert_params(named, "pyformat", sql)[0] for sql in split_statements(text)
-            ]
-            packet = ";\n".join(statements)
-            found = _Prepared(statements, packet, f"START TRANSACTION;\n{packet};\nCOMMIT")
-            self._prepared[key] = found
+            statements, guards = [], []
+            for sql in split_statements(text):
+                guard = _GUARD.match(sql)
+                if guard is not None and guard.group(1) not in named.params:
+                    raise ConfigurationError(f"{named.source}: {guard.group(0)!r} names no parameter")
+                guards.append(None if guard is None else guard.group(1))
+                body = sql if guard is None else sql[guard.end() :]
+                statements.append(convert_params(named, "pyformat", body)[0])
+            found = self._prepared[key] = _Prepared.of(statements, guards)
         return found
 
     def statements(self, query: str, templates: dict[str, str]) -> list[str]:

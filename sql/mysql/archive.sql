@@ -167,8 +167,8 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 -- name: complete_and_claim_jobs
 -- The finisher's and the dispatcher's query: the completion of many successful executions
 -- followed by a claim, in one transaction and one round trip, where a separate finish and
--- claim would cost two of each. A pure claim passes no outcomes ('[]'); a pure finish passes :limit 0 (the claim's statements
--- then read nothing). Returns one row per claimed job: done_ids (JSON array text of the ids
+-- claim would cost two of each. A pure claim passes no outcomes ('[]'), a pure finish :limit 0;
+-- the statements of the part not wanted are then not sent (see below). Returns one row per claimed job: done_ids (JSON array text of the ids
 -- completed, NULL if none), dependents (1 if a queued job depends on one of them, so that the
 -- caller claims again once they are runnable) and the job's columns; with nothing claimed,
 -- exactly one row whose job columns are NULL.
@@ -177,8 +177,8 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 -- next job is claimed here. Their commit is the claim's commit, so no other transaction can see
 -- the worker idle before it sees the next job Started (the argument below holds as is).
 -- Locks: the completion waits for the rows it finishes (only a cancel request may hold one, and
--- briefly); it is the transaction's first statement, so a deadlock there is retried by the
--- dialect. The claim takes every lock with SKIP LOCKED and never waits.
+-- briefly); it is the transaction's first statement that locks, so a deadlock there is
+-- retried by the dialect. The claim takes every lock with SKIP LOCKED and never waits.
 -- Completion: each job this node still holds gets its outcome, is copied into the archive, has
 -- its summary updated and leaves the queue. :outcomes is a JSON array of {id, duration_ms,
 -- response, response_body, status, logs, notified_date}.
@@ -195,7 +195,12 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 -- (comma-separated, tested with FIND_IN_SET: a JSON_TABLE on the inner side of a join is
 -- evaluated again for every outer row), never again by lease: a job is archived and deleted
 -- only if locked here.
-SELECT GROUP_CONCAT(c.id), GROUP_CONCAT(IF(c.clean, NULL, c.id)),
+-- A pure claim (no outcomes) leaves the completion's statements out of the packet, and a pure
+-- finish (:limit 0) the claim's (see the dialect's "only if"); the variables the last
+-- statement reads are reset first, so it never sees an earlier call's on this connection.
+SET @asyncjobs_done = NULL, @asyncjobs_errors = NULL, @asyncjobs_dependents = 0,
+    @asyncjobs_claimed = NULL;
+/* only if :outcomes */ SELECT GROUP_CONCAT(c.id), GROUP_CONCAT(IF(c.clean, NULL, c.id)),
        COALESCE(MAX(EXISTS (SELECT 1 FROM background_job q
                             FORCE INDEX (ix_background_job_depends_on)
                             WHERE q.depends_on = c.id AND q.state = 'Queued')), 0)
@@ -207,7 +212,7 @@ FROM (
     WHERE b.lease_owner = :node
     FOR UPDATE
 ) AS c;
-INSERT INTO completed_job (
+/* only if :outcomes */ INSERT INTO completed_job (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, response, response_body,
     state, started_date, completed_date, notified_date, retry_limit, attempts, duration_ms,
@@ -233,20 +238,20 @@ FROM JSON_TABLE(:outcomes, '$[*]' COLUMNS (
 )) AS o
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = o.id
 WHERE FIND_IN_SET(o.id, @asyncjobs_done);
-UPDATE JSON_TABLE(:outcomes, '$[*]' COLUMNS (
+/* only if :outcomes */ UPDATE JSON_TABLE(:outcomes, '$[*]' COLUMNS (
     id BIGINT PATH '$.id', duration_ms BIGINT PATH '$.duration_ms')) AS o
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = o.id
 STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = o.id
 SET s.state = 'Completed', s.started_date = b.started_date, s.completed_date = :now,
     s.duration_ms = o.duration_ms, s.attempts = b.attempts, s.error_code = NULL
 WHERE FIND_IN_SET(o.id, @asyncjobs_done);
-UPDATE JSON_TABLE(CONCAT('[', @asyncjobs_errors, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS e
+/* only if :outcomes */ UPDATE JSON_TABLE(CONCAT('[', @asyncjobs_errors, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS e
 STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = e.id
 SET s.error_message = NULL
 -- Almost always no row needs it: this constant condition lets MariaDB skip the statement,
 -- which otherwise builds an on-disk temporary table (the column is LONGTEXT) for nothing.
 WHERE @asyncjobs_errors IS NOT NULL;
-DELETE b FROM JSON_TABLE(CONCAT('[', @asyncjobs_done, ']'), '$[*]'
+/* only if :outcomes */ DELETE b FROM JSON_TABLE(CONCAT('[', @asyncjobs_done, ']'), '$[*]'
                         COLUMNS (id BIGINT PATH '$')) AS d
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
 -- The claim: up to :limit runnable jobs in priority-then-age order. A job with a named worker is
@@ -285,7 +290,7 @@ STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
 -- 4. Return them.
 -- Every lock here is taken with SKIP LOCKED, so a claim never waits and claims cannot deadlock
 -- with each other.
-SELECT JSON_ARRAYAGG(l.name) INTO @asyncjobs_workers FROM (
+/* only if :limit */ SELECT JSON_ARRAYAGG(l.name) INTO @asyncjobs_workers FROM (
     SELECT w.name FROM job_worker w
     WHERE :limit > 0
       AND EXISTS (SELECT 1 FROM background_job q FORCE INDEX (ix_background_job_worker)
@@ -298,7 +303,7 @@ SELECT JSON_ARRAYAGG(l.name) INTO @asyncjobs_workers FROM (
                       WHERE x.worker = w.name AND x.state = 'Executed')
     FOR UPDATE SKIP LOCKED
 ) AS l;
-SELECT JSON_ARRAYAGG(JSON_OBJECT('id', c.id, 'attempts', c.attempts)) INTO @asyncjobs_claimed
+/* only if :limit */ SELECT JSON_ARRAYAGG(JSON_OBJECT('id', c.id, 'attempts', c.attempts)) INTO @asyncjobs_claimed
 FROM (
     SELECT u.id, u.attempts FROM (
         (SELECT n.id, n.priority, n.attempts + 1 AS attempts
@@ -337,7 +342,7 @@ FROM (
     ORDER BY u.priority DESC, u.id
     LIMIT :limit
 ) AS c;
-UPDATE JSON_TABLE(@asyncjobs_claimed, '$[*]'
+/* only if :limit */ UPDATE JSON_TABLE(@asyncjobs_claimed, '$[*]'
                   COLUMNS (id BIGINT PATH '$.id', attempts INT PATH '$.attempts')) AS i
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = i.id
