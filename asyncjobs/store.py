@@ -522,7 +522,7 @@ class Store:
                         claim.final[outcome.job.id] = JobState.COMPLETED
                     else:
                         claim.lost.append(outcome.job.id)
-                claim.jobs += [row_to_job(r) for r in rows if r["id"] is not None]
+                claim.jobs += [row_to_job(r) for r in rows if r.get("id") is not None]
         claim.jobs.sort(key=lambda j: (-j.priority, j.id))
         return claim
 

@@ -13,9 +13,10 @@ import aiomysql
 import pytest
 
 from asyncjobs import BackgroundJobs, JobOptions
-from asyncjobs._sql import Query
+from asyncjobs._sql import Query, parse_queries
 from asyncjobs.dialects import Row
 from asyncjobs.dialects.mysql import MysqlDialect
+from asyncjobs.exceptions import ConfigurationError
 from asyncjobs.store import MIGRATIONS
 from tests.commands import Add, AddCommand
 from tests.db_mysql import connect, query
@@ -115,7 +116,51 @@ async def test_nothing_queued_gives_one_row_of_nulls(make_jobs: Factory) -> None
         ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
         assert claimed(await complete_and_claim(jobs, [], 10)) == [ref.id]
         rows = await complete_and_claim(jobs, [ref.id], 0)  # a pure finish claims nothing
-        assert len(rows) == 1 and done_ids(rows) == [ref.id] and rows[0]["id"] is None
+        assert rows == [{"done_ids": f"[{ref.id}]", "dependents": 0}]  # the report alone
+
+
+async def test_a_pure_claim_or_finish_sends_only_its_part(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        query = dialect_of(jobs).prepared("complete_and_claim_jobs", {})
+        values = {"outcomes": json.dumps([outcome(1)]), "limit": 5}
+        both = query.for_values(values).packet
+        claim = query.for_values({**values, "outcomes": "[]"}).packet
+        finish = query.for_values({**values, "limit": 0}).packet
+        assert "INSERT INTO completed_job" in both and "SKIP LOCKED" in both
+        assert "INSERT INTO completed_job" not in claim and "SKIP LOCKED" in claim
+        assert "INSERT INTO completed_job" in finish and "SKIP LOCKED" not in finish
+        assert "b.*" in both and "b.*" in claim and "b.*" not in finish
+        assert len(query.statements) > len(both.split(";\n")) > len(claim.split(";\n"))
+
+
+async def test_a_pure_claim_does_not_report_an_earlier_calls_completions(
+    make_jobs: Factory,
+) -> None:
+    """The completion's statements, left out of a pure claim, set the variables the report
+    reads: they are reset first, or the report would repeat the last call's on the connection."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        params = {"node": NODE, "now": datetime.now(UTC), "named_only": 0}
+        async with jobs.dialect.connection() as conn:
+            rows = await conn.fetch(
+                "complete_and_claim_jobs", {**params, "outcomes": "[]", "limit": 1}
+            )
+            assert claimed(rows) == [ref.id]
+            finish = {**params, "outcomes": json.dumps([outcome(ref.id)]), "limit": 0}
+            assert done_ids(await conn.fetch("complete_and_claim_jobs", finish)) == [ref.id]
+            rows = await conn.fetch(
+                "complete_and_claim_jobs", {**params, "outcomes": "[]", "limit": 1}
+            )
+            assert rows[0]["done_ids"] is None and claimed(rows) == []
+
+
+async def test_a_guard_must_name_a_parameter_of_its_query(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        dialect = dialect_of(jobs)
+        text = "-- name: guarded\n/* only if :missing */ SELECT :present;\nSELECT 1;\n"
+        dialect.queries.by_name.update(parse_queries(text, "guarded.sql"))
+        with pytest.raises(ConfigurationError, match="only if :missing"):
+            dialect.prepared("guarded", {})
 
 
 async def test_a_job_another_node_holds_is_not_completed(make_jobs: Factory, dsn: str) -> None:

@@ -18,9 +18,11 @@ and all SQL in ``sql/mysql/``:
   query, so it costs no round trip of its own;
 - ``fetch`` returns the rows of the last statement and ``execute`` its row count;
 - a statement that begins with ``/* only if :name */`` is left out of the packet when that
-  parameter is empty (NULL, 0, '' or '[]'). Only for a statement that then does nothing, so
-  that sending it anyway changes nothing: the server is spared parsing and planning it (e.g.
-  the claim's statements in a flush that claims nothing);
+  parameter is empty (NULL, 0, '' or '[]'), one that begins with ``/* only if no :name */``
+  when it is not. Only for a statement that then does nothing, so that sending it anyway
+  changes nothing (the server is spared parsing and planning it: e.g. the claim's statements
+  in a flush that claims nothing), or for a last statement that reads the same report as the
+  one it stands in for, with fewer columns;
 - statements hand values to each other in session variables named ``@asyncjobs_*``, e.g.
   ``SELECT JSON_ARRAYAGG(id) INTO @asyncjobs_ids FROM (... FOR UPDATE) AS t``, then
   ``UPDATE JSON_TABLE(@asyncjobs_ids, ...) AS i STRAIGHT_JOIN background_job b ...``. The
@@ -86,7 +88,8 @@ _CLIENT_MULTI_STATEMENTS = 1 << 16  # pymysql.constants.CLIENT.MULTI_STATEMENTS
 #: column type codes of DATETIME and TIMESTAMP (pymysql.constants.FIELD_TYPE)
 _TIME_TYPES = frozenset({7, 12})
 #: the guard of a statement sent only when a parameter is not empty (see the module docstring)
-_GUARD = re.compile(r"/\* only if :(\w+) \*/\s*")
+_GUARD = re.compile(r"/\* only if (no )?:(\w+) \*/\s*")
+_PYFORMAT_PARAM = re.compile(r"%\((\w+)\)s")
 #: the values of an empty parameter
 _EMPTY = (None, 0, "", "[]")
 #: executemany sends its statements in packets of about this many bytes
@@ -174,17 +177,18 @@ async def _decode(cur: Any) -> list[Row]:
 class _Prepared:
     """A named query rendered for the driver: its statements, and the text sent in one packet
     (``packet``) or, when it opens its own transaction, with START TRANSACTION and COMMIT.
-    ``guards`` names, per statement, the parameter it is sent only with (None: always)."""
+    ``guards`` names, per statement, the parameter it is sent only with, or only without
+    (None: always sent)."""
 
     statements: list[str]
     packet: str
     wrapped: str
-    guards: tuple[str | None, ...] = ()
+    guards: tuple[tuple[str, bool] | None, ...] = ()
     #: the packets without the statements whose guard is empty, by which are sent
     variants: dict[tuple[bool, ...], _Prepared] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, statements: list[str], guards: Sequence[str | None] = ()) -> _Prepared:
+    def of(cls, statements: list[str], guards: Sequence[tuple[str, bool] | None] = ()) -> _Prepared:
         packet = ";\n".join(statements)
         wrapped = f"START TRANSACTION;\n{packet};\nCOMMIT"
         return cls(statements, packet, wrapped, tuple(guards) if any(guards) else ())
@@ -193,7 +197,9 @@ class _Prepared:
         """The statements to send with these parameter values."""
         if not self.guards:
             return self
-        sent = tuple(guard is None or values.get(guard) not in _EMPTY for guard in self.guards)
+        sent = tuple(
+            guard is None or (values.get(guard[0]) in _EMPTY) == guard[1] for guard in self.guards
+        )
         found = self.variants.get(sent)
         if found is None:
             kept = [sql for sql, send in zip(self.statements, sent, strict=True) if send]
@@ -394,14 +400,20 @@ class MysqlDialect(Dialect):
         if found is None:
             named = self.queries[query]
             text = named.render(**templates) if templates else named.sql
-            statements, guards = [], []
+            statements: list[str] = []
+            guards: list[tuple[str, bool] | None] = []
+            used: set[str] = set()
             for sql in split_statements(text):
                 guard = _GUARD.match(sql)
-                if guard is not None and guard.group(1) not in named.params:
-                    raise ConfigurationError(f"{named.source}: {guard.group(0)!r} names no parameter")
-                guards.append(None if guard is None else guard.group(1))
-                body = sql if guard is None else sql[guard.end() :]
-                statements.append(convert_params(named, "pyformat", body)[0])
+                guards.append(None if guard is None else (guard.group(2), bool(guard.group(1))))
+                body = convert_params(named, "pyformat", sql[guard.end() :] if guard else sql)[0]
+                statements.append(body)
+                used.update(_PYFORMAT_PARAM.findall(body))
+            for name in {guard[0] for guard in guards if guard is not None} - used:
+                # a misspelt guard would silently leave its statement out (or in)
+                raise ConfigurationError(
+                    f"{named.source}: 'only if :{name}' names no parameter of the query"
+                )
             found = self._prepared[key] = _Prepared.of(statements, guards)
         return found
 

@@ -168,10 +168,11 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 -- The finisher's and the dispatcher's query: the completion of many successful executions
 -- followed by a claim, in one transaction and one round trip, where a separate finish and
 -- claim would cost two of each. A pure claim passes no outcomes ('[]'), a pure finish :limit 0;
--- the statements of the part not wanted are then not sent (see below). Returns one row per claimed job: done_ids (JSON array text of the ids
--- completed, NULL if none), dependents (1 if a queued job depends on one of them, so that the
--- caller claims again once they are runnable) and the job's columns; with nothing claimed,
--- exactly one row whose job columns are NULL.
+-- the statements of the part not wanted are then not sent (see below). Returns one row per
+-- claimed job: done_ids (JSON array text of the ids completed, NULL if none), dependents (1 if
+-- a queued job depends on one of them, so that the caller claims again once they are runnable)
+-- and the job's columns; with nothing claimed, exactly one row whose job columns are NULL
+-- (with :limit 0, absent).
 -- The claim runs after the completions, in the same transaction and READ COMMITTED, so each of
 -- its statements sees them: a named worker whose running job completed here is idle, and its
 -- next job is claimed here. Their commit is the claim's commit, so no other transaction can see
@@ -350,8 +351,11 @@ SET b.state = 'Started', b.attempts = i.attempts, b.started_date = :now,
     b.last_activity_date = :now, b.lease_owner = :node, b.cancel_requested = 0,
     s.state = 'Started', s.attempts = i.attempts, s.started_date = :now;
 -- One row even when nothing was claimed: the report, left joined to the claimed jobs. (A user
--- variable reads back as binary: CONVERT makes it text.)
-SELECT CONVERT(CONCAT('[', @asyncjobs_done, ']') USING utf8mb4) AS done_ids,
+-- variable reads back as binary: CONVERT makes it text.) A pure finish reads the report alone:
+-- no job columns to describe and decode.
+/* only if no :limit */ SELECT CONVERT(CONCAT('[', @asyncjobs_done, ']') USING utf8mb4) AS done_ids,
+       @asyncjobs_dependents AS dependents;
+/* only if :limit */ SELECT CONVERT(CONCAT('[', @asyncjobs_done, ']') USING utf8mb4) AS done_ids,
        @asyncjobs_dependents AS dependents,
        b.*
 FROM (SELECT 1 AS one) AS r
