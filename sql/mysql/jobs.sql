@@ -201,8 +201,9 @@ STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_i
 -- insert_started_jobs for one job, given column by column: a single-row INSERT ... VALUES
 -- takes the server a third less time than reading one row from JSON_TABLE (0.7 ms instead of
 -- 1.0 ms for the round trip on MariaDB 10.11), and one job is how most enqueues come. The
--- summary is copied from the new row, found by LAST_INSERT_ID() (which job_summary, with no
--- auto-increment, leaves alone).
+-- summary is written from the same values under the id LAST_INSERT_ID() gives (job_summary,
+-- with no auto-increment, leaves it alone): INSERT ... VALUES costs the server less than
+-- copying the new row with INSERT ... SELECT.
 INSERT INTO background_job (
     parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type, command,
     request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta,
@@ -217,10 +218,10 @@ INSERT INTO job_summary (
     id, parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type,
     command, request, user_id, state, attempts, started_date
 )
-SELECT b.id, b.parent_id, b.ref_id, b.tag, b.batch_id, b.callback, b.created_date, b.created_by,
-       b.request_type, b.command, b.request, b.user_id, b.state, b.attempts, b.started_date
-FROM background_job b
-WHERE b.id = LAST_INSERT_ID();
+VALUES (
+    LAST_INSERT_ID(), :parent_id, :ref_id, :tag, :batch_id, :callback, :created_date,
+    :created_by, :request_type, :command, :request, :user_id, 'Started', 1, :now
+);
 SELECT LAST_INSERT_ID() AS id, :ref_id AS ref_id;
 
 -- name: mark_summaries
