@@ -317,11 +317,13 @@ class Store:
         depend on another need a transaction around it, to check the parent's fate."""
         if connection is None and all(job.depends_on is None for job in jobs):
             async with self.dialect.connection() as conn:
-                return await self._insert(conn, jobs)
+                return await self._insert(conn, jobs, committed_here=True)
         async with connection or self.dialect.transaction() as tx:
-            return await self._insert(tx, jobs)
+            return await self._insert(tx, jobs, committed_here=connection is None)
 
-    async def _insert(self, tx: Connection, jobs: Sequence[NewJob]) -> list[tuple[int, str]]:
+    async def _insert(
+        self, tx: Connection, jobs: Sequence[NewJob], *, committed_here: bool
+    ) -> list[tuple[int, str]]:
         query, params = self._insert_query(jobs, "insert_job", "insert_jobs")
         try:
             rows = await tx.fetch(query, params)
@@ -335,7 +337,10 @@ class Store:
             if dead:
                 await self._cascade(tx, [int(r["id"]) for r in dead], utcnow())
         by_ref = {str(r["ref_id"]): int(r["id"]) for r in rows}
-        self.dialect.inserted_here(by_ref.values())
+        if committed_here:
+            # The caller wakes its dispatcher. Jobs of an application's transaction run once it
+            # commits, which only a change watch or notification tells.
+            self.dialect.inserted_here(by_ref.values())
         return [(by_ref[job.ref_id], job.ref_id) for job in jobs]
 
     async def enqueue_started(self, jobs: Sequence[NewJob], node: str) -> list[BackgroundJob]:
@@ -436,14 +441,14 @@ class Store:
                 return False, None
             if job is None:
                 return True, None
-            ((job_id, _),) = await self._insert(tx, [job])
+            ((job_id, _),) = await self._insert(tx, [job], committed_here=True)
             await tx.execute("set_task_job", {"name": name, "job_id": job_id})
             return True, job_id
 
     async def run_task_now(self, name: str, job: NewJob) -> int:
         """Enqueue a task's job outside its schedule and record it as the task's last job."""
         async with self.dialect.transaction() as tx:
-            ((job_id, _),) = await self._insert(tx, [job])
+            ((job_id, _),) = await self._insert(tx, [job], committed_here=True)
             await tx.execute("set_task_job", {"name": name, "job_id": job_id})
             return job_id
 

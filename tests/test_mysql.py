@@ -490,26 +490,90 @@ async def test_the_change_watch_hears_new_jobs_and_survives_a_killed_connection(
         assert all(conn.closed for conn in connections)
 
 
-def test_the_change_watch_wakes_for_other_processes_jobs_only() -> None:
-    """The judge of the newest job id: the first read is the baseline; ids this process
-    inserted itself are no news; any other id past the highest seen is, a gap included (the
-    server may skip ids: a wake-up too many, never one too few); a lower id (jobs deleted) is
-    not."""
+def test_the_change_watch_wakes_for_jobs_it_did_not_start_here_only() -> None:
+    """The judge of new job ids: the first read (the newest id) is the baseline; ids this
+    process inserted itself are no news, other new ids are; an id skipped below a newer one is
+    news when it appears (an enqueue that committed late), until it has been waited for long
+    enough; a read with nothing new is not news."""
     dialect = create(parse_dsn("mysql://u@db/jobs"))
     judge = dialect._new_job_ids
     dialect.inserted_here([1])
     assert judge.own == set()  # recorded only while a watch runs
     judge.watches = 1
-    assert judge(10) is False  # the baseline
+    assert judge(10) is False and judge.highest == 10  # the baseline
     dialect.inserted_here([11, 12])
-    assert judge(12) is False and judge.own == set()
-    assert judge(13) is True  # another process's job
+    assert judge(frozenset({11, 12})) is False and judge.own == set()
+    assert judge(frozenset({13})) is True  # another process's job
     dialect.inserted_here([15])
-    assert judge(15) is True  # 14 is not ours
-    assert judge(None) is False and judge(3) is False  # the queue drained: nothing new
-    dialect.inserted_here([16])
-    assert judge(16) is False
-    assert judge(17) is True
+    assert judge(frozenset({15})) is False  # ours; 14 skipped, not ours
+    assert sorted(judge.skipped) == [14]
+    assert judge(frozenset()) is False  # nothing new
+    assert judge(frozenset({14})) is True and judge.skipped == {}  # 14 committed late
+    assert judge(frozenset({20})) is True and sorted(judge.skipped) == [16, 17, 18, 19]
+    for i in judge.skipped:
+        judge.skipped[i] = 0.0  # waited for long enough
+    assert judge(frozenset()) is False and judge.skipped == {}
+    assert judge(frozenset({21 + i for i in range(300)})) is True
+    assert judge.highest == 320 and judge.skipped == {}
+    assert judge(frozenset({1000})) is True
+    assert len(judge.skipped) == 100 and min(judge.skipped) == 900  # the newest skipped ids
+
+
+async def test_the_change_watch_hears_a_transaction_that_commits_after_a_newer_one(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """Two applications enqueue in their transactions; the first to begin commits last, after
+    the watch has seen the newer id: it is still heard of (not left to the poll)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as producer:
+        dialect = MysqlDialect(parse_dsn(dsn), change_poll_interval=timedelta(milliseconds=5))
+        calls: list[str] = []
+        first, second = await connect(dsn, autocommit=False), await connect(dsn, autocommit=False)
+        try:
+            async with dialect.listen("any", calls.append):
+                await anyio.sleep(0.2)  # the first read, the baseline
+                await first.begin()
+                await producer.enqueue_command(AddCommand, Add(1, 1), connection=first)
+                await second.begin()
+                await producer.enqueue_command(AddCommand, Add(2, 2), connection=second)
+                await second.commit()
+                with anyio.fail_after(5):
+                    while len(calls) < 1:
+                        await anyio.sleep(0.01)
+                await anyio.sleep(0.2)  # reads that see nothing new
+                assert calls == [""]
+                await first.commit()
+                with anyio.fail_after(5):
+                    while len(calls) < 2:
+                        await anyio.sleep(0.01)
+        finally:
+            first.close()
+            second.close()
+
+
+async def test_a_process_hears_its_own_enqueue_when_the_applications_transaction_commits(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """A job enqueued in the application's transaction cannot wake the dispatcher at enqueue
+    (it is not committed yet): the change watch must hear it, though this process inserted it."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        calls: list[str] = []
+        app = await connect(dsn, autocommit=False)
+        try:
+            async with jobs.dialect.listen("any", calls.append):
+                await anyio.sleep(0.2)  # the first read, the baseline
+                await app.begin()
+                await jobs.enqueue_command(AddCommand, Add(1, 1), connection=app)
+                await anyio.sleep(0.2)
+                assert calls == []  # not committed yet
+                await app.commit()
+                with anyio.fail_after(5):
+                    while not calls:
+                        await anyio.sleep(0.01)
+                await jobs.enqueue_command(AddCommand, Add(2, 2))  # wakes its own dispatcher
+                await anyio.sleep(0.2)
+                assert calls == [""]
+        finally:
+            app.close()
 
 
 # -- several processes ----------------------------------------------------------------------

@@ -34,8 +34,8 @@ A deadlock (1213) or lock-wait timeout (1205) in a query that is the first of it
 so a retry is invisible. ``statistics()`` counts those retries and the deadlocks left to the
 caller.
 
-MySQL has no notifications; instead a process watches the newest job id on a connection of its
-own (``listen``), and so learns of other processes' new jobs within milliseconds.
+MySQL has no notifications; instead a process watches for new job ids on a connection of its
+own (``listen``), and so learns of new jobs committed elsewhere within milliseconds.
 
 Settings (keyword arguments or DSN query options): ``min_size`` and ``max_size`` (the pool),
 ``deadlock_retries`` (default 5), ``pool_recycle`` (seconds a connection is kept, default 3600),
@@ -45,8 +45,10 @@ Settings (keyword arguments or DSN query options): ``min_size`` and ``max_size``
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -90,6 +92,9 @@ _TIME_TYPES = frozenset({7, 12})
 #: the guard of a statement sent only when a parameter is not empty (see the module docstring)
 _GUARD = re.compile(r"/\* only if (no )?:(\w+) \*/\s*")
 _PYFORMAT_PARAM = re.compile(r"%\((\w+)\)s")
+#: how long, and how many, ids the change watch saw skipped it keeps looking up (see _NewJobIds)
+_SKIPPED_FOR = 30.0
+_SKIPPED_MAX = 100
 #: the values of an empty parameter
 _EMPTY = (None, 0, "", "[]")
 #: executemany sends its statements in packets of about this many bytes
@@ -558,11 +563,12 @@ class MysqlDialect(Dialect):
     ) -> AbstractAsyncContextManager[None]:
         """Call ``on_message("")`` soon after another process enqueues: the stand-in for
         notifications, which MySQL lacks. A connection of its own (outside the pool) reads the
-        newest job id, every ``change_poll_interval`` while jobs come and up to 8 times that
-        when none do (see ChangeWatch): a key lookup of some 50 us on the server. Jobs this
-        process inserted itself wake nobody (see _NewJobIds): on MySQL an empty claim costs
-        milliseconds of the server's time. A job whose enqueue commits after a newer one
-        does not move the newest id; the dispatcher's poll finds it."""
+        ids of new jobs, every ``change_poll_interval`` while jobs come and up to 8 times that
+        when none do (see ChangeWatch): key lookups of some 50 us on the server. Jobs this
+        process inserted itself, outside an application's transaction, wake nobody (see
+        _NewJobIds): on MySQL an empty claim costs milliseconds of the server's time. A job
+        whose enqueue commits after a newer one is heard of too, as an id the watch saw
+        skipped and then appear."""
         return self._watching(on_message)
 
     @asynccontextmanager
@@ -576,7 +582,7 @@ class MysqlDialect(Dialect):
                 self.change_poll_interval.total_seconds(),
                 on_message,
                 connect=self._watch_connect,
-                read=self._read_newest_job_id,
+                read=self._read_new_job_ids,
                 close=_close_connection,
                 judge=self._new_job_ids,
             ):
@@ -591,11 +597,17 @@ class MysqlDialect(Dialect):
     async def _watch_connect(self) -> Any:
         return await aiomysql.connect(**self._connect_args())
 
-    async def _read_newest_job_id(self, conn: Any) -> object:
+    async def _read_new_job_ids(self, conn: Any) -> object:
+        """The baseline (the newest id), then the ids that appeared since (a frozenset)."""
+        judge = self._new_job_ids
         async with conn.cursor(aiomysql.Cursor) as cur:
-            await cur.execute(self.prepared("newest_job_id", {}).packet)
-            row = await cur.fetchone()
-        return None if row is None else row[0]
+            if judge.highest is None:
+                await cur.execute(self.prepared("newest_job_id", {}).packet)
+                row = await cur.fetchone()
+                return None if row is None else row[0]
+            values = {"after": judge.highest, "ids": json.dumps(sorted(judge.skipped))}
+            await cur.execute(self.prepared("visible_job_ids", {}).packet, values)
+            return frozenset(int(row[0]) for row in await cur.fetchall())
 
     def is_unique_violation(self, exc: BaseException) -> bool:
         return _error_code(exc) == _DUPLICATE_KEY
@@ -609,27 +621,49 @@ class MysqlDialect(Dialect):
 
 
 class _NewJobIds:
-    """The change watch's judge: news when the newest job id passed the highest seen so far
-    and some id in between is not one this process inserted itself (ids this process did not
-    insert may also be gaps the server skipped: a wake-up too many, never one too few)."""
+    """The change watch's judge: news when a job appears that this process did not insert
+    itself (it woke its own dispatcher). A job appears when its id passes the highest seen so
+    far, or when an id skipped below it shows up: ids are handed out at INSERT, so an enqueue
+    whose transaction commits after a newer one (an application's transaction, usually) is
+    visible only once the newest id has moved past it. Skipped ids are looked up at every read
+    for ``_SKIPPED_FOR`` seconds, at most ``_SKIPPED_MAX`` of them, the newest; most are jobs
+    another process finished between two reads, or ids the server skipped. An enqueue that
+    stays uncommitted longer is found by the dispatcher's poll."""
 
     def __init__(self) -> None:
         self.watches = 0
         #: ids inserted here and not yet passed by a read
         self.own: set[int] = set()
-        self._highest: int | None = None
+        #: the highest id seen (None: not read yet)
+        self.highest: int | None = None
+        #: skipped ids, each with the time it stops being looked up
+        self.skipped: dict[int, float] = {}
 
     def __call__(self, value: object) -> bool:
-        newest = 0 if value is None else int(cast(int, value))
-        highest = self._highest
-        self._highest = newest if highest is None else max(highest, newest)
-        news = (
-            highest is not None
-            and newest > highest
-            and any(i not in self.own for i in range(highest + 1, newest + 1))
-        )
+        if not isinstance(value, frozenset):  # the first read: the baseline
+            self.highest = 0 if value is None else int(cast(int, value))
+            return False
+        assert self.highest is not None
+        now = time.monotonic()
+        appeared = [i for i in value if i in self.skipped]
+        for i in appeared:
+            del self.skipped[i]
+        news = bool(appeared)
+        newer = [i for i in value if i > self.highest]
+        if newer:
+            top = max(newer)
+            news = news or any(i not in self.own for i in newer)
+            until = now + _SKIPPED_FOR
+            start = max(self.highest + 1, top - _SKIPPED_MAX)
+            for i in range(start, top):
+                if i not in value and i not in self.own:
+                    self.skipped[i] = until
+            self.highest = top
+        if self.skipped:
+            live = sorted(i for i, until in self.skipped.items() if until > now)
+            self.skipped = {i: self.skipped[i] for i in live[-_SKIPPED_MAX:]}
         if self.own:
-            self.own = {i for i in self.own if i > self._highest}
+            self.own = {i for i in self.own if i > self.highest}
         return news
 
 

@@ -343,3 +343,14 @@ ORDER BY id DESC;
 -- The newest job's id, which moves when any process enqueues (the MySQL dialect's change watch
 -- reads it; kept in every dialect so that each has the same queries).
 SELECT MAX(id) AS id FROM background_job;
+
+-- name: visible_job_ids
+-- The jobs with an id above :after, and those of :ids that exist (the MySQL dialect's change
+-- watch reads it; kept in every dialect so that each has the same queries).
+SELECT b.id
+FROM OPENJSON(:ids) WITH (id bigint '$') AS i
+JOIN background_job AS b ON b.id = i.id
+UNION ALL
+SELECT id FROM (
+    SELECT TOP (1000) id FROM background_job WHERE id > :after ORDER BY id
+) AS newer;
