@@ -477,6 +477,13 @@ async def test_graceful_shutdown_requeues_unfinished_jobs(make_jobs: Factory) ->
     assert slow_result.queued.error_code == "Shutdown"
 
 
+async def no_claim_in_flight(jobs: BackgroundJobs) -> None:
+    """Wait until no claim is in flight: one (the dispatcher's polls) holds every free slot,
+    and jobs would not start at once. Nothing may await between this and the enqueue's check."""
+    while jobs._reserved:
+        await anyio.sleep(0.001)
+
+
 async def test_an_error_in_the_body_propagates_unwrapped(make_jobs: Factory) -> None:
     async def failing_body() -> None:
         async with make_jobs(commands=[AddCommand]) as jobs:
@@ -502,10 +509,7 @@ async def test_a_cancelled_host_gives_back_jobs_an_idle_runner_was_woken_for(
             async with make_jobs(commands=[SleepCommand], poll_interval=quiet) as jobs:
                 first = await jobs.enqueue_command(SleepCommand, Sleep(0.0))
                 await jobs.wait_for_job(first.id)  # its runner is idle now
-                # A claim in flight (the dispatcher's polls) holds every free slot, and jobs
-                # would not start at once; nothing awaits between this check and the enqueue's.
-                while jobs._reserved:
-                    await anyio.sleep(0.001)
+                await no_claim_in_flight(jobs)
                 insert_started = jobs.store.enqueue_started
                 inserted: list[Any] = []
 
@@ -533,6 +537,7 @@ async def test_a_cancelled_host_gives_back_every_started_job(make_jobs: Factory)
         with anyio.CancelScope() as host:
             async with make_jobs(commands=[SleepCommand]) as jobs:
                 await anyio.sleep(0.1)
+                await no_claim_in_flight(jobs)
                 refs = await jobs.enqueue_many([(SleepCommand, Sleep(5.0)) for _ in range(5)])
                 assert jobs.statistics()["running"] == 5
                 host.cancel()
