@@ -89,7 +89,7 @@ _CLIENT_FOUND_ROWS = 2  # pymysql.constants.CLIENT.FOUND_ROWS
 _CLIENT_MULTI_STATEMENTS = 1 << 16  # pymysql.constants.CLIENT.MULTI_STATEMENTS
 #: column type codes of DATETIME and TIMESTAMP (pymysql.constants.FIELD_TYPE)
 _TIME_TYPES = frozenset({7, 12})
-#: the guard of a statement sent only when a parameter is not empty (see the module docstring)
+#: the guard of a statement sent only with, or only without, a parameter (see the module docstring)
 _GUARD = re.compile(r"/\* only if (no )?:(\w+) \*/\s*")
 _PYFORMAT_PARAM = re.compile(r"%\((\w+)\)s")
 #: how long, and how many, ids the change watch saw skipped it keeps looking up (see _NewJobIds)
@@ -189,7 +189,7 @@ class _Prepared:
     packet: str
     wrapped: str
     guards: tuple[tuple[str, bool] | None, ...] = ()
-    #: the packets without the statements whose guard is empty, by which are sent
+    #: the query with guarded statements left out, by which of its statements are sent
     variants: dict[tuple[bool, ...], _Prepared] = field(default_factory=dict)
 
     @classmethod
