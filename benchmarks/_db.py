@@ -136,8 +136,60 @@ class SqliteProbe(Probe):
         self.db.close()
 
 
+#: The servers this run uses (set by ``ensure_databases``), which ``settle`` quiets.
+_in_use: set[str] = set()
+
+#: How long ``settle`` waits for MariaDB at most, and what counts as quiet: the dirty pages of
+#: the buffer pool and the undo log that purge has still to clean.
+SETTLE_TIMEOUT = 30.0
+QUIET_DIRTY_PAGES = 20
+QUIET_HISTORY = 50
+
+
+async def settle() -> None:
+    """Let the servers finish the background work that earlier writes left, before a timed
+    part begins, so that no run pays for its predecessor's: PostgreSQL checkpoints now (else
+    the checkpoint every 5 minutes lands inside whichever run is going), MariaDB flushes its
+    dirty pages (which moves its redo checkpoint on, so a drain starts with the whole redo
+    log free) and purges the rows that earlier transactions deleted. Every subject gets it,
+    peers and raw loops alike."""
+    if "postgres" in _in_use:
+        probe: Probe = await PgProbe.connect()
+        try:
+            await probe.execute("CHECKPOINT")
+        finally:
+            await probe.close()
+    if "mysql" in _in_use:
+        probe = await MysqlProbe.connect(None)
+        try:
+            limit = await probe.fetchval("SELECT @@GLOBAL.innodb_max_dirty_pages_pct")
+            # Zero tells the page cleaner to flush everything; the setting is restored at once.
+            await probe.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
+            try:
+                with anyio.move_on_after(SETTLE_TIMEOUT):
+                    while not await _mysql_quiet(probe):
+                        await anyio.sleep(0.1)
+            finally:
+                await probe.execute(f"SET GLOBAL innodb_max_dirty_pages_pct = {float(limit)}")
+        finally:
+            await probe.close()
+
+
+async def _mysql_quiet(probe: Probe) -> bool:
+    dirty = await probe.fetchval(
+        "SELECT variable_value FROM information_schema.global_status"
+        " WHERE variable_name = 'INNODB_BUFFER_POOL_PAGES_DIRTY'"
+    )
+    history = await probe.fetchval(
+        "SELECT variable_value FROM information_schema.global_status"
+        " WHERE variable_name = 'INNODB_HISTORY_LIST_LENGTH'"
+    )
+    return int(dirty) <= QUIET_DIRTY_PAGES and int(history) <= QUIET_HISTORY
+
+
 async def ensure_databases(postgres: bool, mysql: bool) -> None:
     """Create the ``bench`` database on the servers that a run needs."""
+    _in_use.update(name for name, used in (("postgres", postgres), ("mysql", mysql)) if used)
     if postgres:
         probe = await PgProbe.connect("postgres")
         try:

@@ -28,6 +28,7 @@ import anyio.abc
 import psutil
 
 from . import _profile
+from ._db import settle
 from ._jobs import hooks
 from ._subject import ROOT, Subject
 
@@ -107,6 +108,7 @@ def percentiles(samples: Sequence[float]) -> dict[str, Any]:
 
 async def enqueue_single(subject: Subject, count: int) -> dict[str, Any]:
     await subject.reset()
+    await settle()
     started = time.perf_counter()
     for n in range(count):
         await subject.enqueue_one(n)
@@ -115,6 +117,7 @@ async def enqueue_single(subject: Subject, count: int) -> dict[str, Any]:
 
 async def enqueue_batches(subject: Subject, total: int, batch: int) -> dict[str, Any]:
     await subject.reset()
+    await settle()
     started = time.perf_counter()
     for first in range(0, total, batch):
         await subject.enqueue_batch(range(first, min(total, first + batch)))
@@ -239,6 +242,7 @@ async def drain(
     await subject.reset()
     ids = await fill(subject, count, serial=serial)
     last = ids[-1]
+    await settle()
     async with worker_processes(subject, workers, concurrency=concurrency, serial=serial) as procs:
         sampler = RssSampler([w.pid for w in procs])
         async with anyio.create_task_group() as tg:
@@ -323,6 +327,7 @@ async def latency_same_process(
     hooks.reset()
     hooks.on_start = on_start
     latencies: list[float] = []
+    await settle()
     try:
         async with subject.in_process():
             stop = time.monotonic() + budget
@@ -347,6 +352,7 @@ async def latency_cross_process(
     """Enqueue from this process, run in a worker process, one job at a time (``samples`` of
     them, or as many as ``budget`` seconds allow: a system that polls takes long)."""
     await subject.reset()
+    await settle()
     latencies: list[float] = []
     async with worker_processes(subject, 1, latency=True) as procs:
         worker = procs[0]

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from ._db import MysqlProbe, PgProbe, recreate_mysql_database, recreate_pg_schema
+from ._db import MysqlProbe, PgProbe, recreate_mysql_database, recreate_pg_schema, settle
 from ._harness import LATENCY_PACING, WARMUP, percentiles
 
 SCHEMA = "raw"
@@ -34,6 +34,7 @@ def _rate(jobs: int, seconds: float) -> dict[str, Any]:
 
 
 async def _timed(jobs: int, work: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+    await settle()
     started = time.perf_counter()
     await work()
     return _rate(jobs, time.perf_counter() - started)
@@ -42,6 +43,7 @@ async def _timed(jobs: int, work: Callable[[], Awaitable[None]]) -> dict[str, An
 async def _paced(samples: int, insert: Callable[[], Awaitable[object]]) -> dict[str, Any]:
     """Round trips of ``insert`` sent one at a time, ``LATENCY_PACING`` apart."""
     times = []
+    await settle()
     for n in range(WARMUP + samples):
         started = time.perf_counter()
         await insert()
