@@ -277,6 +277,45 @@ async def test_rows_and_counts_are_those_of_the_last_statement(make_jobs: Factor
             assert await tx.execute("count") == 2
 
 
+async def test_a_closing_last_insert_id_is_answered_not_sent(make_jobs: Factory, dsn: str) -> None:
+    """A query's closing ``SELECT LAST_INSERT_ID() AS id, :param AS name`` is answered by the
+    dialect from the INSERTs' replies, as the server would answer it: the first id of the
+    last INSERT that made ids (a later INSERT into a table without auto-increment makes none),
+    on the pool's connections (one packet) and on an application's (a round trip each)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        dialect = dialect_of(jobs)
+        await query(dsn, "CREATE TABLE made (id BIGINT AUTO_INCREMENT PRIMARY KEY, tag TEXT)")
+        inserts = (
+            "INSERT INTO made (tag) VALUES (:tag), (:tag);\n"
+            "INSERT INTO job_worker (name) VALUES (:tag);\n"
+        )
+        add_query(dialect, "answered", inserts + "SELECT LAST_INSERT_ID() AS id, :tag AS tag;")
+        add_query(dialect, "asked", inserts + "SELECT LAST_INSERT_ID() + 0 AS id, :tag AS tag;")
+        assert "LAST_INSERT_ID() AS" not in dialect.prepared("answered", {}).wrapped
+        assert "LAST_INSERT_ID() + 0" in dialect.prepared("asked", {}).wrapped
+
+        async def first_id(tag: str) -> int:
+            rows = await query(dsn, "SELECT MIN(id) FROM made WHERE tag = %s", tag)
+            return int(rows[0][0])
+
+        async with dialect.connection() as conn:
+            assert await conn.fetch("asked", {"tag": "server"}) == [
+                {"id": await first_id("server"), "tag": "server"}
+            ]
+            assert await conn.fetch("answered", {"tag": "pool"}) == [
+                {"id": await first_id("pool"), "tag": "pool"}
+            ]
+        app = await connect(dsn, autocommit=False)
+        try:
+            await app.begin()
+            async with dialect.adopt(app) as conn:
+                rows = await conn.fetch("answered", {"tag": "app"})
+            await app.commit()
+        finally:
+            app.close()
+        assert rows == [{"id": await first_id("app"), "tag": "app"}]
+
+
 async def test_a_transaction_begins_with_its_first_query(make_jobs: Factory, dsn: str) -> None:
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         dialect = dialect_of(jobs)

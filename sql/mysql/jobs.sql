@@ -110,7 +110,8 @@ STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_i
 -- insert_jobs for one job, given column by column: single-row INSERT ... VALUES, the summary
 -- written from the same values (so nothing is read, and nothing locked, in the application's
 -- REPEATABLE READ transaction) under the id LAST_INSERT_ID() gives (job_summary and job_worker
--- have no auto-increment, so it stays the job's). A new named worker gets its job_worker row
+-- have no auto-increment, so it stays the job's; the closing SELECT is answered by the dialect
+-- from the INSERT's reply, not sent). A new named worker gets its job_worker row
 -- as in insert_jobs: a consistent read finds it first; with no worker both statements are
 -- empty.
 INSERT INTO background_job (
@@ -203,7 +204,7 @@ STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_i
 -- 1.0 ms for the round trip on MariaDB 10.11), and one job is how most enqueues come. The
 -- summary is written from the same values under the id LAST_INSERT_ID() gives (job_summary,
 -- with no auto-increment, leaves it alone): INSERT ... VALUES costs the server less than
--- copying the new row with INSERT ... SELECT.
+-- copying the new row with INSERT ... SELECT. The closing SELECT is answered by the dialect.
 INSERT INTO background_job (
     parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type, command,
     request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta,
