@@ -143,6 +143,20 @@ def test_bad_settings_raise_configuration_errors() -> None:
         create(parse_dsn("mssql://u:p@h/db"), pool_size=3)
     with pytest.raises(ConfigurationError, match="min_size <= max_size"):
         create(parse_dsn("mssql://u:p@h/db"), min_size=5, max_size=2)
+    with pytest.raises(ConfigurationError, match="change_poll_interval must be positive"):
+        create(parse_dsn("mssql://u:p@h/db"), change_poll_interval=timedelta(0))
+
+
+def test_a_change_watch_stands_in_for_notifications() -> None:
+    """Another process's enqueue wakes a worker through a watch of new job ids (live: the
+    wake-up contract tests); its reads skip rows an uncommitted enqueue holds, not wait."""
+    dialect = create(parse_dsn("mssql://u:p@h/db"), change_poll_interval=timedelta(milliseconds=20))
+    assert isinstance(dialect, MssqlDialect)
+    assert dialect.capabilities.notifications
+    assert dialect.change_poll_interval == timedelta(milliseconds=20)
+    for name in ("newest_job_id", "visible_job_ids"):
+        sql = QUERIES[name].sql
+        assert sql.count("background_job") == sql.count("WITH (READPAST)"), name
 
 
 # -- parameters ----------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import random
 import time
 from datetime import timedelta
 
+import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +18,7 @@ from asyncjobs import BackgroundJobs
 from asyncjobs._ref_ids import new_ref_id
 from asyncjobs._retry import retry_backoff
 from asyncjobs.dialects import parse_dsn
+from asyncjobs.dialects._base import NewJobIds
 from asyncjobs.exceptions import (
     AsyncJobsError,
     ConfigurationError,
@@ -138,3 +141,45 @@ def test_a_forked_child_draws_ref_ids_of_its_own() -> None:
     os.waitpid(pid, 0)
     parent_ids = {new_ref_id() for _ in range(256)}
     assert len(child_id) == 32 and child_id not in parent_ids
+
+
+@pytest.mark.anyio
+async def test_a_watch_of_new_job_ids_wakes_for_others_jobs_and_closes_its_connection() -> None:
+    """The watch MySQL and SQL Server share, over stand-in reads (no database: what is under
+    test is the watch's logic; the dialects' reads run live in the wake-up contract tests):
+    the first read is the baseline, a job another process inserted wakes, one this process
+    inserted does not, and a driver that closes asynchronously is closed when the watch ends."""
+    ids: list[int] = [5]
+    closed: list[str] = []
+    woken: list[str] = []
+
+    async def connect() -> str:
+        return "conn"
+
+    async def newest(conn: str) -> int | None:
+        return max(ids)
+
+    async def visible(conn: str, after: int, skipped: list[int]) -> list[int]:
+        return [i for i in ids if i > after or i in skipped]
+
+    async def close(conn: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        closed.append(conn)
+
+    judge = NewJobIds()
+    watch = judge.watching(
+        "test", 0.005, woken.append, connect=connect, newest=newest, visible=visible, close=close
+    )
+    async with watch:
+        with anyio.fail_after(5):
+            while judge.highest is None:
+                await anyio.sleep(0.005)
+        judge.inserted_here([6])
+        ids.append(6)  # this process's own job
+        await anyio.sleep(0.1)
+        assert woken == []
+        ids.append(7)  # another process's job
+        with anyio.fail_after(5):
+            while not woken:
+                await anyio.sleep(0.005)
+    assert woken == [""] and closed == ["conn"] and judge.watches == 0

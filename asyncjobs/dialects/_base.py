@@ -11,10 +11,11 @@ import abc
 import inspect
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
 
@@ -137,6 +138,9 @@ _QUIET_BACKOFF = 8
 #: the longest a change watch waits before trying again a database that keeps failing (seconds)
 _FAILING_CEILING = 5.0
 _UNREAD = object()
+#: how long, and how many, ids a watch of new job ids saw skipped it keeps looking up
+_SKIPPED_FOR = 30.0
+_SKIPPED_MAX = 100
 
 
 class ValueChanged:
@@ -171,7 +175,7 @@ class ChangeWatch(Generic[C]):
         *,
         connect: Callable[[], Awaitable[C]],
         read: Callable[[C], Awaitable[object]],
-        close: Callable[[C], None],
+        close: Callable[[C], Awaitable[None] | None],
         judge: Callable[[object], bool] | None = None,
     ) -> None:
         self._what = what
@@ -208,7 +212,7 @@ class ChangeWatch(Generic[C]):
                     (log.debug if failing else log.warning)("watching %s: %r", self._what, exc)
                     failing = True
                     if conn is not None:
-                        self._close(conn)
+                        await self._closed(conn)
                         conn = None
                     # a database that stays away is tried less and less often
                     delay = min(max(delay * 2, quiet), _FAILING_CEILING)
@@ -222,7 +226,99 @@ class ChangeWatch(Generic[C]):
                 await anyio.sleep(delay)
         finally:
             if conn is not None:
-                self._close(conn)
+                await self._closed(conn)
+
+    async def _closed(self, conn: C) -> None:
+        """Close a connection of the watch (a driver may close in a thread: awaited, shielded,
+        as the watch is usually being cancelled)."""
+        with anyio.CancelScope(shield=True):
+            result = self._close(conn)
+            if inspect.isawaitable(result):
+                await result
+
+
+class NewJobIds:
+    """The judge of a change watch that reads new job ids (where a database has no
+    notifications, but ids only grow): news when a job appears that this process did not
+    insert itself (it woke its own dispatcher). A job appears when its id passes the highest seen so
+    far, or when an id skipped below it shows up: ids are handed out at INSERT, so an enqueue
+    whose transaction commits after a newer one (an application's transaction, usually) is
+    visible only once the newest id has moved past it. Skipped ids are looked up at every read
+    for ``_SKIPPED_FOR`` seconds, at most ``_SKIPPED_MAX`` of them, the newest; most are jobs
+    another process finished between two reads, or ids the server skipped. An enqueue that
+    stays uncommitted longer is found by the dispatcher's poll."""
+
+    def __init__(self) -> None:
+        self.watches = 0
+        #: ids inserted here and not yet passed by a read
+        self.own: set[int] = set()
+        #: the highest id seen (None: not read yet)
+        self.highest: int | None = None
+        #: skipped ids, each with the time it stops being looked up
+        self.skipped: dict[int, float] = {}
+
+    def inserted_here(self, ids: Iterable[int]) -> None:
+        """Jobs this process inserted, outside an application's transaction (see
+        Dialect.inserted_here): recorded only while a watch runs."""
+        if self.watches:
+            self.own.update(ids)
+
+    @asynccontextmanager
+    async def watching(
+        self,
+        what: str,
+        interval: float,
+        on_change: Callable[[str], Awaitable[None] | None],
+        *,
+        connect: Callable[[], Awaitable[C]],
+        newest: Callable[[C], Awaitable[int | None]],
+        visible: Callable[[C, int, list[int]], Awaitable[Sequence[int]]],
+        close: Callable[[C], Awaitable[None] | None],
+    ) -> AsyncIterator[None]:
+        """A ChangeWatch judged by this: its first read is ``newest`` (the newest job's id, or
+        None), every later one ``visible`` (the ids above the highest seen, and which of the
+        skipped ones exist now)."""
+
+        async def read(conn: C) -> object:
+            if self.highest is None:
+                return await newest(conn)
+            return frozenset(await visible(conn, self.highest, sorted(self.skipped)))
+
+        self.watches += 1
+        try:
+            async with ChangeWatch(
+                what, interval, on_change, connect=connect, read=read, close=close, judge=self
+            ):
+                yield
+        finally:
+            self.watches -= 1
+
+    def __call__(self, value: object) -> bool:
+        if not isinstance(value, frozenset):  # the first read: the baseline
+            self.highest = 0 if value is None else int(cast(int, value))
+            return False
+        assert self.highest is not None
+        now = time.monotonic()
+        appeared = [i for i in value if i in self.skipped]
+        for i in appeared:
+            del self.skipped[i]
+        news = bool(appeared)
+        newer = [i for i in value if i > self.highest]
+        if newer:
+            top = max(newer)
+            news = news or any(i not in self.own for i in newer)
+            until = now + _SKIPPED_FOR
+            start = max(self.highest + 1, top - _SKIPPED_MAX)
+            for i in range(start, top):
+                if i not in value and i not in self.own:
+                    self.skipped[i] = until
+            self.highest = top
+        if self.skipped:
+            live = sorted(i for i, until in self.skipped.items() if until > now)
+            self.skipped = {i: self.skipped[i] for i in live[-_SKIPPED_MAX:]}
+        if self.own:
+            self.own = {i for i in self.own if i > self.highest}
+        return news
 
 
 async def deliver(on_message: Callable[[str], Awaitable[None] | None], payload: str) -> None:

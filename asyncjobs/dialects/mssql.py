@@ -22,27 +22,43 @@ bounded number of times: SQL Server rolled the whole transaction back, so nothin
 and a retry is invisible. ``statistics()`` counts those retries and the deadlocks left to the
 caller.
 
+SQL Server has no notifications that reach a client; as on MySQL, a process watches for new job
+ids on a connection of its own (``listen``) and so learns of new jobs committed elsewhere within
+milliseconds. Its reads skip rows that uncommitted enqueues hold (READPAST) rather than wait.
+
 Settings (keyword arguments or DSN query options): ``min_size`` and ``max_size`` (the pool),
 ``deadlock_retries`` (default 5), ``pool_recycle`` (seconds a connection is kept, default 3600),
-``connect_timeout`` (login timeout in seconds, default 10). Other DSN query options go into the
-ODBC connection string as they are (``driver``, ``TrustServerCertificate``, ``Encrypt``, ...).
+``connect_timeout`` (login timeout in seconds, default 10); as a keyword argument only,
+``change_poll_interval`` (a timedelta, default 10 ms: how often the watch reads while jobs
+come). Other DSN query options go into the ODBC connection string as they are (``driver``,
+``TrustServerCertificate``, ``Encrypt``, ...).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import anyio
 
 from .._sql import Queries, convert_params, load_queries, split_statements
 from ..exceptions import ConfigurationError, InvalidDsnError
-from ._base import Capabilities, Connection, Dialect, Params, Row, in_arrival_order, retry_deadlocks
+from ._base import (
+    Capabilities,
+    Connection,
+    Dialect,
+    NewJobIds,
+    Params,
+    Row,
+    in_arrival_order,
+    retry_deadlocks,
+)
 from ._dsn import Dsn
 
 log = logging.getLogger("asyncjobs.mssql")
@@ -52,6 +68,8 @@ DEFAULT_DRIVER = "ODBC Driver 18 for SQL Server"
 #: DSN query options read by this dialect; the others go into the ODBC connection string
 _OPTIONS = ("min_size", "max_size", "deadlock_retries", "pool_recycle", "connect_timeout")
 _FLOAT_OPTIONS = ("pool_recycle", "connect_timeout")
+#: settings that are keyword arguments only
+_SETTINGS = (*_OPTIONS, "change_poll_interval")
 #: ODBC connection-string keys this dialect writes itself from the DSN's parts
 _RESERVED_KEYS = frozenset({"server", "database", "uid", "pwd", "address", "addr"})
 _KEY = re.compile(r"^[A-Za-z][A-Za-z0-9 _-]*$")
@@ -274,7 +292,8 @@ async def _statement(conn: Any, sql: str) -> None:
 
 class MssqlDialect(Dialect):
     name = "mssql"
-    capabilities = Capabilities(monthly_archive_tables=True)
+    # "notifications": the change watch below stands in for them (see listen).
+    capabilities = Capabilities(monthly_archive_tables=True, notifications=True)
     #: how datetimes are written inside JSON parameters (OPENJSON reads them into datetime2)
     json_time = staticmethod(to_db_time)
 
@@ -287,9 +306,16 @@ class MssqlDialect(Dialect):
         deadlock_retries: int = 5,
         pool_recycle: float = 3600,
         connect_timeout: float = 10,
+        change_poll_interval: timedelta = timedelta(milliseconds=10),
     ) -> None:
         if not 1 <= min_size <= max_size:
             raise ConfigurationError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+        if change_poll_interval <= timedelta(0):
+            raise ConfigurationError(
+                f"change_poll_interval must be positive, got {change_poll_interval}"
+            )
+        self.change_poll_interval = change_poll_interval
+        self._new_job_ids = NewJobIds()
         self.dsn = dsn
         self.connection_string = odbc_connection_string(dsn)
         self.queries: Queries = load_queries("mssql")
@@ -451,6 +477,57 @@ class MssqlDialect(Dialect):
             )
         return self._adopted(driver_connection)
 
+    def listen(
+        self, channel: str, on_message: Callable[[str], Awaitable[None] | None]
+    ) -> AbstractAsyncContextManager[None]:
+        """Call ``on_message("")`` soon after another process enqueues: a connection of its own
+        (outside the pool) reads the ids of new jobs, as on MySQL (see NewJobIds and
+        ChangeWatch); jobs this process inserted itself wake nobody."""
+        return self._new_job_ids.watching(
+            f"{self.dsn.database or self.dsn.host} for new jobs",
+            self.change_poll_interval.total_seconds(),
+            on_message,
+            connect=self._watch_connect,
+            newest=self._newest_job_id,
+            visible=self._visible_job_ids,
+            close=_close_watch,
+        )
+
+    def inserted_here(self, ids: Iterable[int]) -> None:
+        self._new_job_ids.inserted_here(ids)
+
+    async def _watch_connect(self) -> Any:
+        aioodbc = importlib.import_module("aioodbc")
+        conn = await aioodbc.connect(
+            dsn=self.connection_string, autocommit=True, timeout=int(self._connect_timeout)
+        )
+        try:
+            await _statement(conn, _SESSION)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            raise
+        return conn
+
+    async def _watch_read(self, conn: Any, query: str, params: Params) -> list[Row]:
+        sql, names, _ = self.batch(query, {})
+        cur = await conn.cursor()
+        try:
+            await cur.execute(sql, *[params[name] for name in names])
+            rows, _ = await _drain(cur)
+            return rows
+        finally:
+            with anyio.CancelScope(shield=True):
+                await cur.close()
+
+    async def _newest_job_id(self, conn: Any) -> int | None:
+        rows = await self._watch_read(conn, "newest_job_id", {})
+        return None if not rows or rows[0]["id"] is None else int(rows[0]["id"])
+
+    async def _visible_job_ids(self, conn: Any, after: int, skipped: list[int]) -> list[int]:
+        params = {"after": after, "ids": json.dumps(skipped)}
+        return [int(row["id"]) for row in await self._watch_read(conn, "visible_job_ids", params)]
+
     def is_unique_violation(self, exc: BaseException) -> bool:
         return any(code in _UNIQUE for code in native_errors(exc))
 
@@ -466,6 +543,10 @@ class MssqlDialect(Dialect):
         return isinstance(exc, OSError | ConnectionError | EOFError)
 
 
+async def _close_watch(conn: Any) -> None:
+    await conn.close()
+
+
 async def _discard(pool: Any, conn: Any) -> None:
     with anyio.CancelScope(shield=True):
         try:
@@ -476,10 +557,10 @@ async def _discard(pool: Any, conn: Any) -> None:
 
 
 def create(dsn: Dsn, **settings: Any) -> MssqlDialect:
-    unknown = sorted(set(settings) - set(_OPTIONS))
+    unknown = sorted(set(settings) - set(_SETTINGS))
     if unknown:
         raise ConfigurationError(
-            f"unknown SQL Server settings {unknown}; known settings: {', '.join(_OPTIONS)}"
+            f"unknown SQL Server settings {unknown}; known settings: {', '.join(_SETTINGS)}"
         )
     options: dict[str, Any] = {}
     for key, value in dsn.options.items():

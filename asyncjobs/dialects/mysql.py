@@ -53,13 +53,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import aiomysql
 import aiomysql.connection
@@ -69,9 +68,9 @@ from .._sql import Queries, convert_params, load_queries, split_statements
 from ..exceptions import ConfigurationError, InvalidDsnError
 from ._base import (
     Capabilities,
-    ChangeWatch,
     Connection,
     Dialect,
+    NewJobIds,
     Params,
     Row,
     in_arrival_order,
@@ -103,9 +102,6 @@ _INSERT_ID_REPLY = re.compile(
     re.IGNORECASE,
 )
 _REPLY_PARAM = re.compile(r"%\((\w+)\)s\s+AS\s+(\w+)", re.IGNORECASE)
-#: how long, and how many, ids the change watch saw skipped it keeps looking up (see _NewJobIds)
-_SKIPPED_FOR = 30.0
-_SKIPPED_MAX = 100
 #: the values of an empty parameter
 _EMPTY = (None, 0, "", "[]")
 #: executemany sends its statements in packets of about this many bytes
@@ -416,7 +412,7 @@ class MysqlDialect(Dialect):
             )
         #: how often the change watch reads the newest job id while jobs come (see listen)
         self.change_poll_interval = change_poll_interval
-        self._new_job_ids = _NewJobIds()
+        self._new_job_ids = NewJobIds()
         self.dsn = dsn
         self.queries: Queries = load_queries("mysql")
         self.deadlock_retries = deadlock_retries
@@ -598,48 +594,36 @@ class MysqlDialect(Dialect):
         ids of new jobs, every ``change_poll_interval`` while jobs come and up to 8 times that
         when none do (see ChangeWatch): key lookups of some 50 us on the server. Jobs this
         process inserted itself, outside an application's transaction, wake nobody (see
-        _NewJobIds): on MySQL an empty claim costs milliseconds of the server's time. A job
+        NewJobIds): on MySQL an empty claim costs milliseconds of the server's time. A job
         whose enqueue commits after a newer one is heard of too, as an id the watch saw
         skipped and then appear."""
-        return self._watching(on_message)
-
-    @asynccontextmanager
-    async def _watching(
-        self, on_message: Callable[[str], Awaitable[None] | None]
-    ) -> AsyncIterator[None]:
-        self._new_job_ids.watches += 1
-        try:
-            async with ChangeWatch(
-                f"{self.dsn.database} for new jobs",
-                self.change_poll_interval.total_seconds(),
-                on_message,
-                connect=self._watch_connect,
-                read=self._read_new_job_ids,
-                close=_close_connection,
-                judge=self._new_job_ids,
-            ):
-                yield
-        finally:
-            self._new_job_ids.watches -= 1
+        return self._new_job_ids.watching(
+            f"{self.dsn.database} for new jobs",
+            self.change_poll_interval.total_seconds(),
+            on_message,
+            connect=self._watch_connect,
+            newest=self._newest_job_id,
+            visible=self._visible_job_ids,
+            close=_close_connection,
+        )
 
     def inserted_here(self, ids: Iterable[int]) -> None:
-        if self._new_job_ids.watches:
-            self._new_job_ids.own.update(ids)
+        self._new_job_ids.inserted_here(ids)
 
     async def _watch_connect(self) -> Any:
         return await aiomysql.connect(**self._connect_args())
 
-    async def _read_new_job_ids(self, conn: Any) -> object:
-        """The baseline (the newest id), then the ids that appeared since (a frozenset)."""
-        judge = self._new_job_ids
+    async def _newest_job_id(self, conn: Any) -> int | None:
         async with conn.cursor(aiomysql.Cursor) as cur:
-            if judge.highest is None:
-                await cur.execute(self.prepared("newest_job_id", {}).packet)
-                row = await cur.fetchone()
-                return None if row is None else row[0]
-            values = {"after": judge.highest, "ids": json.dumps(sorted(judge.skipped))}
+            await cur.execute(self.prepared("newest_job_id", {}).packet)
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def _visible_job_ids(self, conn: Any, after: int, skipped: list[int]) -> list[int]:
+        values = {"after": after, "ids": json.dumps(skipped)}
+        async with conn.cursor(aiomysql.Cursor) as cur:
             await cur.execute(self.prepared("visible_job_ids", {}).packet, values)
-            return frozenset(int(row[0]) for row in await cur.fetchall())
+            return [int(row[0]) for row in await cur.fetchall()]
 
     def is_unique_violation(self, exc: BaseException) -> bool:
         return _error_code(exc) == _DUPLICATE_KEY
@@ -650,53 +634,6 @@ class MysqlDialect(Dialect):
         if isinstance(exc, aiomysql.InterfaceError):  # used after the connection closed
             return True
         return isinstance(exc, OSError | ConnectionError | EOFError)
-
-
-class _NewJobIds:
-    """The change watch's judge: news when a job appears that this process did not insert
-    itself (it woke its own dispatcher). A job appears when its id passes the highest seen so
-    far, or when an id skipped below it shows up: ids are handed out at INSERT, so an enqueue
-    whose transaction commits after a newer one (an application's transaction, usually) is
-    visible only once the newest id has moved past it. Skipped ids are looked up at every read
-    for ``_SKIPPED_FOR`` seconds, at most ``_SKIPPED_MAX`` of them, the newest; most are jobs
-    another process finished between two reads, or ids the server skipped. An enqueue that
-    stays uncommitted longer is found by the dispatcher's poll."""
-
-    def __init__(self) -> None:
-        self.watches = 0
-        #: ids inserted here and not yet passed by a read
-        self.own: set[int] = set()
-        #: the highest id seen (None: not read yet)
-        self.highest: int | None = None
-        #: skipped ids, each with the time it stops being looked up
-        self.skipped: dict[int, float] = {}
-
-    def __call__(self, value: object) -> bool:
-        if not isinstance(value, frozenset):  # the first read: the baseline
-            self.highest = 0 if value is None else int(cast(int, value))
-            return False
-        assert self.highest is not None
-        now = time.monotonic()
-        appeared = [i for i in value if i in self.skipped]
-        for i in appeared:
-            del self.skipped[i]
-        news = bool(appeared)
-        newer = [i for i in value if i > self.highest]
-        if newer:
-            top = max(newer)
-            news = news or any(i not in self.own for i in newer)
-            until = now + _SKIPPED_FOR
-            start = max(self.highest + 1, top - _SKIPPED_MAX)
-            for i in range(start, top):
-                if i not in value and i not in self.own:
-                    self.skipped[i] = until
-            self.highest = top
-        if self.skipped:
-            live = sorted(i for i, until in self.skipped.items() if until > now)
-            self.skipped = {i: self.skipped[i] for i in live[-_SKIPPED_MAX:]}
-        if self.own:
-            self.own = {i for i in self.own if i > self.highest}
-        return news
 
 
 def _close_connection(conn: Any) -> None:

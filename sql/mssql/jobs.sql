@@ -340,17 +340,19 @@ WHERE command = :command AND (worker = :worker OR (worker IS NULL AND :worker IS
 ORDER BY id DESC;
 
 -- name: newest_job_id
--- The newest job's id, which moves when any process enqueues (the MySQL dialect's change watch
--- reads it; kept in every dialect so that each has the same queries).
-SELECT MAX(id) AS id FROM background_job;
+-- The change watch's first read (SQL Server has no notifications that reach a client): it moves
+-- when any process enqueues. One look at the end of the primary key; READPAST, so that an
+-- enqueue not yet committed is skipped rather than waited for (the watch finds it later).
+SELECT MAX(id) AS id FROM background_job WITH (READPAST);
 
 -- name: visible_job_ids
--- The jobs with an id above :after, and those of :ids that exist (the MySQL dialect's change
--- watch reads it; kept in every dialect so that each has the same queries).
+-- The change watch's other read: the jobs with an id above :after (the newest it has seen), at
+-- most 1000, and which of :ids exist now (ids it saw skipped: enqueues that had not committed
+-- yet, or never will). All by key; READPAST as above, so an id still held stays skipped.
 SELECT b.id
 FROM OPENJSON(:ids) WITH (id bigint '$') AS i
-JOIN background_job AS b ON b.id = i.id
+JOIN background_job AS b WITH (READPAST) ON b.id = i.id
 UNION ALL
 SELECT id FROM (
-    SELECT TOP (1000) id FROM background_job WHERE id > :after ORDER BY id
+    SELECT TOP (1000) id FROM background_job WITH (READPAST) WHERE id > :after ORDER BY id
 ) AS newer;

@@ -1,6 +1,6 @@
 """Work enqueued by one process reaches an idle worker process at once, not at its next poll:
 PostgreSQL through LISTEN/NOTIFY, SQLite through the watch of the file's data version, MySQL
-through the watch of the newest job id."""
+and SQL Server (live only with its DSN) through the watch of new job ids."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.processes import start_worker, started_at, stop_worker, wait_for
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.slow,
-    pytest.mark.dialects("sqlite", "postgres", "mysql"),
+    pytest.mark.dialects("sqlite", "postgres", "mysql", "mssql"),
 ]
 Factory = Callable[..., BackgroundJobs]
 
