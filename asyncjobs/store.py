@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -325,22 +325,23 @@ class Store:
         self, tx: Connection, jobs: Sequence[NewJob], *, committed_here: bool
     ) -> list[tuple[int, str]]:
         query, params = self._insert_query(jobs, "insert_job", "insert_jobs")
-        try:
-            rows = await tx.fetch(query, params)
-        except Exception as exc:
-            self._raise_duplicate(exc, jobs)
-            raise
-        if any(job.depends_on is not None for job in jobs):
-            # A parent that already failed takes these dependents with it.
-            id_list = json.dumps(sorted(int(r["id"]) for r in rows))
-            dead = await tx.fetch("orphaned_dependents", {"ids": id_list})
-            if dead:
-                await self._cascade(tx, [int(r["id"]) for r in dead], utcnow())
-        by_ref = {str(r["ref_id"]): int(r["id"]) for r in rows}
-        if committed_here:
-            # The caller wakes its dispatcher. Jobs of an application's transaction run once it
-            # commits, which only a change watch or notification tells.
-            self.dialect.inserted_here(by_ref.values())
+        with self.dialect.inserting() if committed_here else nullcontext():
+            try:
+                rows = await tx.fetch(query, params)
+            except Exception as exc:
+                self._raise_duplicate(exc, jobs)
+                raise
+            if any(job.depends_on is not None for job in jobs):
+                # A parent that already failed takes these dependents with it.
+                id_list = json.dumps(sorted(int(r["id"]) for r in rows))
+                dead = await tx.fetch("orphaned_dependents", {"ids": id_list})
+                if dead:
+                    await self._cascade(tx, [int(r["id"]) for r in dead], utcnow())
+            by_ref = {str(r["ref_id"]): int(r["id"]) for r in rows}
+            if committed_here:
+                # The caller wakes its dispatcher. Jobs of an application's transaction run once
+                # it commits, which only a change watch or notification tells.
+                self.dialect.inserted_here(by_ref.values())
         return [(by_ref[job.ref_id], job.ref_id) for job in jobs]
 
     async def enqueue_started(self, jobs: Sequence[NewJob], node: str) -> list[BackgroundJob]:
@@ -352,14 +353,15 @@ class Store:
         now = utcnow()
         query, params = self._insert_query(jobs, "insert_started_job", "insert_started_jobs")
         params["node"], params["now"] = node, now
-        async with self.dialect.connection() as conn:
-            try:
-                rows = await conn.fetch(query, params)
-            except Exception as exc:
-                self._raise_duplicate(exc, jobs)
-                raise
-        ids = {str(r["ref_id"]): int(r["id"]) for r in rows}
-        self.dialect.inserted_here(ids.values())
+        with self.dialect.inserting():
+            async with self.dialect.connection() as conn:
+                try:
+                    rows = await conn.fetch(query, params)
+                except Exception as exc:
+                    self._raise_duplicate(exc, jobs)
+                    raise
+            ids = {str(r["ref_id"]): int(r["id"]) for r in rows}
+            self.dialect.inserted_here(ids.values())
         return [_started_job(job, ids[job.ref_id], now) for job in jobs]
 
     def _insert_query(

@@ -183,3 +183,28 @@ async def test_a_watch_of_new_job_ids_wakes_for_others_jobs_and_closes_its_conne
             while not woken:
                 await anyio.sleep(0.005)
     assert woken == [""] and closed == ["conn"] and judge.watches == 0
+
+
+def test_new_job_ids_wait_for_an_insert_in_flight_to_name_its_own() -> None:
+    """An insert of this process is visible from its commit, before its ids come back: while
+    one is in flight, ids not known as ours are judged at a later read (a few at most), so our
+    own job wakes nobody, and another process's still does."""
+    judge = NewJobIds()
+    judge.watches = 1
+    assert judge(10) is False  # the baseline
+    with judge.inserting():
+        # committed, reply not back yet: 11 is ours, but not known as ours
+        assert judge(frozenset({11})) is False and judge.highest == 10
+        judge.inserted_here([11])
+    assert judge(frozenset({11})) is False and judge.highest == 11
+    # Another process's job, while an insert of ours never comes back: judged all the same.
+    with judge.inserting():
+        reads = [judge(frozenset({12})) for _ in range(5)]
+    assert reads == [False, False, False, True, False] and judge.highest == 12
+    # An id of ours seen skipped (another process's newer one committed first, and our insert
+    # took longer than the reads it may put off) is ours once it is known.
+    with judge.inserting():
+        reads = [judge(frozenset({14})) for _ in range(4)]
+        assert reads == [False, False, False, True] and sorted(judge.skipped) == [13]
+        judge.inserted_here([13])
+    assert judge(frozenset({13})) is False and judge.skipped == {} and judge.own == set()

@@ -12,8 +12,22 @@ import inspect
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -98,6 +112,10 @@ class Dialect(abc.ABC):
         """Jobs this process has just inserted: a change watch need not wake it for them (its
         own enqueues wake it directly, or start at once)."""
 
+    def inserting(self) -> AbstractContextManager[None]:
+        """Around an insert whose ids go to ``inserted_here``, from before it commits."""
+        return nullcontext()
+
     async def notify(self, channel: str, payload: str) -> None:  # noqa: B027 - optional
         """Wake listeners in other processes; a no-op where there are none."""
 
@@ -141,6 +159,8 @@ _UNREAD = object()
 #: how long, and how many, ids a watch of new job ids saw skipped it keeps looking up
 _SKIPPED_FOR = 30.0
 _SKIPPED_MAX = 100
+#: how many reads in a row a watch of new job ids may put off judging for an insert in flight
+_DEFER_MAX = 3
 
 
 class ValueChanged:
@@ -246,12 +266,20 @@ class NewJobIds:
     visible only once the newest id has moved past it. Skipped ids are looked up at every read
     for ``_SKIPPED_FOR`` seconds, at most ``_SKIPPED_MAX`` of them, the newest; most are jobs
     another process finished between two reads, or ids the server skipped. An enqueue that
-    stays uncommitted longer is found by the dispatcher's poll."""
+    stays uncommitted longer is found by the dispatcher's poll.
+
+    An insert of this process is visible from its commit, but its ids are known here only once
+    the reply arrives: while one is in flight (``inserting``), ids not known as its own are
+    judged at a later read (at most ``_DEFER_MAX`` reads later), so that it wakes nobody."""
 
     def __init__(self) -> None:
         self.watches = 0
         #: ids inserted here and not yet passed by a read
         self.own: set[int] = set()
+        #: inserts of this process under way (see inserting)
+        self.in_flight = 0
+        #: reads in a row whose judgment waited for an insert in flight
+        self.deferred = 0
         #: the highest id seen (None: not read yet)
         self.highest: int | None = None
         #: skipped ids, each with the time it stops being looked up
@@ -262,6 +290,15 @@ class NewJobIds:
         Dialect.inserted_here): recorded only while a watch runs."""
         if self.watches:
             self.own.update(ids)
+
+    @contextmanager
+    def inserting(self) -> Iterator[None]:
+        """Around an insert this process commits, until its ids are handed to inserted_here."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     @asynccontextmanager
     async def watching(
@@ -298,12 +335,17 @@ class NewJobIds:
             self.highest = 0 if value is None else int(cast(int, value))
             return False
         assert self.highest is not None
-        now = time.monotonic()
         appeared = [i for i in value if i in self.skipped]
+        newer = [i for i in value if i > self.highest]
+        unknown = any(i not in self.own for i in (*appeared, *newer))
+        if unknown and self.in_flight and self.deferred < _DEFER_MAX:
+            self.deferred += 1  # the same ids come back at the next read
+            return False
+        self.deferred = 0
+        now = time.monotonic()
         for i in appeared:
             del self.skipped[i]
-        news = bool(appeared)
-        newer = [i for i in value if i > self.highest]
+        news = any(i not in self.own for i in appeared)
         if newer:
             top = max(newer)
             news = news or any(i not in self.own for i in newer)
@@ -317,7 +359,8 @@ class NewJobIds:
             live = sorted(i for i, until in self.skipped.items() if until > now)
             self.skipped = {i: self.skipped[i] for i in live[-_SKIPPED_MAX:]}
         if self.own:
-            self.own = {i for i in self.own if i > self.highest}
+            # an id of ours skipped (its insert committed after a newer one) is still ours
+            self.own = {i for i in self.own if i > self.highest or i in self.skipped}
         return news
 
 

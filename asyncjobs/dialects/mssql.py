@@ -41,7 +41,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -495,6 +495,9 @@ class MssqlDialect(Dialect):
 
     def inserted_here(self, ids: Iterable[int]) -> None:
         self._new_job_ids.inserted_here(ids)
+
+    def inserting(self) -> AbstractContextManager[None]:
+        return self._new_job_ids.inserting()
 
     async def _watch_connect(self) -> Any:
         aioodbc = importlib.import_module("aioodbc")

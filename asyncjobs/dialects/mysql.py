@@ -55,7 +55,7 @@ import logging
 import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -609,6 +609,9 @@ class MysqlDialect(Dialect):
 
     def inserted_here(self, ids: Iterable[int]) -> None:
         self._new_job_ids.inserted_here(ids)
+
+    def inserting(self) -> AbstractContextManager[None]:
+        return self._new_job_ids.inserting()
 
     async def _watch_connect(self) -> Any:
         return await aiomysql.connect(**self._connect_args())
