@@ -29,6 +29,7 @@ from contextlib import (
     nullcontext,
 )
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
@@ -362,6 +363,57 @@ class NewJobIds:
             # an id of ours skipped (its insert committed after a newer one) is still ours
             self.own = {i for i in self.own if i > self.highest or i in self.skipped}
         return news
+
+
+class WatchesNewJobIds:
+    """For a dialect whose database has no notifications that reach a client (MySQL, SQL
+    Server): ``listen`` calls ``on_message("")`` soon after another process enqueues. A
+    connection of its own (outside the pool) reads the ids of new jobs, every
+    ``change_poll_interval`` while jobs come and up to 8 times that when none do (see
+    ChangeWatch): key lookups, cheap for the server. Jobs this process inserted itself, outside
+    an application's transaction, wake nobody (see NewJobIds): an empty claim costs the server
+    far more. A job whose enqueue commits after a newer one is heard of too, as an id the watch
+    saw skipped and then appear. The dialect supplies the connection and the two reads."""
+
+    change_poll_interval: timedelta
+    _new_job_ids: NewJobIds
+
+    def listen(
+        self, channel: str, on_message: Callable[[str], Awaitable[None] | None]
+    ) -> AbstractAsyncContextManager[None]:
+        return self._new_job_ids.watching(
+            f"{self._watched()} for new jobs",
+            self.change_poll_interval.total_seconds(),
+            on_message,
+            connect=self._watch_connect,
+            newest=self._newest_job_id,
+            visible=self._visible_job_ids,
+            close=self._watch_close,
+        )
+
+    def inserted_here(self, ids: Iterable[int]) -> None:
+        self._new_job_ids.inserted_here(ids)
+
+    def inserting(self) -> AbstractContextManager[None]:
+        return self._new_job_ids.inserting()
+
+    def _watched(self) -> str:
+        """What the watch's log messages name."""
+        raise NotImplementedError
+
+    async def _watch_connect(self) -> Any:
+        raise NotImplementedError
+
+    async def _watch_close(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    async def _newest_job_id(self, conn: Any) -> int | None:
+        """The newest job's id (None: no job)."""
+        raise NotImplementedError
+
+    async def _visible_job_ids(self, conn: Any, after: int, skipped: list[int]) -> list[int]:
+        """The ids above ``after`` and those of ``skipped`` that exist now."""
+        raise NotImplementedError
 
 
 async def deliver(on_message: Callable[[str], Awaitable[None] | None], payload: str) -> None:

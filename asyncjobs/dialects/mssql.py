@@ -40,8 +40,8 @@ import importlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -56,6 +56,7 @@ from ._base import (
     NewJobIds,
     Params,
     Row,
+    WatchesNewJobIds,
     in_arrival_order,
     retry_deadlocks,
 )
@@ -290,9 +291,9 @@ async def _statement(conn: Any, sql: str) -> None:
         await cur.close()
 
 
-class MssqlDialect(Dialect):
+class MssqlDialect(WatchesNewJobIds, Dialect):
     name = "mssql"
-    # "notifications": the change watch below stands in for them (see listen).
+    # "notifications": a watch of new job ids stands in for them (see WatchesNewJobIds).
     capabilities = Capabilities(monthly_archive_tables=True, notifications=True)
     #: how datetimes are written inside JSON parameters (OPENJSON reads them into datetime2)
     json_time = staticmethod(to_db_time)
@@ -477,27 +478,8 @@ class MssqlDialect(Dialect):
             )
         return self._adopted(driver_connection)
 
-    def listen(
-        self, channel: str, on_message: Callable[[str], Awaitable[None] | None]
-    ) -> AbstractAsyncContextManager[None]:
-        """Call ``on_message("")`` soon after another process enqueues: a connection of its own
-        (outside the pool) reads the ids of new jobs, as on MySQL (see NewJobIds and
-        ChangeWatch); jobs this process inserted itself wake nobody."""
-        return self._new_job_ids.watching(
-            f"{self.dsn.database or self.dsn.host} for new jobs",
-            self.change_poll_interval.total_seconds(),
-            on_message,
-            connect=self._watch_connect,
-            newest=self._newest_job_id,
-            visible=self._visible_job_ids,
-            close=_close_watch,
-        )
-
-    def inserted_here(self, ids: Iterable[int]) -> None:
-        self._new_job_ids.inserted_here(ids)
-
-    def inserting(self) -> AbstractContextManager[None]:
-        return self._new_job_ids.inserting()
+    def _watched(self) -> str:
+        return str(self.dsn.database or self.dsn.host)
 
     async def _watch_connect(self) -> Any:
         aioodbc = importlib.import_module("aioodbc")
@@ -511,6 +493,9 @@ class MssqlDialect(Dialect):
                 await conn.close()
             raise
         return conn
+
+    async def _watch_close(self, conn: Any) -> None:
+        await conn.close()
 
     async def _watch_read(self, conn: Any, query: str, params: Params) -> list[Row]:
         sql, names, _ = self.batch(query, {})
@@ -544,10 +529,6 @@ class MssqlDialect(Dialect):
                 return True
             return "closed connection" in message or "Cursor is closed" in message
         return isinstance(exc, OSError | ConnectionError | EOFError)
-
-
-async def _close_watch(conn: Any) -> None:
-    await conn.close()
 
 
 async def _discard(pool: Any, conn: Any) -> None:

@@ -54,8 +54,8 @@ import json
 import logging
 import re
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -73,6 +73,7 @@ from ._base import (
     NewJobIds,
     Params,
     Row,
+    WatchesNewJobIds,
     in_arrival_order,
     retry_deadlocks,
 )
@@ -384,9 +385,9 @@ class MysqlConnection:
             self.begin_pending = True  # begun again by the retry
 
 
-class MysqlDialect(Dialect):
+class MysqlDialect(WatchesNewJobIds, Dialect):
     name = "mysql"
-    # "notifications": the change watch below stands in for them (see listen).
+    # "notifications": a watch of new job ids stands in for them (see WatchesNewJobIds).
     capabilities = Capabilities(partitioned_archive=True, notifications=True)
     #: how datetimes are written inside JSON parameters (JSON_TABLE reads DATETIME(6) text)
     json_time = staticmethod(to_db_time)
@@ -410,7 +411,7 @@ class MysqlDialect(Dialect):
             raise ConfigurationError(
                 f"change_poll_interval must be positive, got {change_poll_interval}"
             )
-        #: how often the change watch reads the newest job id while jobs come (see listen)
+        #: how often the change watch reads new job ids while jobs come (see WatchesNewJobIds)
         self.change_poll_interval = change_poll_interval
         self._new_job_ids = NewJobIds()
         self.dsn = dsn
@@ -586,35 +587,14 @@ class MysqlDialect(Dialect):
             )
         return self._adopted(driver_connection)
 
-    def listen(
-        self, channel: str, on_message: Callable[[str], Awaitable[None] | None]
-    ) -> AbstractAsyncContextManager[None]:
-        """Call ``on_message("")`` soon after another process enqueues: the stand-in for
-        notifications, which MySQL lacks. A connection of its own (outside the pool) reads the
-        ids of new jobs, every ``change_poll_interval`` while jobs come and up to 8 times that
-        when none do (see ChangeWatch): key lookups of some 50 us on the server. Jobs this
-        process inserted itself, outside an application's transaction, wake nobody (see
-        NewJobIds): on MySQL an empty claim costs milliseconds of the server's time. A job
-        whose enqueue commits after a newer one is heard of too, as an id the watch saw
-        skipped and then appear."""
-        return self._new_job_ids.watching(
-            f"{self.dsn.database} for new jobs",
-            self.change_poll_interval.total_seconds(),
-            on_message,
-            connect=self._watch_connect,
-            newest=self._newest_job_id,
-            visible=self._visible_job_ids,
-            close=_close_connection,
-        )
-
-    def inserted_here(self, ids: Iterable[int]) -> None:
-        self._new_job_ids.inserted_here(ids)
-
-    def inserting(self) -> AbstractContextManager[None]:
-        return self._new_job_ids.inserting()
+    def _watched(self) -> str:
+        return str(self.dsn.database)
 
     async def _watch_connect(self) -> Any:
         return await aiomysql.connect(**self._connect_args())
+
+    async def _watch_close(self, conn: Any) -> None:
+        conn.close()
 
     async def _newest_job_id(self, conn: Any) -> int | None:
         async with conn.cursor(aiomysql.Cursor) as cur:
@@ -637,10 +617,6 @@ class MysqlDialect(Dialect):
         if isinstance(exc, aiomysql.InterfaceError):  # used after the connection closed
             return True
         return isinstance(exc, OSError | ConnectionError | EOFError)
-
-
-def _close_connection(conn: Any) -> None:
-    conn.close()
 
 
 def create(dsn: Dsn, **settings: Any) -> MysqlDialect:
