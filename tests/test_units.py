@@ -18,7 +18,7 @@ from asyncjobs import BackgroundJobs
 from asyncjobs._ref_ids import new_ref_id
 from asyncjobs._retry import retry_backoff
 from asyncjobs.dialects import parse_dsn
-from asyncjobs.dialects._base import NewJobIds
+from asyncjobs.dialects._base import ChangeWatch, NewJobIds
 from asyncjobs.exceptions import (
     AsyncJobsError,
     ConfigurationError,
@@ -208,3 +208,34 @@ def test_new_job_ids_wait_for_an_insert_in_flight_to_name_its_own() -> None:
         assert reads == [False, False, False, True] and sorted(judge.skipped) == [13]
         judge.inserted_here([13])
     assert judge(frozenset({13})) is False and judge.skipped == {} and judge.own == set()
+
+
+@pytest.mark.anyio
+async def test_a_change_watch_outlives_a_connection_that_fails_to_close() -> None:
+    """A read fails, and so does closing its connection (a driver's broken socket): the watch
+    connects afresh and still wakes, never raising into the process's task group."""
+    connections: list[int] = []
+    woken: list[str] = []
+    version = [1]
+
+    async def connect() -> int:
+        connections.append(len(connections))
+        return connections[-1]
+
+    async def read(conn: int) -> object:
+        if conn == 0:
+            raise ConnectionError("the server went away")
+        return version[0]
+
+    async def close(conn: int) -> None:
+        raise OSError("already broken")
+
+    async with ChangeWatch("test", 0.005, woken.append, connect=connect, read=read, close=close):
+        with anyio.fail_after(10):
+            while len(connections) < 2:
+                await anyio.sleep(0.005)
+            await anyio.sleep(0.05)  # the baseline read on the new connection
+            version[0] = 2
+            while not woken:
+                await anyio.sleep(0.005)
+    assert woken == [""]

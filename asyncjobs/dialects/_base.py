@@ -251,23 +251,28 @@ class ChangeWatch(Generic[C]):
 
     async def _closed(self, conn: C) -> None:
         """Close a connection of the watch (a driver may close in a thread: awaited, shielded,
-        as the watch is usually being cancelled)."""
+        as the watch is usually being cancelled). A connection that fails to close is
+        dropped all the same: the watch never raises."""
         with anyio.CancelScope(shield=True):
-            result = self._close(conn)
-            if inspect.isawaitable(result):
-                await result
+            try:
+                result = self._close(conn)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                log.debug("watching %s: closing its connection: %r", self._what, exc)
 
 
 class NewJobIds:
     """The judge of a change watch that reads new job ids (where a database has no
     notifications, but ids only grow): news when a job appears that this process did not
-    insert itself (it woke its own dispatcher). A job appears when its id passes the highest seen so
-    far, or when an id skipped below it shows up: ids are handed out at INSERT, so an enqueue
-    whose transaction commits after a newer one (an application's transaction, usually) is
-    visible only once the newest id has moved past it. Skipped ids are looked up at every read
-    for ``_SKIPPED_FOR`` seconds, at most ``_SKIPPED_MAX`` of them, the newest; most are jobs
-    another process finished between two reads, or ids the server skipped. An enqueue that
-    stays uncommitted longer is found by the dispatcher's poll.
+    insert itself (it woke its own dispatcher). A job appears when its id passes the highest
+    seen so far, or when an id skipped below it shows up: ids are handed out at INSERT, so an
+    enqueue whose transaction commits after a newer one (an application's transaction,
+    usually) is visible only once the newest id has moved past it. Skipped ids are looked up
+    at every read for ``_SKIPPED_FOR`` seconds, at most ``_SKIPPED_MAX`` of them, the newest;
+    most are jobs another process finished between two reads, or ids the server skipped. An
+    enqueue that stays uncommitted longer is found by the dispatcher's poll, as is a failed
+    job requeued under its old id.
 
     An insert of this process is visible from its commit, but its ids are known here only once
     the reply arrives: while one is in flight (``inserting``), ids not known as its own are
