@@ -370,7 +370,7 @@ class NewJobIds:
         return news
 
 
-class WatchesNewJobIds:
+class WatchesNewJobIds(abc.ABC):
     """For a dialect whose database has no notifications that reach a client (MySQL, SQL
     Server): ``listen`` calls ``on_message("")`` soon after another process enqueues. A
     connection of its own (outside the pool) reads the ids of new jobs, every
@@ -402,23 +402,25 @@ class WatchesNewJobIds:
     def inserting(self) -> AbstractContextManager[None]:
         return self._new_job_ids.inserting()
 
+    @abc.abstractmethod
     def _watched(self) -> str:
         """What the watch's log messages name."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def _watch_connect(self) -> Any:
-        raise NotImplementedError
+        """A connection of the watch's own, outside the pool."""
 
+    @abc.abstractmethod
     async def _watch_close(self, conn: Any) -> None:
-        raise NotImplementedError
+        """Close a connection ``_watch_connect`` made."""
 
+    @abc.abstractmethod
     async def _newest_job_id(self, conn: Any) -> int | None:
         """The newest job's id (None: no job)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def _visible_job_ids(self, conn: Any, after: int, skipped: list[int]) -> list[int]:
         """The ids above ``after`` and those of ``skipped`` that exist now."""
-        raise NotImplementedError
 
 
 async def deliver(on_message: Callable[[str], Awaitable[None] | None], payload: str) -> None:

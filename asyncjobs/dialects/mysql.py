@@ -317,7 +317,7 @@ class MysqlConnection:
 
     async def _run(self, prepared: _Prepared, values: dict[str, Any]) -> tuple[list[Row], int]:
         statements = prepared.statements
-        if not self._multi and (len(statements) > 1 or prepared.reply):
+        if not self._multi and len(statements) > 1:
             return await self._run_each(prepared, values)
         # Our own transaction around a sequence, or a transaction() begun by this query.
         wrap = len(statements) > 1 and not self._in_transaction
