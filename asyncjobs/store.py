@@ -7,12 +7,13 @@ claim many, finish many; single-job calls are batches of one.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -27,6 +28,9 @@ from .models import (
     JobState,
     JobSummary,
 )
+
+log = logging.getLogger("asyncjobs.store")
+T = TypeVar("T")
 
 MIGRATIONS = ("migration_1", "migration_2", "migration_3", "migration_4")
 
@@ -314,12 +318,66 @@ class Store:
     ) -> list[tuple[int, str]]:
         """Insert jobs (and their summaries) atomically; returns (id, ref_id) in order.
         ``insert_jobs`` is atomic by itself (one round trip on PostgreSQL); only jobs that
-        depend on another need a transaction around it, to check the parent's fate."""
-        if connection is None and all(job.depends_on is None for job in jobs):
-            async with self.dialect.connection() as conn:
-                return await self._insert(conn, jobs, committed_here=True)
-        async with connection or self.dialect.transaction() as tx:
-            return await self._insert(tx, jobs, committed_here=connection is None)
+        depend on another need a transaction around it, to check the parent's fate. In the
+        application's transaction (``connection``), its commit is the application's."""
+        if connection is not None:
+            async with connection as tx:
+                return await self._insert(tx, jobs, committed_here=False)
+
+        async def insert() -> list[tuple[int, str]]:
+            if all(job.depends_on is None for job in jobs):
+                async with self.dialect.connection() as conn:
+                    return await self._insert(conn, jobs, committed_here=True)
+            async with self.dialect.transaction() as tx:
+                return await self._insert(tx, jobs, committed_here=True)
+
+        async def read_back() -> list[tuple[int, str]] | None:
+            ids = await self._inserted_before(jobs, holder=None)
+            return None if ids is None else [(ids[job.ref_id], job.ref_id) for job in jobs]
+
+        return await self._insert_once(insert, read_back)
+
+    async def _insert_once(
+        self, insert: Callable[[], Awaitable[T]], read_back: Callable[[], Awaitable[T | None]]
+    ) -> T:
+        """Run an insert that commits by itself, exactly once even if the connection breaks
+        before its reply comes: that reply may have been lost after the commit. The insert is
+        then sent again. Its ref ids are unique, so the second insert either succeeds (the
+        first never committed, or was rolled back) or fails on them, once the first committed,
+        which ``read_back`` then confirms by reading the jobs back (a job that held the ref id
+        before is no confirmation: the error stands)."""
+        try:
+            return await insert()
+        except Exception as exc:
+            if not self.dialect.is_disconnect(exc):
+                raise
+            log.warning("connection lost during an enqueue; sending it again: %r", exc)
+        try:
+            return await insert()
+        except DuplicateRefIdError:
+            found = await read_back()
+            if found is None:
+                raise
+            return found
+
+    async def _inserted_before(
+        self, jobs: Sequence[NewJob], *, holder: str | None
+    ) -> dict[str, int] | None:
+        """The ids of ``jobs`` if an earlier attempt inserted them all: each ref id is there
+        with the job's own creation time (and held by ``holder``, if given); else None."""
+        refs = {job.ref_id: job for job in jobs}
+        async with self.dialect.connection() as conn:
+            rows = await conn.fetch("jobs_by_ref_ids", {"ref_ids": json.dumps(list(refs))})
+        ids = {
+            str(r["ref_id"]): int(r["id"])
+            for r in rows
+            if r["created_date"] == refs[str(r["ref_id"])].created_date
+            and (holder is None or r["lease_owner"] == holder)
+        }
+        if len(ids) != len(refs):
+            return None
+        self.dialect.inserted_here(ids.values())
+        return ids
 
     async def _insert(
         self, tx: Connection, jobs: Sequence[NewJob], *, committed_here: bool
@@ -353,15 +411,20 @@ class Store:
         now = utcnow()
         query, params = self._insert_query(jobs, "insert_started_job", "insert_started_jobs")
         params["node"], params["now"] = node, now
-        with self.dialect.inserting():
-            async with self.dialect.connection() as conn:
-                try:
-                    rows = await conn.fetch(query, params)
-                except Exception as exc:
-                    self._raise_duplicate(exc, jobs)
-                    raise
-            ids = {str(r["ref_id"]): int(r["id"]) for r in rows}
-            self.dialect.inserted_here(ids.values())
+
+        async def insert() -> dict[str, int]:
+            with self.dialect.inserting():
+                async with self.dialect.connection() as conn:
+                    try:
+                        rows = await conn.fetch(query, params)
+                    except Exception as exc:
+                        self._raise_duplicate(exc, jobs)
+                        raise
+                ids = {str(r["ref_id"]): int(r["id"]) for r in rows}
+                self.dialect.inserted_here(ids.values())
+            return ids
+
+        ids = await self._insert_once(insert, lambda: self._inserted_before(jobs, holder=node))
         return [_started_job(job, ids[job.ref_id], now) for job in jobs]
 
     def _insert_query(

@@ -39,8 +39,17 @@ _OPTIONS = ("schema", "min_size", "max_size")
 #: SQLSTATEs meaning the server went away or refuses connections for now: connection
 #: exceptions (class 08), shutdowns (57P01-57P03) and too many connections (53300)
 _DISCONNECT_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+#: the server ended the session (administrator, crash, start-up), rolling back its transaction
+_SESSION_ENDED_STATES = frozenset({"57P01", "57P02", "57P03"})
 #: how often an idle LISTEN connection is checked, so a silently dead one is replaced
 _LISTEN_HEALTH_CHECK = 30.0
+
+
+def _closed(conn: Any) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # the pool took it back, having seen it close
+        return True
 
 
 def _rowcount(status: str) -> int:
@@ -64,23 +73,34 @@ class PostgresConnection:
         pool, self._pool = self._pool, None
         if pool is None:
             return await operation(self._conn)
+        if _closed(self._conn):  # dropped while idle, and the driver saw it: nothing sent
+            await self._replace(pool, "closed while idle")
+            return await operation(self._conn)
         try:
             return await operation(self._conn)
         except Exception as exc:
-            if not self._dialect.is_disconnect(exc) and not isinstance(
-                exc, asyncpg.InterfaceError | asyncpg.InternalClientError
+            # Sent again only when nothing ran: asyncpg refused to send (its protocol had
+            # already seen the session end), or the server said it ended the session, which
+            # rolls back whatever ran. A connection that merely broke may have broken after the
+            # commit (the reply was lost): a claim sent again would leave the first one's jobs
+            # Started here, and an insert would run twice. Those errors go to the caller.
+            if not isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError) and (
+                getattr(exc, "sqlstate", None) not in _SESSION_ENDED_STATES
             ):
                 raise
-            log.debug("replacing a dropped pooled connection: %r", exc)
-            stale, self._conn = self._conn, None
-            # So that the pool opens a new one rather than hand it back (unless asyncpg has
-            # already taken it back, having seen it close).
-            with contextlib.suppress(asyncpg.InterfaceError):
-                stale.terminate()
-            with anyio.CancelScope(shield=True):
-                await pool.release(stale)
-            self._conn = await pool.acquire()
+            await self._replace(pool, repr(exc))
             return await operation(self._conn)
+
+    async def _replace(self, pool: Any, why: str) -> None:
+        log.debug("replacing a dropped pooled connection: %s", why)
+        stale, self._conn = self._conn, None
+        # So that the pool opens a new one rather than hand it back (unless asyncpg has
+        # already taken it back, having seen it close).
+        with contextlib.suppress(asyncpg.InterfaceError):
+            stale.terminate()
+        with anyio.CancelScope(shield=True):
+            await pool.release(stale)
+        self._conn = await pool.acquire()
 
     async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
         sql, args = self._dialect.bind(query, params, templates)

@@ -324,6 +324,14 @@ SELECT s.*
 FROM OPENJSON(:ids) WITH (id bigint '$') AS i
 JOIN job_summary AS s ON s.id = i.id;
 
+-- name: jobs_by_ref_ids
+-- Jobs by their ref ids, with the node that holds each if it is still queued or running: an
+-- insert whose reply was lost is recognised by its ref ids, creation time and holder.
+SELECT s.id, s.ref_id, s.created_date, b.lease_owner
+FROM OPENJSON(:ref_ids) WITH (ref_id nvarchar(255) '$') AS r
+JOIN job_summary AS s ON s.ref_id = r.ref_id COLLATE Latin1_General_100_BIN2
+LEFT JOIN background_job AS b ON b.id = s.id;
+
 -- name: final_states
 -- The state of jobs that reached a final state (or have no summary at all).
 SELECT s.id, s.state

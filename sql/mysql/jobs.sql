@@ -370,6 +370,14 @@ SELECT * FROM job_summary WHERE ref_id = :ref_id;
 SELECT s.* FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
 STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = i.id;
 
+-- name: jobs_by_ref_ids
+-- Jobs by their ref ids, with the node that holds each if it is still queued or running: an
+-- insert whose reply was lost is recognised by its ref ids, creation time and holder.
+SELECT s.id, s.ref_id, s.created_date, b.lease_owner
+FROM JSON_TABLE(:ref_ids, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$')) AS r
+STRAIGHT_JOIN job_summary s FORCE INDEX (ux_job_summary_ref_id) ON s.ref_id = r.ref_id
+LEFT JOIN background_job b ON b.id = s.id;
+
 -- name: final_states
 -- The state of jobs that reached a final state (or have no summary at all).
 SELECT s.id, s.state FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i

@@ -266,6 +266,13 @@ SELECT * FROM job_summary WHERE ref_id = :ref_id;
 SELECT * FROM job_summary
 WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint));
 
+-- name: jobs_by_ref_ids
+-- Jobs by their ref ids, with the node that holds each if it is still queued or running: an
+-- insert whose reply was lost is recognised by its ref ids, creation time and holder.
+SELECT s.id, s.ref_id, s.created_date, b.lease_owner
+FROM job_summary s LEFT JOIN background_job b ON b.id = s.id
+WHERE s.ref_id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ref_ids::jsonb)));
+
 -- name: final_states
 -- The state of jobs that reached a final state (or have no summary at all).
 SELECT id, state FROM job_summary
