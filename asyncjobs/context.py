@@ -77,6 +77,14 @@ class JobContext:
                 self._logged_chars += len(text)
             self.dirty = True
 
+    def give_back(self, logs: str | None) -> None:
+        """A write of what take_pending returned failed: its log text goes first next time
+        (progress and status are read afresh anyway)."""
+        with self._lock:
+            if logs:
+                self.pending_logs.insert(0, logs)
+            self.dirty = True
+
     def take_pending(self) -> tuple[str | None, float | None, str | None]:
         """Log text, progress and status to write, clearing the pending state."""
         with self._lock:

@@ -1102,7 +1102,13 @@ class BackgroundJobs:
     async def _run_callback(self, job: BackgroundJob, outcome: Outcome) -> Outcome:
         """The job succeeded: it is Executed while its callback command runs with the result.
         The callback is retried like a job; if it keeps failing, the job fails."""
-        await self.store.mark_executed(self.node_id, outcome)
+        try:
+            await self.store.mark_executed(self.node_id, outcome)
+        except Exception as exc:
+            # The mark only spares the command a second run should this process stop during
+            # the callback: without it the callback still runs, and the outcome is written
+            # as usual (a database error here must not take the runtime down).
+            log.warning("could not mark job %s Executed; running its callback: %r", job.id, exc)
         job.state = JobState.EXECUTED
         info = self.registry.command(job.callback or "")
         last_error: Exception | None = None
@@ -1287,9 +1293,11 @@ class BackgroundJobs:
                 await self._estimate_progress(now)
             except Exception as exc:
                 log.warning("could not estimate job progress: %r", exc)
+            taken = []
             for running in list(self._running.values()):
                 if running.context.dirty:
                     logs, progress, status = running.context.take_pending()
+                    taken.append((running, logs))
                     updates.append(
                         {"id": running.job.id, "progress": progress, "status": status,
                          "logs": logs, "now": now}
@@ -1298,6 +1306,10 @@ class BackgroundJobs:
                 await self.store.update_progress(updates)
             except Exception as exc:
                 log.warning("could not write job progress: %r", exc)
+                for running, logs in taken:
+                    # A job that ended meanwhile wrote its outcome without these lines.
+                    if self._running.get(running.job.id) is running:
+                        running.context.give_back(logs)
 
     async def _estimate_progress(self, now: datetime) -> None:
         """For running jobs that report no progress, estimate it from the last durations of the

@@ -70,6 +70,44 @@ async def test_job_logger_writes_to_logging_and_job_logs_in_batches(
     assert writes < 10  # batched: far fewer writes than lines
 
 
+class LogsThenWaits(AsyncCommand[Add]):
+    """Logs ``a`` lines, then waits until ``released`` (so a progress write falls between)."""
+
+    released = anyio.Event()
+
+    async def run(self, request: Add) -> None:
+        for i in range(request.a):
+            job_logger().info("line %d", i)
+        await LogsThenWaits.released.wait()
+        job_logger().info("last line")
+
+
+async def test_log_lines_a_failed_progress_write_took_are_written_later(
+    make_jobs: Factory,
+) -> None:
+    LogsThenWaits.released = anyio.Event()
+    async with make_jobs(commands=[LogsThenWaits]) as jobs:
+        real_update = jobs.store.update_progress
+        failed: list[object] = []
+
+        async def fails_first_with_logs(updates: list[dict[str, object]]) -> None:
+            if not failed and any(u["logs"] for u in updates):
+                failed.append(updates)
+                raise ConnectionResetError("database unreachable")
+            await real_update(updates)
+
+        jobs.store.update_progress = fails_first_with_logs  # type: ignore[method-assign]
+        ref = await jobs.enqueue_command(LogsThenWaits, Add(3, 0))
+        with anyio.fail_after(10):
+            while not failed:
+                await anyio.sleep(0.05)
+        LogsThenWaits.released.set()
+        result = await jobs.wait_for_job(ref.id)
+    assert result.completed is not None and result.completed.logs is not None
+    lines = [line.rsplit("INFO ", 1)[-1] for line in result.completed.logs.splitlines()]
+    assert lines == ["line 0", "line 1", "line 2", "last line"]
+
+
 async def test_stored_logs_are_capped_with_a_marker(make_jobs: Factory) -> None:
     class Flood(AsyncCommand[Add]):
         async def run(self, request: Add) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
@@ -337,3 +338,31 @@ async def test_result_types_round_trip(make_jobs: Factory) -> None:
 
     async with make_jobs(commands=[Echo]) as jobs:
         assert await jobs.run_command_async(Echo, Add(1, 2)) == [1, 2]
+
+
+async def test_a_database_error_while_marking_a_job_executed_does_not_stop_the_runtime(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Executed mark only spares the command a second run if the process dies during the
+    # callback; when it cannot be written, the callback still runs and the job completes.
+    Notify.received = []
+    async with make_jobs(commands=[AddCommand, Notify]) as jobs:
+        real = jobs.store.mark_executed
+        failed: list[int] = []
+
+        async def unreachable_once(node: str, outcome: Any) -> None:
+            if not failed:
+                failed.append(outcome.job.id)
+                raise ConnectionResetError("database unreachable")
+            await real(node, outcome)
+
+        monkeypatch.setattr(jobs.store, "mark_executed", unreachable_once)
+        ref = await jobs.enqueue_command(AddCommand, Add(2, 3), JobOptions(callback="Notify"))
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(ref.id)
+        later = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(callback="Notify"))
+        with anyio.fail_after(10):
+            assert (await jobs.wait_for_job(later.id)).state is JobState.COMPLETED
+    assert failed == [ref.id]
+    assert result.state is JobState.COMPLETED
+    assert Notify.received == [Sum(5), Sum(2)]
