@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from typing import Any
 
 import anyio
 import pytest
