@@ -512,10 +512,18 @@ class Store:
 
     async def run_task_now(self, name: str, job: NewJob) -> int:
         """Enqueue a task's job outside its schedule and record it as the task's last job."""
-        async with self.dialect.transaction() as tx:
-            ((job_id, _),) = await self._insert(tx, [job], committed_here=True)
-            await tx.execute("set_task_job", {"name": name, "job_id": job_id})
-            return job_id
+
+        async def insert() -> int:
+            async with self.dialect.transaction() as tx:
+                ((job_id, _),) = await self._insert(tx, [job], committed_here=True)
+                await tx.execute("set_task_job", {"name": name, "job_id": job_id})
+                return job_id
+
+        async def read_back() -> int | None:
+            ids = await self._inserted_before([job], holder=None)
+            return None if ids is None else ids[job.ref_id]
+
+        return await self._insert_once(insert, read_back)
 
     async def skip_task(self, name: str, expected: datetime, next_run: datetime | None) -> bool:
         """Move past an occurrence without running it (the previous run is still going)."""

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from asyncjobs import BackgroundJobs, JobOptions, JobState
+from asyncjobs import BackgroundJobs, JobOptions, JobState, Schedule
 from tests.commands import EVENTS, Sleep, SleepCommand
 
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("postgres", "mysql", "mssql")]
@@ -82,6 +82,57 @@ def lose_reply(monkeypatch: pytest.MonkeyPatch, dialect_name: str, wanted: Wante
     return lost
 
 
+def lose_commit_reply(monkeypatch: pytest.MonkeyPatch, dialect_name: str) -> list[bool]:
+    """Lose the reply to the first COMMIT of a transaction: it commits, then the connection
+    breaks. Returns a list that holds True once it happened."""
+    lost: list[bool] = []
+    if dialect_name == "postgres":
+        import asyncpg
+
+        real_pg = asyncpg.connection.Connection.execute
+
+        async def pg_execute(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+            status = await real_pg(self, query, *args, **kwargs)
+            if not lost and query.strip().upper().startswith("COMMIT"):
+                lost.append(True)
+                self.terminate()
+                raise asyncpg.ConnectionDoesNotExistError(
+                    "connection was closed in the middle of operation"
+                )
+            return status
+
+        monkeypatch.setattr(asyncpg.connection.Connection, "execute", pg_execute)
+    elif dialect_name == "mysql":
+        import aiomysql
+
+        real_my = aiomysql.Connection.commit
+
+        async def my_commit(self: Any) -> None:
+            await real_my(self)
+            if not lost:
+                lost.append(True)
+                self.close()
+                raise aiomysql.OperationalError(2013, "Lost connection to server during query")
+
+        monkeypatch.setattr(aiomysql.Connection, "commit", my_commit)
+    else:
+        import pyodbc
+
+        from asyncjobs.dialects import mssql
+
+        real_ms = mssql._statement
+
+        async def ms_statement(conn: Any, sql: str) -> None:
+            await real_ms(conn, sql)
+            if not lost and sql == mssql._COMMIT:
+                lost.append(True)
+                await conn.close()
+                raise pyodbc.OperationalError("08S01", "Communication link failure")
+
+        monkeypatch.setattr(mssql, "_statement", ms_statement)
+    return lost
+
+
 def inserted(ref_prefix: str) -> Wanted:
     """The reply of an insert of jobs whose ref ids start with ``ref_prefix``."""
     return lambda rows: bool(rows) and str(rows[0].get("ref_id", "")).startswith(ref_prefix)
@@ -125,6 +176,36 @@ async def test_an_enqueue_many_whose_reply_was_lost_returns_its_jobs_once(
         for job in jobs:
             assert await jobs_with_ref(producer, job.ref_id) == [job.id]
         assert len(await producer.store.select_job_ids(JobState.QUEUED, None)) == 3
+
+
+async def test_a_scheduled_task_run_now_whose_commit_reply_was_lost_enqueues_once(
+    make_jobs: Factory, dialect_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with make_jobs(commands=[SleepCommand], execute=False) as producer:
+        await producer.recurring_command(SleepCommand, Schedule.daily, Sleep(0, "t"), name="t")
+        lost = lose_commit_reply(monkeypatch, dialect_name)
+        ref = await producer.run_scheduled_task("t")
+        assert ref is not None and lost == [True]
+        (task,) = await producer.scheduled_tasks()
+        assert task.last_job_id == ref.id
+        assert await producer.store.select_job_ids(JobState.QUEUED, None) == [ref.id]
+
+
+async def test_an_insert_reply_lost_inside_a_transaction_rolls_back_and_is_sent_again(
+    make_jobs: Factory, dialect_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection broke before the transaction's COMMIT: the server rolls it back, so the
+    # jobs the lost reply named do not exist, and the second attempt inserts them.
+    async with make_jobs(commands=[SleepCommand], execute=False) as producer:
+        await producer.recurring_command(SleepCommand, Schedule.daily, Sleep(0, "u"), name="u")
+        lost = lose_reply(
+            monkeypatch, dialect_name, lambda rows: bool(rows) and "ref_id" in rows[0]
+        )
+        ref = await producer.run_scheduled_task("u")
+        assert ref is not None and len(lost) == 1 and int(lost[0][0]["id"]) != ref.id
+        (task,) = await producer.scheduled_tasks()
+        assert task.last_job_id == ref.id
+        assert await producer.store.select_job_ids(JobState.QUEUED, None) == [ref.id]
 
 
 async def test_an_enqueue_that_never_reached_the_server_is_sent_again(
