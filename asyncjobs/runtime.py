@@ -1216,9 +1216,10 @@ class BackgroundJobs:
             if isinstance(report, Claim) and limit:
                 self._start_claimed(report.jobs, limit, named_only)
             self._count_outcomes(batch)
-            if report.lost:
-                log.warning("jobs %s were taken over by another node; outcome dropped", report.lost)
             self._resolve(report.final)
+            if report.lost:
+                await self._report_lost(report.lost, after_failure=failures > 0)
+            failures = 0
             # The dispatcher claims what this flush did not: retried jobs and dependents of
             # finished ones, and work it was woken for while the slots were reserved here.
             if (
@@ -1232,6 +1233,21 @@ class BackgroundJobs:
             # The dispatcher was woken while the last flush ran, and left the claim to it.
             self._claim_deferred = False
             self._wake_dispatcher()
+
+    async def _report_lost(self, job_ids: Sequence[int], *, after_failure: bool) -> None:
+        """Outcomes the database did not take: the jobs are no longer held here. After a
+        failed attempt of the same batch that is usually because that attempt committed and
+        only its reply was lost: jobs found finished are not reported."""
+        if after_failure:
+            try:
+                finished = await self.store.final_states(job_ids)
+            except Exception as exc:
+                log.warning("could not check finished jobs %s: %r", job_ids, exc)
+            else:
+                self._resolve(finished)
+                job_ids = [job_id for job_id in job_ids if job_id not in finished]
+        if job_ids:
+            log.warning("jobs %s were taken over by another node; outcome dropped", job_ids)
 
     def _count_outcomes(self, batch: Sequence[Outcome]) -> None:
         for outcome in batch:

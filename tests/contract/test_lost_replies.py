@@ -267,3 +267,29 @@ async def test_a_claim_whose_reply_was_lost_is_not_sent_again_blindly(
     assert len(lost) == 1 and sorted(int(r["id"]) for r in lost[0]) == sorted(job_ids)
     assert [r.summary.attempts for r in results] == [1, 1, 1]
     assert sorted(name for event, name, _ in EVENTS if event == "start") == labels
+
+
+def completed(rows: list[Any]) -> bool:
+    """The reply of a completion that recorded jobs."""
+    return bool(rows) and "done_ids" in rows[0] and rows[0]["done_ids"] not in (None, "[]", [])
+
+
+async def test_a_completion_whose_reply_was_lost_is_not_reported_as_taken_over(
+    make_jobs: Factory,
+    dialect_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        lost = lose_reply(monkeypatch, dialect_name, completed)
+        ref = await jobs.enqueue_command(SleepCommand, Sleep(0, "done-once"))
+        with anyio.fail_after(20):
+            result = await jobs.wait_for_job(ref.id)
+        with anyio.fail_after(5):
+            while jobs.statistics()["completed"] < 1:
+                await anyio.sleep(0.05)
+    assert len(lost) == 1
+    assert result.state is JobState.COMPLETED and result.summary.attempts == 1
+    assert [name for event, name, _ in EVENTS if event == "start"] == ["done-once"]
+    assert not [r for r in caplog.records if "taken over" in r.getMessage()]
