@@ -458,6 +458,25 @@ async def test_jobs_run_on_after_the_server_drops_every_connection(
 # -- configuration ------------------------------------------------------------------------
 
 
+def test_only_plain_reads_are_sent_again_after_a_broken_connection() -> None:
+    # A query sent again after the connection broke mid-query may run twice: only those that
+    # only read qualify, never a write, a row lock or a SELECT of a function that writes.
+    dialect = create_dialect("postgresql://u@db.example/app")
+    assert isinstance(dialect, PostgresDialect)
+    for read in ("get_summary", "final_states", "jobs_by_ref_ids", "select_job_ids"):
+        assert dialect.reads_only(read), read
+    for write in (
+        "complete_and_claim_jobs", "insert_job", "insert_started_jobs", "update_progress",
+        "renew_node", "create_archive", "create_schema_version", "requeue_unknown_jobs",
+    ):  # fmt: skip
+        assert not dialect.reads_only(write), write
+    selects = [n for n in dialect.queries if dialect.queries[n].sql.lstrip().startswith("SELECT")]
+    assert {n for n in selects if not dialect.reads_only(n)} == {
+        "create_archive",
+        "create_schema_version",
+    }
+
+
 def test_dsn_options_configure_the_dialect() -> None:
     dialect = create_dialect(
         "postgresql://u:p%40ss@db.example:6543/app?schema=jobs&min_size=2&max_size=4&sslmode=disable"

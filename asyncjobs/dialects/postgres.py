@@ -41,6 +41,10 @@ _OPTIONS = ("schema", "min_size", "max_size")
 _DISCONNECT_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 #: the server ended the session (administrator, crash, start-up), rolling back its transaction
 _SESSION_ENDED_STATES = frozenset({"57P01", "57P02", "57P03"})
+#: what makes a SELECT more than a read: row locks, and the functions our queries call that
+#: write, lock or notify
+_WRITES_IN_A_SELECT = ("FOR UPDATE", "FOR SHARE", "FOR NO KEY", "FOR KEY", "PG_ADVISORY",
+                       "PG_NOTIFY", "ENSURE_", "NEXTVAL", "SETVAL")  # fmt: skip
 #: how often an idle LISTEN connection is checked, so a silently dead one is replaced
 _LISTEN_HEALTH_CHECK = 30.0
 
@@ -50,6 +54,13 @@ def _closed(conn: Any) -> bool:
         return bool(conn.is_closed())
     except asyncpg.InterfaceError:  # the pool took it back, having seen it close
         return True
+
+
+def _nothing_ran(exc: BaseException) -> bool:
+    """Whether a failed query certainly did nothing on the server."""
+    return isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError) or (
+        getattr(exc, "sqlstate", None) in _SESSION_ENDED_STATES
+    )
 
 
 def _rowcount(status: str) -> int:
@@ -69,27 +80,28 @@ class PostgresConnection:
         #: transaction() does when its BEGIN fails)
         self._pool = pool
 
-    async def _run(self, operation: Callable[[Any], Awaitable[T]]) -> T:
+    async def _run(self, operation: Callable[[Any], Awaitable[T]], *, reads_only: bool) -> T:
         pool, self._pool = self._pool, None
         if pool is None:
             return await operation(self._conn)
-        if _closed(self._conn):  # dropped while idle, and the driver saw it: nothing sent
-            await self._replace(pool, "closed while idle")
-            return await operation(self._conn)
-        try:
-            return await operation(self._conn)
-        except Exception as exc:
-            # Sent again only when nothing ran: asyncpg refused to send (its protocol had
-            # already seen the session end), or the server said it ended the session, which
-            # rolls back whatever ran. A connection that merely broke may have broken after the
-            # commit (the reply was lost): a claim sent again would leave the first one's jobs
-            # Started here, and an insert would run twice. Those errors go to the caller.
-            if not isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError) and (
-                getattr(exc, "sqlstate", None) not in _SESSION_ENDED_STATES
-            ):
-                raise
-            await self._replace(pool, repr(exc))
-            return await operation(self._conn)
+        # Every pooled connection may have been dropped at once (a server restart): each
+        # replacement may be another dead one, up to the pool's size.
+        for _attempt in range(pool.get_max_size()):
+            if _closed(self._conn):  # dropped while idle, and the driver saw it: nothing sent
+                await self._replace(pool, "closed while idle")
+            try:
+                return await operation(self._conn)
+            except Exception as exc:
+                # Sent again only when nothing ran: asyncpg refused to send (its protocol had
+                # already seen the session end), or the server said it ended the session,
+                # which rolls back whatever ran. A connection that merely broke may have
+                # broken after the commit (the reply was lost): a claim sent again would leave
+                # the first one's jobs Started here, and an insert would run twice. Those
+                # errors go to the caller, unless the query only reads.
+                if not _nothing_ran(exc) and not (reads_only and self._dialect.is_disconnect(exc)):
+                    raise
+                await self._replace(pool, repr(exc))
+        return await operation(self._conn)
 
     async def _replace(self, pool: Any, why: str) -> None:
         log.debug("replacing a dropped pooled connection: %s", why)
@@ -104,12 +116,14 @@ class PostgresConnection:
 
     async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
         sql, args = self._dialect.bind(query, params, templates)
-        records = await self._run(lambda conn: conn.fetch(sql, *args))
+        reads = self._dialect.reads_only(query)
+        records = await self._run(lambda conn: conn.fetch(sql, *args), reads_only=reads)
         return [dict(record) for record in records]
 
     async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
         sql, args = self._dialect.bind(query, params, templates)
-        return _rowcount(await self._run(lambda conn: conn.execute(sql, *args)))
+        reads = self._dialect.reads_only(query)
+        return _rowcount(await self._run(lambda conn: conn.execute(sql, *args), reads_only=reads))
 
     async def executemany(self, query: str, params: Sequence[Params], **templates: str) -> None:
         if not params:
@@ -165,6 +179,7 @@ class PostgresDialect(Dialect):
         self._min_size = min_size
         self._max_size = max_size
         self._statements: dict[tuple[object, ...], tuple[str, tuple[str, ...]]] = {}
+        self._reads_only: dict[str, bool] = {}
         #: the schema our tables are in, for the notification channel (found in open())
         self._channel_schema: str | None = schema
 
@@ -178,6 +193,20 @@ class PostgresDialect(Dialect):
             named = self.queries[query]
             sql = named.render(**templates) if templates else named.sql
             found = self._statements[key] = convert_params(named, "numeric", sql)
+        return found
+
+    def reads_only(self, query: str) -> bool:
+        """Whether a named query only reads: one plain SELECT that locks nothing and calls
+        none of the functions that write (so sending it again is always safe)."""
+        found = self._reads_only.get(query)
+        if found is None:
+            named = self.queries[query]
+            text = named.sql.strip().upper()
+            found = self._reads_only[query] = (
+                len(named.statements()) == 1
+                and text.startswith("SELECT")
+                and not any(word in text for word in _WRITES_IN_A_SELECT)
+            )
         return found
 
     def arguments(self, query: str, order: tuple[str, ...], params: Params | None) -> list[Any]:

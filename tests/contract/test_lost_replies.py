@@ -293,3 +293,61 @@ async def test_a_completion_whose_reply_was_lost_is_not_reported_as_taken_over(
     assert result.state is JobState.COMPLETED and result.summary.attempts == 1
     assert [name for event, name, _ in EVENTS if event == "start"] == ["done-once"]
     assert not [r for r in caplog.records if "taken over" in r.getMessage()]
+
+
+async def drop_connections(dialect_name: str, dsn: str) -> int:
+    """Have the server end every session of this test's database (asyncjobs' pools, watch and
+    listen connections); returns how many it ended."""
+    if dialect_name == "postgres":
+        import asyncpg
+
+        from tests.db_postgres import SERVER
+
+        conn = await asyncpg.connect(SERVER)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = 'asyncjobs' AND pid <> pg_backend_pid()"
+                )
+            )
+        finally:
+            await conn.close()
+    from tests.db_mysql import connect
+
+    conn = await connect(dsn)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT id FROM information_schema.processlist"
+                " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            )
+            sessions = [int(row[0]) for row in await cur.fetchall()]
+            for session in sessions:
+                await cur.execute(f"KILL CONNECTION {session}")
+        return len(sessions)
+    finally:
+        conn.close()
+
+
+@pytest.mark.dialects("postgres", "mysql")
+async def test_every_job_runs_once_while_the_server_keeps_dropping_connections(
+    make_jobs: Factory, dialect_name: str, dsn: str
+) -> None:
+    # Sessions end mid-claim, mid-completion and mid-enqueue, at random points of the drain:
+    # every reply in flight is lost. No job may be lost, run twice or left Started.
+    EVENTS.clear()
+    labels = [f"dropped-{i}" for i in range(300)]
+    async with make_jobs(commands=[SleepCommand], execute=False) as producer:
+        refs = await producer.enqueue_many([(SleepCommand, Sleep(0.005, n)) for n in labels])
+    dropped = 0
+    async with make_jobs(commands=[SleepCommand], max_concurrency=10) as consumer:
+        for _ in range(10):
+            await anyio.sleep(0.1)
+            dropped += await drop_connections(dialect_name, dsn)
+        with anyio.fail_after(60):
+            results = [await consumer.wait_for_job(ref.id) for ref in refs]
+    assert dropped >= 10
+    assert {r.state for r in results} == {JobState.COMPLETED}
+    started = sorted(name for event, name, _ in EVENTS if event == "start")
+    assert started == sorted(labels)
