@@ -39,8 +39,6 @@ _OPTIONS = ("schema", "min_size", "max_size")
 #: SQLSTATEs meaning the server went away or refuses connections for now: connection
 #: exceptions (class 08), shutdowns (57P01-57P03) and too many connections (53300)
 _DISCONNECT_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
-#: the server ended the session (administrator, crash, start-up), rolling back its transaction
-_SESSION_ENDED_STATES = frozenset({"57P01", "57P02", "57P03"})
 #: what makes a SELECT more than a read: row locks, and the functions our queries call that
 #: write, lock or notify
 _WRITES_IN_A_SELECT = ("FOR UPDATE", "FOR SHARE", "FOR NO KEY", "FOR KEY", "PG_ADVISORY",
@@ -57,10 +55,11 @@ def _closed(conn: Any) -> bool:
 
 
 def _nothing_ran(exc: BaseException) -> bool:
-    """Whether a failed query certainly did nothing on the server."""
-    return isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError) or (
-        getattr(exc, "sqlstate", None) in _SESSION_ENDED_STATES
-    )
+    """Whether a failed query certainly did nothing on the server: asyncpg refused to send it
+    (the connection was closed, or its protocol had already seen the session end). A session
+    the server ends while the query runs (57P01) usually rolls it back, but not if the end
+    comes between the commit and the reply: that is as unsure as any broken connection."""
+    return isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError)
 
 
 def _rowcount(status: str) -> int:
@@ -76,7 +75,7 @@ class PostgresConnection:
         self._dialect = dialect
         self._conn = conn
         #: set on an autocommitting connection() until its first query has run: a pooled
-        #: connection the server dropped while it sat idle is then replaced once (as
+        #: connection the server dropped while it sat idle is then replaced (as
         #: transaction() does when its BEGIN fails)
         self._pool = pool
 
@@ -92,9 +91,7 @@ class PostgresConnection:
             try:
                 return await operation(self._conn)
             except Exception as exc:
-                # Sent again only when nothing ran: asyncpg refused to send (its protocol had
-                # already seen the session end), or the server said it ended the session,
-                # which rolls back whatever ran. A connection that merely broke may have
+                # Sent again only when nothing ran. A connection that broke mid-query may have
                 # broken after the commit (the reply was lost): a claim sent again would leave
                 # the first one's jobs Started here, and an insert would run twice. Those
                 # errors go to the caller, unless the query only reads.
