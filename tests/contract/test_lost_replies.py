@@ -1,9 +1,11 @@
 """A statement that commits but whose reply never arrives: the connection breaks after the
 server answered, so the caller cannot tell whether the work was done. Each test breaks one
-connection that way on purpose, below the dialect (the driver's call returns from the server,
-then the connection dies), and checks that nothing is done twice and nothing is stranded:
-an enqueue is neither lost nor duplicated and returns its job, a claim is not run again
-blindly. (SQLite runs in-process: there is no connection to lose.)"""
+connection that way on purpose (in asyncpg's call on PostgreSQL, whose dialect decides what
+to send again; in the dialect's connection on MySQL and SQL Server, which send nothing again)
+and checks that nothing is done twice and nothing is stranded: an enqueue is neither lost nor
+duplicated and returns its job, a claim is not sent again blindly. The last test has the
+server drop every session again and again during a drain. (SQLite runs in-process: there is
+no connection to lose.)"""
 
 from __future__ import annotations
 
