@@ -24,6 +24,27 @@ Factory = Callable[..., BackgroundJobs]
 Wanted = Callable[[list[Any]], bool]
 
 
+async def break_connection(dialect_name: str, driver_conn: Any) -> Exception:
+    """Close a driver connection the way a network failure would, after the server answered;
+    returns what the driver raises then."""
+    if dialect_name == "postgres":
+        import asyncpg
+
+        driver_conn.terminate()
+        return asyncpg.ConnectionDoesNotExistError(
+            "connection was closed in the middle of operation"
+        )
+    if dialect_name == "mysql":
+        import aiomysql
+
+        driver_conn.close()
+        return aiomysql.OperationalError(2013, "Lost connection to server during query")
+    import pyodbc
+
+    await driver_conn.close()
+    return pyodbc.OperationalError("08S01", "Communication link failure")
+
+
 def lose_reply(monkeypatch: pytest.MonkeyPatch, dialect_name: str, wanted: Wanted) -> list[Any]:
     """Lose the first reply whose rows satisfy ``wanted``: the server has run (and committed)
     the statement, then the connection breaks before the caller sees the rows. Returns the list
@@ -44,16 +65,11 @@ def lose_reply(monkeypatch: pytest.MonkeyPatch, dialect_name: str, wanted: Wante
         async def pg_fetch(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
             rows = await real_pg(self, query, *args, **kwargs)
             if should_lose([dict(r) for r in rows]):
-                self.terminate()
-                raise asyncpg.ConnectionDoesNotExistError(
-                    "connection was closed in the middle of operation"
-                )
+                raise await break_connection(dialect_name, self)
             return rows
 
         monkeypatch.setattr(asyncpg.connection.Connection, "fetch", pg_fetch)
     elif dialect_name == "mysql":
-        import aiomysql
-
         from asyncjobs.dialects.mysql import MysqlConnection
 
         real_my = MysqlConnection.fetch
@@ -61,14 +77,11 @@ def lose_reply(monkeypatch: pytest.MonkeyPatch, dialect_name: str, wanted: Wante
         async def my_fetch(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
             rows = await real_my(self, *args, **kwargs)
             if should_lose(rows):
-                self._conn.close()
-                raise aiomysql.OperationalError(2013, "Lost connection to server during query")
+                raise await break_connection(dialect_name, self._conn)
             return rows
 
         monkeypatch.setattr(MysqlConnection, "fetch", my_fetch)
     else:
-        import pyodbc
-
         from asyncjobs.dialects.mssql import MssqlConnection
 
         real_ms = MssqlConnection.fetch
@@ -76,8 +89,7 @@ def lose_reply(monkeypatch: pytest.MonkeyPatch, dialect_name: str, wanted: Wante
         async def ms_fetch(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
             rows = await real_ms(self, *args, **kwargs)
             if should_lose(rows):
-                await self._conn.close()
-                raise pyodbc.OperationalError("08S01", "Communication link failure")
+                raise await break_connection(dialect_name, self._conn)
             return rows
 
         monkeypatch.setattr(MssqlConnection, "fetch", ms_fetch)
@@ -97,10 +109,7 @@ def lose_commit_reply(monkeypatch: pytest.MonkeyPatch, dialect_name: str) -> lis
             status = await real_pg(self, query, *args, **kwargs)
             if not lost and query.strip().upper().startswith("COMMIT"):
                 lost.append(True)
-                self.terminate()
-                raise asyncpg.ConnectionDoesNotExistError(
-                    "connection was closed in the middle of operation"
-                )
+                raise await break_connection(dialect_name, self)
             return status
 
         monkeypatch.setattr(asyncpg.connection.Connection, "execute", pg_execute)
@@ -113,13 +122,10 @@ def lose_commit_reply(monkeypatch: pytest.MonkeyPatch, dialect_name: str) -> lis
             await real_my(self)
             if not lost:
                 lost.append(True)
-                self.close()
-                raise aiomysql.OperationalError(2013, "Lost connection to server during query")
+                raise await break_connection(dialect_name, self)
 
         monkeypatch.setattr(aiomysql.Connection, "commit", my_commit)
     else:
-        import pyodbc
-
         from asyncjobs.dialects import mssql
 
         real_ms = mssql._statement
@@ -128,8 +134,7 @@ def lose_commit_reply(monkeypatch: pytest.MonkeyPatch, dialect_name: str) -> lis
             await real_ms(conn, sql)
             if not lost and sql == mssql._COMMIT:
                 lost.append(True)
-                await conn.close()
-                raise pyodbc.OperationalError("08S01", "Communication link failure")
+                raise await break_connection(dialect_name, conn)
 
         monkeypatch.setattr(mssql, "_statement", ms_statement)
     return lost
@@ -180,31 +185,25 @@ async def test_an_enqueue_many_whose_reply_was_lost_returns_its_jobs_once(
         assert len(await producer.store.select_job_ids(JobState.QUEUED, None)) == 3
 
 
-async def test_a_scheduled_task_run_now_whose_commit_reply_was_lost_enqueues_once(
-    make_jobs: Factory, dialect_name: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("lost_at", ["commit", "insert"])
+async def test_a_scheduled_task_run_now_whose_reply_was_lost_enqueues_once(
+    make_jobs: Factory, dialect_name: str, monkeypatch: pytest.MonkeyPatch, lost_at: str
 ) -> None:
+    # The COMMIT's reply lost: the job exists, and is read back. The insert's reply lost inside
+    # the transaction: the server rolls it back, so the job that reply named does not exist,
+    # and the second attempt inserts it.
     async with make_jobs(commands=[SleepCommand], execute=False) as producer:
         await producer.recurring_command(SleepCommand, Schedule.daily, Sleep(0, "t"), name="t")
-        lost = lose_commit_reply(monkeypatch, dialect_name)
+        if lost_at == "commit":
+            lost: list[Any] = lose_commit_reply(monkeypatch, dialect_name)
+        else:
+            lost = lose_reply(
+                monkeypatch, dialect_name, lambda rows: bool(rows) and "ref_id" in rows[0]
+            )
         ref = await producer.run_scheduled_task("t")
-        assert ref is not None and lost == [True]
-        (task,) = await producer.scheduled_tasks()
-        assert task.last_job_id == ref.id
-        assert await producer.store.select_job_ids(JobState.QUEUED, None) == [ref.id]
-
-
-async def test_an_insert_reply_lost_inside_a_transaction_rolls_back_and_is_sent_again(
-    make_jobs: Factory, dialect_name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The connection broke before the transaction's COMMIT: the server rolls it back, so the
-    # jobs the lost reply named do not exist, and the second attempt inserts them.
-    async with make_jobs(commands=[SleepCommand], execute=False) as producer:
-        await producer.recurring_command(SleepCommand, Schedule.daily, Sleep(0, "u"), name="u")
-        lost = lose_reply(
-            monkeypatch, dialect_name, lambda rows: bool(rows) and "ref_id" in rows[0]
-        )
-        ref = await producer.run_scheduled_task("u")
-        assert ref is not None and len(lost) == 1 and int(lost[0][0]["id"]) != ref.id
+        assert ref is not None and len(lost) == 1
+        if lost_at == "insert":
+            assert int(lost[0][0]["id"]) != ref.id
         (task,) = await producer.scheduled_tasks()
         assert task.last_job_id == ref.id
         assert await producer.store.select_job_ids(JobState.QUEUED, None) == [ref.id]
