@@ -1309,23 +1309,42 @@ class BackgroundJobs:
                 await self._estimate_progress(now)
             except Exception as exc:
                 log.warning("could not estimate job progress: %r", exc)
-            taken = []
-            for running in list(self._running.values()):
-                if running.context.dirty:
-                    logs, progress, status = running.context.take_pending()
-                    taken.append((running, logs))
-                    updates.append(
-                        {"id": running.job.id, "progress": progress, "status": status,
-                         "logs": logs, "now": now}
-                    )  # fmt: skip
-            try:
-                await self.store.update_progress(updates)
-            except Exception as exc:
-                log.warning("could not write job progress: %r", exc)
-                for running, logs in taken:
-                    # A job that ended meanwhile wrote its outcome without these lines.
-                    if self._running.get(running.job.id) is running:
-                        running.context.give_back(logs)
+            # Under the finisher's lock: a job that ends during the write keeps its outcome
+            # queued until the write is over, so lines the write took and could not store
+            # still reach the outcome (see _give_back).
+            async with self._flush_lock:
+                taken = []
+                for running in list(self._running.values()):
+                    if running.context.dirty:
+                        logs, progress, status = running.context.take_pending()
+                        taken.append((running, logs))
+                        updates.append(
+                            {"id": running.job.id, "progress": progress, "status": status,
+                             "logs": logs, "now": now}
+                        )  # fmt: skip
+                if not updates:
+                    continue
+                try:
+                    await self.store.update_progress(updates)
+                except BaseException as exc:
+                    for running, logs in taken:
+                        self._give_back(running, logs)
+                    if not isinstance(exc, Exception):
+                        raise
+                    log.warning("could not write job progress: %r", exc)
+
+    def _give_back(self, running: _Running, logs: str | None) -> None:
+        """Log lines a failed progress write took: to the job if it still runs, else ahead of
+        the lines its outcome carries (the outcome waits in the queue meanwhile)."""
+        if self._running.get(running.job.id) is running:
+            running.context.give_back(logs)
+            return
+        if not logs:
+            return
+        for outcome in self._outcomes:
+            if outcome.job is running.job:
+                outcome.logs = logs + (outcome.logs or "")
+                return
 
     async def _estimate_progress(self, now: datetime) -> None:
         """For running jobs that report no progress, estimate it from the last durations of the

@@ -108,6 +108,33 @@ async def test_log_lines_a_failed_progress_write_took_are_written_later(
     assert lines == ["line 0", "line 1", "line 2", "last line"]
 
 
+async def test_log_lines_a_failed_progress_write_took_reach_a_job_that_ended_meanwhile(
+    make_jobs: Factory,
+) -> None:
+    LogsThenWaits.released = anyio.Event()
+    async with make_jobs(commands=[LogsThenWaits]) as jobs:
+        real_update = jobs.store.update_progress
+        failed: list[object] = []
+
+        async def job_ends_then_write_fails(updates: list[dict[str, object]]) -> None:
+            if not failed and any(u["logs"] for u in updates):
+                failed.append(updates)
+                LogsThenWaits.released.set()
+                with anyio.fail_after(10):
+                    while jobs.statistics()["running"]:
+                        await anyio.sleep(0.01)
+                raise ConnectionResetError("database unreachable")
+            await real_update(updates)
+
+        jobs.store.update_progress = job_ends_then_write_fails  # type: ignore[method-assign]
+        ref = await jobs.enqueue_command(LogsThenWaits, Add(3, 0))
+        result = await jobs.wait_for_job(ref.id)
+    assert failed
+    assert result.completed is not None and result.completed.logs is not None
+    lines = [line.rsplit("INFO ", 1)[-1] for line in result.completed.logs.splitlines()]
+    assert lines == ["line 0", "line 1", "line 2", "last line"]
+
+
 async def test_stored_logs_are_capped_with_a_marker(make_jobs: Factory) -> None:
     class Flood(AsyncCommand[Add]):
         async def run(self, request: Add) -> None:
