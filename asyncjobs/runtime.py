@@ -40,7 +40,7 @@ from ._retry import retry_backoff
 from ._serialization import check_encodable, decode, encode, type_name
 from .clock import Clock, SystemClock
 from .commands import CommandInfo, Registry, instantiate
-from .context import JobContext, _current
+from .context import JobContext, _current, current_context
 from .dialects import Dialect, create_dialect
 from .exceptions import (
     ConfigurationError,
@@ -1024,7 +1024,9 @@ class BackgroundJobs:
                     if outcome is not None and job.callback and outcome.state is JobState.COMPLETED:
                         scope.deadline = math.inf  # the timeout bounds the command only
                         outcome = await self._run_callback(job, outcome)
-                if scope.cancelled_caught and running.stop_reason is None:
+                # The deadline passed: a timeout, even if a sync command saw it (as a cancel
+                # request) and returned.
+                if scope.cancel_called and running.stop_reason is None:
                     outcome = self._failure(
                         job, TimeoutError(f"job timed out after {timeout:g}s"), permanent=False
                     )
@@ -1095,9 +1097,27 @@ class BackgroundJobs:
         if info.is_async:
             return await instance.run(*args)
         ctx = contextvars.copy_context()
-        return await anyio.to_thread.run_sync(
-            lambda: ctx.run(instance.run, *args), limiter=self._thread_limiter
-        )
+        flag = current_context().cancel_event
+        returned = False
+
+        async def raise_flag_when_cancelled() -> None:
+            # A thread cannot be interrupted: a timeout (or any cancellation of the job's
+            # scope) is passed on as a cancel request, which the command can see.
+            try:
+                await anyio.sleep_forever()
+            finally:
+                if not returned:
+                    flag.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(raise_flag_when_cancelled)
+            try:
+                return await anyio.to_thread.run_sync(
+                    lambda: ctx.run(instance.run, *args), limiter=self._thread_limiter
+                )
+            finally:
+                returned = True
+                tg.cancel_scope.cancel()
 
     async def _run_callback(self, job: BackgroundJob, outcome: Outcome) -> Outcome:
         """The job succeeded: it is Executed while its callback command runs with the result.

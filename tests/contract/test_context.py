@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import timedelta
 
 import anyio
 import anyio.lowlevel
@@ -259,3 +260,30 @@ async def test_context_variables_a_job_sets_stay_its_own(make_jobs: Factory) -> 
                 await jobs.wait_for_job(ref.id)
     assert [mark for mark, _task in SEEN_MARKS] == [None] * 4
     assert len({task for _mark, task in SEEN_MARKS}) < 4  # the runner was reused
+
+
+class PatientUntilAsked(SyncCommand[Add]):
+    """Polls for a cancel request, for up to ``a`` seconds; records whether one came."""
+
+    asked: list[bool] = []
+
+    def run(self, request: Add) -> None:
+        give_up = time.monotonic() + request.a
+        while time.monotonic() < give_up:
+            if cancellation_requested():
+                PatientUntilAsked.asked.append(True)
+                return
+            time.sleep(0.01)
+        PatientUntilAsked.asked.append(False)
+
+
+async def test_a_sync_command_past_its_timeout_is_asked_to_stop(make_jobs: Factory) -> None:
+    PatientUntilAsked.asked = []
+    options = JobOptions(timeout=timedelta(seconds=0.2), retry_limit=0)
+    async with make_jobs(commands=[PatientUntilAsked]) as jobs:
+        ref = await jobs.enqueue_command(PatientUntilAsked, Add(20, 0), options)
+        with anyio.fail_after(30):
+            result = await jobs.wait_for_job(ref.id)
+    assert PatientUntilAsked.asked == [True]
+    assert result.state is JobState.FAILED
+    assert result.failed is not None and result.failed.error_code == "Timeout"
