@@ -364,7 +364,9 @@ class MssqlDialect(WatchesNewJobIds, Dialect):
         }
 
     async def open(self) -> None:
-        self._turns = anyio.Semaphore(self._max_size)
+        # A free turn is taken without a pass through the event loop: the query that
+        # follows yields anyway.
+        self._turns = anyio.Semaphore(self._max_size, fast_acquire=True)
         aioodbc = importlib.import_module("aioodbc")
 
         async def configure(raw: Any) -> None:

@@ -481,7 +481,9 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
         }
 
     async def open(self) -> None:
-        self._turns = anyio.Semaphore(self._max_size)
+        # A free turn is taken without a pass through the event loop: the query that
+        # follows yields anyway.
+        self._turns = anyio.Semaphore(self._max_size, fast_acquire=True)
         self._pool = await aiomysql.create_pool(
             minsize=self._min_size,
             maxsize=self._max_size,
