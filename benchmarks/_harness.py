@@ -222,6 +222,60 @@ class RssSampler:
         return round(self.peak / 2**20, 1)
 
 
+#: the database servers' process names: their CPU time is the database's share of a drain
+DATABASE_PROCESSES = frozenset({"postgres", "mariadbd", "mysqld"})
+
+
+class CpuMeter:
+    """CPU seconds (user + system) used between :meth:`start` and :meth:`stop` by the worker
+    processes and by the database servers' processes, to tell which of them limits a drain
+    (everything shares the machine's cores). A server process that started meanwhile (a new
+    connection's backend) counts in full; one that ended meanwhile is not counted."""
+
+    def __init__(self, worker_pids: Sequence[int]) -> None:
+        self.workers = [psutil.Process(pid) for pid in worker_pids]
+        self._before: dict[int, float] = {}
+        self.worker_seconds = 0.0
+        self.database_seconds = 0.0
+
+    @staticmethod
+    def _used(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    def _snapshot(self) -> dict[int, float]:
+        used = {}
+        for process in (*self.workers, *self._servers()):
+            with suppress(psutil.Error):
+                used[process.pid] = self._used(process)
+        return used
+
+    @staticmethod
+    def _servers() -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["name"]) if p.info["name"] in DATABASE_PROCESSES]
+
+    def start(self) -> None:
+        self._before = self._snapshot()
+
+    def stop(self) -> None:
+        after = self._snapshot()
+        worker_pids = {p.pid for p in self.workers}
+
+        def spent(pid: int) -> float:
+            return after[pid] - self._before.get(pid, 0.0)
+
+        self.worker_seconds = sum(spent(pid) for pid in after if pid in worker_pids)
+        self.database_seconds = sum(spent(pid) for pid in after if pid not in worker_pids)
+
+    def per_job_us(self, jobs: int) -> dict[str, float]:
+        if not jobs:
+            return {}
+        return {
+            "worker_cpu_us_per_job": round(self.worker_seconds / jobs * 1e6, 1),
+            "database_cpu_us_per_job": round(self.database_seconds / jobs * 1e6, 1),
+        }
+
+
 # -- drains ----------------------------------------------------------------------------------
 
 
@@ -250,10 +304,17 @@ async def drain(
             with anyio.fail_after(STALL_TIMEOUT):
                 await _first_started(procs)
             t0 = min(w.first_start for w in procs if w.first_start is not None)
+            cpu = CpuMeter([w.pid for w in procs])
+            cpu.start()
             async with _profile.sampling(procs[0].pid, profile) if profile else nullcontext():
                 finished, done = await _wait_drained(subject, last, count, budget)
+            cpu.stop()
             tg.cancel_scope.cancel()
-    result = rate(done, finished - t0, workers=workers, rss_peak_mb=sampler.peak_mb)
+    # CPU is metered from just after the first start: the per-job figures leave out the
+    # first few jobs' share, which is negligible over a drain.
+    result = rate(
+        done, finished - t0, workers=workers, rss_peak_mb=sampler.peak_mb, **cpu.per_job_us(done)
+    )
     if done < count:
         result["queued"] = count
     if concurrency is not None:

@@ -201,6 +201,9 @@ def markdown(report: Mapping[str, Any]) -> str:
         rss = _get(results, s, "drain_backlog", "rss_peak_mb")
         rss_row.append(DASH if rss is None else f"{rss:.0f}")
     lines.append("| " + " | ".join(rss_row + ["" for _ in peers]) + " |")
+    cpu_row = [f"CPU per job, drain {words['drain']}, 1 worker process: worker / database (µs)"]
+    cpu_row += [_cpu_cell(results, s) for s in systems]
+    lines.append("| " + " | ".join(cpu_row + ["" for _ in peers]) + " |")
     notes = _notes(results, labels)
     if notes:
         lines += ["", *notes]
@@ -240,6 +243,16 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cpu_cell(results: Results, system: str) -> str:
+    worker = _get(results, system, "drain_1_worker", "worker_cpu_us_per_job")
+    database = _get(results, system, "drain_1_worker", "database_cpu_us_per_job")
+    if worker is None or database is None:
+        return DASH
+    if system == "sqlite":  # the database runs inside the worker process
+        return f"{worker:.0f} / in the worker"
+    return f"{worker:.0f} / {database:.0f}"
+
+
 def _notes(results: Results, labels: Mapping[str, str]) -> list[str]:
     notes = []
     procrastinate = results.get("procrastinate", {})
@@ -263,6 +276,16 @@ def _notes(results: Results, labels: Mapping[str, str]) -> list[str]:
         notes.append(
             f"- {', '.join(slow)}: a drain that would overrun its time budget is measured over "
             "the jobs finished within it (the number of jobs is shown)."
+        )
+    if any(
+        _get(results, s, "drain_1_worker", "worker_cpu_us_per_job") is not None for s in SYSTEMS
+    ):
+        notes.append(
+            "- CPU per job: user + system time of the worker process and of every database "
+            "server process while the drain was timed, divided by the jobs drained. Everything "
+            "shares the machine's cores, so a drain's rate is at most "
+            f"cores {TIMES} 10⁶ ÷ (worker + database) jobs/s, less what the harness's polling "
+            "takes; the larger share is what to make cheaper."
         )
     if "sqlite" in results:
         notes.append(

@@ -43,8 +43,13 @@ def test_quick_mode_on_sqlite_writes_json_markdown_and_chart(tmp_path: Path) -> 
         assert {"samples", "p50_ms", "p95_ms", "p99_ms"} <= set(sqlite[name]), name
     assert sqlite["drain_backlog"]["all_archived"] is True
     assert "rss_peak_mb" in sqlite["drain_backlog"]
+    # CPU is metered (in clock ticks: a drain this small may read zero).
+    assert sqlite["drain_1_worker"]["worker_cpu_us_per_job"] >= 0
+    assert sqlite["drain_1_worker"]["database_cpu_us_per_job"] >= 0
     assert all({"target", "ours", "ratio", "met"} <= set(t) for t in report["targets"])
-    assert "| Workload |" in (tmp_path / "smoke.md").read_text()
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| Workload |" in table
+    assert "/ in the worker |" in table  # the CPU row, SQLite's cell
     assert (tmp_path / "smoke.png").read_bytes().startswith(b"\x89PNG")
 
 
