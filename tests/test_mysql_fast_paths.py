@@ -67,6 +67,21 @@ def add_query(dialect: MysqlDialect, name: str, sql: str) -> None:
     dialect.queries.by_name[name] = Query(name, sql, (), (), "test")
 
 
+@pytest.fixture(params=["compound", "packet"])
+def sending(request: pytest.FixtureRequest) -> str:
+    """How a query's own transaction is sent: as one compound statement (MariaDB) or as a
+    packet of statements between START TRANSACTION and COMMIT (MySQL, or MariaDB when told)."""
+    return str(request.param)
+
+
+async def send_as(dialect: MysqlDialect, sending: str) -> None:
+    async with dialect.connection():
+        pass  # the first connection tells what the server is
+    if sending == "compound" and not dialect.compound_statements:
+        pytest.skip("MySQL runs compound statements only in stored programs")
+    dialect.compound_statements = sending == "compound"
+
+
 # -- complete_and_claim_jobs ----------------------------------------------------------------
 
 
@@ -235,16 +250,28 @@ async def test_a_serial_workers_claim_reads_a_few_rows_however_long_its_queue(
 # -- one packet per query -------------------------------------------------------------------
 
 
-async def test_a_failing_statement_rolls_back_the_whole_query(make_jobs: Factory, dsn: str) -> None:
+@pytest.mark.parametrize("last", ["INSERT", "SELECT"])
+async def test_a_failing_statement_rolls_back_the_whole_query(
+    make_jobs: Factory, dsn: str, sending: str, last: str
+) -> None:
+    """Whichever way the statements go (a query ending with a SELECT is a compound statement
+    on MariaDB), a failing one rolls back those before it and leaves the connection clean."""
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         dialect = dialect_of(jobs)
+        await send_as(dialect, sending)
         add_query(
             dialect,
             "twice",
             "INSERT INTO job_worker (name) VALUES ('a');\n"
             "INSERT INTO job_worker (name) VALUES ('a');\n"
-            "INSERT INTO job_worker (name) VALUES ('b');",
+            + (
+                "INSERT INTO job_worker (name) VALUES ('b');"
+                if last == "INSERT"
+                else "SELECT name FROM job_worker;"
+            ),
         )
+        compound = dialect.prepared("twice", {}).compound
+        assert (compound is not None) == (last == "SELECT")
         for _ in range(3):  # the same pooled connection, reused cleanly each time
             async with dialect.connection() as conn:
                 with pytest.raises(aiomysql.IntegrityError):
@@ -259,31 +286,46 @@ async def test_a_failing_statement_rolls_back_the_whole_query(make_jobs: Factory
         assert await query(dsn, "SELECT name FROM job_worker") == []
 
 
-async def test_rows_and_counts_are_those_of_the_last_statement(make_jobs: Factory) -> None:
+async def test_rows_and_counts_are_those_of_the_last_statement(
+    make_jobs: Factory, sending: str
+) -> None:
+    """In a transaction (a packet) and in a query's own transaction (a compound statement on
+    MariaDB, which sends the rows of every SELECT without INTO)."""
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         dialect = dialect_of(jobs)
+        await send_as(dialect, sending)
         add_query(
             dialect,
             "last",
             "SELECT 1 AS a UNION ALL SELECT 2;\n"
-            "INSERT INTO job_worker (name) VALUES ('x'), ('y');\n"
-            "SELECT name, NOW(6) AS at FROM job_worker ORDER BY name;",
+            "INSERT INTO job_worker (name) VALUES (CONCAT(:prefix, 'x')), (CONCAT(:prefix, 'y'));\n"
+            "SELECT name, NOW(6) AS at FROM job_worker WHERE name LIKE CONCAT(:prefix, '%');",
         )
         add_query(dialect, "count", "SELECT 1 AS a;\nUPDATE job_worker SET name = name;")
         async with dialect.transaction() as tx:
-            rows = await tx.fetch("last")
-            assert [r["name"] for r in rows] == ["x", "y"]
+            rows = await tx.fetch("last", {"prefix": "t"})
+            assert sorted(r["name"] for r in rows) == ["tx", "ty"]
             assert all(r["at"].tzinfo is UTC for r in rows)
             assert await tx.execute("count") == 2
+        async with dialect.connection() as conn:
+            rows = await conn.fetch("last", {"prefix": "c"})
+            assert sorted(r["name"] for r in rows) == ["cx", "cy"]
+            assert all(r["at"].tzinfo is UTC for r in rows)
+            assert await conn.execute("last", {"prefix": "e"}) == 2
+            assert await conn.execute("count") == 6
 
 
-async def test_a_closing_last_insert_id_is_answered_not_sent(make_jobs: Factory, dsn: str) -> None:
+async def test_a_closing_last_insert_id_is_answered_not_sent(
+    make_jobs: Factory, dsn: str, sending: str
+) -> None:
     """A query's closing ``SELECT LAST_INSERT_ID() AS id, :param AS name`` is answered by the
-    dialect from the INSERTs' replies, as the server would answer it: the first id of the
-    last INSERT that made ids (a later INSERT into a table without auto-increment makes none),
-    on the pool's connections (one packet) and on an application's (a round trip each)."""
+    dialect from the INSERTs' replies (or, in a compound statement, from the id alone), as the
+    server would answer it: the first id of the last INSERT that made ids (a later INSERT into
+    a table without auto-increment makes none), on the pool's connections (one packet or one
+    compound statement) and on an application's (a round trip each)."""
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         dialect = dialect_of(jobs)
+        await send_as(dialect, sending)
         await query(dsn, "CREATE TABLE made (id BIGINT AUTO_INCREMENT PRIMARY KEY, tag TEXT)")
         inserts = (
             "INSERT INTO made (tag) VALUES (:tag), (:tag);\n"

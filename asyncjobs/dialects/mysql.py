@@ -28,6 +28,12 @@ and all SQL in ``sql/mysql/``:
   INSERT made in that INSERT's reply, and the parameters are the caller's own values, so the
   server is spared a statement and the client a result set to decode (a tenth of a one-job
   enqueue's round trip);
+- on MariaDB, a query's own transaction is one compound statement instead
+  (``BEGIN NOT ATOMIC START TRANSACTION; ...; COMMIT; END``) when its last statement is a
+  SELECT or is answered (then only the id is selected, after the COMMIT): the server replies
+  once, with that SELECT's rows, where a packet gets a reply per statement and aiomysql wakes
+  up for each. A one-job enqueue waits about 0.2 ms less. (MySQL runs compound statements
+  only in stored programs.)
 - statements hand values to each other in session variables named ``@asyncjobs_*``, e.g.
   ``SELECT JSON_ARRAYAGG(id) INTO @asyncjobs_ids FROM (... FOR UPDATE) AS t``, then
   ``UPDATE JSON_TABLE(@asyncjobs_ids, ...) AS i STRAIGHT_JOIN background_job b ...``. The
@@ -56,7 +62,7 @@ import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -102,6 +108,8 @@ _INSERT_ID_REPLY = re.compile(
     r"SELECT\s+LAST_INSERT_ID\(\)\s+AS\s+(\w+)((?:\s*,\s*%\(\w+\)s\s+AS\s+\w+)*)\s*",
     re.IGNORECASE,
 )
+#: a statement whose rows a compound statement sends back (an INTO sends none)
+_SELECT = re.compile(r"SELECT\b(?!.*\bINTO\s+@)", re.IGNORECASE | re.DOTALL)
 _REPLY_PARAM = re.compile(r"%\((\w+)\)s\s+AS\s+(\w+)", re.IGNORECASE)
 #: the values of an empty parameter
 _EMPTY = (None, 0, "", "[]")
@@ -199,19 +207,32 @@ class _Prepared:
     wrapped: str
     guards: tuple[tuple[str, bool] | None, ...] = ()
     reply: tuple[str, tuple[tuple[str, str], ...]] | None = None
+    #: MariaDB: ``wrapped`` as one compound statement, for a query that ends with a SELECT or
+    #: a ``reply`` (then selected after the COMMIT) (see the module docstring)
+    compound: str | None = None
     #: the query with guarded statements left out, by which of its statements are sent
     variants: dict[tuple[bool, ...], _Prepared] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, statements: list[str], guards: Sequence[tuple[str, bool] | None] = ()) -> _Prepared:
-        reply = None
+    def of(
+        cls,
+        statements: list[str],
+        guards: Sequence[tuple[str, bool] | None] = (),
+        reply: tuple[str, tuple[tuple[str, str], ...]] | None = None,
+    ) -> _Prepared:
         answered = _INSERT_ID_REPLY.fullmatch(statements[-1]) if len(statements) > 1 else None
         if answered is not None and (not guards or guards[-1] is None):
             reply = (answered.group(1), tuple(_REPLY_PARAM.findall(answered.group(2))))
             statements, guards = statements[:-1], guards[:-1]
         packet = ";\n".join(statements)
         wrapped = f"START TRANSACTION;\n{packet};\nCOMMIT"
-        return cls(statements, packet, wrapped, tuple(guards) if any(guards) else (), reply)
+        compound = None
+        if len(statements) > 1 and (reply is not None or _SELECT.match(statements[-1])):
+            answer = "SELECT LAST_INSERT_ID();\n" if reply is not None else ""
+            compound = f"BEGIN NOT ATOMIC\nSTART TRANSACTION;\n{packet};\nCOMMIT;\n{answer}END"
+        return cls(
+            statements, packet, wrapped, tuple(guards) if any(guards) else (), reply, compound
+        )
 
     def answer(self, insert_id: int, values: dict[str, Any]) -> list[Row]:
         """The rows of the ``SELECT LAST_INSERT_ID() ...`` this query did not send."""
@@ -229,7 +250,7 @@ class _Prepared:
         found = self.variants.get(sent)
         if found is None:
             kept = [sql for sql, send in zip(self.statements, sent, strict=True) if send]
-            found = self.variants[sent] = replace(_Prepared.of(kept), reply=self.reply)
+            found = self.variants[sent] = _Prepared.of(kept, reply=self.reply)
         return found
 
 
@@ -321,6 +342,8 @@ class MysqlConnection:
             return await self._run_each(prepared, values)
         # Our own transaction around a sequence, or a transaction() begun by this query.
         wrap = len(statements) > 1 and not self._in_transaction
+        if wrap and prepared.compound is not None and self._dialect.compound_statements:
+            return await self._run_compound(prepared, prepared.compound, values)
         if wrap:
             text = prepared.wrapped
         elif self.begin_pending:
@@ -349,6 +372,33 @@ class MysqlConnection:
                 with anyio.CancelScope(shield=True):
                     await self._conn.rollback()
             raise
+        return rows, count
+
+    async def _run_compound(
+        self, prepared: _Prepared, text: str, values: dict[str, Any]
+    ) -> tuple[list[Row], int]:
+        """Our own transaction as one MariaDB compound statement. The server replies once, with
+        the rows of its SELECTs and an OK, where a packet of statements gets a reply per
+        statement, and aiomysql wakes up for each (about 0.1 ms apiece on this machine)."""
+        rows: list[Row] = []
+        count = 0
+        try:
+            async with self._conn.cursor(aiomysql.Cursor) as cur:
+                await cur.execute(text, values)
+                while True:
+                    if cur.description is not None:
+                        rows, count = await _decode(cur), int(cur.rowcount)
+                    # The last reply is the OK; a failed COMMIT's error is raised here.
+                    if not await cur.nextset():
+                        break
+        except BaseException as exc:
+            if _is_server_error(exc):  # the transaction may be open; else the connection goes
+                with anyio.CancelScope(shield=True):
+                    await self._conn.rollback()
+            raise
+        if prepared.reply is not None:
+            rows = prepared.answer(int(next(iter(rows[0].values()))), values)
+            count = len(rows)
         return rows, count
 
     async def _run_each(self, prepared: _Prepared, values: dict[str, Any]) -> tuple[list[Row], int]:
@@ -425,6 +475,9 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
         self._turns: anyio.Semaphore | None = None
         self._configured: weakref.WeakSet[Any] = weakref.WeakSet()
         self._prepared: dict[object, _Prepared] = {}
+        #: whether the server runs compound statements (BEGIN NOT ATOMIC ... END), as MariaDB
+        #: does; None until the first connection tells
+        self.compound_statements: bool | None = None
         self.stats = {"deadlock_retries": 0, "deadlocks": 0}
 
     def prepared(self, query: str, templates: dict[str, str]) -> _Prepared:
@@ -515,6 +568,9 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
                         await cur.execute(_SESSION)
                         while await cur.nextset():
                             pass
+                    if self.compound_statements is None:
+                        # MySQL has no compound statements outside stored programs.
+                        self.compound_statements = "MariaDB" in conn.get_server_info()
                     self._configured.add(conn)
             except BaseException as exc:
                 conn.close()
