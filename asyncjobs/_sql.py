@@ -18,6 +18,8 @@ from .exceptions import ConfigurationError
 _HEADER = re.compile(r"^--\s*name:\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
 # `:name` but not PostgreSQL's `::cast`, and not inside a `{template}`.
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
+#: a group written out once per row of a list parameter, in the files' style or in pyformat
+_EACH = re.compile(r"/\* each (?::(\w+)|%\((\w+)\)s) \*/\s*\(")
 _TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,63}$")  # a part of an identifier
 
@@ -93,7 +95,11 @@ def parse_queries(text: str, source: str) -> dict[str, Query]:
             raise ConfigurationError(f"{source}:{start}: query {name!r} is empty")
         if name in found:
             raise ConfigurationError(f"{source}:{start}: query {name!r} is defined twice")
-        params = tuple(dict.fromkeys(_PARAM.findall(_strip_strings(sql))))
+        # A row's parameters are not the query's: only the list's name is.
+        outer = sql
+        for _, group_start, group_end, _ in reversed(each_groups(sql)):
+            outer = outer[:group_start] + outer[group_end:]
+        params = tuple(dict.fromkeys(_PARAM.findall(_strip_strings(outer))))
         templates = tuple(dict.fromkeys(_TEMPLATE.findall(sql)))
         found[name] = Query(name, sql, params, templates, f"{source}:{start}")
 
@@ -108,6 +114,28 @@ def parse_queries(text: str, source: str) -> dict[str, Query]:
             raise ConfigurationError(f"{source}:{number}: SQL before the first '-- name:' header")
     close()
     return found
+
+
+def each_groups(sql: str) -> list[tuple[int, int, int, str]]:
+    """The groups after ``/* each :name */`` (a dialect writes one out per row of the list
+    parameter ``name``): where the marker starts, where the group starts and ends (its
+    parentheses included), and ``name``."""
+    groups = []
+    for found in _EACH.finditer(sql):
+        depth, quoted = 0, False
+        for end in range(found.end() - 1, len(sql)):
+            char = sql[end]
+            if char == "'":  # a doubled quote inside a literal toggles twice
+                quoted = not quoted
+            elif not quoted:
+                depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                name = found.group(1) or found.group(2)
+                groups.append((found.start(), found.end() - 1, end + 1, name))
+                break
+        else:
+            raise ConfigurationError(f"unclosed group after {found.group(0)!r}")
+    return groups
 
 
 def split_statements(sql: str) -> list[str]:

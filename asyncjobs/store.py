@@ -431,9 +431,12 @@ class Store:
         self, jobs: Sequence[NewJob], one: str, many: str
     ) -> tuple[str, dict[str, Any]]:
         """Which insert and its parameters: one job (how most enqueues come) is a row of
-        parameters, with no JSON to read; a batch is one JSON array."""
+        parameters, with no JSON to read; a batch is one JSON array, or a list of such rows
+        where the dialect wants them."""
         if len(jobs) == 1:
             return one, _job_columns(jobs[0])
+        if self.caps.batch_rows:
+            return many, {"jobs": [_job_columns(job) for job in jobs]}
         return many, {"jobs": self._jobs_json(jobs)}
 
     def _jobs_json(self, jobs: Sequence[NewJob]) -> str:

@@ -95,6 +95,36 @@ async def test_enqueue_in_a_committed_transaction_runs(make_jobs: Factory, dsn: 
     assert await query(dsn, "SELECT id FROM app_order") == [(7,)]
 
 
+async def test_an_open_application_batch_does_not_block_other_enqueues(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """A batch enqueued in the application's REPEATABLE READ transaction copies its summaries
+    from its own new rows, found one key at a time: it locks those rows only, not the gaps
+    between them, so enqueues elsewhere go on while the application's transaction is open."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        serial = JobOptions(worker="app-serial")
+        # A worker's first enqueue creates its row, which a second must wait for; known now.
+        known = await jobs.enqueue_command(AddCommand, Add(0, 0), serial)
+        app = await connect(dsn, autocommit=False)
+        try:
+            async with app.cursor() as cur:  # the server default, unless configured otherwise
+                await cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            await app.begin()
+            held = await jobs.enqueue_many(
+                [(AddCommand, Add(i, 1)) for i in range(3)] + [(AddCommand, Add(9, 9), serial)],
+                connection=app,
+            )
+            with anyio.fail_after(10):  # blocked, these would wait out the lock timeout (50 s)
+                others = await jobs.enqueue_many((AddCommand, Add(i, 2)) for i in range(50))
+                other = await jobs.enqueue_command(AddCommand, Add(7, 7), serial)
+            await app.commit()
+        finally:
+            app.close()
+        ids = await jobs.store.select_job_ids(None, None)
+    assert sorted(ids) == sorted(r.id for r in [known, *held, *others, other])
+    assert await query(dsn, "SELECT COUNT(*) FROM job_summary") == [(len(ids),)]
+
+
 # -- the claim ------------------------------------------------------------------------------
 
 

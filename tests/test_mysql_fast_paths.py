@@ -13,7 +13,7 @@ import aiomysql
 import pytest
 
 from asyncjobs import BackgroundJobs, JobOptions
-from asyncjobs._sql import Query, parse_queries
+from asyncjobs._sql import parse_queries
 from asyncjobs.dialects import Row
 from asyncjobs.dialects.mysql import MysqlDialect
 from asyncjobs.exceptions import ConfigurationError
@@ -64,7 +64,7 @@ def claimed(rows: list[Row]) -> list[int]:
 
 def add_query(dialect: MysqlDialect, name: str, sql: str) -> None:
     """A test-only named query (the dialect runs any query by name)."""
-    dialect.queries.by_name[name] = Query(name, sql, (), (), "test")
+    dialect.queries.by_name[name] = parse_queries(f"-- name: {name}\n{sql}\n", "test")[name]
 
 
 @pytest.fixture(params=["compound", "packet"])
@@ -356,6 +356,37 @@ async def test_a_closing_last_insert_id_is_answered_not_sent(
         finally:
             app.close()
         assert rows == [{"id": await first_id("app"), "tag": "app"}]
+
+
+async def test_a_group_is_written_out_per_row_with_its_values_escaped(
+    make_jobs: Factory, dsn: str, sending: str
+) -> None:
+    """``/* each :rows */ (...)``: one multi-row INSERT, whose values arrive exactly as given
+    (quotes, backslashes, percent signs, pyformat look-alikes, emoji, NULL, times), in one
+    query with other parameters and with a second group of the same rows."""
+    tricky = [
+        "it's", "back\\slash", "100% %s %(tag)s %%", "🎉 ключ", "", None, "x" * 100_000,
+    ]  # fmt: skip
+    moment = datetime(2024, 2, 29, 23, 59, 59, 123456, tzinfo=UTC)
+    rows = [{"tag": tag, "n": n, "at": moment} for n, tag in enumerate(tricky)]
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        dialect = dialect_of(jobs)
+        await send_as(dialect, sending)
+        await query(dsn, "CREATE TABLE made (n INT PRIMARY KEY, tag LONGTEXT, at DATETIME(6))")
+        add_query(
+            dialect,
+            "fill",
+            "INSERT INTO made (n, tag, at) VALUES /* each :rows */ (:n, :tag, :at);\n"
+            "SELECT n, tag, at FROM made\n"
+            "WHERE n IN (/* each :rows */ (:n)) AND n >= :base ORDER BY n;",
+        )
+        assert dialect.queries["fill"].params == ("rows", "base")  # a row's are not the query's
+        async with dialect.connection() as conn:
+            found = await conn.fetch("fill", {"rows": rows, "base": 1})
+        assert found == [{"n": n, "tag": tag, "at": moment} for n, tag in enumerate(tricky)][1:]
+        async with dialect.connection() as conn:
+            with pytest.raises(ConfigurationError, match="'each :rows' needs at least one row"):
+                await conn.fetch("fill", {"rows": [], "base": 0})
 
 
 async def test_a_transaction_begins_with_its_first_query(make_jobs: Factory, dsn: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncjobs._sql import Query, convert_params, load_queries, parse_queries, sql_root
+from asyncjobs._sql import Query, convert_params, each_groups, load_queries, parse_queries, sql_root
 from asyncjobs.exceptions import ConfigurationError
 
 DIALECTS = sorted(p.name for p in sql_root().iterdir() if p.is_dir() and any(p.glob("*.sql")))
@@ -32,6 +32,18 @@ def test_duplicate_and_empty_queries_fail_with_file_and_line() -> None:
         parse_queries("-- name: b\n-- only a comment\n", "y.sql")
     with pytest.raises(ConfigurationError, match=r"z\.sql:1: SQL before"):
         parse_queries("SELECT 1;\n-- name: c\nSELECT 2;\n", "z.sql")
+
+
+def test_a_group_written_out_per_row_names_only_its_list_as_a_parameter() -> None:
+    queries = parse_queries(
+        "-- name: q\nINSERT INTO t VALUES /* each :rows */ (:a, f(:b, ')'));\nSELECT :c;\n",
+        "q.sql",
+    )
+    assert queries["q"].params == ("rows", "c")
+    groups = each_groups(queries["q"].sql)
+    assert [queries["q"].sql[start:end] for _, start, end, _ in groups] == ["(:a, f(:b, ')'))"]
+    with pytest.raises(ConfigurationError, match="unclosed group"):
+        parse_queries("-- name: q\nINSERT INTO t VALUES /* each :rows */ (:a;\n", "q.sql")
 
 
 def test_parameters_are_found_outside_strings_and_casts() -> None:

@@ -56,6 +56,9 @@ class Capabilities:
     notifications: bool = False
     #: transactions from several processes may run concurrently (not SQLite's single writer)
     concurrent_writers: bool = True
+    #: a batch insert takes its jobs as a list of rows (one dict of columns each), written out
+    #: as a multi-row INSERT, rather than as one JSON array for the server to read
+    batch_rows: bool = False
 
 
 class Connection(Protocol):

@@ -1,6 +1,7 @@
 -- The job lifecycle: enqueue, claim, finish, retry, cancel, read.
--- Lists of ids and of new jobs arrive as one JSON array parameter, read with JSON_TABLE, so a
--- batch is one statement. Lists are joined, JSON_TABLE first and the table by its key
+-- Lists of ids arrive as one JSON array parameter, read with JSON_TABLE, so a batch is one
+-- statement; new jobs as a list of rows, written out as one multi-row INSERT (the dialect's
+-- "each"). Lists are joined, JSON_TABLE first and the table by its key
 -- (JSON_TABLE(...) AS i STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id),
 -- rather than tested with IN (subquery): MariaDB plans a single-table UPDATE or DELETE with
 -- IN (subquery) as a scan of the whole table, and a statement that scans locks every row it
@@ -15,96 +16,47 @@
 -- its row count.
 
 -- name: insert_jobs
--- Enqueue a batch of jobs given as a JSON array, each with its summary row; ids follow the
--- array's order. The summaries are read with a plain SELECT first: when the enqueue runs in
--- the application's transaction, which is usually REPEATABLE READ, an INSERT ... SELECT would
--- put shared next-key locks on the background_job rows it reads (up to the supremum on a small
--- table) and hold them until the application commits, blocking every other enqueue. A plain
--- SELECT is a consistent read and locks nothing. The ids are read back by ref_id (unique)
--- because MySQL has no INSERT ... RETURNING and interleaved auto-increment (MySQL 8's
--- default) does not promise consecutive ids within one INSERT ... SELECT. New named
--- workers get their job_worker row, which the claim locks; a plain SELECT finds them first, so
+-- Enqueue a batch of jobs, given as a list of rows (one multi-row INSERT, see the dialect's
+-- "each"), each with its summary row; ids follow the list's order. The summaries are copied
+-- from the new rows, found by ref_id (unique) in the index, one key at a time: in the
+-- application's transaction, which is usually REPEATABLE READ, such an INSERT ... SELECT locks
+-- only the rows it reads, which are this transaction's own (a scan, or a join with a JSON
+-- list, would also lock the gaps between them and block every other enqueue until the
+-- application commits). The ids are read back by ref_id because MySQL has no INSERT ...
+-- RETURNING, and neither interleaved auto-increment (MySQL 8's default) nor an
+-- auto_increment_increment above 1 promises consecutive ids. New named workers get their
+-- job_worker row, which the claim locks; a plain SELECT finds the known ones first, so
 -- enqueueing for a known worker takes no lock on it.
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, state, retry_limit,
     timeout_secs, reply_to, args, meta, priority
 )
-SELECT
-    j.parent_id, j.ref_id, j.worker, j.tag, j.batch_id, j.callback, j.depends_on, j.run_after,
-    j.created_date, j.created_by, j.request_type, j.command, j.request, j.request_body,
-    j.user_id, 'Queued', j.retry_limit, j.timeout_secs, j.reply_to, j.args, j.meta, j.priority
-FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (
-    n FOR ORDINALITY,
-    parent_id BIGINT PATH '$.parent_id',
-    ref_id LONGTEXT PATH '$.ref_id',
-    worker LONGTEXT PATH '$.worker',
-    tag LONGTEXT PATH '$.tag',
-    batch_id LONGTEXT PATH '$.batch_id',
-    callback LONGTEXT PATH '$.callback',
-    depends_on BIGINT PATH '$.depends_on',
-    run_after DATETIME(6) PATH '$.run_after',
-    created_date DATETIME(6) PATH '$.created_date',
-    created_by LONGTEXT PATH '$.created_by',
-    request_type LONGTEXT PATH '$.request_type',
-    command LONGTEXT PATH '$.command',
-    request LONGTEXT PATH '$.request',
-    request_body LONGTEXT PATH '$.request_body',
-    user_id LONGTEXT PATH '$.user_id',
-    retry_limit INT PATH '$.retry_limit',
-    timeout_secs DOUBLE PATH '$.timeout_secs',
-    reply_to LONGTEXT PATH '$.reply_to',
-    args LONGTEXT PATH '$.args',
-    meta LONGTEXT PATH '$.meta',
-    priority INT PATH '$.priority'
-)) AS j
-ORDER BY j.n;
-SELECT JSON_ARRAYAGG(n.worker) INTO @asyncjobs_workers FROM (
-    SELECT DISTINCT j.worker
-    FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (worker VARCHAR(255) PATH '$.worker')) AS j
-    WHERE j.worker IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM job_worker w WHERE w.name = j.worker)
+VALUES /* each :jobs */ (
+    :parent_id, :ref_id, :worker, :tag, :batch_id, :callback, :depends_on, :run_after,
+    :created_date, :created_by, :request_type, :command, :request, :request_body, :user_id,
+    'Queued', :retry_limit, :timeout_secs, :reply_to, :args, :meta, :priority
+);
+SELECT JSON_ARRAYAGG(n.name) INTO @asyncjobs_workers FROM (
+    SELECT DISTINCT j.name
+    FROM JSON_TABLE(JSON_ARRAY(/* each :jobs */ (:worker)), '$[*]'
+                    COLUMNS (name VARCHAR(255) PATH '$')) AS j
+    WHERE j.name IS NOT NULL AND NOT EXISTS (SELECT 1 FROM job_worker w WHERE w.name = j.name)
 ) AS n;
 INSERT INTO job_worker (name)
 SELECT j.name FROM JSON_TABLE(@asyncjobs_workers, '$[*]' COLUMNS (name VARCHAR(255) PATH '$')) AS j
 ON DUPLICATE KEY UPDATE job_worker.name = job_worker.name;
-SELECT JSON_ARRAYAGG(JSON_OBJECT(
-    'id', b.id, 'parent_id', b.parent_id, 'ref_id', b.ref_id, 'worker', b.worker,
-    'tag', b.tag, 'batch_id', b.batch_id, 'callback', b.callback, 'depends_on', b.depends_on,
-    'created_date', b.created_date, 'created_by', b.created_by,
-    'request_type', b.request_type, 'command', b.command, 'request', b.request,
-    'user_id', b.user_id, 'state', b.state, 'attempts', b.attempts
-)) INTO @asyncjobs_summaries
-FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
-STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
 INSERT INTO job_summary (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on,
     created_date, created_by, request_type, command, request, user_id, state, attempts
 )
-SELECT s.id, s.parent_id, s.ref_id, s.worker, s.tag, s.batch_id, s.callback, s.depends_on,
-       s.created_date, s.created_by, s.request_type, s.command, s.request, s.user_id, s.state,
-       s.attempts
-FROM JSON_TABLE(@asyncjobs_summaries, '$[*]' COLUMNS (
-    id BIGINT PATH '$.id',
-    parent_id BIGINT PATH '$.parent_id',
-    ref_id LONGTEXT PATH '$.ref_id',
-    worker LONGTEXT PATH '$.worker',
-    tag LONGTEXT PATH '$.tag',
-    batch_id LONGTEXT PATH '$.batch_id',
-    callback LONGTEXT PATH '$.callback',
-    depends_on BIGINT PATH '$.depends_on',
-    created_date DATETIME(6) PATH '$.created_date',
-    created_by LONGTEXT PATH '$.created_by',
-    request_type LONGTEXT PATH '$.request_type',
-    command LONGTEXT PATH '$.command',
-    request LONGTEXT PATH '$.request',
-    user_id LONGTEXT PATH '$.user_id',
-    state LONGTEXT PATH '$.state',
-    attempts INT PATH '$.attempts'
-)) AS s;
-SELECT b.id, b.ref_id
-FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
-STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
+SELECT b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
+       b.created_date, b.created_by, b.request_type, b.command, b.request, b.user_id, b.state,
+       b.attempts
+FROM background_job b FORCE INDEX (ux_background_job_ref_id)
+WHERE b.ref_id IN (/* each :jobs */ (:ref_id));
+SELECT b.id, b.ref_id FROM background_job b FORCE INDEX (ux_background_job_ref_id)
+WHERE b.ref_id IN (/* each :jobs */ (:ref_id));
 
 -- name: insert_job
 -- insert_jobs for one job, given column by column: single-row INSERT ... VALUES, the summary
@@ -143,60 +95,31 @@ SELECT LAST_INSERT_ID() AS id, :ref_id AS ref_id;
 -- room, so they are inserted already claimed (Started, first attempt, leased), with their
 -- summaries; only their ids come back (the caller knows the rest of each row). No claim, no
 -- wake-up. Only for jobs with no worker (so no job_worker row), dependency or delay (the store
--- checks). Unlike insert_jobs this always runs
--- on the dialect's own READ COMMITTED connection, where INSERT ... SELECT reads
--- background_job as a consistent read, without the next-key locks that REPEATABLE READ would
--- take: the summaries are copied straight from the new rows (the JSON detour of insert_jobs
--- also costs an on-disk temporary table for the aggregate).
+-- checks). A list of rows, as for insert_jobs (the values every row shares are session
+-- variables: a group's parameters are the row's); this always runs on the dialect's own READ
+-- COMMITTED connection.
+SET @asyncjobs_now = :now, @asyncjobs_node = :node;
 INSERT INTO background_job (
-    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
-    created_by, request_type, command, request, request_body, user_id, state, retry_limit,
-    timeout_secs, reply_to, args, meta, priority, attempts, started_date, last_activity_date,
-    lease_owner
+    parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type, command,
+    request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta,
+    priority, attempts, started_date, last_activity_date, lease_owner
 )
-SELECT
-    j.parent_id, j.ref_id, j.worker, j.tag, j.batch_id, j.callback, j.depends_on, j.run_after,
-    j.created_date, j.created_by, j.request_type, j.command, j.request, j.request_body,
-    j.user_id, 'Started', j.retry_limit, j.timeout_secs, j.reply_to, j.args, j.meta, j.priority,
-    1, :now, :now, :node
-FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (
-    n FOR ORDINALITY,
-    parent_id BIGINT PATH '$.parent_id',
-    ref_id LONGTEXT PATH '$.ref_id',
-    worker LONGTEXT PATH '$.worker',
-    tag LONGTEXT PATH '$.tag',
-    batch_id LONGTEXT PATH '$.batch_id',
-    callback LONGTEXT PATH '$.callback',
-    depends_on BIGINT PATH '$.depends_on',
-    run_after DATETIME(6) PATH '$.run_after',
-    created_date DATETIME(6) PATH '$.created_date',
-    created_by LONGTEXT PATH '$.created_by',
-    request_type LONGTEXT PATH '$.request_type',
-    command LONGTEXT PATH '$.command',
-    request LONGTEXT PATH '$.request',
-    request_body LONGTEXT PATH '$.request_body',
-    user_id LONGTEXT PATH '$.user_id',
-    retry_limit INT PATH '$.retry_limit',
-    timeout_secs DOUBLE PATH '$.timeout_secs',
-    reply_to LONGTEXT PATH '$.reply_to',
-    args LONGTEXT PATH '$.args',
-    meta LONGTEXT PATH '$.meta',
-    priority INT PATH '$.priority'
-)) AS j
-ORDER BY j.n;
+VALUES /* each :jobs */ (
+    :parent_id, :ref_id, :tag, :batch_id, :callback, :created_date, :created_by, :request_type,
+    :command, :request, :request_body, :user_id, 'Started', :retry_limit, :timeout_secs,
+    :reply_to, :args, :meta, :priority, 1, @asyncjobs_now, @asyncjobs_now, @asyncjobs_node
+);
 INSERT INTO job_summary (
-    id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on,
-    created_date, created_by, request_type, command, request, user_id, state, attempts,
-    started_date
+    id, parent_id, ref_id, tag, batch_id, callback, created_date, created_by, request_type,
+    command, request, user_id, state, attempts, started_date
 )
-SELECT b.id, b.parent_id, b.ref_id, b.worker, b.tag, b.batch_id, b.callback, b.depends_on,
-       b.created_date, b.created_by, b.request_type, b.command, b.request, b.user_id, b.state,
-       b.attempts, b.started_date
-FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
-STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
-SELECT b.id, b.ref_id
-FROM JSON_TABLE(:jobs, '$[*]' COLUMNS (ref_id VARCHAR(255) PATH '$.ref_id')) AS j
-STRAIGHT_JOIN background_job b FORCE INDEX (ux_background_job_ref_id) ON b.ref_id = j.ref_id;
+SELECT b.id, b.parent_id, b.ref_id, b.tag, b.batch_id, b.callback, b.created_date,
+       b.created_by, b.request_type, b.command, b.request, b.user_id, b.state, b.attempts,
+       b.started_date
+FROM background_job b FORCE INDEX (ux_background_job_ref_id)
+WHERE b.ref_id IN (/* each :jobs */ (:ref_id));
+SELECT b.id, b.ref_id FROM background_job b FORCE INDEX (ux_background_job_ref_id)
+WHERE b.ref_id IN (/* each :jobs */ (:ref_id));
 
 -- name: insert_started_job
 -- insert_started_jobs for one job, given column by column: a single-row INSERT ... VALUES
