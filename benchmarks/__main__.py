@@ -101,9 +101,16 @@ def _summary(entry: dict[str, Any]) -> str:
 
 
 def workloads(
-    subject: Subject, sizes: _harness.Sizes, profile_dir: Path | None = None
+    subject: Subject,
+    sizes: _harness.Sizes,
+    profile_dir: Path | None = None,
+    *,
+    raw_beside: bool = False,
 ) -> list[tuple[str, Work, int]]:
-    """One subject's workloads in run order: (result key, the work, how many runs)."""
+    """One subject's workloads in run order: (result key, the work, how many runs). With
+    ``raw_beside``, each one-worker drain on MariaDB is followed by the raw claim + finish loop
+    (100 per round trip), whose rate its result carries as ``raw_claim_finish_100``: the
+    target divides the two, so they are taken side by side, not ten minutes apart."""
     h = _harness
 
     def profile(workload: str) -> Path | None:
@@ -136,7 +143,11 @@ def workloads(
         key = "drain_1_worker" if concurrency == primary else f"drain_1_worker_c{concurrency}"
 
         async def one_worker(c: int | None = concurrency, key: str = key) -> dict[str, Any]:
-            return await h.drain(subject, drain, concurrency=c, profile=profile(key))
+            result = await h.drain(subject, drain, concurrency=c, profile=profile(key))
+            if raw_beside and subject.key == "mysql" and key == "drain_1_worker":
+                raw = await _raw.mysql_claim_finish_beside(drain)
+                result["raw_claim_finish_100"] = round(float(raw["rate"]), 1)
+            return result
 
         plan.append((key, one_worker, sizes.repeat))
     plan += [
@@ -290,7 +301,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         try:
             for subject in subjects:
                 await subject.open()
-            plans = {s.key: workloads(s, sizes, args.profile) for s in subjects}
+            plans = {
+                s.key: workloads(s, sizes, args.profile, raw_beside=not args.no_raw)
+                for s in subjects
+            }
             results.update(await run_all(plans, args.workloads))
         finally:
             for subject in subjects:

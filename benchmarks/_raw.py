@@ -25,6 +25,8 @@ from ._db import MysqlProbe, PgProbe, recreate_mysql_database, recreate_pg_schem
 from ._harness import LATENCY_PACING, WARMUP, percentiles
 
 SCHEMA = "raw"
+#: MariaDB's database for the loop run beside a drain (see mysql_claim_finish_beside)
+RAW_DATABASE = "bench_raw"
 BATCH = 500
 CLAIM_SIZES = (1, 10, 100)
 
@@ -125,27 +127,63 @@ async def postgres(single: int, batch_total: int, drain: int, paced: int) -> dic
     return results
 
 
+_MYSQL_TABLE = (
+    "CREATE TABLE raw_job (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+    " state TINYINT NOT NULL DEFAULT 0, payload TEXT NOT NULL,"
+    " KEY raw_job_queued (state, id)) ENGINE=InnoDB"
+)
+_PAYLOAD = '{"n": 1}'
+
+
+async def _mysql_claim_finish(probe: MysqlProbe, jobs: int, size: int) -> dict[str, Any]:
+    """``jobs`` queued in ``raw_job`` (emptied first), then claimed and finished ``size`` at a
+    time; the rate of the claims and finishes."""
+    conn = probe.conn
+    async with conn.cursor() as cur:
+        await cur.execute("TRUNCATE TABLE raw_job")
+        for start in range(0, jobs, BATCH):
+            count = min(BATCH, jobs - start)
+            await cur.execute(
+                "INSERT INTO raw_job (payload) VALUES " + ",".join(["(%s)"] * count),
+                [_PAYLOAD] * count,
+            )
+
+        async def claim_finish() -> None:
+            while True:
+                await conn.begin()
+                await cur.execute(
+                    "SELECT id, payload FROM raw_job WHERE state = 0 ORDER BY id"
+                    " LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (size,),
+                )
+                ids = [row[0] for row in await cur.fetchall()]
+                if not ids:
+                    await conn.commit()
+                    return
+                marks = ",".join(["%s"] * len(ids))
+                await cur.execute(f"UPDATE raw_job SET state = 1 WHERE id IN ({marks})", ids)
+                await conn.commit()
+                await cur.execute(f"DELETE FROM raw_job WHERE id IN ({marks})", ids)
+
+        return await _timed(jobs, claim_finish)
+
+
 async def mysql(single: int, batch_total: int, drain: int, paced: int) -> dict[str, Any]:
     await recreate_mysql_database()
     probe = await MysqlProbe.connect()
-    conn = probe.conn
     results: dict[str, Any] = {}
     try:
-        async with conn.cursor() as cur:
-            await cur.execute(
-                "CREATE TABLE raw_job (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
-                " state TINYINT NOT NULL DEFAULT 0, payload TEXT NOT NULL,"
-                " KEY raw_job_queued (state, id)) ENGINE=InnoDB"
-            )
-            payload = '{"n": 1}'
+        async with probe.conn.cursor() as cur:
+            await cur.execute(_MYSQL_TABLE)
 
             async def single_inserts() -> None:
                 for _ in range(single):
-                    await cur.execute("INSERT INTO raw_job (payload) VALUES (%s)", (payload,))
+                    await cur.execute("INSERT INTO raw_job (payload) VALUES (%s)", (_PAYLOAD,))
 
             results["insert_single"] = await _timed(single, single_inserts)
             results["commit_paced"] = await _paced(
-                paced, lambda: cur.execute("INSERT INTO raw_job (payload) VALUES (%s)", (payload,))
+                paced,
+                lambda: cur.execute("INSERT INTO raw_job (payload) VALUES (%s)", (_PAYLOAD,)),
             )
             batches = max(1, batch_total // BATCH)
 
@@ -153,41 +191,33 @@ async def mysql(single: int, batch_total: int, drain: int, paced: int) -> dict[s
                 values = ",".join(["(%s)"] * BATCH)
                 for _ in range(batches):
                     await cur.execute(
-                        f"INSERT INTO raw_job (payload) VALUES {values}", [payload] * BATCH
+                        f"INSERT INTO raw_job (payload) VALUES {values}", [_PAYLOAD] * BATCH
                     )
 
             results["insert_batch_multirow"] = await _timed(batches * BATCH, multi_row)
-            for size in CLAIM_SIZES:
-                jobs = min(drain, 2000) if size == 1 else drain
-                await cur.execute("TRUNCATE TABLE raw_job")
-                for start in range(0, jobs, BATCH):
-                    count = min(BATCH, jobs - start)
-                    await cur.execute(
-                        "INSERT INTO raw_job (payload) VALUES " + ",".join(["(%s)"] * count),
-                        [payload] * count,
-                    )
-
-                async def claim_finish(size: int = size) -> None:
-                    while True:
-                        await conn.begin()
-                        await cur.execute(
-                            "SELECT id, payload FROM raw_job WHERE state = 0 ORDER BY id"
-                            " LIMIT %s FOR UPDATE SKIP LOCKED",
-                            (size,),
-                        )
-                        ids = [row[0] for row in await cur.fetchall()]
-                        if not ids:
-                            await conn.commit()
-                            return
-                        marks = ",".join(["%s"] * len(ids))
-                        await cur.execute(
-                            f"UPDATE raw_job SET state = 1 WHERE id IN ({marks})", ids
-                        )
-                        await conn.commit()
-                        await cur.execute(f"DELETE FROM raw_job WHERE id IN ({marks})", ids)
-
-                results[f"claim_finish_{size}"] = await _timed(jobs, claim_finish)
+        for size in CLAIM_SIZES:
+            jobs = min(drain, 2000) if size == 1 else drain
+            results[f"claim_finish_{size}"] = await _mysql_claim_finish(probe, jobs, size)
     finally:
         await probe.close()
         await recreate_mysql_database()
     return results
+
+
+async def mysql_claim_finish_beside(jobs: int, size: int = 100) -> dict[str, Any]:
+    """The claim + finish loop alone, run right beside a drain of asyncjobs on MariaDB so that
+    the ratio of the two is taken minutes, not the length of a run, apart (the machine drifts).
+    On a database of its own: the drain's is left as it is."""
+    admin = await MysqlProbe.connect(None)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {RAW_DATABASE}")
+        await admin.execute(f"CREATE DATABASE {RAW_DATABASE}")
+        probe = await MysqlProbe.connect(RAW_DATABASE)
+        try:
+            await probe.execute(_MYSQL_TABLE)
+            return await _mysql_claim_finish(probe, jobs, size)
+        finally:
+            await probe.close()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {RAW_DATABASE}")
+        await admin.close()

@@ -19,6 +19,26 @@ WORKLOADS = {
 }  # fmt: skip
 
 
+@pytest.mark.dialects("mysql")
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_mariadb_drain_is_divided_by_a_raw_loop_run_beside_it(
+    dialect_name: str, tmp_path: Path
+) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "mysql", "--scale", "0.05",
+         "--workloads", "drain_1_worker", "--out", str(tmp_path), "--name", "smoke"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    drain = report["results"]["mysql"]["drain_1_worker"]
+    assert drain["rate"] > 0 and drain["raw_claim_finish_100"] > 0
+    (target,) = [t for t in report["targets"] if t["target"].startswith("MariaDB drain")]
+    assert target["target"].endswith("(run beside it)")
+    assert target["compared_with"] == drain["raw_claim_finish_100"]
+
+
 @pytest.mark.sqlite
 @pytest.mark.slow
 @pytest.mark.timeout(300)
