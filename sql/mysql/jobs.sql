@@ -20,9 +20,8 @@
 -- "each"), each with its summary row; ids follow the list's order. The summaries are copied
 -- from the new rows, found by ref_id (unique) in the index, one key at a time: in the
 -- application's transaction, which is usually REPEATABLE READ, such an INSERT ... SELECT locks
--- only the rows it reads, which are this transaction's own (a scan, or a join with a JSON
--- list, would also lock the gaps between them and block every other enqueue until the
--- application commits). The ids are read back by ref_id because MySQL has no INSERT ...
+-- only the rows it reads, which are this transaction's own (one that scanned would also lock
+-- the gaps between them, and block every other enqueue until the application commits). The ids are read back by ref_id because MySQL has no INSERT ...
 -- RETURNING, and neither interleaved auto-increment (MySQL 8's default) nor an
 -- auto_increment_increment above 1 promises consecutive ids. New named workers get their
 -- job_worker row, which the claim locks; a plain SELECT finds the known ones first, so
