@@ -366,6 +366,7 @@ async def test_a_group_is_written_out_per_row_with_its_values_escaped(
     query with other parameters and with a second group of the same rows."""
     tricky = [
         "it's", "back\\slash", "100% %s %(tag)s %%", "🎉 ключ", "", None, "x" * 100_000,
+        "/*each:1*/ ') --",  # the dialect's own placeholder for a group, and a quote
     ]  # fmt: skip
     moment = datetime(2024, 2, 29, 23, 59, 59, 123456, tzinfo=UTC)
     rows = [{"tag": tag, "n": n, "at": moment} for n, tag in enumerate(tricky)]

@@ -208,6 +208,10 @@ def _literal(value: Any, escape: Callable[[Any], str]) -> str:
     return escape(_convert(value))
 
 
+#: where _take_groups left a group
+_GROUP_TOKEN = re.compile(r"/\*each:\d+\*/")
+
+
 def _take_groups(sql: str, expansions: list[tuple[str, str, str]]) -> str:
     """Replace each ``/* each :name */ (...)`` group with a placeholder, noting the group."""
     for marker, start, end, name in reversed(each_groups(sql)):
@@ -288,9 +292,8 @@ class _Prepared:
             texts[token] = text.replace("%", "%%")
 
         def fill(sql: str) -> str:
-            for token, text in texts.items():
-                sql = sql.replace(token, text)
-            return sql
+            # One pass: a value that looks like a placeholder is never replaced in turn.
+            return _GROUP_TOKEN.sub(lambda found: texts[found.group(0)], sql)
 
         return _Prepared(
             [fill(sql) for sql in self.statements],
