@@ -141,10 +141,10 @@ async def test_open_claims_take_disjoint_batches(make_jobs: Factory) -> None:
 
 
 async def test_claim_reads_by_index_only(make_jobs: Factory, dsn: str) -> None:
-    """Check the plan: jobs without a worker come from ix_background_job_claim in order (no
-    sort, which would lock every queued row, and no named job walked); each named worker's head
-    is one probe of ix_background_job_worker; workers, parents and running jobs are looked up by
-    key; nothing scans a table (job_summary keeps every job ever run)."""
+    """Check the plan: jobs without a worker are read from ix_background_job_claim in order (no
+    sort, and no named job walked), then locked by key; each named worker's head is one probe
+    of ix_background_job_worker; workers, parents and running jobs are looked up by key;
+    nothing scans a table (job_summary keeps every job ever run)."""
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         parent = await jobs.enqueue_command(AddCommand, Add(0, 0))
         await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(2000))
@@ -177,11 +177,11 @@ async def test_claim_reads_by_index_only(make_jobs: Factory, dsn: str) -> None:
         if row["table"] == "j":
             assert row["key"] == "ix_background_job_claim", plan
             assert row["type"] == "ref" and "filesort" not in (row["Extra"] or ""), plan
-        if row["table"] in ("n", "b", "s", "p", "np"):
+        if row["table"] in ("n", "cj", "b", "s", "p", "np"):
             assert row["type"] == "eq_ref", (row, plan)
         if row["table"] in ("h", "q", "r", "x"):
             assert row["type"] == "ref", (row, plan)
-    for name in ("w", "h", "q", "r", "x", "j", "n", "p", "np", "b", "s"):
+    for name in ("w", "h", "q", "r", "x", "j", "cj", "n", "p", "np", "b", "s"):
         assert tables[name]["type"] != "ALL", (name, plan)
 
 

@@ -281,6 +281,13 @@ STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
 --    few locked but not chosen stay Queued and are free again at commit. A queue of one
 --    worker's jobs thus costs one probe per claim however long it is. The attempt number is
 --    read here, under the row lock.
+--    Both are found by a plain read first, and only then locked, by primary key, with their
+--    state checked again under the lock. A locking read of a secondary index is slow right
+--    behind earlier claims: InnoDB visits the clustered row of every entry they left
+--    delete-marked and not yet purged. Measured on a drain of 50 per claim, about 5 000 page
+--    reads and 3 ms for the unnamed 50, against 7 pages and 0.2 ms read plainly. The plain
+--    read takes a window of twice :limit (two parts, as LIMIT takes no expression), so that a
+--    claim beside another one, whose jobs are locked and skipped, still finds :limit.
 -- 3. Mark them and their summaries Started, in one UPDATE of both tables (a statement of its
 --    own per table cost a fifth more server time; statement 2 locked the jobs, so a summary
 --    is still locked after its job, as by every other writer): only the columns a claim
@@ -330,13 +337,27 @@ FROM (
          LIMIT :limit
          FOR UPDATE SKIP LOCKED)
         UNION ALL
-        (SELECT j.id, j.priority, j.attempts + 1 AS attempts
-         FROM background_job j FORCE INDEX (ix_background_job_claim)
-         WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-           AND (j.run_after IS NULL OR j.run_after <= :now)
-           AND (j.depends_on IS NULL
-                OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
-         ORDER BY j.priority DESC, j.id
+        (SELECT cj.id, cj.priority, cj.attempts + 1 AS attempts
+         FROM (
+             (SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
+              WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
+                AND (j.run_after IS NULL OR j.run_after <= :now)
+                AND (j.depends_on IS NULL
+                     OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
+              ORDER BY j.priority DESC, j.id
+              LIMIT :limit)
+             UNION ALL
+             (SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
+              WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
+                AND (j.run_after IS NULL OR j.run_after <= :now)
+                AND (j.depends_on IS NULL
+                     OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
+              ORDER BY j.priority DESC, j.id
+              LIMIT :limit, :limit)
+         ) AS cw
+         STRAIGHT_JOIN background_job cj FORCE INDEX (PRIMARY) ON cj.id = cw.id
+         WHERE cj.state = 'Queued' AND cj.worker IS NULL
+           AND (cj.run_after IS NULL OR cj.run_after <= :now)
          LIMIT :limit
          FOR UPDATE SKIP LOCKED)
     ) AS u
