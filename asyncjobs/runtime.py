@@ -80,6 +80,11 @@ class _Running:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     #: why the scope was cancelled: "cancelled" (by a user) or "shutdown"
     stop_reason: str | None = None
+    #: the length of the job's log text in the database, as far as this process knows (the
+    #: offset a progress write appends at; see update_progress)
+    logs_stored: int = 0
+    #: the pending log text starts with lines a failed write took, perhaps stored all the same
+    logs_in_doubt: bool = False
 
 
 @types.coroutine
@@ -219,6 +224,8 @@ class BackgroundJobs:
         #: the dispatcher left its claim to the finisher (see _leave_claim_to_finisher)
         self._claim_deferred = False
         self._flush_failing = False  # the last flush raised; the finisher retries after a pause
+        #: log text of ended jobs that a failed progress write took (see _give_back)
+        self._unsettled_logs: list[dict[str, Any]] = []
         # Started jobs wait here for a runner (see _runner), each with the context it starts in.
         self._ready: deque[tuple[_Running, contextvars.Context]] = deque()
         self._idle_runners: list[anyio.Event] = []
@@ -950,6 +957,8 @@ class BackgroundJobs:
     def _start(self, job: BackgroundJob) -> None:
         assert self._tg is not None
         running = _Running(job, JobContext(job))
+        if job.logs:  # an earlier attempt's
+            running.logs_stored = self.dialect.text_length(job.logs)
         self._running[job.id] = running
         if job.worker is None:
             self._running_unnamed += 1
@@ -1057,6 +1066,10 @@ class BackgroundJobs:
             outcome = Outcome(job, JobState.QUEUED, error=JobError("interrupted", "Interrupted"))
         outcome.duration_ms = int((time.monotonic() - started) * 1000)
         outcome.logs, _progress, outcome.status = running.context.take_pending()
+        if running.logs_in_doubt and outcome.logs:
+            # An outcome appends its lines as they are: these go at their offset first.
+            self._write_before_outcomes(running, outcome.logs, utcnow())
+            outcome.logs = None
         self._outcomes.append(outcome)
         self._outcome_ready.set()
         del self._running[job.id]
@@ -1213,6 +1226,9 @@ class BackgroundJobs:
             self._flushing = batch
             try:
                 with anyio.CancelScope(shield=True):
+                    if self._unsettled_logs:
+                        await self.store.update_progress(self._unsettled_logs)
+                        self._unsettled_logs = []
                     if all_completed:
                         report: FinishReport = await self.store.complete_and_claim(
                             self.node_id, batch, limit, named_only=named_only
@@ -1340,7 +1356,7 @@ class BackgroundJobs:
                         taken.append((running, logs))
                         updates.append(
                             {"id": running.job.id, "progress": progress, "status": status,
-                             "logs": logs, "now": now}
+                             "logs": logs, "logs_at": running.logs_stored, "now": now}
                         )  # fmt: skip
                 if not updates:
                     continue
@@ -1348,23 +1364,35 @@ class BackgroundJobs:
                     await self.store.update_progress(updates)
                 except BaseException as exc:
                     for running, logs in taken:
-                        self._give_back(running, logs)
+                        self._give_back(running, logs, now)
                     if not isinstance(exc, Exception):
                         raise
                     log.warning("could not write job progress: %r", exc)
+                else:
+                    for running, logs in taken:
+                        if logs:
+                            running.logs_stored += self.dialect.text_length(logs)
+                            running.logs_in_doubt = False
 
-    def _give_back(self, running: _Running, logs: str | None) -> None:
-        """Log lines a failed progress write took: to the job if it still runs, else ahead of
-        the lines its outcome carries (the outcome waits in the queue meanwhile)."""
+    def _give_back(self, running: _Running, logs: str | None, now: datetime) -> None:
+        """Log lines a failed progress write took, which it may have stored all the same (its
+        reply lost after the commit): they are written again at the same offset, which stores
+        them once either way. By the job's next progress write if it still runs; else before
+        its outcome, which appends the lines after them (the outcome waits in the queue
+        meanwhile)."""
         if self._running.get(running.job.id) is running:
             running.context.give_back(logs)
-            return
-        if not logs:
-            return
-        for outcome in self._outcomes:
-            if outcome.job is running.job:
-                outcome.logs = logs + (outcome.logs or "")
-                return
+            running.logs_in_doubt = running.logs_in_doubt or bool(logs)
+        elif logs:
+            self._write_before_outcomes(running, logs, now)
+
+    def _write_before_outcomes(self, running: _Running, logs: str, now: datetime) -> None:
+        """Log text of an ended job for the finisher to write, at the job's offset, before it
+        writes outcomes."""
+        self._unsettled_logs.append(
+            {"id": running.job.id, "progress": None, "status": None, "logs": logs,
+             "logs_at": running.logs_stored, "now": now}
+        )  # fmt: skip
 
     async def _estimate_progress(self, now: datetime) -> None:
         """For running jobs that report no progress, estimate it from the last durations of the

@@ -15,7 +15,7 @@ import sqlglot
 from sqlglot import exp
 
 from asyncjobs._sql import convert_params, load_queries, split_statements
-from asyncjobs.dialects._dsn import parse_dsn
+from asyncjobs.dialects._dsn import create_dialect, parse_dsn
 from asyncjobs.dialects.mssql import (
     MssqlDialect,
     create,
@@ -250,3 +250,11 @@ def test_disconnects(dialect: MssqlDialect) -> None:
         "ProgrammingError", "42000", "[42000] [SQL Server]Incorrect syntax. (102) (SQLExecDirectW)"
     )
     assert not dialect.is_disconnect(syntax)
+
+
+def test_log_offsets_count_as_nvarchar_does(dialect: MssqlDialect) -> None:
+    # update_progress appends past an offset measured by DATALENGTH / 2: UTF-16 code units,
+    # two for a character outside the Basic Multilingual Plane.
+    assert dialect.text_length("line\n") == 5
+    assert dialect.text_length("é😀\n") == 4
+    assert create_dialect("sqlite:///x.db").text_length("é😀\n") == 3

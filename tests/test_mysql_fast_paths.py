@@ -415,7 +415,7 @@ async def test_executemany_sends_updates_together(make_jobs: Factory, dsn: str) 
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         refs = await jobs.enqueue_many((AddCommand, Add(i, 1)) for i in range(300))
         updates = [
-            {"id": ref.id, "progress": 0.5, "status": f"s{ref.id}", "logs": "l%",
+            {"id": ref.id, "progress": 0.5, "status": f"s{ref.id}", "logs": "l%", "logs_at": 0,
              "now": datetime.now(UTC)}
             for ref in refs
         ]  # fmt: skip

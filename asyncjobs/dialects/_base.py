@@ -112,6 +112,10 @@ class Dialect(abc.ABC):
         """Whether a driver error means the database went away (the runtime retries)."""
         return isinstance(exc, OSError | ConnectionError)
 
+    def text_length(self, text: str) -> int:
+        """The length of ``text`` as the database's string functions count it (code points)."""
+        return len(text)
+
     def inserted_here(self, ids: Iterable[int]) -> None:  # noqa: B027 - optional
         """Jobs this process has just inserted: a change watch need not wake it for them (its
         own enqueues wake it directly, or start at once)."""

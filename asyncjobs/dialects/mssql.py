@@ -518,6 +518,11 @@ class MssqlDialect(WatchesNewJobIds, Dialect):
         params = {"after": after, "ids": json.dumps(skipped)}
         return [int(row["id"]) for row in await self._watch_read(conn, "visible_job_ids", params)]
 
+    def text_length(self, text: str) -> int:
+        # nvarchar's string functions count UTF-16 code units: a character outside the Basic
+        # Multilingual Plane is two.
+        return len(text.encode("utf-16-le")) // 2
+
     def is_unique_violation(self, exc: BaseException) -> bool:
         return any(code in _UNIQUE for code in native_errors(exc))
 

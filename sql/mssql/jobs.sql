@@ -231,9 +231,16 @@ WHERE id = :id AND lease_owner = :node;
 
 -- name: update_progress
 -- A running job's progress, status line and new log text (appended; CONCAT reads NULL as '').
+-- :logs_at is how long the writer holds the stored text to be before :logs, in UTF-16 code
+-- units as DATALENGTH / 2 counts them: what is stored past that is a prefix of :logs that an
+-- earlier write stored though its reply was lost, and is not appended again.
 UPDATE background_job
 SET progress = COALESCE(:progress, progress), status = COALESCE(:status, status),
-    logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(logs, :logs) END,
+    logs = CASE WHEN :logs IS NULL THEN logs
+                ELSE CONCAT(logs, SUBSTRING(:logs,
+                    CASE WHEN DATALENGTH(logs) / 2 > :logs_at
+                         THEN DATALENGTH(logs) / 2 - :logs_at ELSE 0 END + 1, 2147483647))
+           END,
     last_activity_date = :now
 WHERE id = :id;
 

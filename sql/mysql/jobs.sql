@@ -187,10 +187,15 @@ SET state = 'Queued', run_after = :run_after, error = :error, error_code = :erro
 WHERE id = :id AND lease_owner = :node;
 
 -- name: update_progress
--- A running job's progress, status line and new log text (appended).
+-- A running job's progress, status line and new log text (appended). :logs_at is how long the
+-- writer holds the stored text to be before :logs: what is stored past that is a prefix of
+-- :logs that an earlier write stored though its reply was lost, and is not appended again.
 UPDATE background_job
 SET progress = COALESCE(:progress, progress), status = COALESCE(:status, status),
-    logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(COALESCE(logs, ''), :logs) END,
+    logs = CASE WHEN :logs IS NULL THEN logs
+                ELSE CONCAT(COALESCE(logs, ''), SUBSTRING(
+                    :logs, GREATEST(CHAR_LENGTH(COALESCE(logs, '')) - :logs_at, 0) + 1))
+           END,
     last_activity_date = :now
 WHERE id = :id;
 

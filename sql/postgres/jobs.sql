@@ -184,10 +184,15 @@ SET state = 'Queued', run_after = :run_after, error = :error::jsonb, error_code 
 WHERE id = :id AND lease_owner = :node;
 
 -- name: update_progress
--- A running job's progress, status line and new log text (appended).
+-- A running job's progress, status line and new log text (appended). :logs_at is how long the
+-- writer holds the stored text to be before :logs: what is stored past that is a prefix of
+-- :logs that an earlier write stored though its reply was lost, and is not appended again.
 UPDATE background_job
 SET progress = COALESCE(:progress::float8, progress), status = COALESCE(:status::text, status),
-    logs = CASE WHEN :logs::text IS NULL THEN logs ELSE COALESCE(logs, '') || :logs::text END,
+    logs = CASE WHEN :logs::text IS NULL THEN logs
+                ELSE COALESCE(logs, '') || substr(
+                    :logs::text, GREATEST(length(COALESCE(logs, '')) - :logs_at::int, 0) + 1)
+           END,
     last_activity_date = :now
 WHERE id = :id;
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import anyio.lowlevel
@@ -83,12 +83,14 @@ class LogsThenWaits(AsyncCommand[Add]):
         job_logger().info("last line")
 
 
+@pytest.mark.parametrize("reply_lost_after_commit", [False, True])
 @pytest.mark.parametrize("job_ends_during_the_write", [False, True])
-async def test_log_lines_a_failed_progress_write_took_are_written_later(
-    make_jobs: Factory, job_ends_during_the_write: bool
+async def test_log_lines_a_failed_progress_write_took_are_stored_once(
+    make_jobs: Factory, job_ends_during_the_write: bool, reply_lost_after_commit: bool
 ) -> None:
-    """The lines go to a later progress write, or to the outcome of a job that ended while the
-    failing write was in flight."""
+    """The lines go to a later progress write, or before the outcome of a job that ended while
+    the failing write was in flight; and a write that did store them, its reply lost after the
+    commit, does not make them appear twice."""
     LogsThenWaits.released = anyio.Event()
     async with make_jobs(commands=[LogsThenWaits]) as jobs:
         real_update = jobs.store.update_progress
@@ -97,6 +99,8 @@ async def test_log_lines_a_failed_progress_write_took_are_written_later(
         async def fails_first_with_logs(updates: list[dict[str, object]]) -> None:
             if not failed and any(u["logs"] for u in updates):
                 failed.append(updates)
+                if reply_lost_after_commit:
+                    await real_update(updates)
                 if job_ends_during_the_write:
                     LogsThenWaits.released.set()
                     with anyio.fail_after(10):
@@ -115,6 +119,32 @@ async def test_log_lines_a_failed_progress_write_took_are_written_later(
     assert result.completed is not None and result.completed.logs is not None
     lines = [line.rsplit("INFO ", 1)[-1] for line in result.completed.logs.splitlines()]
     assert lines == ["line 0", "line 1", "line 2", "last line"]
+
+
+async def test_a_progress_write_sent_again_appends_only_what_is_not_stored(
+    make_jobs: Factory,
+) -> None:
+    """update_progress appends at an offset: text stored past it by a write whose reply was
+    lost is not appended twice, whatever the text (quotes, %, characters past the BMP)."""
+    async with make_jobs(commands=[Chatty], execute=False) as jobs:
+        ref = await jobs.enqueue_command(Chatty, Add(0, 0))
+
+        async def write(logs: str, logs_at: int) -> str | None:
+            now = datetime.now(UTC)
+            row = {"id": ref.id, "progress": None, "status": None, "logs": logs, "now": now}
+            await jobs.store.update_progress([{**row, "logs_at": logs_at}])
+            found = await jobs.get_job(ref.id)
+            assert found is not None and found.job is not None
+            return found.job.logs
+
+        first = "it's 100%\n"
+        assert await write(first, 0) == first
+        second = "é 😀 'x'\n"
+        whole = first + second
+        assert await write(first + second, 0) == whole  # the first write's reply was lost
+        assert await write(first + second, 0) == whole  # and so was this one's
+        length = jobs.dialect.text_length(whole)
+        assert await write("last\n", length) == whole + "last\n"
 
 
 async def test_stored_logs_are_capped_with_a_marker(make_jobs: Factory) -> None:
