@@ -284,11 +284,11 @@ STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
 --    Both are found by a plain read first, and only then locked, by primary key, with their
 --    state checked again under the lock. A locking read of a secondary index is slow right
 --    behind earlier claims: InnoDB visits the clustered row of every entry they left
---    delete-marked and not yet purged. Measured on a drain of 50 per claim, about 5 000 page
---    reads and 3 ms for the unnamed 50, against 7 pages and 0.2 ms read plainly. The plain
---    read takes a window of twice :limit (two parts, as LIMIT takes no expression; not one CTE
---    read twice, which MySQL 8 may materialize whole), so that a claim beside another one,
---    whose jobs are locked and skipped, still finds :limit.
+--    delete-marked and not yet purged. Measured on a drain of 50 per claim, 3 000 to 6 000
+--    page reads and 1-3 ms for the unnamed 50, against 7 pages and 0.2 ms read plainly. The
+--    plain read takes a window of twice :limit (two parts, as LIMIT takes no expression; not
+--    one CTE read twice, which MySQL 8 may materialize whole), so that a claim beside another
+--    one, whose jobs are locked and skipped, still finds :limit.
 -- 3. Mark them and their summaries Started, in one UPDATE of both tables (a statement of its
 --    own per table cost a fifth more server time; statement 2 locked the jobs, so a summary
 --    is still locked after its job, as by every other writer): only the columns a claim
