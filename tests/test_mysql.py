@@ -129,7 +129,9 @@ async def test_an_open_application_batch_does_not_block_other_enqueues(
 
 
 async def test_open_claims_take_disjoint_batches(make_jobs: Factory) -> None:
-    """SKIP LOCKED plus the claim index: a claim locks only the rows it returns."""
+    """A claim locks only the rows it returns, and one beside it takes the next ones: its plain
+    read of the claim index reads twice the limit, and the rows the first claim holds are
+    skipped (with a window of the limit alone, the second claim gets nothing)."""
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(30))
         dialect = dialect_of(jobs)
