@@ -83,6 +83,9 @@ class Dialect(abc.ABC):
     name: str
     capabilities: Capabilities
     queries: Queries
+    #: what makes a SELECT more than a read here: row locks, and the functions our queries call
+    #: that write, lock or notify (see reads_only)
+    writes_in_a_select: tuple[str, ...] = ("FOR UPDATE", "FOR SHARE")
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -111,6 +114,21 @@ class Dialect(abc.ABC):
     def is_disconnect(self, exc: BaseException) -> bool:
         """Whether a driver error means the database went away (the runtime retries)."""
         return isinstance(exc, OSError | ConnectionError)
+
+    def reads_only(self, query: str) -> bool:
+        """Whether a named query only reads: one plain SELECT that locks nothing and calls none
+        of the functions that write, so sending it again after a broken connection is safe."""
+        cache: dict[str, bool] = self.__dict__.setdefault("_reads_only", {})
+        found = cache.get(query)
+        if found is None:
+            named = self.queries[query]
+            text = named.sql.strip().upper()
+            found = cache[query] = (
+                len(named.statements()) == 1
+                and text.startswith("SELECT")
+                and not any(word in text for word in self.writes_in_a_select)
+            )
+        return found
 
     def text_length(self, text: str) -> int:
         """The length of ``text`` as the database's string functions count it (code points)."""

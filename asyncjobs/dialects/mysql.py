@@ -48,7 +48,9 @@ and all SQL in ``sql/mysql/``:
 A deadlock (1213) or lock-wait timeout (1205) in a query that is the first of its transaction
 (as the claim is) is retried a bounded number of times: nothing else of the transaction has run,
 so a retry is invisible. ``statistics()`` counts those retries and the deadlocks left to the
-caller.
+caller. A pooled connection the server dropped while it sat idle, unseen by the pool, fails
+its first query; that query is sent again on another connection when it cannot run twice (the
+first of a transaction, or a read; see ``MysqlConnection._attempt``).
 
 MySQL has no notifications; instead a process watches for new job ids on a connection of its
 own (``listen``), and so learns of new jobs committed elsewhere within milliseconds.
@@ -333,10 +335,20 @@ class MysqlConnection:
     """Runs named queries on one aiomysql connection (see the module docstring)."""
 
     def __init__(
-        self, dialect: MysqlDialect, conn: Any, *, in_transaction: bool, own: bool
+        self,
+        dialect: MysqlDialect,
+        conn: Any,
+        *,
+        in_transaction: bool,
+        own: bool,
+        replace: Callable[[Any], Awaitable[Any]] | None = None,
     ) -> None:
         self._dialect = dialect
         self._conn = conn
+        #: set on a pooled connection until its first query has run: a connection the server
+        #: dropped while it sat idle is then replaced, and the query sent again where that is
+        #: safe (see _attempt)
+        self._replace = replace
         self._in_transaction = in_transaction
         #: nothing has run yet in this transaction, so a deadlock may be retried
         self._fresh = own
@@ -346,12 +358,17 @@ class MysqlConnection:
         #: the connection's session state is unknown (a script stopped half-way)
         self.broken = False
 
+    @property
+    def driver(self) -> Any:
+        """The aiomysql connection the queries run on now."""
+        return self._conn
+
     async def fetch(self, query: str, params: Params | None = None, **templates: str) -> list[Row]:
         values = {k: _convert(v) for k, v in (params or {}).items()}
         prepared = self._dialect.prepared(query, templates).for_values(values)
         if prepared.expansions:
             prepared = prepared.with_rows(values, self._conn.escape)
-        rows, _ = await self._attempt(lambda: self._run(prepared, values))
+        rows, _ = await self._attempt(query, lambda: self._run(prepared, values))
         return rows
 
     async def execute(self, query: str, params: Params | None = None, **templates: str) -> int:
@@ -359,7 +376,7 @@ class MysqlConnection:
         prepared = self._dialect.prepared(query, templates).for_values(values)
         if prepared.expansions:
             prepared = prepared.with_rows(values, self._conn.escape)
-        _, count = await self._attempt(lambda: self._run(prepared, values))
+        _, count = await self._attempt(query, lambda: self._run(prepared, values))
         return count
 
     async def executemany(self, query: str, params: Sequence[Params], **templates: str) -> None:
@@ -390,13 +407,14 @@ class MysqlConnection:
                         pass
                     start = end
 
-        await self._attempt(run)
+        await self._attempt(query, run)
 
     async def script(self, query: str, **templates: str) -> None:
         """Run DDL statement by statement. MySQL commits implicitly around DDL, so a script is
         never atomic; the scripts in sql/mysql are written to be re-run."""
         statements = self._dialect.prepared(query, templates).statements
         self._fresh = False
+        self._replace = None
         try:
             await self._begin()
             async with self._conn.cursor(aiomysql.Cursor) as cur:
@@ -489,7 +507,31 @@ class MysqlConnection:
                 return rows, len(rows)
             return await _decode(cur), int(cur.rowcount)
 
-    async def _attempt(self, run: Callable[[], Awaitable[T]]) -> T:
+    async def _attempt(self, query: str, run: Callable[[], Awaitable[T]]) -> T:
+        """Run the query, sending it again on another pooled connection if this one turns out
+        dropped, and retrying deadlocks (see _retrying_deadlocks).
+        Sent again only when that cannot run it twice: the first query of a transaction
+        (START TRANSACTION goes with it, and a dropped connection never commits) or a query
+        that only reads. An autocommitting write that lost its connection may have committed,
+        and goes to the caller. Every pooled connection may have been dropped at once (a
+        server restart): each replacement may be another dead one, up to the pool's size."""
+        replace, self._replace = self._replace, None
+        pending, fresh = self.begin_pending, self._fresh
+        if replace is None or not (pending or self._dialect.reads_only(query)):
+            return await self._retrying_deadlocks(run)
+        for _attempt in range(self._dialect.max_size):
+            try:
+                return await self._retrying_deadlocks(run)
+            except Exception as exc:
+                if not self._dialect.is_disconnect(exc):
+                    raise
+                # (None while replaced: the stale one is back in the pool already)
+                stale, self._conn = self._conn, None
+                self._conn = await replace(stale)
+                self.begin_pending, self._fresh = pending, fresh
+        return await self._retrying_deadlocks(run)
+
+    async def _retrying_deadlocks(self, run: Callable[[], Awaitable[T]]) -> T:
         """Run, retrying a deadlock or lock-wait timeout while it is the transaction's first
         query (autocommitting queries always are)."""
         first_is_retryable = self._fresh or not self._in_transaction
@@ -514,6 +556,7 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
     name = "mysql"
     # "notifications": a watch of new job ids stands in for them (see WatchesNewJobIds).
     capabilities = Capabilities(partitioned_archive=True, notifications=True, batch_rows=True)
+    writes_in_a_select = ("FOR UPDATE", "FOR SHARE", "LOCK IN SHARE MODE", "GET_LOCK")
     #: how datetimes are written inside JSON parameters (JSON_TABLE reads DATETIME(6) text)
     json_time = staticmethod(to_db_time)
 
@@ -543,7 +586,7 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
         self.queries: Queries = load_queries("mysql")
         self.deadlock_retries = deadlock_retries
         self._min_size = min_size
-        self._max_size = max_size
+        self.max_size = max_size
         self._pool_recycle = pool_recycle
         self._connect_timeout = connect_timeout
         self._pool: Any = None
@@ -612,10 +655,10 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
     async def open(self) -> None:
         # A free turn is taken without a pass through the event loop: the query that
         # follows yields anyway.
-        self._turns = anyio.Semaphore(self._max_size, fast_acquire=True)
+        self._turns = anyio.Semaphore(self.max_size, fast_acquire=True)
         self._pool = await aiomysql.create_pool(
             minsize=self._min_size,
-            maxsize=self._max_size,
+            maxsize=self.max_size,
             pool_recycle=self._pool_recycle,
             **self._connect_args(),
         )
@@ -657,55 +700,63 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
                 return conn
         raise AssertionError("unreachable")
 
-    @asynccontextmanager
-    async def _acquire(self) -> AsyncIterator[Any]:
-        async with in_arrival_order(self._turns), self._checked_out() as conn:
-            yield conn
+    async def _replace(self, stale: Any) -> Any:
+        """Drop a pooled connection that the server closed while it sat idle (unseen by the
+        pool) and check out another one."""
+        log.debug("replacing a dropped pooled connection")
+        stale.close()
+        self._pool.release(stale)
+        return await self._checkout()
 
     @asynccontextmanager
-    async def _checked_out(self) -> AsyncIterator[Any]:
+    async def _session(self, *, in_transaction: bool) -> AsyncIterator[MysqlConnection]:
         pool = self._pool
-        conn = await self._checkout()
-        try:
-            yield conn
-        except BaseException as exc:
-            # Cancelled or failed mid-query, the connection's protocol state is unknown: close
-            # it (the server rolls back) rather than return it to the pool.
-            if not _is_server_error(exc):
-                conn.close()
-            raise
-        finally:
-            pool.release(conn)
+        async with in_arrival_order(self._turns):
+            session = MysqlConnection(
+                self, await self._checkout(), in_transaction=in_transaction, own=True,
+                replace=self._replace,
+            )  # fmt: skip
+            try:
+                yield session
+            except BaseException as exc:
+                # Cancelled or failed mid-query, the connection's protocol state is unknown:
+                # close it (the server rolls back) rather than return it to the pool.
+                if not _is_server_error(exc) and session.driver is not None:
+                    session.driver.close()
+                raise
+            finally:
+                if session.driver is not None:
+                    pool.release(session.driver)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         """A transaction on a pooled connection; its START TRANSACTION is sent with its first
         query (and nothing at all is sent for a transaction that runs none)."""
-        async with self._acquire() as conn:
-            tx = MysqlConnection(self, conn, in_transaction=True, own=True)
+        async with self._session(in_transaction=True) as tx:
             try:
                 yield tx
             except BaseException as exc:
-                if tx.broken or not _is_server_error(exc):
-                    conn.close()
+                if tx.driver is None:  # its replacement failed: nothing left to end
+                    pass
+                elif tx.broken or not _is_server_error(exc):
+                    tx.driver.close()
                 elif not tx.begin_pending:
                     with anyio.CancelScope(shield=True):
-                        await conn.rollback()
+                        await tx.driver.rollback()
                 raise
             if tx.broken:  # a script failed but its error was swallowed by the caller
-                conn.close()
+                tx.driver.close()
                 raise ConfigurationError("a DDL script failed; the transaction was abandoned")
             if not tx.begin_pending:  # else nothing ran: no transaction to commit
                 with anyio.CancelScope(shield=True):
-                    await conn.commit()
+                    await tx.driver.commit()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
-        async with self._acquire() as conn:
-            session = MysqlConnection(self, conn, in_transaction=False, own=True)
+        async with self._session(in_transaction=False) as session:
             yield session
             if session.broken:
-                conn.close()
+                session.driver.close()
 
     @asynccontextmanager
     async def _adopted(self, conn: Any) -> AsyncIterator[Connection]:

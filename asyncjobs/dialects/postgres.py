@@ -39,10 +39,6 @@ _OPTIONS = ("schema", "min_size", "max_size")
 #: SQLSTATEs meaning the server went away or refuses connections for now: connection
 #: exceptions (class 08), shutdowns (57P01-57P03) and too many connections (53300)
 _DISCONNECT_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
-#: what makes a SELECT more than a read: row locks, and the functions our queries call that
-#: write, lock or notify
-_WRITES_IN_A_SELECT = ("FOR UPDATE", "FOR SHARE", "FOR NO KEY", "FOR KEY", "PG_ADVISORY",
-                       "PG_NOTIFY", "ENSURE_", "NEXTVAL", "SETVAL")  # fmt: skip
 #: how often an idle LISTEN connection is checked, so a silently dead one is replaced
 _LISTEN_HEALTH_CHECK = 30.0
 
@@ -143,6 +139,8 @@ class PostgresDialect(Dialect):
 
     name = "postgres"
     capabilities = Capabilities(partitioned_archive=True, notifications=True)
+    writes_in_a_select = ("FOR UPDATE", "FOR SHARE", "FOR NO KEY", "FOR KEY", "PG_ADVISORY",
+                          "PG_NOTIFY", "ENSURE_", "NEXTVAL", "SETVAL")  # fmt: skip
 
     def __init__(
         self,
@@ -176,7 +174,6 @@ class PostgresDialect(Dialect):
         self._min_size = min_size
         self._max_size = max_size
         self._statements: dict[tuple[object, ...], tuple[str, tuple[str, ...]]] = {}
-        self._reads_only: dict[str, bool] = {}
         #: the schema our tables are in, for the notification channel (found in open())
         self._channel_schema: str | None = schema
 
@@ -190,20 +187,6 @@ class PostgresDialect(Dialect):
             named = self.queries[query]
             sql = named.render(**templates) if templates else named.sql
             found = self._statements[key] = convert_params(named, "numeric", sql)
-        return found
-
-    def reads_only(self, query: str) -> bool:
-        """Whether a named query only reads: one plain SELECT that locks nothing and calls
-        none of the functions that write (so sending it again is always safe)."""
-        found = self._reads_only.get(query)
-        if found is None:
-            named = self.queries[query]
-            text = named.sql.strip().upper()
-            found = self._reads_only[query] = (
-                len(named.statements()) == 1
-                and text.startswith("SELECT")
-                and not any(word in text for word in _WRITES_IN_A_SELECT)
-            )
         return found
 
     def arguments(self, query: str, order: tuple[str, ...], params: Params | None) -> list[Any]:
@@ -285,17 +268,22 @@ class PostgresDialect(Dialect):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        for attempt in range(2):
+        # Every pooled connection may have been dropped at once (a server restart): each
+        # replacement may be another dead one, up to the pool's size.
+        attempts = self._pool.get_max_size() + 1 if self._pool is not None else 1
+        for attempt in range(attempts):
             async with self._acquire() as conn:
                 tx = conn.transaction()
                 try:
                     with anyio.CancelScope(shield=True):
                         # A BEGIN cut off half-way would leave a transaction no one rolls back.
                         await tx.start()
-                except Exception:
+                except Exception as exc:
                     # A pooled connection the server dropped while it sat idle fails here,
-                    # before any work was done: the pool replaces it; try once more.
-                    if attempt:
+                    # before any work was done: the pool replaces it; try the next one.
+                    if attempt == attempts - 1 or not (
+                        self.is_disconnect(exc) or _nothing_ran(exc)
+                    ):
                         raise
                     continue
                 try:
