@@ -247,7 +247,8 @@ class BackgroundJobs:
         self._worker_locks: dict[str, anyio.Lock] = {}
         self._thread_limiter = anyio.CapacityLimiter(self._max_sync_threads)
         self._waiters = {}
-        self._transient: set[_Running] = set()
+        #: transient jobs running here, by their (negative) ids
+        self._transient: dict[int, _Running] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -276,9 +277,7 @@ class BackgroundJobs:
                     self.store,
                     self.clock,
                     refresh=self.schedule_refresh,
-                    make_job=lambda task, fire: task_job(
-                        task, fire, self.default_retry_limit, self.default_timeout
-                    ),
+                    make_job=self._task_job,
                     run_transient=self._run_task_transient,
                     on_enqueued=self._wake_dispatcher,
                 )
@@ -320,7 +319,7 @@ class BackgroundJobs:
             await self._dispatch_stopped.wait()
             with anyio.move_on_after(self.shutdown_grace.total_seconds()):
                 await self._idle.wait()
-            for running in [*self._running.values(), *self._transient]:
+            for running in [*self._running.values(), *self._transient.values()]:
                 running.stop_reason = running.stop_reason or "shutdown"
                 running.context.cancel_event.set()
                 running.scope.cancel()
@@ -581,7 +580,12 @@ class BackgroundJobs:
                 await event.wait()
 
     async def cancel_job(self, job_id: int) -> bool:
-        """Cancel a queued job (it never starts) or a running one (in any process)."""
+        """Cancel a queued job (it never starts) or a running one (in any process), or a
+        transient job running here."""
+        transient = self._transient.get(job_id)
+        if transient is not None:
+            self._stop(transient)
+            return True
         return await self._cancel([job_id], f"job {job_id} was cancelled") > 0
 
     async def cancel_jobs(self, *, state: JobState | None = None, worker: str | None = None) -> int:
@@ -604,7 +608,12 @@ class BackgroundJobs:
 
     def _cancel_local(self, job_id: int) -> None:
         running = self._running.get(job_id)
-        if running is not None and running.stop_reason is None:
+        if running is not None:
+            self._stop(running)
+
+    @staticmethod
+    def _stop(running: _Running) -> None:
+        if running.stop_reason is None:
             running.stop_reason = "cancelled"
             running.context.cancel_event.set()
             running.scope.cancel()
@@ -697,19 +706,31 @@ class BackgroundJobs:
         if task.options.run_command:
             await self._run_task_transient(task)
             return None
-        new = task_job(task, self.clock.now(), self.default_retry_limit, self.default_timeout)
+        new = self._task_job(task, self.clock.now())
         job_id = await self.store.run_task_now(name, new)
         self._wake_dispatcher()
         return JobRef(job_id, new.ref_id)
 
+    def _task_job(self, task: ScheduledTask, fire_time: datetime) -> NewJob:
+        # The class's named worker as the class says now (the task may be older than that).
+        known = self.registry.commands.get(task.command) if task.command else None
+        return task_job(
+            task, fire_time, self.default_retry_limit, self.default_timeout,
+            class_worker=None if known is None else known.worker,
+        )  # fmt: skip
+
     async def _run_task_transient(self, task: ScheduledTask) -> None:
-        info = self.registry.command(task.command or "")
-        request = None
-        if info.request_type is not None:
-            request = decode(task.request_body, info.request_type)
-        job, _ = self._transient_job(info.name, request, task.options)
-        if self._tg is None:
-            raise ConfigurationError("use `async with jobs:` before running tasks")
+        if task.command is not None:
+            info = self.registry.command(task.command)
+            request = None
+            if info.request_type is not None:
+                request = decode(task.request_body, info.request_type)
+            new = self._command_job(info.name, request, task.options)
+        else:
+            request = decode(task.request_body, self.registry.api(task.request).request_type)
+            new = self._api_job(request, task.options)
+        job = self._transient_job(new, request)
+        tg = self._started_group()
         scheduler = self.scheduler
 
         async def run() -> None:
@@ -721,19 +742,31 @@ class BackgroundJobs:
                 if scheduler is not None:
                     scheduler.transient_finished(task.name)
 
-        self._tg.start_soon(run)
+        tg.start_soon(run)
 
     # -- transient jobs -------------------------------------------------------------------
 
-    def _transient_job(
-        self, command: type[Any] | str, request: Any, options: JobOptions | None
-    ) -> tuple[BackgroundJob, CommandInfo]:
-        info = self.registry.command(command)
-        new = self._command_job(command, request, options)
+    def _started_group(self) -> anyio.abc.TaskGroup:
+        if self._tg is None:
+            raise ConfigurationError("use `async with jobs:` before running commands")
+        return self._tg
+
+    def _transient_job(self, new: NewJob, request: Any) -> BackgroundJob:
+        """The in-memory job (with an id below zero) that runs what ``new`` would store."""
+        if not self.execute:
+            raise ConfigurationError(
+                "this process does not execute jobs (execute=False): enqueue the job instead"
+            )
+        if new.run_after is not None or new.depends_on is not None:
+            raise InvalidOptionsError(
+                "a transient job runs now and is not stored: run_after and depends_on need "
+                "an enqueued job"
+            )
         self._transient_ids -= 1
         job = BackgroundJob(
             id=self._transient_ids,
             ref_id=new.ref_id,
+            parent_id=new.parent_id,
             request_type=new.request_type,
             request=new.request,
             request_body=new.request_body,
@@ -744,6 +777,7 @@ class BackgroundJobs:
             worker=new.worker,
             tag=new.tag,
             batch_id=new.batch_id,
+            callback=new.callback,
             created_by=new.created_by,
             user_id=new.user_id,
             timeout_secs=new.timeout_secs,
@@ -753,24 +787,23 @@ class BackgroundJobs:
             priority=new.priority,
         )
         job.request_object = request
-        return job, info
+        return job
 
     async def run_command(
         self, command: type[Any] | str, request: Any = None, options: JobOptions | None = None
     ) -> BackgroundJob:
         """Run a command now, through its named worker, without writing to the database.
-        Returns the in-memory job at once; it is updated as it runs."""
-        job, _info = self._transient_job(command, request, options)
-        if self._tg is None:
-            raise ConfigurationError("use `async with jobs:` before running commands")
-        self._tg.start_soon(self._run_transient, job)
+        Returns the in-memory job at once; it is updated as it runs. A transient job runs
+        once (nothing is stored to retry it from), within its timeout, then its callback."""
+        job = self._transient_job(self._command_job(command, request, options), request)
+        self._started_group().start_soon(self._run_transient, job)
         return job
 
     async def run_command_async(
         self, command: type[Any] | str, request: Any = None, options: JobOptions | None = None
     ) -> Any:
         """Run a command now without the database and return its result (or raise its error)."""
-        job, _info = self._transient_job(command, request, options)
+        job = self._transient_job(self._command_job(command, request, options), request)
         await self._run_transient(job)
         if job.state is JobState.COMPLETED:
             return job.result
@@ -784,31 +817,50 @@ class BackgroundJobs:
     async def _run_transient(self, job: BackgroundJob) -> None:
         context = JobContext(job)
         running = _Running(job, context)
-        self._transient.add(running)
+        self._transient[job.id] = running
         try:
             await self._run_transient_locked(running)
         finally:
-            self._transient.discard(running)
+            del self._transient[job.id]
 
     async def _run_transient_locked(self, running: _Running) -> None:
-        job, context = running.job, running.context
+        job, context, scope = running.job, running.context, running.scope
         async with self._worker_lock(job.worker):
             job.state = JobState.STARTED
             job.attempts = 1
             job.started_date = utcnow()
             started = time.monotonic()
-            with running.scope:
+            timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
+            scope.deadline = anyio.current_time() + timeout
+            failure: Exception | None = None
+            with scope:
                 try:
+                    await self._prepare(job)
                     job.result = await self._invoke(job, context)
+                    if job.callback:
+                        job.state = JobState.EXECUTED
+                        scope.deadline = math.inf  # the timeout bounds the command only
+                        callback = self.registry.command(job.callback)
+                        args = () if callback.request_type is None else (job.result,)
+                        await self._call(callback, args)
                 except Exception as exc:
-                    job.state = JobState.FAILED
-                    job.error = _job_error(exc)
-                    job.meta = {**(job.meta or {}), "_exception": exc}
-                else:
-                    job.state = JobState.COMPLETED
-                    job.progress = 1.0
-            if running.scope.cancelled_caught:
+                    failure = exc
+            if running.stop_reason is not None:  # asked to stop, even if a sync command returned
                 job.state = JobState.CANCELLED
+            elif scope.cancel_called:
+                failure = TimeoutError(f"job timed out after {timeout:g}s")
+            if job.state is JobState.CANCELLED:
+                pass
+            elif failure is not None:
+                error = _job_error(failure)
+                if job.state is JobState.EXECUTED:
+                    message = f"callback {job.callback} failed: {error.message}"
+                    error = JobError(message, error.type, error.traceback)
+                job.state, job.error = JobState.FAILED, error
+                job.meta = {**(job.meta or {}), "_exception": failure}
+            else:
+                job.state = JobState.COMPLETED
+                job.progress = 1.0
             job.completed_date = utcnow()
             job.duration_ms = int((time.monotonic() - started) * 1000)
 

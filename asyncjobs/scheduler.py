@@ -47,8 +47,10 @@ def task_job(
     fire_time: datetime,
     default_retry_limit: int,
     default_timeout: timedelta | None,
+    class_worker: str | None = None,
 ) -> NewJob:
-    """The job one occurrence of a task enqueues; its meta says which task and occurrence."""
+    """The job one occurrence of a task enqueues; its meta says which task and occurrence.
+    ``class_worker`` is the command class's own named worker (the options may name another)."""
     options = task.options
     timeout = options.timeout or default_timeout
     return NewJob(
@@ -59,7 +61,7 @@ def task_job(
         retry_limit=default_retry_limit if options.retry_limit is None else options.retry_limit,
         created_date=utcnow(),
         command=task.command,
-        worker=options.worker,
+        worker=options.worker or class_worker,
         tag=options.tag,
         batch_id=options.batch_id,
         callback=options.callback,

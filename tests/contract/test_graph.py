@@ -18,7 +18,7 @@ from asyncjobs import (
     JobState,
     current_job,
 )
-from asyncjobs.exceptions import JobFailedError
+from asyncjobs.exceptions import ConfigurationError, InvalidOptionsError, JobFailedError
 from tests.commands import (
     EVENTS,
     Add,
@@ -329,6 +329,90 @@ async def test_transient_jobs_share_the_named_worker_with_stored_jobs(make_jobs:
         await jobs.wait_for_job(stored.id)
     spans = {label: (start, end) for label, start, end in _spans("x-")}
     assert spans["x-transient"][0] >= spans["x-stored"][1]
+
+
+async def test_a_transient_job_is_bounded_by_its_timeout(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        slow = JobOptions(timeout=timedelta(seconds=0.2))
+        with anyio.fail_after(3), pytest.raises(TimeoutError, match=r"timed out after 0\.2s"):
+            await jobs.run_command_async(SleepCommand, Sleep(30, label="t-slow"), slow)
+        job = await jobs.run_command(SleepCommand, Sleep(30, label="t-slow2"), slow)
+        with anyio.fail_after(3):
+            while not job.state.is_final:
+                await anyio.sleep(0.02)
+    assert job.state is JobState.FAILED and job.error is not None
+    assert job.error.type == "TimeoutError"
+
+
+async def test_a_transient_job_runs_its_callback_with_its_result(make_jobs: Factory) -> None:
+    received: list[Sum] = []
+
+    class KeepSum(AsyncCommand[Sum]):
+        async def run(self, request: Sum) -> None:
+            assert current_job().state is JobState.EXECUTED
+            received.append(request)
+
+    class RefuseSum(AsyncCommand[Sum]):
+        async def run(self, request: Sum) -> None:
+            raise RuntimeError(f"no room for {request.total}")
+
+    async with make_jobs(commands=[AddCommand, KeepSum, RefuseSum]) as jobs:
+        total = await jobs.run_command_async(AddCommand, Add(1, 2), JobOptions(callback="KeepSum"))
+        assert total == Sum(3) and received == [Sum(3)]
+        with pytest.raises(RuntimeError, match="no room for 7"):
+            await jobs.run_command_async(AddCommand, Add(3, 4), JobOptions(callback="RefuseSum"))
+        job = await jobs.run_command(AddCommand, Add(5, 5), JobOptions(callback="RefuseSum"))
+        with anyio.fail_after(3):
+            while not job.state.is_final:
+                await anyio.sleep(0.02)
+    assert job.state is JobState.FAILED and job.error is not None
+    assert job.error.message == "callback RefuseSum failed: no room for 10"
+    assert job.result == Sum(10)
+
+
+async def test_a_transient_job_can_be_cancelled(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        job = await jobs.run_command(SleepCommand, Sleep(30, label="t-cancel"))
+        with anyio.fail_after(3):
+            while job.state is not JobState.STARTED:
+                await anyio.sleep(0.01)
+        assert await jobs.cancel_job(job.id) is True
+        with anyio.fail_after(3):
+            while not job.state.is_final:
+                await anyio.sleep(0.01)
+        assert job.state is JobState.CANCELLED
+        assert await jobs.cancel_job(job.id) is False  # it has ended
+
+
+async def test_a_transient_job_gets_its_user_and_parent(make_jobs: Factory) -> None:
+    seen: list[tuple[Any, int | None]] = []
+
+    class WhoRuns(AsyncCommand[Add]):
+        async def run(self, request: Add) -> None:
+            job = current_job()
+            seen.append((job.user, job.parent_id))
+
+    async def resolve(user_id: str) -> str:
+        return f"user {user_id}"
+
+    async with make_jobs(commands=[WhoRuns], user_resolver=resolve) as jobs:
+        options = JobOptions(user_id="7", parent_id=12)
+        await jobs.run_command_async(WhoRuns, Add(1, 1), options)
+    assert seen == [("user 7", 12)]
+
+
+async def test_options_a_transient_job_cannot_honour_are_refused(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        later = JobOptions(run_after=datetime.now(UTC) + timedelta(minutes=1))
+        with pytest.raises(InvalidOptionsError, match="run_after and depends_on"):
+            await jobs.run_command(AddCommand, Add(1, 1), later)
+        with pytest.raises(InvalidOptionsError, match="run_after and depends_on"):
+            await jobs.run_command_async(AddCommand, Add(1, 1), JobOptions(depends_on=1))
+    async with make_jobs(commands=[AddCommand], execute=False) as producer:
+        with pytest.raises(ConfigurationError, match="execute=False"):
+            await producer.run_command_async(AddCommand, Add(1, 1))
+        with pytest.raises(ConfigurationError, match="execute=False"):
+            await producer.run_command(AddCommand, Add(1, 1))
 
 
 async def test_result_types_round_trip(make_jobs: Factory) -> None:

@@ -11,7 +11,7 @@ import pytest
 from asyncjobs import BackgroundJobs, JobOptions, Schedule
 from asyncjobs.models import ScheduledTask
 from tests.clocks import FakeClock
-from tests.commands import EVENTS, Add, AddCommand, Sleep, SleepCommand
+from tests.commands import EVENTS, Add, AddCommand, SerialSleepCommand, Sleep, SleepCommand
 
 pytestmark = pytest.mark.anyio
 Factory = Callable[..., BackgroundJobs]
@@ -168,6 +168,48 @@ async def test_api_task_and_delete(make_jobs: Factory) -> None:
         assert await jobs.delete_recurring_task("Add") is False
         assert await jobs.scheduled_tasks() == []
     assert result.completed is not None and result.completed.response_body == "42"
+
+
+async def test_a_transient_api_task_runs_its_api(make_jobs: Factory) -> None:
+    clock = FakeClock(T0)
+    products: list[int] = []
+
+    async def multiply_and_keep(request: Add) -> int:
+        products.append(request.a * request.b)
+        return products[-1]
+
+    async with make_jobs(clock=clock) as jobs:
+        jobs.register_api(Add, multiply_and_keep)
+        await jobs.recurring_api(
+            Schedule.every_minute, Add(6, 7), options=JobOptions(run_command=True)
+        )
+        assert await jobs.run_scheduled_task("Add") is None
+        with anyio.fail_after(5):
+            while products != [42]:
+                await anyio.sleep(0.01)
+        clock.advance(timedelta(minutes=1))
+        with anyio.fail_after(5):
+            while products != [42, 42]:
+                await anyio.sleep(0.01)
+        assert await jobs.store.select_job_ids(None, None) == []
+
+
+async def test_a_task_runs_on_its_commands_named_worker(make_jobs: Factory) -> None:
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[SerialSleepCommand], clock=clock) as jobs:
+        await jobs.recurring_command(SerialSleepCommand, Schedule.every_minute, Sleep(0))
+        await jobs.recurring_command(
+            SerialSleepCommand, Schedule.hourly, Sleep(0), name="elsewhere",
+            options=JobOptions(worker="other"),
+        )  # fmt: skip
+        clock.advance(timedelta(minutes=1))
+        (fired,) = await _fired_jobs(jobs, "SerialSleepCommand", 1)
+        now = await jobs.run_scheduled_task("SerialSleepCommand")
+        assert now is not None
+        other = await jobs.run_scheduled_task("elsewhere")
+        assert other is not None
+        workers = [(await jobs.wait_for_job(i)).summary.worker for i in (fired, now.id, other.id)]
+    assert workers == ["serial", "serial", "other"]
 
 
 async def _multiply(request: Add) -> int:
