@@ -13,7 +13,24 @@ from .commands import (
 )
 from .context import cancellation_requested, current_job, job_logger, update_status
 from .cron import CronExpression
-from .exceptions import AsyncJobsError
+from .exceptions import (
+    AsyncJobsError,
+    ConfigurationError,
+    CronFormatError,
+    DatabaseError,
+    DuplicateRefIdError,
+    InvalidDsnError,
+    InvalidJobStateError,
+    InvalidOptionsError,
+    JobCancelledError,
+    JobFailedError,
+    JobNotFoundError,
+    MissingDriverError,
+    NoCurrentJobError,
+    RegistrationError,
+    ReplyToError,
+    SerializationError,
+)
 from .models import BackgroundJob, JobOptions, JobRef, JobResult, JobState, JobSummary
 from .replyto import send_json_callback
 from .runtime import BackgroundJobs
@@ -27,13 +44,28 @@ __all__ = [
     "AsyncNoRequestCommandWithResult",
     "BackgroundJob",
     "BackgroundJobs",
+    "ConfigurationError",
     "CronExpression",
+    "CronFormatError",
+    "DatabaseError",
+    "DuplicateRefIdError",
+    "InvalidDsnError",
+    "InvalidJobStateError",
+    "InvalidOptionsError",
+    "JobCancelledError",
+    "JobFailedError",
+    "JobNotFoundError",
     "JobOptions",
     "JobRef",
     "JobResult",
     "JobState",
     "JobSummary",
+    "MissingDriverError",
+    "NoCurrentJobError",
+    "RegistrationError",
+    "ReplyToError",
     "Schedule",
+    "SerializationError",
     "SyncCommand",
     "SyncCommandWithResult",
     "SyncNoRequestCommand",

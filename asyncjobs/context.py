@@ -55,6 +55,8 @@ class JobContext:
 
     job: BackgroundJob
     services: Any = None
+    #: the environment variables the application lets a ReplyTo read (``reply_to_env``)
+    reply_to_env: frozenset[str] = frozenset()
     #: set when the job is asked to stop; sync commands can poll it
     cancel_event: CancelFlag = field(default_factory=CancelFlag)
     #: log text not yet written to the database

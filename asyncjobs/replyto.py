@@ -54,6 +54,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import msgspec
 
+from asyncjobs.context import _current
 from asyncjobs.exceptions import ReplyToError, SerializationError
 
 __all__ = ["ReplyTo", "send_json_callback"]
@@ -281,7 +282,7 @@ async def send_json_callback(
     reply_to: str | ReplyTo,
     body: object,
     *,
-    allowed_env: Collection[str] = (),
+    allowed_env: Collection[str] | None = None,
     client: httpx.AsyncClient | None = None,
     # httpx's own per-phase timeout: it raises httpx.TimeoutException (a transport
     # error the retry logic understands) instead of cancelling the caller's scope.
@@ -303,7 +304,13 @@ async def send_json_callback(
     apply, but its ``auth`` does not: credentials come only from the ReplyTo,
     so a shared client's credentials are never sent to a job-chosen host).
     Otherwise a client is opened and closed for this one request.
+
+    ``allowed_env`` defaults to the ``reply_to_env`` of the ``BackgroundJobs`` running the
+    current job (none outside a job).
     """
+    if allowed_env is None:
+        context = _current.get()
+        allowed_env = () if context is None else context.reply_to_env
     target = (
         reply_to
         if isinstance(reply_to, ReplyTo)

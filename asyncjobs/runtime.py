@@ -189,6 +189,10 @@ class BackgroundJobs:
         self.execute = execute
         self.notifications = notifications and self.dialect.capabilities.notifications
         self.user_resolver = user_resolver
+        if isinstance(reply_to_env, str):
+            raise ConfigurationError(
+                "reply_to_env must be a collection of variable names, not a string"
+            )
         self.reply_to_env = frozenset(reply_to_env)
         self.clock: Clock = clock or SystemClock()
         self.schedule_refresh = schedule_refresh
@@ -815,7 +819,7 @@ class BackgroundJobs:
         raise JobFailedError(job.error.message if job.error else "the command failed")
 
     async def _run_transient(self, job: BackgroundJob) -> None:
-        context = JobContext(job)
+        context = JobContext(job, reply_to_env=self.reply_to_env)
         running = _Running(job, context)
         self._transient[job.id] = running
         try:
@@ -1008,7 +1012,7 @@ class BackgroundJobs:
 
     def _start(self, job: BackgroundJob) -> None:
         assert self._tg is not None
-        running = _Running(job, JobContext(job))
+        running = _Running(job, JobContext(job, reply_to_env=self.reply_to_env))
         if job.logs:  # an earlier attempt's
             running.logs_stored = self.dialect.text_length(job.logs)
         self._running[job.id] = running

@@ -383,6 +383,7 @@ class Store:
         self, tx: Connection, jobs: Sequence[NewJob], *, committed_here: bool
     ) -> list[tuple[int, str]]:
         query, params = self._insert_query(jobs, "insert_job", "insert_jobs")
+        await self._check_parents(tx, jobs)
         with self.dialect.inserting() if committed_here else nullcontext():
             try:
                 rows = await tx.fetch(query, params)
@@ -401,6 +402,21 @@ class Store:
                 # it commits, which only a change watch or notification tells.
                 self.dialect.inserted_here(by_ref.values())
         return [(by_ref[job.ref_id], job.ref_id) for job in jobs]
+
+    @staticmethod
+    async def _check_parents(tx: Connection, jobs: Sequence[NewJob]) -> None:
+        """Refuse jobs that depend on a job that does not exist: they would wait for it
+        forever (and hold up their named worker). Checked before the insert, which may be
+        part of an application's transaction that goes on after the error."""
+        parents = sorted({job.depends_on for job in jobs if job.depends_on is not None})
+        if not parents:
+            return
+        rows = await tx.fetch("get_summaries", {"ids": json.dumps(parents)})
+        missing = sorted(set(parents) - {int(row["id"]) for row in rows})
+        if missing:
+            raise JobNotFoundError(
+                f"depends_on names no job: no job with id {', '.join(map(str, missing))}"
+            )
 
     async def enqueue_started(self, jobs: Sequence[NewJob], node: str) -> list[BackgroundJob]:
         """Insert jobs already claimed by ``node``, which starts them at once: jobs with no

@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -15,7 +16,8 @@ from aiohttp import web
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from asyncjobs.exceptions import ReplyToError, SerializationError
+from asyncjobs import AsyncCommand, BackgroundJobs, JobOptions, JobState, current_job
+from asyncjobs.exceptions import ConfigurationError, ReplyToError, SerializationError
 from asyncjobs.replyto import ReplyTo, send_json_callback
 
 URL = "https://example.com/hooks/done"
@@ -440,3 +442,36 @@ async def test_accepts_parsed_replyto(server: Server) -> None:
     [req] = server.received
     assert req.headers["Authorization"] == "Bearer from-mapping"
     assert json.loads(req.body) == "done"
+
+
+class _ReplyWithSum(AsyncCommand[Result]):
+    async def run(self, request: Result) -> None:
+        await send_json_callback(current_job().reply_to or "", {"sum": sum(map(int, request.tags))})
+
+
+@pytest.mark.anyio
+async def test_a_job_reads_the_environment_variables_its_app_allows(
+    server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ASYNCJOBS_TEST_TOKEN", "from-env")
+    options = JobOptions(reply_to=f"$ASYNCJOBS_TEST_TOKEN@{server.base}/cb")
+    app = BackgroundJobs(
+        f"sqlite:///{tmp_path / 'jobs.db'}",
+        commands=[_ReplyWithSum],
+        reply_to_env=["ASYNCJOBS_TEST_TOKEN"],
+    )
+    async with app:
+        await app.run_command_async(_ReplyWithSum, Result(1, ["2", "3"]), options)
+        ref = await app.enqueue_command(_ReplyWithSum, Result(2, ["4"]), options)
+        assert (await app.wait_for_job(ref.id)).state is JobState.COMPLETED
+    assert [(r.headers["Authorization"], json.loads(r.body)) for r in server.received] == [
+        ("Bearer from-env", {"sum": 5}),
+        ("Bearer from-env", {"sum": 4}),
+    ]
+    other = BackgroundJobs(f"sqlite:///{tmp_path / 'other.db'}", commands=[_ReplyWithSum])
+    async with other:
+        with pytest.raises(ReplyToError, match="not in allowed_env"):
+            await other.run_command_async(_ReplyWithSum, Result(3, []), options)
+    assert len(server.received) == 2
+    with pytest.raises(ConfigurationError, match="not a string"):
+        BackgroundJobs("sqlite:///:memory:", reply_to_env="ASYNCJOBS_TEST_TOKEN")

@@ -29,7 +29,7 @@ from asyncjobs.exceptions import (
 SPEC_NAMES = {
     "BackgroundJobs", "JobOptions", "JobRef", "JobResult", "JobState", "BackgroundJob",
     "Schedule", "CronExpression", "AsyncCommand", "AsyncCommandWithResult", "SyncCommand",
-    "SyncCommandWithResult", "current_job", "job_logger", "AsyncJobsError",
+    "SyncCommandWithResult", "current_job", "job_logger", "AsyncJobsError", "CronFormatError",
 }  # fmt: skip
 
 
@@ -38,6 +38,9 @@ def test_public_names_include_the_spec_and_resolve() -> None:
     assert len(asyncjobs.__all__) == len(set(asyncjobs.__all__))
     for name in asyncjobs.__all__:
         assert getattr(asyncjobs, name) is not None
+    # every error a user may catch, from the package itself
+    errors = {name for name in dir(asyncjobs.exceptions) if name.endswith("Error")}
+    assert errors <= set(asyncjobs.__all__)
 
 
 @pytest.mark.parametrize(

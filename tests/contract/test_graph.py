@@ -18,7 +18,12 @@ from asyncjobs import (
     JobState,
     current_job,
 )
-from asyncjobs.exceptions import ConfigurationError, InvalidOptionsError, JobFailedError
+from asyncjobs.exceptions import (
+    ConfigurationError,
+    InvalidOptionsError,
+    JobFailedError,
+    JobNotFoundError,
+)
 from tests.commands import (
     EVENTS,
     Add,
@@ -173,6 +178,26 @@ async def test_dependent_runs_after_parent_and_sees_it(make_jobs: Factory) -> No
     assert parent_done.completed is not None and parent_done.completed.completed_date is not None
     assert first.completed.started_date is not None
     assert first.completed.started_date >= parent_done.completed.completed_date
+
+
+async def test_a_job_that_depends_on_no_job_is_refused(make_jobs: Factory) -> None:
+    """It would wait forever, and hold up every later job of its named worker."""
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        parent = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        with pytest.raises(JobNotFoundError, match="no job with id 987654"):
+            await jobs.enqueue_command(
+                AddCommand, Add(1, 1), JobOptions(depends_on=987654, worker="w")
+            )
+        with pytest.raises(JobNotFoundError, match="no job with id 987654, 987655"):
+            await jobs.enqueue_many(
+                [(AddCommand, Add(1, 1), JobOptions(depends_on=parent_id))
+                 for parent_id in (parent.id, 987655, 987654)]
+            )  # fmt: skip
+        later = await jobs.enqueue_command(AddCommand, Add(2, 2), JobOptions(worker="w"))
+        with anyio.fail_after(10):
+            assert (await jobs.wait_for_job(later.id)).state is JobState.COMPLETED
+        assert await jobs.store.select_job_ids(None, None) == []  # nothing else was stored
+        await jobs.wait_for_job(parent.id)
 
 
 async def test_failed_parent_cancels_dependents_transitively(make_jobs: Factory) -> None:
