@@ -404,7 +404,8 @@ class BackgroundJobs:
             if options.retry_limit is None
             else options.retry_limit,
             created_date=created_date or utcnow(),
-            parent_id=options.parent_id,
+            # A dependent's parent is the job it depends on, unless the options name another.
+            parent_id=options.depends_on if options.parent_id is None else options.parent_id,
             worker=options.worker or class_worker,
             tag=options.tag,
             batch_id=options.batch_id,

@@ -142,15 +142,16 @@ async def test_slow_named_worker_blocks_neither_other_workers_nor_unnamed_jobs(
 
 
 async def test_dependent_runs_after_parent_and_sees_it(make_jobs: Factory) -> None:
-    seen: list[tuple[int | None, str | None, str | None]] = []
+    seen: list[tuple[int | None, int | None, str | None, str | None]] = []
 
     class Child(AsyncCommand[Add]):
         async def run(self, request: Add) -> None:
             job = current_job()
             parent = job.parent_job
-            seen.append(
-                (job.depends_on, parent and parent.response_body, parent and str(parent.state))
-            )
+            seen.append((
+                job.depends_on, job.parent_id, parent and parent.response_body,
+                parent and str(parent.state),
+            ))  # fmt: skip
 
     async with make_jobs(commands=[AddCommand, Child, SleepCommand]) as jobs:
         # a parent that finishes after its dependent was enqueued
@@ -171,10 +172,11 @@ async def test_dependent_runs_after_parent_and_sees_it(make_jobs: Factory) -> No
         first = await jobs.get_job(child1.id)
         parent_done = await jobs.get_job(slow_parent.id)
     assert seen == [
-        (slow_parent.id, '{"total":3}', "Completed"),
-        (done_parent.id, '{"total":10}', "Completed"),
+        (slow_parent.id, slow_parent.id, '{"total":3}', "Completed"),
+        (done_parent.id, done_parent.id, '{"total":10}', "Completed"),
     ]
     assert first is not None and first.completed is not None and parent_done is not None
+    assert first.summary.parent_id == slow_parent.id
     assert parent_done.completed is not None and parent_done.completed.completed_date is not None
     assert first.completed.started_date is not None
     assert first.completed.started_date >= parent_done.completed.completed_date
