@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -30,7 +30,6 @@ from tests import db_mysql
 from tests.commands import ALL_COMMANDS, Add, AddCommand, Nested, NestedCommand, Sleep, SleepCommand
 from tests.db_mysql import connect, query
 from tests.processes import ROOT
-from tests.proxy import Proxy, proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("mysql")]
 Factory = Callable[..., BackgroundJobs]
@@ -466,93 +465,6 @@ async def test_jobs_run_on_after_the_server_drops_every_connection(
         ref = await producer.enqueue_command(AddCommand, Add(2, 2))
         with anyio.fail_after(10):
             assert (await consumer.wait_for_job(ref.id)).state is JobState.COMPLETED
-
-
-# -- connections the server dropped unseen -------------------------------------------------
-
-
-@asynccontextmanager
-async def proxied_dialect(dsn: str, size: int) -> AsyncIterator[tuple[MysqlDialect, Proxy]]:
-    """A dialect whose ``size`` pooled connections go through a proxy, all configured and
-    idle in the pool."""
-    parts = parse_dsn(dsn)
-    async with proxy(parts.host or "127.0.0.1", parts.port or 3306) as link:
-        dialect = create(parse_dsn(dsn.replace(f":{parts.port or 3306}/", f":{link.port}/")),
-                         min_size=1, max_size=size)  # fmt: skip
-        await dialect.open()
-        try:
-            all_out = anyio.Event()
-            out = 0
-
-            async def hold() -> None:
-                nonlocal out
-                async with dialect.connection() as conn:
-                    await conn.fetch("newest_job_id")
-                    out += 1
-                    if out == size:
-                        all_out.set()
-                    await all_out.wait()
-
-            async with anyio.create_task_group() as tg:
-                for _ in range(size):
-                    tg.start_soon(hold)
-            assert link.opened == size
-            yield dialect, link
-        finally:
-            await dialect.close()
-
-
-async def test_a_read_on_connections_dropped_unseen_is_sent_again(
-    make_jobs: Factory, dsn: str
-) -> None:
-    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
-        ref = await jobs.enqueue_command(AddCommand, Add(1, 2))
-    async with proxied_dialect(dsn, size=3) as (dialect, link):
-        assert await link.cut() == 3
-        async with dialect.connection() as conn:
-            rows = await conn.fetch("get_summary", {"id": ref.id})
-        assert [row["ref_id"] for row in rows] == [ref.ref_id]
-        assert link.refused == 3 and link.opened == 4  # every dead one tried, then a new one
-
-
-async def test_the_first_write_of_a_transaction_is_sent_again_on_another_connection(
-    make_jobs: Factory, dsn: str
-) -> None:
-    """Its START TRANSACTION went with it, and a connection that drops never commits: sent
-    again, it runs once."""
-    async with make_jobs(commands=[AddCommand], execute=False):
-        pass
-    now = datetime.now(UTC)
-    node = {"node": "n1", "host": "h", "pid": 1, "now": now, "expires": now}
-    async with proxied_dialect(dsn, size=2) as (dialect, link):
-        await link.cut()
-        async with dialect.transaction() as tx:
-            assert await tx.execute("renew_node", node) == 1
-            assert await tx.execute("delete_node", {"node": "n0"}) == 0
-        assert link.refused == 2
-    assert await query(dsn, "SELECT id FROM job_node") == [("n1",)]
-
-
-async def test_an_autocommitting_write_on_a_dropped_connection_is_not_sent_again(
-    make_jobs: Factory, dsn: str
-) -> None:
-    """It may have committed before the connection broke: the caller decides (an enqueue
-    reads its ref ids back); the dead connection does not go back to the pool."""
-    async with make_jobs(commands=[AddCommand], execute=False):
-        pass
-    now = datetime.now(UTC)
-    node = {"node": "n1", "host": "h", "pid": 1, "now": now, "expires": now}
-    async with proxied_dialect(dsn, size=1) as (dialect, link):
-        await link.cut()
-        with pytest.raises(aiomysql.OperationalError) as failed:
-            async with dialect.connection() as conn:
-                await conn.execute("renew_node", node)
-        assert dialect.is_disconnect(failed.value) and link.refused == 1
-        assert await query(dsn, "SELECT id FROM job_node") == []
-        async with dialect.connection() as conn:
-            assert await conn.execute("renew_node", node) == 1
-        assert link.opened == 2
-    assert await query(dsn, "SELECT id FROM job_node") == [("n1",)]
 
 
 async def test_an_unreachable_server_fails(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,6 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -32,7 +31,6 @@ from tests.commands import ALL_COMMANDS, Add, AddCommand, Sleep, SleepCommand
 from tests.conftest import FAST
 from tests.db_postgres import SERVER
 from tests.processes import event_lines, start_worker, started_at, stop_worker, wait_for, workers
-from tests.proxy import Proxy, proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("postgres")]
 Factory = Callable[..., BackgroundJobs]
@@ -453,54 +451,6 @@ async def test_jobs_run_on_after_the_server_drops_every_connection(
             ref = await producer.enqueue_command(AddCommand, Add(2, 2))
             with anyio.fail_after(10):
                 assert (await consumer.wait_for_job(ref.id)).state is JobState.COMPLETED
-    finally:
-        await conn.close()
-
-
-@asynccontextmanager
-async def _proxied_dialect(dsn: str, size: int) -> AsyncIterator[tuple[PostgresDialect, Proxy]]:
-    """A dialect whose ``size`` pooled connections go through a proxy, all idle in the pool."""
-    parts = urlsplit(dsn)
-    async with proxy(parts.hostname or "127.0.0.1", parts.port or 5432) as link:
-        proxied = parts._replace(netloc=parts.netloc.replace(f":{parts.port}", f":{link.port}"))
-        dialect = create_dialect(proxied.geturl(), min_size=size, max_size=size)
-        assert isinstance(dialect, PostgresDialect)
-        await dialect.open()
-        try:
-            assert link.opened == size
-            yield dialect, link
-        finally:
-            await dialect.close()
-
-
-async def test_a_read_on_connections_dropped_unseen_is_sent_again(
-    make_jobs: Factory, dsn: str
-) -> None:
-    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
-        ref = await jobs.enqueue_command(AddCommand, Add(1, 2))
-    async with _proxied_dialect(dsn, size=3) as (dialect, link):
-        assert await link.cut() == 3
-        async with dialect.connection() as conn:
-            rows = await conn.fetch("get_summary", {"id": ref.id})
-        assert [row["ref_id"] for row in rows] == [ref.ref_id]
-        assert link.refused >= 1
-
-
-async def test_a_transaction_begins_past_every_connection_dropped_unseen(
-    make_jobs: Factory, dsn: str
-) -> None:
-    async with make_jobs(commands=[AddCommand], execute=False):
-        pass
-    now = datetime.now(UTC)
-    node = {"node": "n1", "host": "h", "pid": 1, "now": now, "expires": now}
-    async with _proxied_dialect(dsn, size=3) as (dialect, link):
-        assert await link.cut() == 3
-        async with dialect.transaction() as tx:
-            await tx.execute("renew_node", node)
-        assert link.refused == 3
-    conn = await _connect(dsn)
-    try:
-        assert await conn.fetch("SELECT id FROM job_node") == [("n1",)]
     finally:
         await conn.close()
 

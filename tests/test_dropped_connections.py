@@ -1,0 +1,116 @@
+"""Pooled connections the server dropped while they sat idle, unseen by the pool (a restart
+behind a load balancer, a failover): the next query on each fails. A query is sent again on
+another connection only when it cannot run twice; on both servers, through a proxy that cuts
+its links that way (tests/proxy.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import pytest
+
+from asyncjobs import BackgroundJobs
+from asyncjobs.dialects import Dialect, create_dialect
+from tests.commands import Add, AddCommand
+from tests.proxy import Proxy, proxy
+
+pytestmark = [pytest.mark.anyio, pytest.mark.dialects("postgres", "mysql")]
+Factory = Callable[..., BackgroundJobs]
+NOW = datetime.now(UTC)
+NODE = {"node": "n1", "host": "h", "pid": 1, "now": NOW, "expires": NOW}
+
+
+@asynccontextmanager
+async def proxied(dsn: str, size: int) -> AsyncIterator[tuple[Dialect, Proxy]]:
+    """A dialect whose pool holds ``size`` idle connections, all through a proxy, and the
+    proxy; the database's schema is made first."""
+    parts = urlsplit(dsn)
+    assert parts.hostname is not None and parts.port is not None
+    async with proxy(parts.hostname, parts.port) as link:
+        netloc = parts.netloc.replace(f":{parts.port}", f":{link.port}")
+        dialect = create_dialect(parts._replace(netloc=netloc).geturl(), min_size=1, max_size=size)
+        await dialect.open()
+        try:
+            all_out = anyio.Event()
+            out = 0
+
+            async def hold() -> None:
+                nonlocal out
+                async with dialect.transaction() as tx:
+                    await tx.fetch("newest_job_id")
+                    out += 1
+                    if out == size:
+                        all_out.set()
+                    await all_out.wait()
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(size):
+                    tg.start_soon(hold)
+            assert link.opened == size
+            yield dialect, link
+        finally:
+            await dialect.close()
+
+
+async def nodes(dsn: str) -> list[Any]:
+    dialect = create_dialect(dsn)
+    await dialect.open()
+    try:
+        async with dialect.connection() as conn:
+            return [row["id"] for row in await conn.fetch("admin_nodes")]
+    finally:
+        await dialect.close()
+
+
+async def test_a_read_is_sent_again_past_every_dropped_connection(
+    make_jobs: Factory, dsn: str
+) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 2))
+    async with proxied(dsn, size=3) as (dialect, link):
+        assert await link.cut() == 3
+        async with dialect.connection() as conn:
+            rows = await conn.fetch("get_summary", {"id": ref.id})
+        assert [row["ref_id"] for row in rows] == [ref.ref_id]
+        assert link.refused == 3  # every dead one was tried, then a new one
+
+
+async def test_a_transaction_runs_once_past_every_dropped_connection(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """Nothing of a transaction commits on a connection that drops before its commit, so its
+    first query (MySQL) or its BEGIN (PostgreSQL) may go to the next connection."""
+    async with make_jobs(commands=[AddCommand], execute=False):
+        pass
+    async with proxied(dsn, size=3) as (dialect, link):
+        await link.cut()
+        async with dialect.transaction() as tx:
+            assert await tx.execute("renew_node", NODE) == 1
+            assert await tx.execute("delete_node", {"node": "n0"}) == 0
+        assert link.refused == 3
+    assert await nodes(dsn) == ["n1"]
+
+
+async def test_an_autocommitting_write_on_a_dropped_connection_is_not_sent_again(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """It may have committed before the connection broke: the caller decides (an enqueue
+    reads its ref ids back); the dead connection does not go back to the pool."""
+    async with make_jobs(commands=[AddCommand], execute=False):
+        pass
+    async with proxied(dsn, size=1) as (dialect, link):
+        await link.cut()
+        with pytest.raises(Exception) as failed:  # noqa: PT011 - each driver's own error
+            async with dialect.connection() as conn:
+                await conn.execute("renew_node", NODE)
+        assert dialect.is_disconnect(failed.value) and link.refused == 1
+        assert await nodes(dsn) == []
+        async with dialect.connection() as conn:
+            assert await conn.execute("renew_node", NODE) == 1
+        assert link.opened == 2
+    assert await nodes(dsn) == ["n1"]
