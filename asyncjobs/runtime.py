@@ -830,15 +830,18 @@ class BackgroundJobs:
 
     async def _run_transient_locked(self, running: _Running) -> None:
         job, context, scope = running.job, running.context, running.scope
-        async with self._worker_lock(job.worker):
-            job.state = JobState.STARTED
-            job.attempts = 1
-            job.started_date = utcnow()
-            started = time.monotonic()
-            timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
-            scope.deadline = anyio.current_time() + timeout
-            failure: Exception | None = None
-            with scope:
+        timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
+        failure: Exception | None = None
+        started = time.monotonic()
+        # A cancel reaches a job still waiting for its named worker too; its timeout starts
+        # once the worker is its own.
+        with scope:
+            async with self._worker_lock(job.worker):
+                job.state = JobState.STARTED
+                job.attempts = 1
+                job.started_date = utcnow()
+                started = time.monotonic()
+                scope.deadline = anyio.current_time() + timeout
                 try:
                     await self._prepare(job)
                     job.result = await self._invoke(job, context)
@@ -850,24 +853,24 @@ class BackgroundJobs:
                         await self._call(callback, args)
                 except Exception as exc:
                     failure = exc
-            if running.stop_reason is not None:  # asked to stop, even if a sync command returned
-                job.state = JobState.CANCELLED
-            elif scope.cancel_called:
-                failure = TimeoutError(f"job timed out after {timeout:g}s")
-            if job.state is JobState.CANCELLED:
-                pass
-            elif failure is not None:
-                error = _job_error(failure)
-                if job.state is JobState.EXECUTED:
-                    message = f"callback {job.callback} failed: {error.message}"
-                    error = JobError(message, error.type, error.traceback)
-                job.state, job.error = JobState.FAILED, error
-                job.meta = {**(job.meta or {}), "_exception": failure}
-            else:
-                job.state = JobState.COMPLETED
-                job.progress = 1.0
-            job.completed_date = utcnow()
-            job.duration_ms = int((time.monotonic() - started) * 1000)
+        if running.stop_reason is not None:  # asked to stop, even if a sync command returned
+            job.state = JobState.CANCELLED
+        elif scope.cancel_called:
+            failure = TimeoutError(f"job timed out after {timeout:g}s")
+        if job.state is JobState.CANCELLED:
+            pass
+        elif failure is not None:
+            error = _job_error(failure)
+            if job.state is JobState.EXECUTED:
+                message = f"callback {job.callback} failed: {error.message}"
+                error = JobError(message, error.type, error.traceback)
+            job.state, job.error = JobState.FAILED, error
+            job.meta = {**(job.meta or {}), "_exception": failure}
+        else:
+            job.state = JobState.COMPLETED
+            job.progress = 1.0
+        job.completed_date = utcnow()
+        job.duration_ms = int((time.monotonic() - started) * 1000)
 
     def _worker_lock(self, worker: str | None) -> anyio.Lock | _NoLock:
         if worker is None:

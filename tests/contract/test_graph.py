@@ -398,6 +398,7 @@ async def test_a_transient_job_runs_its_callback_with_its_result(make_jobs: Fact
 
 
 async def test_a_transient_job_can_be_cancelled(make_jobs: Factory) -> None:
+    EVENTS.clear()
     async with make_jobs(commands=[SleepCommand]) as jobs:
         job = await jobs.run_command(SleepCommand, Sleep(30, label="t-cancel"))
         with anyio.fail_after(3):
@@ -409,6 +410,22 @@ async def test_a_transient_job_can_be_cancelled(make_jobs: Factory) -> None:
                 await anyio.sleep(0.01)
         assert job.state is JobState.CANCELLED
         assert await jobs.cancel_job(job.id) is False  # it has ended
+        # one that waits for its named worker, held by a stored job, ends at once
+        await jobs.enqueue_command(SleepCommand, Sleep(30, label="t-hold"), JobOptions(worker="w"))
+        with anyio.fail_after(3):
+            while ("start", "t-hold") not in [(e[0], e[1]) for e in EVENTS]:
+                await anyio.sleep(0.01)
+        waiting = await jobs.run_command(
+            SleepCommand, Sleep(0, label="t-wait"), JobOptions(worker="w")
+        )
+        await anyio.sleep(0.05)
+        assert waiting.state is JobState.QUEUED
+        assert await jobs.cancel_job(waiting.id) is True
+        with anyio.fail_after(3):
+            while not waiting.state.is_final:
+                await anyio.sleep(0.01)
+        assert waiting.state is JobState.CANCELLED and waiting.started_date is None
+        await jobs.cancel_jobs(worker="w")
 
 
 async def test_a_transient_job_gets_its_user_and_parent(make_jobs: Factory) -> None:
