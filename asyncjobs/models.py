@@ -29,6 +29,35 @@ class JobState(StrEnum):
 FINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 
 
+#: the largest id the job tables hold (BIGINT), and the largest INTEGER (priority, retries)
+_MAX_ID = 2**63 - 1
+_MAX_INT = 2**31 - 1
+#: a timeout past this is a mistake (a deadline that far off is no deadline)
+_MAX_TIMEOUT = timedelta(days=366)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidOptionsError(f"{name} must be an int, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidOptionsError(f"{name} must be within {low}..{high}, got {value}")
+
+
+def check_text(name: str, value: object, *, empty_ok: bool = False) -> None:
+    """A string option every database can store: text, not empty, valid Unicode (a lone
+    surrogate cannot be written as UTF-8) and without NUL (PostgreSQL's text cannot hold it)."""
+    if not isinstance(value, str) or not (value or empty_ok):
+        raise InvalidOptionsError(f"{name} must be a non-empty string, got {value!r}")
+    if "\x00" in value:
+        raise InvalidOptionsError(f"{name} must not contain NUL characters, got {value!r}")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidOptionsError(f"{name} is not valid Unicode text: {exc}") from None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobOptions:
     """How to run one job. Every field is stored with the job and returned with it."""
@@ -52,25 +81,52 @@ class JobOptions:
     run_command: bool = False  # recurring tasks: run transiently instead of enqueueing
 
     def __post_init__(self) -> None:
-        if self.retry_limit is not None and self.retry_limit < 0:
-            raise InvalidOptionsError(f"retry_limit must be >= 0, got {self.retry_limit}")
-        if self.run_after is not None and self.run_after.tzinfo is None:
-            raise InvalidOptionsError(
-                "run_after must be timezone-aware (e.g. datetime.now(UTC) + timedelta(...)); "
-                f"got naive {self.run_after.isoformat()}"
-            )
-        if self.timeout is not None and self.timeout <= timedelta(0):
-            raise InvalidOptionsError(f"timeout must be positive, got {self.timeout}")
+        # Checked here, so that a bad value fails the call that made it, not a claim or a
+        # scheduler run later (or a database's range check, with the driver's own error).
+        for name in ("parent_id", "depends_on"):
+            _check_int(name, getattr(self, name), 1, _MAX_ID)
+        _check_int("retry_limit", self.retry_limit, 0, _MAX_INT)
+        _check_int("priority", self.priority, -_MAX_INT - 1, _MAX_INT)
+        if self.run_after is not None:
+            if not isinstance(self.run_after, datetime):
+                raise InvalidOptionsError(
+                    f"run_after must be a datetime, got {type(self.run_after).__name__}"
+                )
+            if self.run_after.tzinfo is None:
+                raise InvalidOptionsError(
+                    "run_after must be timezone-aware (e.g. datetime.now(UTC) + timedelta(...)); "
+                    f"got naive {self.run_after.isoformat()}"
+                )
+            if not 1000 <= self.run_after.year <= 9998:  # what every database stores
+                raise InvalidOptionsError(
+                    f"run_after must be within the years 1000-9998, got {self.run_after}"
+                )
+        if self.timeout is not None:
+            if not isinstance(self.timeout, timedelta):
+                raise InvalidOptionsError(
+                    f"timeout must be a timedelta, got {type(self.timeout).__name__}"
+                )
+            if not timedelta(0) < self.timeout <= _MAX_TIMEOUT:
+                raise InvalidOptionsError(
+                    f"timeout must be positive and at most {_MAX_TIMEOUT.days} days, "
+                    f"got {self.timeout}"
+                )
+        for name in ("args", "meta"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), Mapping):
+                raise InvalidOptionsError(f"{name} must be a mapping, got {getattr(self, name)!r}")
         if self.args is not None and not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.args.items()
         ):
             raise InvalidOptionsError("args must map str to str")
-        for name in ("worker", "tag", "batch_id", "ref_id", "callback", "created_by", "user_id"):
+        for name in (
+            "worker", "tag", "batch_id", "ref_id", "callback", "created_by", "user_id", "reply_to"
+        ):  # fmt: skip
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise InvalidOptionsError(f"{name} must be a non-empty string, got {value!r}")
-        if not isinstance(self.priority, int):
-            raise InvalidOptionsError(f"priority must be an int, got {self.priority!r}")
+            if value is not None:
+                check_text(name, value)
+        for key, value in (self.args or {}).items():
+            check_text("args", key, empty_ok=True)
+            check_text("args", value, empty_ok=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON-able values (for recurring tasks, which store them)."""

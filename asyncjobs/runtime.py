@@ -147,26 +147,32 @@ class BackgroundJobs:
         dialect: Dialect | None = None,
         **dialect_settings: Any,
     ) -> None:
-        if default_retry_limit < 0:
-            raise InvalidOptionsError(
-                f"default_retry_limit must be >= 0, got {default_retry_limit}"
-            )
-        if max_concurrency < 1:
-            raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if max_sync_threads < 1:
-            raise ConfigurationError(f"max_sync_threads must be >= 1, got {max_sync_threads}")
-        for name, value in (
-            ("poll_interval", poll_interval),
-            ("lease_duration", lease_duration),
+        _check_int_setting(
+            "default_retry_limit", default_retry_limit, 0, 2**31 - 1, error=InvalidOptionsError
+        )
+        _check_int_setting("max_concurrency", max_concurrency, 1, 100_000)
+        _check_int_setting("max_sync_threads", max_sync_threads, 1, 100_000)
+        if retention_months is not None:
+            _check_int_setting("retention_months", retention_months, 1, 12 * 1000)
+        for name, value, zero_ok in (
+            ("poll_interval", poll_interval, False),
+            ("lease_duration", lease_duration, False),
+            ("schedule_refresh", schedule_refresh, False),
+            ("retry_delay", retry_delay, True),
+            ("max_retry_delay", max_retry_delay, True),
+            ("shutdown_grace", shutdown_grace, True),
         ):
-            if value <= timedelta(0):
-                raise ConfigurationError(f"{name} must be positive, got {value}")
-        if retry_delay < timedelta(0):
-            raise ConfigurationError(f"retry_delay must be >= 0, got {retry_delay}")
-        if default_timeout is not None and default_timeout <= timedelta(0):
-            raise ConfigurationError(f"default_timeout must be positive, got {default_timeout}")
-        if retention_months is not None and retention_months < 1:
-            raise ConfigurationError(f"retention_months must be >= 1, got {retention_months}")
+            _check_duration(name, value, zero_ok=zero_ok)
+        if default_timeout is not None:
+            _check_duration("default_timeout", default_timeout, zero_ok=False)
+        if services is not None and not isinstance(services, Mapping):
+            raise ConfigurationError(
+                f"services must map types to instances, got {type(services).__name__}"
+            )
+        if isinstance(reply_to_env, str):
+            raise ConfigurationError(
+                "reply_to_env must be a collection of variable names, not a string"
+            )
         self.dsn = dsn
         self.dialect = dialect or create_dialect(dsn, **dialect_settings)
         self.store = Store(self.dialect)
@@ -189,10 +195,6 @@ class BackgroundJobs:
         self.execute = execute
         self.notifications = notifications and self.dialect.capabilities.notifications
         self.user_resolver = user_resolver
-        if isinstance(reply_to_env, str):
-            raise ConfigurationError(
-                "reply_to_env must be a collection of variable names, not a string"
-            )
         self.reply_to_env = frozenset(reply_to_env)
         self.clock: Clock = clock or SystemClock()
         self.schedule_refresh = schedule_refresh
@@ -815,8 +817,10 @@ class BackgroundJobs:
         if job.state is JobState.CANCELLED:
             raise JobCancelledError(f"transient job {job.ref_id} was cancelled")
         error = job.meta.get("_exception") if job.meta else None
-        if isinstance(error, BaseException):
+        if isinstance(error, Exception):
             raise error
+        if isinstance(error, BaseException):  # not for the caller to stop on (SystemExit, ...)
+            raise JobFailedError(job.error.message if job.error else repr(error)) from error
         raise JobFailedError(job.error.message if job.error else "the command failed")
 
     async def _run_transient(self, job: BackgroundJob) -> None:
@@ -831,7 +835,7 @@ class BackgroundJobs:
     async def _run_transient_locked(self, running: _Running) -> None:
         job, context, scope = running.job, running.context, running.scope
         timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
-        failure: Exception | None = None
+        failure: BaseException | None = None
         started = time.monotonic()
         # A cancel reaches a job still waiting for its named worker too; its timeout starts
         # once the worker is its own.
@@ -851,7 +855,9 @@ class BackgroundJobs:
                         callback = self.registry.command(job.callback)
                         args = () if callback.request_type is None else (job.result,)
                         await self._call(callback, args)
-                except Exception as exc:
+                except BaseException as exc:
+                    if not _raised_by_the_job(exc):
+                        raise
                     failure = exc
         if running.stop_reason is not None:  # asked to stop, even if a sync command returned
             job.state = JobState.CANCELLED
@@ -1086,7 +1092,9 @@ class BackgroundJobs:
                         else:
                             result = await self._invoke(job, running.context)
                             outcome = self._success(job, result)
-                    except Exception as exc:
+                    except BaseException as exc:
+                        if not _raised_by_the_job(exc):
+                            raise
                         outcome = self._failure(
                             job, exc, permanent=isinstance(exc, _PERMANENT_ERRORS)
                         )
@@ -1182,15 +1190,23 @@ class BackgroundJobs:
                 if not returned:
                     flag.set()
 
+        raised: BaseException | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(raise_flag_when_cancelled)
             try:
-                return await anyio.to_thread.run_sync(
+                result = await anyio.to_thread.run_sync(
                     lambda: ctx.run(instance.run, *args), limiter=self._thread_limiter
                 )
+            except BaseException as exc:
+                if not _raised_by_the_job(exc):
+                    raise
+                raised = exc  # raised below, not wrapped in the group's exception group
             finally:
                 returned = True
                 tg.cancel_scope.cancel()
+        if raised is not None:
+            raise raised
+        return result
 
     async def _run_callback(self, job: BackgroundJob, outcome: Outcome) -> Outcome:
         """The job succeeded: it is Executed while its callback command runs with the result.
@@ -1204,11 +1220,13 @@ class BackgroundJobs:
             log.warning("could not mark job %s Executed; running its callback: %r", job.id, exc)
         job.state = JobState.EXECUTED
         info = self.registry.command(job.callback or "")
-        last_error: Exception | None = None
+        last_error: BaseException | None = None
         for attempt in range(1, job.retry_limit + 2):
             try:
                 await self._call(info, () if info.request_type is None else (job.result,))
-            except Exception as exc:
+            except BaseException as exc:
+                if not _raised_by_the_job(exc):
+                    raise
                 last_error = exc
                 delay = retry_backoff(attempt, self.retry_delay, self.max_retry_delay)
                 if attempt <= job.retry_limit:
@@ -1504,6 +1522,34 @@ class _NoLock:
 
 
 _NO_LOCK = _NoLock()
+
+
+def _check_int_setting(
+    name: str,
+    value: object,
+    low: int,
+    high: int,
+    *,
+    error: type[ConfigurationError] = ConfigurationError,
+) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise error(f"{name} must be an int within {low}..{high}, got {value!r}")
+
+
+def _check_duration(name: str, value: object, *, zero_ok: bool) -> None:
+    if not isinstance(value, timedelta):
+        raise ConfigurationError(f"{name} must be a timedelta, got {value!r}")
+    if value < timedelta(0) or (value == timedelta(0) and not zero_ok):
+        raise ConfigurationError(f"{name} must be {'>= 0' if zero_ok else 'positive'}, got {value}")
+
+
+def _raised_by_the_job(exc: BaseException) -> bool:
+    """Whether an exception out of a job's code is the job's failure: any, even SystemExit or
+    another BaseException (a job must not stop the worker, nor be requeued without end
+    because it did), except the cancellation of its scope or of the runtime, and Ctrl-C."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_raised_by_the_job(inner) for inner in exc.exceptions)
+    return not isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt | GeneratorExit)
 
 
 def _job_error(exc: BaseException) -> JobError:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import asyncjobs
-from asyncjobs import BackgroundJobs
+from asyncjobs import BackgroundJobs, JobOptions
 from asyncjobs._ref_ids import new_ref_id
 from asyncjobs._retry import retry_backoff
 from asyncjobs.dialects import parse_dsn
@@ -23,6 +24,7 @@ from asyncjobs.exceptions import (
     AsyncJobsError,
     ConfigurationError,
     InvalidDsnError,
+    InvalidOptionsError,
     MissingDriverError,
 )
 
@@ -242,3 +244,57 @@ async def test_a_change_watch_outlives_a_connection_that_fails_to_close() -> Non
             while not woken:
                 await anyio.sleep(0.005)
     assert woken == [""]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"priority": 2**70}, "priority must be within"),
+        ({"priority": True}, "priority must be an int"),
+        ({"retry_limit": 2.5}, "retry_limit must be an int"),
+        ({"retry_limit": "3"}, "retry_limit must be an int"),
+        ({"parent_id": "1"}, "parent_id must be an int"),
+        ({"depends_on": 0}, "depends_on must be within"),
+        ({"depends_on": 2**63}, "depends_on must be within"),
+        ({"run_after": "2030-01-01T00:00:00+00:00"}, "run_after must be a datetime"),
+        ({"run_after": datetime(1, 1, 1, tzinfo=UTC)}, "within the years 1000-9998"),
+        ({"run_after": datetime(999, 12, 31, tzinfo=UTC)}, "within the years 1000-9998"),
+        ({"timeout": 5}, "timeout must be a timedelta"),
+        ({"timeout": timedelta(days=400)}, "at most 366 days"),
+        ({"args": ["a"]}, "args must be a mapping"),
+        ({"meta": [1, 2]}, "meta must be a mapping"),
+        ({"args": {"k": "\ud800"}}, "not valid Unicode"),
+        ({"tag": "\ud800"}, "not valid Unicode"),
+        ({"worker": "a\x00b"}, "NUL"),
+        ({"reply_to": 5}, "reply_to must be a non-empty string"),
+        ({"reply_to": ""}, "reply_to must be a non-empty string"),
+    ],
+)
+def test_bad_options_fail_where_they_are_made(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidOptionsError, match=message):
+        JobOptions(**options)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_concurrency": 2.5}, "max_concurrency must be an int"),
+        ({"max_concurrency": 2**70}, "max_concurrency must be an int within 1..100000"),
+        ({"max_concurrency": "5"}, "max_concurrency must be an int"),
+        ({"max_sync_threads": 0}, "max_sync_threads must be an int"),
+        ({"retention_months": 0}, "retention_months must be an int"),
+        ({"poll_interval": 1}, "poll_interval must be a timedelta"),
+        ({"poll_interval": timedelta(0)}, "poll_interval must be positive"),
+        ({"schedule_refresh": timedelta(seconds=-1)}, "schedule_refresh must be positive"),
+        ({"shutdown_grace": timedelta(seconds=-1)}, "shutdown_grace must be >= 0"),
+        ({"max_retry_delay": timedelta(seconds=-1)}, "max_retry_delay must be >= 0"),
+        ({"retry_delay": 1}, "retry_delay must be a timedelta"),
+        ({"default_timeout": 60}, "default_timeout must be a timedelta"),
+        ({"services": [object()]}, "services must map types"),
+        ({"reply_to_env": "TOKEN"}, "not a string"),
+        ({"max_concurency": 5}, r"unknown SQLite settings \['max_concurency'\]"),
+    ],
+)
+def test_bad_settings_fail_where_they_are_made(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        BackgroundJobs("sqlite:///unused.db", **settings)

@@ -302,5 +302,13 @@ async def _read_data_version(db: sqlite3.Connection) -> object:
     return db.execute("PRAGMA data_version").fetchone()[0]
 
 
+_SETTINGS = ("busy_timeout", "change_poll_interval")
+
+
 def create(dsn: Dsn, **settings: Any) -> SqliteDialect:
+    unknown = sorted(set(settings) - set(_SETTINGS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown SQLite settings {unknown}; known settings: {', '.join(_SETTINGS)}"
+        )
     return SqliteDialect(dsn.database, **settings)

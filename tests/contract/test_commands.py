@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,8 +11,15 @@ import anyio
 import pydantic
 import pytest
 
-from asyncjobs import AsyncCommand, BackgroundJobs, JobState, current_job
-from asyncjobs.exceptions import RegistrationError
+from asyncjobs import (
+    AsyncCommand,
+    BackgroundJobs,
+    JobOptions,
+    JobState,
+    SyncCommand,
+    current_job,
+)
+from asyncjobs.exceptions import JobFailedError, RegistrationError
 from tests.commands import (
     EVENTS,
     Add,
@@ -207,3 +215,53 @@ def test_command_without_request_type_is_rejected() -> None:
 
     with pytest.raises(RegistrationError, match="NoRun does not implement run"):
         Registry().add_command(NoRun)
+
+
+class Abort(BaseException):
+    """Not an Exception: what a library might raise to unwind everything."""
+
+
+class RaiseBaseException(AsyncCommand[Add]):
+    async def run(self, request: Add) -> None:
+        raise Abort(f"abort {request.a}")
+
+
+class ExitInAThread(SyncCommand[Add]):
+    def run(self, request: Add) -> None:
+        sys.exit(request.a)
+
+
+class CallbackExits(AsyncCommand[Add]):
+    async def run(self, request: Add) -> None:
+        raise SystemExit(9)
+
+
+async def test_a_job_raising_what_is_no_exception_fails_and_the_worker_goes_on(
+    make_jobs: Factory,
+) -> None:
+    """SystemExit or another BaseException out of a job is its failure (retried as usual),
+    not the end of the process that runs it, nor a requeue without end."""
+    commands = [RaiseBaseException, ExitInAThread, CallbackExits, AddCommand]
+    async with make_jobs(commands=commands, default_retry_limit=1) as jobs:
+        refs = [
+            await jobs.enqueue_command(RaiseBaseException, Add(1, 0)),
+            await jobs.enqueue_command(ExitInAThread, Add(3, 0)),
+            await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(callback="CallbackExits")),
+        ]
+        with anyio.fail_after(10):
+            results = [await jobs.wait_for_job(ref.id) for ref in refs]
+        with pytest.raises(JobFailedError, match="abort 2") as failed:
+            await jobs.run_command_async(RaiseBaseException, Add(2, 0))
+        assert isinstance(failed.value.__cause__, Abort)
+        assert await _run(jobs, AddCommand, Add(2, 2)) == '{"total":4}'  # still running jobs
+    errors = []
+    for result in results:
+        assert result.state is JobState.FAILED and result.failed is not None
+        assert result.failed.error is not None
+        error = result.failed.error
+        errors.append((result.failed.attempts, error.type, error.message))
+    assert errors == [
+        (2, "Abort", "abort 1"),
+        (2, "SystemExit", "3"),
+        (1, "SystemExit", "callback CallbackExits failed: 9"),  # retried within its attempt
+    ]
