@@ -43,6 +43,7 @@ from .commands import CommandInfo, Registry, instantiate
 from .context import JobContext, _current, current_context
 from .dialects import Dialect, create_dialect
 from .exceptions import (
+    AsyncJobsError,
     ConfigurationError,
     InvalidOptionsError,
     JobCancelledError,
@@ -51,7 +52,16 @@ from .exceptions import (
     RegistrationError,
     SerializationError,
 )
-from .models import BackgroundJob, JobError, JobOptions, JobRef, JobResult, JobState, ScheduledTask
+from .models import (
+    BackgroundJob,
+    JobError,
+    JobOptions,
+    JobRef,
+    JobResult,
+    JobState,
+    ScheduledTask,
+    check_text,
+)
 from .schedule import Schedule
 from .scheduler import Scheduler, row_to_task, task_job
 from .store import Claim, FinishReport, NewJob, Outcome, Store, add_months, month_key, utcnow
@@ -649,7 +659,7 @@ class BackgroundJobs:
         run is still going."""
         new = self._command_job(command, request, options)
         await self._register_task(
-            name or new.command or "", schedule, new, options, skip_if_running
+            (new.command or "") if name is None else name, schedule, new, options, skip_if_running
         )
 
     async def recurring_api(
@@ -663,7 +673,9 @@ class BackgroundJobs:
     ) -> None:
         """Run the API registered for ``type(request)`` on ``schedule``."""
         new = self._api_job(request, options)
-        await self._register_task(name or new.request, schedule, new, options, skip_if_running)
+        await self._register_task(
+            new.request if name is None else name, schedule, new, options, skip_if_running
+        )
 
     async def _register_task(
         self,
@@ -676,16 +688,26 @@ class BackgroundJobs:
         self._require_started()
         if not isinstance(schedule, Schedule):
             raise ConfigurationError(f"schedule must be a Schedule, got {type(schedule).__name__}")
-        if not name:
-            raise ConfigurationError("a recurring task needs a name")
+        try:
+            check_text("name", name)
+        except InvalidOptionsError as exc:
+            raise ConfigurationError(f"a recurring task needs a name: {exc}") from None
+        if options is not None and options.run_command and new.run_after is not None:
+            raise InvalidOptionsError(
+                "a recurring task that runs transiently (run_command) cannot take run_after"
+            )
         stored_options = (options or JobOptions()).to_dict()
         if skip_if_running:
             stored_options["skip_if_running"] = True
+        try:
+            options_text = json.dumps(stored_options)
+        except (TypeError, ValueError) as exc:
+            raise InvalidOptionsError(f"a recurring task's options must be JSON: {exc}") from None
         await self.store.upsert_task(
             {
                 "name": name, "schedule": schedule.to_text(), "request_type": new.request_type,
                 "command": new.command, "request": new.request, "request_body": new.request_body,
-                "options": json.dumps(stored_options),
+                "options": options_text,
                 "next_run": schedule.next_after(self.clock.now()),
             }
         )  # fmt: skip
@@ -698,9 +720,16 @@ class BackgroundJobs:
         return await self.store.delete_task(name)
 
     async def scheduled_tasks(self) -> list[ScheduledTask]:
-        """Every recurring task with its schedule, last run, last job and next run."""
+        """Every recurring task with its schedule, last run, last job and next run (but those
+        this version cannot read, which are logged)."""
         self._require_started()
-        return [row_to_task(row) for row in await self.store.list_tasks()]
+        tasks = []
+        for row in await self.store.list_tasks():
+            try:
+                tasks.append(row_to_task(row))
+            except AsyncJobsError as exc:
+                log.warning("recurring task %s cannot be read: %r", row["name"], exc)
+        return tasks
 
     async def run_scheduled_task(self, name: str) -> JobRef | None:
         """Run a recurring task now, outside its schedule (its next run stays as it is).

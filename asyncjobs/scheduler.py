@@ -16,6 +16,7 @@ import anyio
 from ._ref_ids import new_ref_id
 from .clock import Clock
 from .dialects import Row
+from .exceptions import AsyncJobsError
 from .models import JobOptions, ScheduledTask
 from .schedule import Schedule
 from .store import NewJob, Store, utcnow
@@ -108,9 +109,17 @@ class Scheduler:
         while True:
             self.changed = anyio.Event()
             now = self.clock.now()
+            unreadable = False
             try:
                 for row in await self.store.due_tasks(now):
-                    await self.fire(row_to_task(row), now)
+                    try:
+                        task = row_to_task(row)
+                    except AsyncJobsError as exc:
+                        # Stored by another version, or by hand: the other tasks go on.
+                        log.error("recurring task %s cannot be read: %r", row["name"], exc)
+                        unreadable = True
+                        continue
+                    await self.fire(task, now)
                 next_due = await self.store.next_task_due()
                 failures = 0
             except Exception as exc:
@@ -120,7 +129,8 @@ class Scheduler:
                 await anyio.sleep(delay)
                 continue
             wake_at = now + self.refresh
-            if next_due is not None and next_due < wake_at:
+            # (an unreadable task stays due: looked at again at the next refresh, not at once)
+            if next_due is not None and next_due < wake_at and not (unreadable and next_due <= now):
                 wake_at = next_due
             await self._sleep_until(wake_at)
 
@@ -154,7 +164,10 @@ class Scheduler:
             taken, _ = await self.store.fire_task(task.name, expected, expected, next_run, None)
             if taken:
                 self.fired += 1
-                await self.run_transient(task)
+                try:
+                    await self.run_transient(task)
+                except AsyncJobsError as exc:
+                    log.error("recurring task %s could not run at %s: %r", task.name, expected, exc)
             return
         taken, job_id = await self.store.fire_task(
             task.name, expected, expected, next_run, self.make_job(task, expected)

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from asyncjobs import BackgroundJobs, JobOptions, Schedule
+from asyncjobs.exceptions import ConfigurationError, InvalidOptionsError
 from asyncjobs.models import ScheduledTask
 from tests.clocks import FakeClock
 from tests.commands import EVENTS, Add, AddCommand, SerialSleepCommand, Sleep, SleepCommand
@@ -231,3 +232,40 @@ async def test_run_a_scheduled_task_now(make_jobs: Factory) -> None:
     assert result.completed is not None and result.completed.response_body == '{"total":7}'
     assert task.last_job_id == ref.id
     assert task.next_run == datetime(2026, 3, 29, tzinfo=UTC)  # the schedule is unchanged
+
+
+async def test_a_task_that_cannot_be_read_holds_up_no_other(make_jobs: Factory) -> None:
+    """A task row this version cannot read (written by another version, or by hand) is
+    logged and left as it is; the other tasks still run."""
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[AddCommand], clock=clock) as jobs:
+        await jobs.store.upsert_task({
+            "name": "a-unreadable", "schedule": "cron:every other minute", "request_type": "CMD",
+            "command": "AddCommand", "request": "Add", "request_body": '{"a":1,"b":1}',
+            "options": "{}", "next_run": T0 - timedelta(minutes=1),
+        })  # fmt: skip
+        await jobs.recurring_command(AddCommand, Schedule.every_minute, Add(1, 1))
+        for minute in (1, 2):
+            clock.advance(timedelta(minutes=1))
+            await _fired_jobs(jobs, "AddCommand", minute)
+        unreadable = [t for t in await jobs.store.list_tasks() if t["name"] == "a-unreadable"]
+    assert unreadable[0]["last_run"] is None
+
+
+async def test_bad_recurring_tasks_are_refused_when_registered(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        with pytest.raises(ConfigurationError, match="needs a name"):
+            await jobs.recurring_command(AddCommand, Schedule.hourly, Add(1, 1), name="")
+        with pytest.raises(ConfigurationError, match="needs a name"):
+            await jobs.recurring_command(AddCommand, Schedule.hourly, Add(1, 1), name=5)  # type: ignore[arg-type]
+        later = datetime(2030, 1, 1, tzinfo=UTC)
+        with pytest.raises(InvalidOptionsError, match="cannot take run_after"):
+            await jobs.recurring_command(
+                AddCommand, Schedule.hourly, Add(1, 1),
+                options=JobOptions(run_command=True, run_after=later),
+            )  # fmt: skip
+        with pytest.raises(InvalidOptionsError, match="must be JSON"):
+            await jobs.recurring_command(
+                AddCommand, Schedule.hourly, Add(1, 1), options=JobOptions(meta={"at": later})
+            )
+        assert await jobs.scheduled_tasks() == []
