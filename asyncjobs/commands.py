@@ -219,6 +219,10 @@ class Registry:
         self.request_types[name] = tp
 
     def command(self, name_or_cls: str | type[Any]) -> CommandInfo:
+        if not isinstance(name_or_cls, str | type):
+            raise RegistrationError(
+                f"a command is a command class or its name, not {type(name_or_cls).__name__}"
+            )
         name = name_or_cls if isinstance(name_or_cls, str) else name_or_cls.__name__
         info = self.commands.get(name)
         if info is None:

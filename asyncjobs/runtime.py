@@ -37,7 +37,7 @@ import msgspec
 
 from ._ref_ids import new_ref_id
 from ._retry import retry_backoff
-from ._serialization import check_encodable, decode, encode, type_name
+from ._serialization import check_encodable, check_loads, decode, encode, type_name
 from .clock import Clock, SystemClock
 from .commands import CommandInfo, Registry, instantiate
 from .context import JobContext, _current, current_context
@@ -443,11 +443,16 @@ class BackgroundJobs:
             if request is None:
                 raise SerializationError(f"{what} needs a request of type {type_name(request_cls)}")
             check_encodable(request, request_cls)
+        elif request is not None:
+            raise SerializationError(f"{what} takes no request, got a {type(request).__name__}")
+        body = encode(request)
+        if request_cls is not None:
+            check_loads(body, request_cls)
         return msgspec.structs.replace(
             template,
             ref_id=ref_id or new_ref_id(),
             request=type_name(type(request)) if request is not None else "None",
-            request_body=encode(request),
+            request_body=body,
         )
 
     def _command_job(
@@ -458,6 +463,8 @@ class BackgroundJobs:
         created_date: datetime | None = None,
     ) -> NewJob:
         info = self.registry.command(command)
+        if options is not None and not isinstance(options, JobOptions):
+            raise InvalidOptionsError(f"options must be JobOptions, got {type(options).__name__}")
         if options is not None and options.callback is not None:
             self.registry.command(options.callback)  # fail now, not after the job ran
         template = self._job_template("CMD", info.name, options, info.worker, created_date)
@@ -506,6 +513,11 @@ class BackgroundJobs:
         # left per job is its request (checked, serialized) and its ref id.
         templates: dict[tuple[Any, int], tuple[NewJob, Any, JobOptions | None]] = {}
         for item in items:
+            if not isinstance(item, tuple) or not 2 <= len(item) <= 3:
+                raise InvalidOptionsError(
+                    f"enqueue_many takes (command, request) or (command, request, options) "
+                    f"tuples, got {item!r}"
+                )
             command, request, *rest = item
             options = rest[0] if rest else None
             key = (command, id(options))  # the options object is kept alive in the value
@@ -574,16 +586,21 @@ class BackgroundJobs:
 
     async def get_job(self, job_id: int) -> JobResult | None:
         self._require_started()
+        if not _storable_id(job_id):
+            return None
         return await self.store.get_job(job_id)
 
     async def get_job_by_ref_id(self, ref_id: str) -> JobResult | None:
         self._require_started()
+        check_text("ref_id", ref_id)
         return await self.store.get_job_by_ref_id(ref_id)
 
     async def wait_for_job(self, job_id: int) -> JobResult:
         """Return once the job is Completed, Failed or Cancelled (here or in any process).
         Bound the wait with ``anyio.fail_after`` if needed."""
         self._require_started()
+        if not _storable_id(job_id):
+            raise JobNotFoundError(f"no job with id {job_id}")
         while True:
             event = self._waiters.setdefault(job_id, anyio.Event())
             result = await self.store.get_job(job_id)
@@ -603,6 +620,8 @@ class BackgroundJobs:
         if transient is not None:
             self._stop(transient)
             return True
+        if not _storable_id(job_id):
+            return False
         return await self._cancel([job_id], f"job {job_id} was cancelled") > 0
 
     async def cancel_jobs(self, *, state: JobState | None = None, worker: str | None = None) -> int:
@@ -638,6 +657,8 @@ class BackgroundJobs:
     async def requeue_failed_job(self, job_id: int) -> None:
         """Bring a failed or cancelled job back to the queue with the same id."""
         self._require_started()
+        if not _storable_id(job_id):
+            raise JobNotFoundError(f"no job with id {job_id}")
         await self.store.requeue_failed(job_id)
         self._waiters.pop(job_id, None)
         self._wake_dispatcher()
@@ -1551,6 +1572,13 @@ class _NoLock:
 
 
 _NO_LOCK = _NoLock()
+
+
+def _storable_id(job_id: object) -> bool:
+    """Whether a job id could be stored (ids are BIGINT); one that could not names no job."""
+    if not isinstance(job_id, int) or isinstance(job_id, bool):
+        raise InvalidOptionsError(f"a job id is an int, got {job_id!r}")
+    return -(2**63) <= job_id < 2**63
 
 
 def _check_int_setting(

@@ -166,6 +166,8 @@ class Schedule:
     @staticmethod
     def from_text(text: str) -> Schedule:
         """Parse the output of :meth:`to_text`."""
+        if not isinstance(text, str):
+            raise ConfigurationError(f"a stored schedule is text, not {type(text).__name__}")
         kind, sep, body = text.partition(":")
         if sep and kind == "cron":
             expr, bar, tz_name = body.rpartition("|")
@@ -211,9 +213,15 @@ def _interval_schedule(every: timedelta) -> Schedule:
     """A schedule that runs ``every`` after the previous run (no fixed anchor)."""
     if not isinstance(every, timedelta):
         raise ConfigurationError(f"interval must be a timedelta, not {type(every).__name__}")
-    if every <= timedelta(0):
-        raise ConfigurationError(f"interval must be positive, got {every!r}")
+    if not timedelta(0) < every <= _LONGEST_INTERVAL:
+        raise ConfigurationError(
+            f"interval must be positive and at most {_LONGEST_INTERVAL.days} days, got {every!r}"
+        )
     return Schedule("interval", None, UTC, "UTC", every)
+
+
+#: past this, the next run's date could overflow what a datetime (or a database) holds
+_LONGEST_INTERVAL = timedelta(days=3650)
 
 
 Schedule.every_minute = Schedule.cron("* * * * *")

@@ -94,7 +94,7 @@ def test_interval() -> None:
     assert found.tzinfo is UTC
 
 
-@pytest.mark.parametrize("bad", [timedelta(0), timedelta(seconds=-1), 5])
+@pytest.mark.parametrize("bad", [timedelta(0), timedelta(seconds=-1), 5, timedelta(days=3651)])
 def test_interval_must_be_positive_timedelta(bad: object) -> None:
     with pytest.raises(ConfigurationError):
         Schedule.interval(bad)  # type: ignore[arg-type]

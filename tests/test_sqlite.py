@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from asyncjobs import BackgroundJobs
 from asyncjobs.dialects.sqlite import SqliteDialect
+from asyncjobs.exceptions import ConfigurationError
 
 pytestmark = pytest.mark.anyio
 
@@ -33,3 +35,22 @@ async def test_connection_runs_wal_with_rare_checkpoints_and_a_bounded_file(
     finally:
         await dialect.close()
     assert settings == ["wal", 1, 10_000, 64 * 1024 * 1024]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_path_that_is_no_database_is_a_configuration_error(tmp_path: Path) -> None:
+    not_a_database = tmp_path / "notes.txt"
+    not_a_database.write_text("not SQLite, " * 1000)
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for path, reason in (
+        (tmp_path, "unable to open"),
+        (not_a_database, "not a database"),
+        (a_file / "jobs.db", "cannot make the directory"),
+        (tmp_path / "nul\x00.db", "null byte"),
+    ):
+        jobs = BackgroundJobs(f"sqlite:///{path}")
+        with pytest.raises(ConfigurationError, match=reason):
+            async with jobs:
+                pass
+    assert not_a_database.read_text().startswith("not SQLite")

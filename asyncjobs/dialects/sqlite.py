@@ -205,7 +205,12 @@ class SqliteDialect(Dialect):
         self._lock = anyio.Lock(fast_acquire=True)  # see BackgroundJobs._flush_lock
         self._thread_limiter = anyio.CapacityLimiter(1)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except (OSError, ValueError) as exc:
+                raise ConfigurationError(
+                    f"cannot make the directory of SQLite database {self.path!r}: {exc}"
+                ) from exc
 
         def connect() -> sqlite3.Connection:
             db = sqlite3.connect(
@@ -227,7 +232,11 @@ class SqliteDialect(Dialect):
             db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
             return db
 
-        self._db = await anyio.to_thread.run_sync(connect)
+        try:
+            self._db = await anyio.to_thread.run_sync(connect)
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            # Not a database file, a directory, a path with NUL in it, ...
+            raise ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
 
     async def close(self) -> None:
         if self._db is not None:

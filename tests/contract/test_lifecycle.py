@@ -24,6 +24,7 @@ from asyncjobs.exceptions import (
     DuplicateRefIdError,
     InvalidJobStateError,
     InvalidOptionsError,
+    JobNotFoundError,
     RegistrationError,
     SerializationError,
 )
@@ -33,6 +34,7 @@ from tests.commands import (
     AddCommand,
     Fail,
     FailCommand,
+    PingCommand,
     Sleep,
     SleepCommand,
 )
@@ -359,6 +361,41 @@ async def test_bad_input_errors(make_jobs: Factory) -> None:
         JobOptions(run_after=datetime(2030, 1, 1))
     with pytest.raises(InvalidOptionsError, match="default_retry_limit"):
         make_jobs(default_retry_limit=-1)
+
+
+async def test_more_bad_input_gets_typed_errors_and_stores_nothing(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[AddCommand, SleepCommand, PingCommand]) as jobs:
+        with pytest.raises(RegistrationError, match="not NoneType"):
+            await jobs.enqueue_command(None, Add(1, 1))  # type: ignore[arg-type]
+        with pytest.raises(InvalidOptionsError, match="options must be JobOptions"):
+            await jobs.enqueue_command(AddCommand, Add(1, 1), {"tag": "x"})  # type: ignore[arg-type]
+        with pytest.raises(SerializationError, match="would not load back as Add"):
+            await jobs.enqueue_command(AddCommand, Add("1", 2))  # type: ignore[arg-type]
+        with pytest.raises(SerializationError, match="would not load back as Sleep"):
+            await jobs.enqueue_command(SleepCommand, Sleep(float("nan")))
+        with pytest.raises(SerializationError, match="takes no request"):
+            await jobs.enqueue_command(PingCommand, Add(1, 1))
+        for items in ([AddCommand], [(AddCommand,)], [(AddCommand, Add(1, 1), None, "x")]):
+            with pytest.raises(InvalidOptionsError, match="takes \\(command, request\\)"):
+                await jobs.enqueue_many(items)  # type: ignore[arg-type]
+        assert await jobs.store.select_job_ids(None, None) == []
+        assert await jobs.get_job(2**70) is None
+        assert await jobs.cancel_job(2**70) is False
+        with pytest.raises(JobNotFoundError):
+            await jobs.wait_for_job(2**70)
+        with pytest.raises(JobNotFoundError):
+            await jobs.requeue_failed_job(-(2**70))
+        with pytest.raises(InvalidOptionsError, match="a job id is an int"):
+            await jobs.get_job("1")  # type: ignore[arg-type]
+        with pytest.raises(InvalidOptionsError, match="ref_id must be a non-empty string"):
+            await jobs.get_job_by_ref_id(7)  # type: ignore[arg-type]
+        assert await _ping(jobs) == JobState.COMPLETED  # the runtime is none the worse
+
+
+async def _ping(jobs: BackgroundJobs) -> JobState:
+    ref = await jobs.enqueue_command(PingCommand)
+    with anyio.fail_after(10):
+        return (await jobs.wait_for_job(ref.id)).state
 
 
 async def test_unserializable_request_is_rejected(make_jobs: Factory) -> None:
