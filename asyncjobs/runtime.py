@@ -720,6 +720,9 @@ class BackgroundJobs:
         stored_options = (options or JobOptions()).to_dict()
         if skip_if_running:
             stored_options["skip_if_running"] = True
+        next_run = schedule.next_after(self.clock.now())
+        if next_run is None:
+            raise ConfigurationError(f"schedule {schedule!r} never comes (e.g. February 31st)")
         try:
             options_text = json.dumps(stored_options)
         except (TypeError, ValueError) as exc:
@@ -729,7 +732,7 @@ class BackgroundJobs:
                 "name": name, "schedule": schedule.to_text(), "request_type": new.request_type,
                 "command": new.command, "request": new.request, "request_body": new.request_body,
                 "options": options_text,
-                "next_run": schedule.next_after(self.clock.now()),
+                "next_run": next_run,
             }
         )  # fmt: skip
         if self.scheduler is not None:

@@ -167,6 +167,8 @@ async def test_api_task_and_delete(make_jobs: Factory) -> None:
         result = await jobs.wait_for_job(job_id)
         assert await jobs.delete_recurring_task("Add") is True
         assert await jobs.delete_recurring_task("Add") is False
+        with pytest.raises(ConfigurationError, match="never comes"):
+            await jobs.recurring_command(AddCommand, Schedule.cron("0 0 31 2 *"), Add(1, 1))
         assert await jobs.scheduled_tasks() == []
     assert result.completed is not None and result.completed.response_body == "42"
 
