@@ -1153,7 +1153,10 @@ class BackgroundJobs:
                         )
                     if outcome is not None and job.callback and outcome.state is JobState.COMPLETED:
                         scope.deadline = math.inf  # the timeout bounds the command only
-                        outcome = await self._run_callback(job, outcome)
+                        # Interrupted meanwhile, the job has no outcome yet (it goes back to
+                        # the queue, Executed, and only its callback runs again).
+                        succeeded, outcome = outcome, None
+                        outcome = await self._run_callback(job, succeeded)
                 # The deadline passed: a timeout, even if a sync command saw it (as a cancel
                 # request) and returned.
                 if scope.cancel_called and running.stop_reason is None:

@@ -162,3 +162,26 @@ async def test_a_shutdown_during_the_callback_of_a_command_without_result_reruns
         ("end", "no-result"),
     ]
     assert [label for e, label, _ in EVENTS if e == "callback"] == [str(ref.id)] * 2
+
+
+async def test_a_host_cancelled_during_the_callback_leaves_the_callback_to_run_again(
+    make_jobs: Factory,
+) -> None:
+    """Cancelled from outside (not a graceful shutdown) while the callback runs: the job must
+    not be recorded Completed, as if its callback had run."""
+    EVENTS.clear()
+    options = JobOptions(callback=NoResultCallbackHangsFirstCommand.__name__)
+    with anyio.fail_after(20), anyio.CancelScope() as host:
+        async with make_jobs(commands=ALL_COMMANDS, shutdown_grace=anyio_seconds(0.2)) as jobs:
+            ref = await jobs.enqueue_command(SleepCommand, Sleep(0, label="cb-host"), options)
+            await wait_for(lambda: any(event == "callback" for event, _, _ in EVENTS), 20)
+            host.cancel()
+            await anyio.sleep(10)
+    assert host.cancelled_caught
+    async with make_jobs(commands=ALL_COMMANDS) as jobs:
+        with anyio.fail_after(30):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED and result.completed is not None
+    assert result.completed.notified_date is not None
+    assert [label for e, label, _ in EVENTS if e == "callback"] == [str(ref.id)] * 2
+    assert [label for e, label, _ in EVENTS if e == "start"] == ["cb-host"]
