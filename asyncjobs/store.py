@@ -659,14 +659,17 @@ class Store:
                     "requeue_job",
                     [
                         {
-                            "id": o.job.id, "node": node, "run_after": o.run_after, "now": now,
-                            "error": _error_json(o.error), "error_code": o.error_code,
-                            "logs": o.logs,
+                            "id": o.job.id, "node": node, "attempts": o.job.attempts,
+                            "run_after": o.run_after, "now": now, "error": _error_json(o.error),
+                            "error_code": o.error_code, "logs": o.logs,
                         }
                         for o in requeue
                     ],
                 )  # fmt: skip
                 report.requeued = [o.job.id for o in requeue]
+                cancelled = await self._cancel_requested(tx, report.requeued, now)
+                report.final.update(cancelled)
+                report.requeued = [i for i in report.requeued if i not in cancelled]
             created = {o.job.id: o.job.created_date for o in final}
             failed_roots = [o.job.id for o in final if o.state is not JobState.COMPLETED]
             await self._archive(tx, created)
@@ -754,17 +757,38 @@ class Store:
         error = _error_json(JobError(reason, "Cancelled"))
         id_list = json.dumps(list(ids))
         async with self.dialect.transaction() as tx:
-            rows = await tx.fetch("cancel_queued", {"ids": id_list, "now": now, "error": error})
-            cancelled = [int(r["id"]) for r in rows]
-            final: dict[int, JobState] = dict.fromkeys(cancelled, JobState.CANCELLED)
-            if cancelled:
-                created = await self._created_dates(tx, cancelled)
-                await self._archive(tx, created)
-                await tx.execute("mark_summaries", {"ids": json.dumps(cancelled)})
-                final.update(await self._cascade(tx, cancelled, now))
-                await tx.execute("delete_archived", {"ids": json.dumps(cancelled)})
+            final = await self._cancel_queued(tx, id_list, error, now)
             running = await tx.fetch("request_cancel", {"ids": id_list})
         return final, [(int(r["id"]), r["lease_owner"]) for r in running]
+
+    async def _cancel_queued(
+        self, tx: Connection, id_list: str, error: str | None, now: datetime
+    ) -> dict[int, JobState]:
+        """Cancel those of the jobs (a JSON list) that are queued, and their dependents."""
+        rows = await tx.fetch("cancel_queued", {"ids": id_list, "now": now, "error": error})
+        cancelled = [int(r["id"]) for r in rows]
+        final: dict[int, JobState] = dict.fromkeys(cancelled, JobState.CANCELLED)
+        if cancelled:
+            created = await self._created_dates(tx, cancelled)
+            await self._archive(tx, created)
+            await tx.execute("mark_summaries", {"ids": json.dumps(cancelled)})
+            final.update(await self._cascade(tx, cancelled, now))
+            await tx.execute("delete_archived", {"ids": json.dumps(cancelled)})
+        return final
+
+    async def _cancel_requested(
+        self, tx: Connection, requeued: Sequence[int], now: datetime
+    ) -> dict[int, JobState]:
+        """Of jobs just put back in the queue, cancel those another process asked to cancel
+        while they ran (their node did not hear of it before the attempt ended), with their
+        dependents, instead of running them again."""
+        if not requeued:
+            return {}
+        rows = await tx.fetch("cancel_requested_among", {"ids": json.dumps(list(requeued))})
+        if not rows:
+            return {}
+        error = _error_json(JobError("cancelled while its attempt ended", "Cancelled"))
+        return await self._cancel_queued(tx, json.dumps([int(r["id"]) for r in rows]), error, now)
 
     async def _created_dates(self, tx: Connection, ids: Sequence[int]) -> dict[int, datetime]:
         rows = await tx.fetch("get_summaries", {"ids": json.dumps(list(ids))})
@@ -845,6 +869,9 @@ class Store:
                 final.update(await self._cascade(tx, failed, now))
                 await tx.execute("delete_archived", {"ids": json.dumps(failed)})
             requeued = [int(r["id"]) for r in await tx.fetch("requeue_orphans", {"now": now})]
+            cancelled = await self._cancel_requested(tx, requeued, now)
+            final.update(cancelled)
+            requeued = [i for i in requeued if i not in cancelled]
             if requeued:
                 await tx.execute("mark_summaries", {"ids": json.dumps(requeued)})
             await tx.execute("expire_dead_nodes", {"before": now - timedelta(days=1)})

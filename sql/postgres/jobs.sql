@@ -177,11 +177,13 @@ WHERE id = :id AND lease_owner = :node;
 
 -- name: requeue_job
 -- Put a job back in the queue after a failed attempt (run_after: the backoff) or a shutdown.
+-- Only the attempt that ended: an earlier write of this outcome may have committed and lost its
+-- reply, and the job been claimed again since. A cancel request stays (see cancel_requested_among).
 UPDATE background_job
 SET state = 'Queued', run_after = :run_after, error = :error::jsonb, error_code = :error_code,
-    last_activity_date = :now, lease_owner = NULL, cancel_requested = false,
+    last_activity_date = :now, lease_owner = NULL,
     logs = CASE WHEN :logs::text IS NULL THEN logs ELSE COALESCE(logs, '') || :logs::text END
-WHERE id = :id AND lease_owner = :node;
+WHERE id = :id AND lease_owner = :node AND attempts = :attempts;
 
 -- name: update_progress
 -- A running job's progress, status line and new log text (appended). :logs_at is how long the
@@ -305,3 +307,9 @@ SELECT id FROM background_job
 WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
 UNION ALL
 (SELECT id FROM background_job WHERE id > :after ORDER BY id LIMIT 1000);
+
+-- name: cancel_requested_among
+-- Which of :ids another process asked to cancel: an attempt that ended (failed, or stopped by a
+-- shutdown) before its node heard of the request is cancelled, not retried.
+SELECT id FROM background_job
+WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint)) AND cancel_requested;

@@ -152,11 +152,13 @@ WHERE id = :id AND lease_owner = :node;
 
 -- name: requeue_job
 -- Put a job back in the queue after a failed attempt (run_after: the backoff) or a shutdown.
+-- Only the attempt that ended: an earlier write of this outcome may have committed and lost its
+-- reply, and the job been claimed again since. A cancel request stays (see cancel_requested_among).
 UPDATE background_job
 SET state = 'Queued', run_after = :run_after, error = :error, error_code = :error_code,
-    last_activity_date = :now, lease_owner = NULL, cancel_requested = 0,
+    last_activity_date = :now, lease_owner = NULL,
     logs = CASE WHEN :logs IS NULL THEN logs ELSE COALESCE(logs, '') || :logs END
-WHERE id = :id AND lease_owner = :node;
+WHERE id = :id AND lease_owner = :node AND attempts = :attempts;
 
 -- name: update_progress
 -- A running job's progress, status line and new log text (appended). :logs_at is how long the
@@ -267,3 +269,8 @@ SELECT MAX(id) AS id FROM background_job;
 SELECT id FROM background_job WHERE id IN (SELECT value FROM json_each(:ids))
 UNION ALL
 SELECT id FROM (SELECT id FROM background_job WHERE id > :after ORDER BY id LIMIT 1000);
+
+-- name: cancel_requested_among
+-- Which of :ids another process asked to cancel: an attempt that ended (failed, or stopped by a
+-- shutdown) before its node heard of the request is cancelled, not retried.
+SELECT id FROM background_job WHERE id IN (SELECT value FROM json_each(:ids)) AND cancel_requested = 1;

@@ -185,3 +185,23 @@ async def test_a_host_cancelled_during_the_callback_leaves_the_callback_to_run_a
     assert result.completed.notified_date is not None
     assert [label for e, label, _ in EVENTS if e == "callback"] == [str(ref.id)] * 2
     assert [label for e, label, _ in EVENTS if e == "start"] == ["cb-host"]
+
+
+async def test_a_job_whose_cancel_was_asked_while_its_worker_died_is_cancelled(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    """The cancel request reaches a job whose process was killed: when its lease runs out the
+    job is cancelled, not run again."""
+    log_file = tmp_path / "events.log"
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+        ref = await producer.enqueue_command(
+            FirstAttemptHangsCommand, Sleep(60, label="doomed", log_file=str(log_file))
+        )
+    worker = await anyio.to_thread.run_sync(start_worker, dsn, "--lease-seconds", "1")
+    await _kill_when(worker, lambda: any(x[0] == "start" for x in event_lines(log_file)), 20)
+    async with make_jobs(commands=ALL_COMMANDS, lease_duration=anyio_seconds(1)) as jobs:
+        assert await jobs.cancel_job(ref.id) is True  # Started: flagged for its (dead) node
+        with anyio.fail_after(30):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.CANCELLED
+    assert [x[0] for x in event_lines(log_file)] == ["start"]

@@ -6,12 +6,13 @@ exactly once, with one attempt counted."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import anyio
 import pytest
 
-from asyncjobs import BackgroundJobs, JobOptions, JobState
+from asyncjobs import AsyncCommand, BackgroundJobs, JobOptions, JobState, current_job
 from asyncjobs.store import Store
 from tests.commands import EVENTS, SerialSleepCommand, Sleep, SleepCommand
 
@@ -108,3 +109,73 @@ async def test_a_job_started_at_once_whose_insert_reply_was_lost_runs_once(
         found = await jobs.get_job_by_ref_id("lost-start")
         assert found is not None and found.summary.id == lost[0][0].id
         await assert_ran_once(jobs, [found.summary.id], ["lost-start"])
+
+
+class FailsFirstAttempt(AsyncCommand[Sleep]):
+    """Fails its first attempt at once; later ones sleep, then return."""
+
+    async def run(self, request: Sleep) -> None:
+        EVENTS.append(("start", request.label, current_job().attempts))
+        if current_job().attempts == 1:
+            raise RuntimeError("first attempt fails")
+        await anyio.sleep(request.seconds)
+
+
+async def test_a_retry_whose_reply_was_lost_is_not_written_over_the_next_attempt(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write that puts a failed attempt back in the queue commits, its reply is lost, and
+    the job is claimed again before the write is sent again: that second write must not put
+    the running attempt back in the queue (it would run beside itself)."""
+    EVENTS.clear()
+    async with make_jobs(commands=[FailsFirstAttempt]) as jobs:
+        real_finish = jobs.store.finish
+        lost: list[bool] = []
+
+        async def finish_then_lose_the_reply(node: str, outcomes: Any) -> Any:
+            report = await real_finish(node, outcomes)
+            if not lost and any(o.state is JobState.QUEUED for o in outcomes):
+                lost.append(True)
+                with anyio.fail_after(10):  # until the next attempt runs
+                    while starts("fenced") < 2:
+                        await anyio.sleep(0.01)
+                raise ReplyLost("the connection broke after the commit")
+            return report
+
+        monkeypatch.setattr(jobs.store, "finish", finish_then_lose_the_reply)
+        ref = await jobs.enqueue_command(FailsFirstAttempt, Sleep(0.5, "fenced"))
+        with anyio.fail_after(20):
+            result = await jobs.wait_for_job(ref.id)
+        await anyio.sleep(0.3)  # a third attempt would have started by now
+    assert lost == [True]
+    assert result.state is JobState.COMPLETED and result.summary.attempts == 2
+    assert [e[2] for e in EVENTS if e[0] == "start"] == [1, 2]
+
+
+async def test_a_cancel_asked_while_an_attempt_fails_is_not_lost_to_the_retry(
+    make_jobs: Factory,
+) -> None:
+    """Another process asks to cancel a running job; the attempt fails before its node hears of
+    the request (no notifications, a long poll): the job ends Cancelled, not retried."""
+    EVENTS.clear()
+
+    class FailsLater(AsyncCommand[Sleep]):
+        async def run(self, request: Sleep) -> None:
+            EVENTS.append(("start", request.label, current_job().attempts))
+            await anyio.sleep(request.seconds)
+            raise RuntimeError("failed after a while")
+
+    slow_to_hear = {"notifications": False, "poll_interval": timedelta(seconds=30)}
+    async with (
+        make_jobs(commands=[FailsLater], **slow_to_hear) as node,
+        make_jobs(commands=[FailsLater], execute=False) as other,
+    ):
+        ref = await node.enqueue_command(FailsLater, Sleep(0.5, "asked"))
+        with anyio.fail_after(10):
+            while starts("asked") < 1:
+                await anyio.sleep(0.01)
+        assert await other.cancel_job(ref.id) is True
+        with anyio.fail_after(20):
+            result = await node.wait_for_job(ref.id)
+    assert result.state is JobState.CANCELLED and result.summary.attempts == 1
+    assert starts("asked") == 1
