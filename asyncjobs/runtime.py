@@ -333,6 +333,11 @@ class BackgroundJobs:
         with anyio.CancelScope(shield=True):
             self._dispatch_scope.cancel()
             await self._dispatch_stopped.wait()
+            # An enqueue may be inserting jobs that start here (their slots are reserved):
+            # they must start, to be handed back with the others, not be left Started.
+            while self._reserved:
+                self._claims_settled = anyio.Event()
+                await self._claims_settled.wait()
             with anyio.move_on_after(self.shutdown_grace.total_seconds()):
                 await self._idle.wait()
             for running in [*self._running.values(), *self._transient.values()]:

@@ -584,3 +584,44 @@ async def test_a_cancelled_host_gives_back_every_started_job(make_jobs: Factory)
             results = [await reader.get_job(ref.id) for ref in refs]
     assert all(r is not None and r.queued is not None for r in results)
     assert [r.summary.state for r in results if r is not None] == [JobState.QUEUED] * 5
+
+
+async def test_a_shutdown_waits_for_jobs_an_enqueue_is_starting_here(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime stops while another task's enqueue is inserting jobs that start here: the
+    enqueue returns them, and the shutdown hands them back to the queue (it does not leave them
+    Started under a node that is gone)."""
+    quiet = timedelta(seconds=30)  # no poll claims the free slots before the enqueue runs
+    jobs = make_jobs(
+        commands=[SleepCommand], shutdown_grace=timedelta(seconds=0.2), poll_interval=quiet
+    )
+    inserted, release = anyio.Event(), anyio.Event()
+    refs: list[Any] = []
+
+    async def enqueue() -> None:
+        refs.append(await jobs.enqueue_command(SleepCommand, Sleep(30, "in-flight")))
+
+    async def release_soon() -> None:
+        await anyio.sleep(0.3)  # well into the shutdown
+        release.set()
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg, jobs:  # the group outlives the runtime
+            await anyio.sleep(0.1)  # the first claim found the queue empty
+            await no_claim_in_flight(jobs)
+            real_insert = jobs.store.enqueue_started
+
+            async def insert_slowly(*args: Any, **kwargs: Any) -> Any:
+                started = await real_insert(*args, **kwargs)
+                inserted.set()
+                await release.wait()
+                return started
+
+            monkeypatch.setattr(jobs.store, "enqueue_started", insert_slowly)
+            tg.start_soon(enqueue)
+            await inserted.wait()
+            tg.start_soon(release_soon)
+    async with make_jobs(commands=[SleepCommand], execute=False) as reader:
+        result = await reader.get_job(refs[0].id)
+    assert result is not None and result.summary.state is JobState.QUEUED
