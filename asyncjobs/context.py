@@ -10,13 +10,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .exceptions import NoCurrentJobError
-from .models import BackgroundJob
+from .models import BackgroundJob, storable_text
 
 _log = logging.getLogger("asyncjobs.job")
 
 #: logs kept per job; past this the oldest text is dropped behind a marker
 MAX_LOG_CHARS = 64 * 1024
 TRUNCATED_MARKER = "[... earlier log lines truncated ...]\n"
+#: a status line is cut to this many characters
+MAX_STATUS_CHARS = 4096
 CAPPED_MARKER = "[... log truncated: later lines are not stored ...]\n"
 
 
@@ -68,6 +70,7 @@ class JobContext:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def append_log(self, line: str) -> None:
+        line = storable_text(line)
         text = line if line.endswith("\n") else line + "\n"
         with self._lock:
             self.job.logs = _cap((self.job.logs or "") + text)
@@ -126,7 +129,10 @@ def update_status(*, progress: float | None = None, status: str | None = None) -
         context.job.progress = progress
         context.progress_reported = True
     if status is not None:
-        context.job.status = status
+        if not isinstance(status, str):
+            raise TypeError(f"status must be a str, got {type(status).__name__}")
+        # (MySQL's status column holds 64 KB)
+        context.job.status = storable_text(status[:MAX_STATUS_CHARS])
     context.job.last_activity_date = datetime.now(UTC)
     context.dirty = True
 

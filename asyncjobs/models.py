@@ -58,6 +58,20 @@ def check_text(name: str, value: object, *, empty_ok: bool = False) -> None:
         raise InvalidOptionsError(f"{name} is not valid Unicode text: {exc}") from None
 
 
+def storable_text(text: str) -> str:
+    """Text a job produced (a log line, a status, an error message), made storable in every
+    database: NUL (which PostgreSQL's text and jsonb refuse) and lone surrogates (which UTF-8
+    cannot encode, e.g. from os.fsdecode of a bad file name) become replacement characters.
+    One unstorable outcome would otherwise fail every write of the batch it is in."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode()
+    return text
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobOptions:
     """How to run one job. Every field is stored with the job and returned with it."""

@@ -61,6 +61,7 @@ from .models import (
     JobState,
     ScheduledTask,
     check_text,
+    storable_text,
 )
 from .schedule import Schedule
 from .scheduler import Scheduler, row_to_task, task_job
@@ -1375,13 +1376,20 @@ class BackgroundJobs:
                     else:
                         report = await self.store.finish(self.node_id, batch)
             except Exception as exc:
+                failures += 1
+                if failures >= _FAILURES_BEFORE_ONE_BY_ONE and not self.dialect.is_disconnect(exc):
+                    # The same error again and again, with the database there: perhaps one
+                    # outcome it cannot take. Written one by one, the others are not held up.
+                    batch = await self._write_one_by_one(batch)
+                    if not batch:
+                        failures = 0
+                        continue
                 self._outcomes[:0] = batch  # keep them: nothing is lost while the db is away
                 self._flush_failing = True
                 if limit:
                     self._claim_failed()
                 elif deferred:
                     self._wake_dispatcher()  # it claims for itself while the writes fail
-                failures += 1
                 await self._pause_after_error("recording finished jobs", exc, failures)
                 continue
             finally:
@@ -1408,6 +1416,33 @@ class BackgroundJobs:
             # The dispatcher was woken while the last flush ran, and left the claim to it.
             self._claim_deferred = False
             self._wake_dispatcher()
+
+    async def _write_one_by_one(self, batch: Sequence[Outcome]) -> list[Outcome]:
+        """Write each outcome alone; one the database still refuses is recorded as a failure
+        that says so, without the text it could not take (a command that succeeded is not
+        run again for it). Returns the outcomes still unwritten (the database went away)."""
+        unwritten: list[Outcome] = []
+        for outcome in batch:
+            attempt, refusals = outcome, 0
+            while True:
+                try:
+                    with anyio.CancelScope(shield=True):
+                        report = await self.store.finish(self.node_id, [attempt])
+                except Exception as exc:
+                    refusals += 1
+                    if self.dialect.is_disconnect(exc) or attempt is not outcome:
+                        unwritten.append(outcome)
+                        break
+                    if refusals > 1:  # refused twice alone: not a passing conflict
+                        log.error("job %s: outcome not recordable: %r", outcome.job.id, exc)
+                        attempt = _unrecordable(outcome, exc)
+                    continue
+                self._count_outcomes([attempt])
+                self._resolve(report.final)
+                if report.lost:
+                    await self._report_lost(report.lost, after_failure=True)
+                break
+        return unwritten
 
     async def _report_lost(self, job_ids: Sequence[int], *, after_failure: bool) -> None:
         """Outcomes the database did not take: the jobs are no longer held here. After a
@@ -1620,11 +1655,29 @@ def _raised_by_the_job(exc: BaseException) -> bool:
     return not isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt | GeneratorExit)
 
 
+#: consecutive failures of the same batch of outcomes before they are written one by one
+_FAILURES_BEFORE_ONE_BY_ONE = 3
+
+
+def _unrecordable(outcome: Outcome, refused: BaseException) -> Outcome:
+    """What is recorded of a job whose outcome the database refused: a failure, without the
+    job's text (response, status, logs), naming the database's error."""
+    error = JobError(
+        storable_text(f"the job's outcome could not be recorded: {refused!r}"[:4096]),
+        "UnrecordableOutcome",
+    )
+    return Outcome(outcome.job, JobState.FAILED, error=error, error_code="UnrecordableOutcome")
+
+
 def _job_error(exc: BaseException) -> JobError:
+    try:
+        message = str(exc)
+    except Exception:  # an exception whose __str__ fails is still the job's failure
+        message = f"<{type(exc).__name__} whose message cannot be shown>"
     return JobError(
-        str(exc) or type(exc).__name__,
+        storable_text(message or type(exc).__name__),
         type(exc).__name__,
-        "".join(traceback.format_exception(exc)),
+        storable_text("".join(traceback.format_exception(exc))),
     )
 
 

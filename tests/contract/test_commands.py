@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from asyncjobs import (
     JobState,
     SyncCommand,
     current_job,
+    job_logger,
+    update_status,
 )
 from asyncjobs.exceptions import JobFailedError, RegistrationError
 from tests.commands import (
@@ -265,3 +268,34 @@ async def test_a_job_raising_what_is_no_exception_fails_and_the_worker_goes_on(
         (2, "SystemExit", "3"),
         (1, "SystemExit", "callback CallbackExits failed: 9"),  # retried within its attempt
     ]
+
+
+class Untidy(AsyncCommand[Add]):
+    """Leaves text no database would take as it is: NUL, and a lone surrogate (as
+    os.fsdecode makes of a file name that is not UTF-8)."""
+
+    async def run(self, request: Add) -> None:
+        bad = "a\x00b-" + os.fsdecode(b"file-\xff")
+        update_status(status=bad)
+        job_logger().info("line %s", bad)
+        if request.a:
+            raise RuntimeError(bad)
+
+
+async def test_text_no_database_takes_is_stored_replaced_and_holds_up_nothing(
+    make_jobs: Factory,
+) -> None:
+    async with make_jobs(commands=[Untidy, AddCommand], default_retry_limit=0) as jobs:
+        refs = [
+            await jobs.enqueue_command(Untidy, Add(0, 0)),
+            await jobs.enqueue_command(Untidy, Add(1, 0)),
+            await jobs.enqueue_command(AddCommand, Add(2, 2)),
+        ]
+        with anyio.fail_after(10):
+            done, failed, other = [await jobs.wait_for_job(ref.id) for ref in refs]
+    assert other.state is JobState.COMPLETED
+    tidy = "a\ufffdb-file-?"
+    assert done.completed is not None and done.completed.status == tidy
+    assert done.completed.logs is not None and done.completed.logs.endswith(f"line {tidy}\n")
+    assert failed.failed is not None and failed.failed.error is not None
+    assert failed.failed.error.message == tidy and failed.failed.status == tidy

@@ -179,3 +179,33 @@ async def test_a_cancel_asked_while_an_attempt_fails_is_not_lost_to_the_retry(
             result = await node.wait_for_job(ref.id)
     assert result.state is JobState.CANCELLED and result.summary.attempts == 1
     assert starts("asked") == 1
+
+
+async def test_an_outcome_the_database_refuses_holds_up_no_other(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database refuses, again and again, every write that holds one job's outcome (a value
+    it cannot take): the other jobs' outcomes are recorded all the same, and that job is
+    recorded as failed, saying why, rather than held Started (and run again after a restart)."""
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        real = jobs.store.complete_and_claim
+        poisoned: list[int] = []
+
+        async def refuse_the_poisoned(node: str, outcomes: Any, *args: Any, **kwargs: Any) -> Any:
+            if any(o.job.id in poisoned for o in outcomes):
+                raise ValueError("Data too long for column 'status'")
+            return await real(node, outcomes, *args, **kwargs)
+
+        monkeypatch.setattr(jobs.store, "complete_and_claim", refuse_the_poisoned)
+        bad = await jobs.enqueue_command(SleepCommand, Sleep(0.3, "poisoned"))
+        poisoned.append(bad.id)
+        good = [await jobs.enqueue_command(SleepCommand, Sleep(0.3, f"g{i}")) for i in range(5)]
+        with anyio.fail_after(20):
+            results = [await jobs.wait_for_job(ref.id) for ref in good]
+            refused = await jobs.wait_for_job(bad.id)
+    assert [r.state for r in results] == [JobState.COMPLETED] * 5
+    assert refused.state is JobState.FAILED and refused.failed is not None
+    assert refused.failed.error_code == "UnrecordableOutcome"
+    assert refused.failed.error is not None and "Data too long" in refused.failed.error.message
+    assert starts("poisoned") == 1
