@@ -300,7 +300,12 @@ class Store:
             return [str(r["month"]) for r in await conn.fetch("archive_months")]
 
     async def drop_months_before(self, keep_from: str) -> list[str]:
-        """Retention: drop whole archive months older than ``keep_from`` (YYYYMM)."""
+        """Retention: drop whole archive months older than ``keep_from`` (YYYYMM), but none
+        from the month of the oldest job still queued or running on."""
+        async with self.dialect.connection() as conn:
+            oldest = await conn.fetch("oldest_active_created")
+        if oldest:
+            keep_from = min(keep_from, month_key(oldest[0]["created_date"]))
         dropped = [m for m in await self.archive_months() if m < keep_from]
         async with self.dialect.transaction() as tx:
             for key in dropped:

@@ -178,6 +178,12 @@ DROP TABLE IF EXISTS completed_job_{month};
 DROP TABLE IF EXISTS failed_job_{month};
 DELETE FROM archive_month WHERE month = '{month}';
 
+-- name: oldest_active_created
+-- Retention keeps the month of the oldest job still in the queue: it is archived there when it
+-- ends (and other processes, which know the month exists, would find its table gone). Ids grow
+-- with creation, so the first by key is the oldest, found without a scan.
+SELECT TOP 1 created_date FROM background_job ORDER BY id;
+
 -- name: delete_old_summaries
 -- Retention: summaries of finished jobs created before the oldest kept month.
 DELETE FROM job_summary

@@ -159,6 +159,12 @@ EXECUTE asyncjobs_ddl;
 DEALLOCATE PREPARE asyncjobs_ddl;
 DO RELEASE_LOCK(CONCAT('asyncjobs.archive.', MD5(DATABASE())));
 
+-- name: oldest_active_created
+-- Retention keeps the month of the oldest job still in the queue: it is archived there when it
+-- ends (and other processes, which know the month exists, would find its table gone). Ids grow
+-- with creation, so the first by key is the oldest, found without a scan.
+SELECT created_date FROM background_job ORDER BY id LIMIT 1;
+
 -- name: delete_old_summaries
 -- Retention: summaries of finished jobs created before the oldest kept month.
 DELETE FROM job_summary

@@ -263,6 +263,12 @@ DELETE FROM failed_job_default
 WHERE created_date >= to_date('{month}', 'YYYYMM')::timestamp AT TIME ZONE 'UTC'
   AND created_date < (to_date('{month}', 'YYYYMM') + interval '1 month') AT TIME ZONE 'UTC';
 
+-- name: oldest_active_created
+-- Retention keeps the month of the oldest job still in the queue: it is archived there when it
+-- ends (and other processes, which know the month exists, would find its table gone). Ids grow
+-- with creation, so the first by key is the oldest, found without a scan.
+SELECT created_date FROM background_job ORDER BY id LIMIT 1;
+
 -- name: delete_old_summaries
 -- Retention: summaries of finished jobs created before the oldest kept month.
 DELETE FROM job_summary

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import anyio
 import pytest
 
 from asyncjobs import BackgroundJobs, JobState
@@ -57,3 +58,22 @@ async def test_retention_drops_whole_old_months(make_jobs: Factory) -> None:
 
 def month_start_of(key: str) -> datetime:
     return datetime(int(key[:4]), int(key[4:]), 1, tzinfo=UTC)
+
+
+async def test_retention_keeps_the_month_of_a_job_still_queued(make_jobs: Factory) -> None:
+    """A job created in an old month is still queued: its month is kept (the job is archived
+    there when it ends, by a process that knows the month exists), and the months before go."""
+    now = datetime.now(UTC)
+    old = month_start_of(add_months(month_key(now), -6))
+    async with make_jobs(commands=[AddCommand], retention_months=3, execute=False) as jobs:
+        await jobs.store.ensure_archives(month_start_of(add_months(month_key(old), -1)), 3)
+        late = jobs._command_job(AddCommand, Add(2, 3), None, old + timedelta(days=2))
+        ((job_id, _),) = await jobs.store.enqueue([late])
+        dropped = await jobs.drop_expired_archives(now)
+        after = await jobs.store.archive_months()
+    assert dropped == [add_months(month_key(old), -1)]
+    assert {add_months(month_key(old), i) for i in range(3)} <= set(after)
+    async with make_jobs(commands=[AddCommand]) as runner:
+        with anyio.fail_after(10):
+            result = await runner.wait_for_job(job_id)
+    assert result.completed is not None and result.completed.response_body == '{"total":5}'
