@@ -648,6 +648,18 @@ class BackgroundJobs:
                 await self.dialect.notify(NOTIFY_CHANNEL, f"cancel:{job_id}")
         return len(final) + len(running)
 
+    def _stop_taken_over(self, job_ids: Sequence[int]) -> None:
+        """Jobs running here that are no longer leased to this node: it missed its lease (its
+        event loop blocked, or the database unreachable from here alone) and another process
+        took them back, to run again. They stop here; their outcome would be dropped anyway."""
+        for job_id in job_ids:
+            running = self._running.get(job_id)
+            if running is not None and running.stop_reason is None:
+                log.warning("job %s was taken over by another process; stopped here", job_id)
+                running.stop_reason = "taken over"
+                running.context.cancel_event.set()
+                running.scope.cancel()
+
     def _cancel_local(self, job_id: int) -> None:
         running = self._running.get(job_id)
         if running is not None:
@@ -1496,8 +1508,12 @@ class BackgroundJobs:
                     )
                     last_renew = now
                 if self._running:
-                    for job_id in await self.store.cancel_requests(self.node_id):
-                        self._cancel_local(job_id)
+                    running = list(self._running)  # (a job started during the read is not)
+                    held = await self.store.held_jobs(self.node_id)
+                    for job_id, cancel_asked in held.items():
+                        if cancel_asked:
+                            self._cancel_local(job_id)
+                    self._stop_taken_over([i for i in running if i not in held])
                 if now - last_recover >= self.lease_duration.total_seconds() / 2:
                     final, requeued = await self.store.recover_orphans()
                     last_recover = now

@@ -799,9 +799,11 @@ class Store:
         rows = await tx.fetch("get_summaries", {"ids": json.dumps(list(ids))})
         return {int(r["id"]): r["created_date"] for r in rows}
 
-    async def cancel_requests(self, node: str) -> list[int]:
+    async def held_jobs(self, node: str) -> dict[int, bool]:
+        """The jobs leased to ``node``, each with whether its cancellation was asked for."""
         async with self.dialect.connection() as conn:
-            return [int(r["id"]) for r in await conn.fetch("cancel_requests", {"node": node})]
+            rows = await conn.fetch("held_jobs", {"node": node})
+        return {int(r["id"]): bool(r["cancel_requested"]) for r in rows}
 
     async def select_job_ids(self, state: JobState | None, worker: str | None) -> list[int]:
         async with self.dialect.connection() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -169,4 +170,22 @@ class NoResultCallbackHangsFirstCommand(AsyncNoRequestCommand):
             await anyio.sleep(60)
 
 
-ALL_COMMANDS += [EchoSleepCommand, CallbackHangsFirstCommand, NoResultCallbackHangsFirstCommand]
+class BlocksItsLoopFirstCommand(AsyncCommand[Sleep]):
+    """On its first attempt blocks the event loop for ``seconds`` (its process misses its
+    lease), then sleeps as long again; later attempts return at once. Events are labelled with
+    the attempt."""
+
+    async def run(self, request: Sleep) -> None:
+        attempt = current_job().attempts
+        labelled = dataclasses.replace(request, label=f"{request.label}#{attempt}")
+        _record("start", labelled)
+        if attempt == 1:
+            time.sleep(request.seconds)  # noqa: ASYNC251 - the point: a blocked event loop
+            await anyio.sleep(request.seconds)
+        _record("end", labelled)
+
+
+ALL_COMMANDS += [
+    EchoSleepCommand, CallbackHangsFirstCommand, NoResultCallbackHangsFirstCommand,
+    BlocksItsLoopFirstCommand,
+]  # fmt: skip

@@ -267,10 +267,11 @@ FROM OPENJSON(:ids) WITH (id bigint '$') AS i
 JOIN background_job AS b ON b.id = i.id
 WHERE b.state IN ('Started', 'Executed');
 
--- name: cancel_requests
--- Jobs this node runs whose cancellation another process asked for.
-SELECT id FROM background_job
-WHERE lease_owner = :node AND state IN ('Started', 'Executed') AND cancel_requested = 1;
+-- name: held_jobs
+-- The jobs leased to this node, and whether another process asked to cancel each: the node
+-- stops those, and those it runs that are no longer its own (taken over by another process
+-- after this one missed its lease, e.g. with its event loop blocked).
+SELECT id, cancel_requested FROM background_job WHERE lease_owner = :node;
 
 -- name: cancel_dependents
 -- Cancel every queued job that depends, directly or transitively, on a failed or cancelled job.

@@ -232,9 +232,11 @@ SET b.cancel_requested = 1;
 SELECT b.id, b.lease_owner FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id;
 
--- name: cancel_requests
--- Jobs this node runs whose cancellation another process asked for.
-SELECT id FROM background_job WHERE lease_owner = :node AND cancel_requested = 1;
+-- name: held_jobs
+-- The jobs leased to this node, and whether another process asked to cancel each: the node
+-- stops those, and those it runs that are no longer its own (taken over by another process
+-- after this one missed its lease, e.g. with its event loop blocked).
+SELECT id, cancel_requested FROM background_job WHERE lease_owner = :node;
 
 -- name: cancel_dependents
 -- Cancel every queued job that depends, directly or transitively, on a failed or cancelled job.

@@ -213,10 +213,11 @@ WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
   AND state IN ('Started', 'Executed')
 RETURNING id, lease_owner;
 
--- name: cancel_requests
--- Jobs this node runs whose cancellation another process asked for.
-SELECT id FROM background_job
-WHERE lease_owner = :node AND state IN ('Started', 'Executed') AND cancel_requested;
+-- name: held_jobs
+-- The jobs leased to this node, and whether another process asked to cancel each: the node
+-- stops those, and those it runs that are no longer its own (taken over by another process
+-- after this one missed its lease, e.g. with its event loop blocked).
+SELECT id, cancel_requested FROM background_job WHERE lease_owner = :node;
 
 -- name: cancel_dependents
 -- Cancel every queued job that depends, directly or transitively, on a failed or cancelled job.

@@ -16,6 +16,7 @@ from asyncjobs import BackgroundJobs, JobOptions, JobState
 from tests.commands import (
     ALL_COMMANDS,
     EVENTS,
+    BlocksItsLoopFirstCommand,
     CallbackHangsFirstCommand,
     EchoSleepCommand,
     FirstAttemptHangsCommand,
@@ -205,3 +206,33 @@ async def test_a_job_whose_cancel_was_asked_while_its_worker_died_is_cancelled(
             result = await jobs.wait_for_job(ref.id)
     assert result.state is JobState.CANCELLED
     assert [x[0] for x in event_lines(log_file)] == ["start"]
+
+
+async def test_a_process_that_missed_its_lease_stops_the_job_taken_over_from_it(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    """A worker's event loop blocks past its lease: another process takes the job back and
+    runs it. When the first wakes up, it stops its own run of the job instead of finishing it
+    beside the other."""
+    log_file = tmp_path / "events.log"
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+        ref = await producer.enqueue_command(
+            BlocksItsLoopFirstCommand, Sleep(3, label="slow", log_file=str(log_file))
+        )
+    worker = await anyio.to_thread.run_sync(start_worker, dsn, "--lease-seconds", "1")
+    try:
+        await wait_for(lambda: any(x[0] == "start" for x in event_lines(log_file)), 20)
+        async with make_jobs(commands=ALL_COMMANDS, lease_duration=anyio_seconds(1)) as jobs:
+            with anyio.fail_after(20):
+                result = await jobs.wait_for_job(ref.id)
+            await anyio.sleep(5)  # the first worker wakes, and would end its run by now
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        await anyio.to_thread.run_sync(worker.wait)
+        if worker.stdout:
+            worker.stdout.close()
+    assert result.state is JobState.COMPLETED and result.summary.attempts == 2
+    assert [(x[0], x[1]) for x in event_lines(log_file)] == [
+        ("start", "slow#1"), ("start", "slow#2"), ("end", "slow#2"),
+    ]  # fmt: skip
