@@ -1389,6 +1389,8 @@ class BackgroundJobs:
                         report = await self.store.finish(self.node_id, batch)
             except Exception as exc:
                 failures += 1
+                if limit:
+                    self._claim_failed()
                 if failures >= _FAILURES_BEFORE_ONE_BY_ONE and not self.dialect.is_disconnect(exc):
                     # The same error again and again, with the database there: perhaps one
                     # outcome it cannot take. Written one by one, the others are not held up.
@@ -1398,9 +1400,7 @@ class BackgroundJobs:
                         continue
                 self._outcomes[:0] = batch  # keep them: nothing is lost while the db is away
                 self._flush_failing = True
-                if limit:
-                    self._claim_failed()
-                elif deferred:
+                if not limit and deferred:
                     self._wake_dispatcher()  # it claims for itself while the writes fail
                 await self._pause_after_error("recording finished jobs", exc, failures)
                 continue
