@@ -115,6 +115,7 @@ class SyncNoRequestCommandWithResult(_Command, Generic[Res]):
         """Do the work."""
 
 
+_NO_RESULT_BASES = (AsyncCommand, AsyncNoRequestCommand, SyncCommand, SyncNoRequestCommand)
 _BASES: tuple[type, ...] = (
     AsyncCommand, AsyncCommandWithResult, AsyncNoRequestCommand, AsyncNoRequestCommandWithResult,
     SyncCommand, SyncCommandWithResult, SyncNoRequestCommand, SyncNoRequestCommandWithResult,
@@ -158,6 +159,28 @@ def _request_type(cls: type[Any]) -> Any:
         f"{cls.__name__} must name its request type, e.g. class {cls.__name__}"
         f"(AsyncCommand[MyRequest])"
     )
+
+
+#: the result of a command that returns none (``result_type``)
+NO_RESULT: Any = object()
+
+
+def result_type(cls: type[Any]) -> Any:
+    """The ``Res`` of ``class X(AsyncCommandWithResult[Req, Res])`` (and of the other shapes
+    with a result), NO_RESULT for a command without one, None when it cannot be told."""
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            origin = typing.get_origin(base)
+            if origin in (AsyncCommandWithResult, SyncCommandWithResult):
+                arg = typing.get_args(base)[1]
+            elif origin in (AsyncNoRequestCommandWithResult, SyncNoRequestCommandWithResult):
+                arg = typing.get_args(base)[0]
+            elif origin in _BASES or base in _BASES:
+                return NO_RESULT
+            else:
+                continue
+            return None if isinstance(arg, TypeVar) else arg
+    return NO_RESULT if issubclass(cls, _NO_RESULT_BASES) else None
 
 
 def command_info(cls: type[Any]) -> CommandInfo:

@@ -39,7 +39,7 @@ from ._ref_ids import new_ref_id
 from ._retry import retry_backoff
 from ._serialization import check_encodable, check_loads, decode, encode, type_name
 from .clock import Clock, SystemClock
-from .commands import CommandInfo, Registry, instantiate
+from .commands import NO_RESULT, CommandInfo, Registry, instantiate, result_type
 from .context import JobContext, _current, current_context
 from .dialects import Dialect, create_dialect
 from .exceptions import (
@@ -472,12 +472,33 @@ class BackgroundJobs:
         if options is not None and not isinstance(options, JobOptions):
             raise InvalidOptionsError(f"options must be JobOptions, got {type(options).__name__}")
         if options is not None and options.callback is not None:
-            self.registry.command(options.callback)  # fail now, not after the job ran
+            self._check_callback(options.callback, info.name, result_type(info.cls))
         template = self._job_template("CMD", info.name, options, info.worker, created_date)
         ref_id = options.ref_id if options is not None else None
         return self._with_request(template, request, info.request_type, ref_id, info.name)
 
+    def _check_callback(self, callback: str, command: str, result: Any) -> None:
+        """Fail now, not after the job ran: an unknown callback, or one that takes a request
+        the command's result cannot be."""
+        wanted = self.registry.command(callback).request_type
+        if wanted is None or result is None:  # takes nothing, or cannot be told
+            return
+        if result is NO_RESULT:
+            raise InvalidOptionsError(
+                f"callback {callback} takes a request of type {type_name(wanted)}, but {command} "
+                "returns nothing"
+            )
+        if isinstance(result, type) and isinstance(wanted, type) and not issubclass(result, wanted):
+            raise InvalidOptionsError(
+                f"callback {callback} takes a request of type {type_name(wanted)}, but {command} "
+                f"returns a {type_name(result)}"
+            )
+
     def _api_job(self, request: Any, options: JobOptions | None) -> NewJob:
+        if options is not None and not isinstance(options, JobOptions):
+            raise InvalidOptionsError(f"options must be JobOptions, got {type(options).__name__}")
+        if options is not None and options.callback is not None:
+            self._check_callback(options.callback, "an API", None)
         api = self.registry.api(type_name(type(request)))
         template = self._job_template("API", None, options, None)
         ref_id = options.ref_id if options is not None else None

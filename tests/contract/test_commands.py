@@ -31,6 +31,7 @@ from tests.commands import (
     Nested,
     NestedCommand,
     PingCommand,
+    Sum,
     SyncAddCommand,
     SyncAnswerCommand,
     SyncPingCommand,
@@ -234,8 +235,8 @@ class ExitInAThread(SyncCommand[Add]):
         sys.exit(request.a)
 
 
-class CallbackExits(AsyncCommand[Add]):
-    async def run(self, request: Add) -> None:
+class CallbackExits(AsyncCommand[Sum]):
+    async def run(self, request: Sum) -> None:
         raise SystemExit(9)
 
 

@@ -96,18 +96,18 @@ async def test_every_option_is_stored_and_returned(make_jobs: Factory) -> None:
     run_after = datetime.now(UTC) + timedelta(hours=1)
     options = JobOptions(
         ref_id="r-1", parent_id=7, worker="w", run_after=run_after, created_by="alice",
-        retry_limit=5, timeout=timedelta(seconds=90), callback="AddCommand", depends_on=None,
+        retry_limit=5, timeout=timedelta(seconds=90), callback="PingCommand", depends_on=None,
         user_id="u-1", reply_to="https://example.invalid/hook", tag="t", batch_id="b",
         args={"k": "v"}, meta={"n": 1}, priority=3,
     )  # fmt: skip
-    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+    async with make_jobs(commands=[AddCommand, PingCommand], execute=False) as jobs:
         ref = await jobs.enqueue_command(AddCommand, Add(1, 2), options)
         result = await jobs.get_job(ref.id)
     assert result is not None and result.queued is not None
     job = result.queued
     assert (job.ref_id, job.parent_id, job.worker, job.created_by) == ("r-1", 7, "w", "alice")
     assert job.run_after is not None and abs(job.run_after - run_after) < timedelta(milliseconds=1)
-    assert (job.retry_limit, job.timeout, job.callback) == (5, timedelta(seconds=90), "AddCommand")
+    assert (job.retry_limit, job.timeout, job.callback) == (5, timedelta(seconds=90), "PingCommand")
     assert (job.user_id, job.reply_to, job.tag, job.batch_id) == (
         "u-1", "https://example.invalid/hook", "t", "b",
     )  # fmt: skip
@@ -378,6 +378,16 @@ async def test_more_bad_input_gets_typed_errors_and_stores_nothing(make_jobs: Fa
         for items in ([AddCommand], [(AddCommand,)], [(AddCommand, Add(1, 1), None, "x")]):
             with pytest.raises(InvalidOptionsError, match="takes \\(command, request\\)"):
                 await jobs.enqueue_many(items)  # type: ignore[arg-type]
+        with pytest.raises(
+            InvalidOptionsError, match="of type Sleep, but AddCommand returns a Sum"
+        ):
+            await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(callback="SleepCommand"))
+        with pytest.raises(
+            InvalidOptionsError, match="of type Sleep, but PingCommand returns nothing"
+        ):
+            await jobs.enqueue_command(PingCommand, None, JobOptions(callback="SleepCommand"))
+        with pytest.raises(RegistrationError, match="unknown command 'Nope'"):
+            await jobs.enqueue_api(Add(1, 1), JobOptions(callback="Nope"))
         assert await jobs.store.select_job_ids(None, None) == []
         assert await jobs.get_job(2**70) is None
         assert await jobs.cancel_job(2**70) is False
