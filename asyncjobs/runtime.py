@@ -165,17 +165,19 @@ class BackgroundJobs:
         _check_int_setting("max_sync_threads", max_sync_threads, 1, 100_000)
         if retention_months is not None:
             _check_int_setting("retention_months", retention_months, 1, 12 * 1000)
-        for name, value, zero_ok in (
-            ("poll_interval", poll_interval, False),
-            ("lease_duration", lease_duration, False),
-            ("schedule_refresh", schedule_refresh, False),
-            ("retry_delay", retry_delay, True),
-            ("max_retry_delay", max_retry_delay, True),
-            ("shutdown_grace", shutdown_grace, True),
+        # Loops that run this often would keep a core busy (and a shutdown waiting on them).
+        at_least_1ms = timedelta(milliseconds=1)
+        for name, value, minimum in (
+            ("poll_interval", poll_interval, at_least_1ms),
+            ("lease_duration", lease_duration, at_least_1ms),
+            ("schedule_refresh", schedule_refresh, at_least_1ms),
+            ("retry_delay", retry_delay, timedelta(0)),
+            ("max_retry_delay", max_retry_delay, timedelta(0)),
+            ("shutdown_grace", shutdown_grace, timedelta(0)),
         ):
-            _check_duration(name, value, zero_ok=zero_ok)
+            _check_duration(name, value, minimum)
         if default_timeout is not None:
-            _check_duration("default_timeout", default_timeout, zero_ok=False)
+            _check_duration("default_timeout", default_timeout, timedelta(microseconds=1))
         if services is not None and not isinstance(services, Mapping):
             raise ConfigurationError(
                 f"services must map types to instances, got {type(services).__name__}"
@@ -1676,11 +1678,11 @@ def _check_int_setting(
         raise error(f"{name} must be an int within {low}..{high}, got {value!r}")
 
 
-def _check_duration(name: str, value: object, *, zero_ok: bool) -> None:
+def _check_duration(name: str, value: object, minimum: timedelta) -> None:
     if not isinstance(value, timedelta):
         raise ConfigurationError(f"{name} must be a timedelta, got {value!r}")
-    if value < timedelta(0) or (value == timedelta(0) and not zero_ok):
-        raise ConfigurationError(f"{name} must be {'>= 0' if zero_ok else 'positive'}, got {value}")
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
 
 
 def _raised_by_the_job(exc: BaseException) -> bool:
