@@ -68,6 +68,9 @@ class JobContext:
     progress_reported: bool = False
     _logged_chars: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: while a sync command runs: the scope its job waits for the thread in, which a shutdown
+    #: cancels to abandon a thread that never returns (an ``anyio.CancelScope``)
+    thread_wait: Any = None
 
     def append_log(self, line: str) -> None:
         line = storable_text(line)

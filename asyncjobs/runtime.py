@@ -32,15 +32,15 @@ from typing import Any, Self
 
 import anyio
 import anyio.abc
-import anyio.to_thread
 import msgspec
 
 from ._ref_ids import new_ref_id
 from ._retry import retry_backoff
 from ._serialization import check_encodable, check_loads, decode, encode, type_name
+from ._threads import SyncThreads
 from .clock import Clock, SystemClock
 from .commands import NO_RESULT, CommandInfo, Registry, instantiate, result_type
-from .context import JobContext, _current, current_context
+from .context import JobContext, _current
 from .dialects import Dialect, create_dialect
 from .exceptions import (
     AsyncJobsError,
@@ -96,6 +96,8 @@ class _Running:
     logs_stored: int = 0
     #: the pending log text starts with lines a failed write took, perhaps stored all the same
     logs_in_doubt: bool = False
+    #: a shutdown stopped waiting for its sync command's thread: the job keeps its lease
+    abandoned: bool = False
 
 
 @types.coroutine
@@ -264,8 +266,10 @@ class BackgroundJobs:
         self._idle.set()
         self._outcome_ready = anyio.Event()
         self._worker_locks: dict[str, anyio.Lock] = {}
-        self._thread_limiter = anyio.CapacityLimiter(self._max_sync_threads)
+        self._threads = SyncThreads(self._max_sync_threads)
         self._waiters = {}
+        #: jobs whose sync command a shutdown left running in its thread (see _abandon_threads)
+        self._abandoned: list[int] = []
         #: transient jobs running here, by their (negative) ids
         self._transient: dict[int, _Running] = {}
 
@@ -347,6 +351,11 @@ class BackgroundJobs:
                 running.stop_reason = running.stop_reason or "shutdown"
                 running.context.cancel_event.set()
                 running.scope.cancel()
+            # A sync command sees the request when it looks; one that does not, in time, is
+            # left to its thread (async jobs end at their next await).
+            with anyio.move_on_after(max(self.shutdown_grace.total_seconds(), 1.0)):
+                await self._idle.wait()
+            self._abandon_threads()
             await self._idle.wait()
             # Bounded: with the database gone for good, the unwritten outcomes' jobs stay
             # leased to this node and are retried elsewhere once the lease runs out.
@@ -356,10 +365,31 @@ class BackgroundJobs:
                 log.error("could not record %d finished jobs before exiting", len(self._outcomes))
             self._close_runners()
             self._loops_scope.cancel()
+            if self._abandoned:
+                # Their jobs stay leased to this node, which is not released: they run again
+                # elsewhere once its lease lapses, as after a crash, and not while the
+                # threads surely still run.
+                return
             try:
                 await self.store.delete_node(self.node_id)
             except Exception:
                 log.exception("could not release node %s", self.node_id)
+
+    def _abandon_threads(self) -> None:
+        """Shutdown: stop waiting for the sync commands that did not return when asked to."""
+        for running in [*self._running.values(), *self._transient.values()]:
+            if running.context.thread_wait is None:
+                continue
+            running.abandoned = True
+            running.context.thread_wait.cancel()
+            if running.job.id > 0:  # a transient job has nothing stored to run again
+                self._abandoned.append(running.job.id)
+            log.error(
+                "job %s (%s) did not stop when asked to: its thread is left running; the job "
+                "runs again once this node's lease lapses",
+                running.job.id,
+                running.job.command or running.job.request,
+            )
 
     async def _loops(self) -> None:
         with self._loops_scope:
@@ -1227,6 +1257,9 @@ class BackgroundJobs:
         """Hand a job's outcome to the finisher; no outcome (cancelled from outside, or never
         run) gives the job back to the queue."""
         job = running.job
+        if running.abandoned:  # left leased to this node, with no outcome (see _shutdown)
+            self._forget_running(job)
+            return
         if outcome is None:
             outcome = Outcome(job, JobState.QUEUED, error=JobError("interrupted", "Interrupted"))
         outcome.duration_ms = int((time.monotonic() - started) * 1000)
@@ -1237,6 +1270,9 @@ class BackgroundJobs:
             outcome.logs = None
         self._outcomes.append(outcome)
         self._outcome_ready.set()
+        self._forget_running(job)
+
+    def _forget_running(self, job: BackgroundJob) -> None:
         del self._running[job.id]
         if job.worker is None:
             self._running_unnamed -= 1
@@ -1269,41 +1305,11 @@ class BackgroundJobs:
         return await self._call(info, args)
 
     async def _call(self, info: CommandInfo, args: tuple[Any, ...]) -> Any:
-        """Create the command (with its services) and run it; sync ones in a worker thread,
-        with the job's context (current_job() and friends) carried along."""
+        """Create the command (with its services) and run it; sync ones in a thread."""
         instance = instantiate(info.cls, self.services)
         if info.is_async:
             return await instance.run(*args)
-        ctx = contextvars.copy_context()
-        flag = current_context().cancel_event
-        returned = False
-
-        async def raise_flag_when_cancelled() -> None:
-            # A thread cannot be interrupted: a timeout (or any cancellation of the job's
-            # scope) is passed on as a cancel request, which the command can see.
-            try:
-                await anyio.sleep_forever()
-            finally:
-                if not returned:
-                    flag.set()
-
-        raised: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(raise_flag_when_cancelled)
-            try:
-                result = await anyio.to_thread.run_sync(
-                    lambda: ctx.run(instance.run, *args), limiter=self._thread_limiter
-                )
-            except BaseException as exc:
-                if not _raised_by_the_job(exc):
-                    raise
-                raised = exc  # raised below, not wrapped in the group's exception group
-            finally:
-                returned = True
-                tg.cancel_scope.cancel()
-        if raised is not None:
-            raise raised
-        return result
+        return await self._threads.run(instance.run, args)
 
     async def _run_callback(self, job: BackgroundJob, outcome: Outcome) -> Outcome:
         """The job succeeded: it is Executed while its callback command runs with the result.

@@ -18,6 +18,7 @@ from asyncjobs import (
     SyncCommandWithResult,
     SyncNoRequestCommand,
     SyncNoRequestCommandWithResult,
+    cancellation_requested,
     current_job,
 )
 
@@ -189,3 +190,28 @@ ALL_COMMANDS += [
     EchoSleepCommand, CallbackHangsFirstCommand, NoResultCallbackHangsFirstCommand,
     BlocksItsLoopFirstCommand,
 ]  # fmt: skip
+
+
+class SyncIgnoresCancelFirstCommand(SyncCommand[Sleep]):
+    """A sync command that, on its first attempt, blocks for ``seconds`` and never looks at
+    its cancel request (a blocking call with no timeout); later attempts return at once."""
+
+    def run(self, request: Sleep) -> None:
+        _record("start", request)
+        if current_job().attempts == 1:
+            time.sleep(request.seconds)
+        _record("end", request)
+
+
+class SyncStopsWhenAskedCommand(SyncCommand[Sleep]):
+    """A sync command that works for ``seconds`` unless asked to stop, then returns."""
+
+    def run(self, request: Sleep) -> None:
+        _record("start", request)
+        deadline = time.monotonic() + request.seconds
+        while not cancellation_requested() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _record("end", request)
+
+
+ALL_COMMANDS += [SyncIgnoresCancelFirstCommand, SyncStopsWhenAskedCommand]

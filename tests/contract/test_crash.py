@@ -23,8 +23,9 @@ from tests.commands import (
     NoResultCallbackHangsFirstCommand,
     Sleep,
     SleepCommand,
+    SyncIgnoresCancelFirstCommand,
 )
-from tests.processes import event_lines, start_worker, wait_for
+from tests.processes import event_lines, start_worker, stop_worker, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 Factory = Callable[..., BackgroundJobs]
@@ -80,6 +81,39 @@ async def test_jobs_of_a_killed_worker_are_retried_with_an_extra_attempt(
         assert result.completed is not None and result.completed.attempts == 2
     ends = [x for x in event_lines(log_file) if x[0] == "end"]
     assert sorted(x[1] for x in ends) == [f"j{i}" for i in range(5)]
+
+
+async def test_a_sync_command_that_never_looks_at_its_cancel_does_not_hold_the_process(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    """SIGTERM: the shutdown asks the sync command to stop, waits a bounded time, then leaves
+    it to its (daemon) thread, and the process exits. The job is not handed back while the
+    thread may run: it stays leased to the node, and runs again once the node's lease lapses."""
+    log_file = tmp_path / "events.log"
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+        pass  # migrate before the worker starts
+    worker = await anyio.to_thread.run_sync(
+        start_worker, dsn, "--lease-seconds", "1", "--grace-seconds", "0.2"
+    )
+    try:
+        async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+            ref = await producer.enqueue_command(
+                SyncIgnoresCancelFirstCommand, Sleep(3600, label="stuck", log_file=str(log_file))
+            )
+            await wait_for(lambda: any(x[0] == "start" for x in event_lines(log_file)), 20)
+            assert await anyio.to_thread.run_sync(stop_worker, worker, 30) == 0
+            left = await producer.get_job(ref.id)
+            assert left is not None and left.state is JobState.STARTED
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    async with make_jobs(commands=ALL_COMMANDS, lease_duration=anyio_seconds(1)) as jobs:
+        with anyio.fail_after(30):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED
+    assert result.completed is not None and result.completed.attempts == 2
+    assert [x[0] for x in event_lines(log_file)] == ["start", "start", "end"]
 
 
 def anyio_seconds(seconds: float) -> object:

@@ -37,6 +37,7 @@ from tests.commands import (
     PingCommand,
     Sleep,
     SleepCommand,
+    SyncStopsWhenAskedCommand,
 )
 
 pytestmark = pytest.mark.anyio
@@ -522,6 +523,27 @@ async def test_graceful_shutdown_requeues_unfinished_jobs(make_jobs: Factory) ->
     assert slow_result is not None and slow_result.queued is not None
     assert slow_result.queued.state is JobState.QUEUED
     assert slow_result.queued.error_code == "Shutdown"
+
+
+async def test_a_sync_command_that_stops_when_asked_by_a_shutdown_is_requeued(
+    make_jobs: Factory,
+) -> None:
+    """It returns normally, but it stopped because it was asked: its work may be undone, so
+    the job goes back to the queue, not to Completed."""
+    EVENTS.clear()
+    async with make_jobs(
+        commands=[SyncStopsWhenAskedCommand], shutdown_grace=timedelta(milliseconds=200)
+    ) as jobs:
+        ref = await jobs.enqueue_command(SyncStopsWhenAskedCommand, Sleep(30, label="asked"))
+        with anyio.fail_after(10):
+            while ("start", "asked") not in [(e[0], e[1]) for e in EVENTS]:
+                await anyio.sleep(0.01)
+    assert ("end", "asked") in [(e[0], e[1]) for e in EVENTS]
+    async with make_jobs(commands=[SyncStopsWhenAskedCommand], execute=False) as reader:
+        result = await reader.get_job(ref.id)
+    assert result is not None and result.queued is not None
+    assert result.queued.state is JobState.QUEUED
+    assert result.queued.error_code == "Shutdown"
 
 
 async def no_claim_in_flight(jobs: BackgroundJobs) -> None:
