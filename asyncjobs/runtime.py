@@ -32,6 +32,7 @@ from typing import Any, Self
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import msgspec
 
 from ._ref_ids import new_ref_id
@@ -868,7 +869,7 @@ class BackgroundJobs:
             if scheduler is not None:
                 scheduler.transient_started(task.name)
             try:
-                await self._run_transient(job)
+                await self._run_transient(self._register_transient(job))
             finally:
                 if scheduler is not None:
                     scheduler.transient_finished(task.name)
@@ -927,7 +928,9 @@ class BackgroundJobs:
         Returns the in-memory job at once; it is updated as it runs. A transient job runs
         once (nothing is stored to retry it from), within its timeout, then its callback."""
         job = self._transient_job(self._command_job(command, request, options), request)
-        self._started_group().start_soon(self._run_transient, job)
+        group = self._started_group()
+        # Registered now, so that cancel_job(job.id) reaches it from the moment it returns.
+        group.start_soon(self._run_transient, self._register_transient(job))
         return job
 
     async def run_command_async(
@@ -935,7 +938,7 @@ class BackgroundJobs:
     ) -> Any:
         """Run a command now without the database and return its result (or raise its error)."""
         job = self._transient_job(self._command_job(command, request, options), request)
-        await self._run_transient(job)
+        await self._run_transient(self._register_transient(job))
         if job.state is JobState.COMPLETED:
             return job.result
         if job.state is JobState.CANCELLED:
@@ -947,14 +950,16 @@ class BackgroundJobs:
             raise JobFailedError(job.error.message if job.error else repr(error)) from error
         raise JobFailedError(job.error.message if job.error else "the command failed")
 
-    async def _run_transient(self, job: BackgroundJob) -> None:
-        context = JobContext(job, reply_to_env=self.reply_to_env)
-        running = _Running(job, context)
+    def _register_transient(self, job: BackgroundJob) -> _Running:
+        running = _Running(job, JobContext(job, reply_to_env=self.reply_to_env))
         self._transient[job.id] = running
+        return running
+
+    async def _run_transient(self, running: _Running) -> None:
         try:
             await self._run_transient_locked(running)
         finally:
-            del self._transient[job.id]
+            del self._transient[running.job.id]
 
     async def _run_transient_locked(self, running: _Running) -> None:
         job, context, scope = running.job, running.context, running.scope
@@ -965,6 +970,7 @@ class BackgroundJobs:
         # once the worker is its own.
         with scope:
             async with self._worker_lock(job.worker):
+                await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled before it started
                 job.state = JobState.STARTED
                 job.attempts = 1
                 job.started_date = utcnow()
@@ -1210,6 +1216,7 @@ class BackgroundJobs:
                 scope.deadline = anyio.current_time() + timeout
                 with scope:
                     try:
+                        await anyio.lowlevel.checkpoint_if_cancelled()  # before it started
                         await self._prepare(job)
                         if job.callback and job.response is not None:
                             outcome = self._command_succeeded_before(job, running.context)

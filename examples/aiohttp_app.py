@@ -35,6 +35,11 @@ def admin_allowed(request: AdminRequest) -> bool:
     return request.client in ("127.0.0.1", "::1")
 
 
+#: The names this server answers to. A check by client address needs it: a page on another
+#: site can point its own name at 127.0.0.1 (DNS rebinding), and the Host header gives it away.
+ADMIN_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
 async def signup(request: web.Request) -> web.Response:
     jobs = request.app[JOBS_KEY]
     ref = await jobs.enqueue_command(SendWelcomeEmail, Welcome(request.query["email"]))
@@ -62,7 +67,9 @@ def create_app(dsn: str | None = None) -> web.Application:
     app.cleanup_ctx.append(jobs_lifecycle)
     app.router.add_post("/signup", signup)
     app.router.add_get("/jobs/{id}", job_status)
-    app.add_subapp("/admin/jobs/", aiohttp_app(jobs, authorize=admin_allowed))
+    app.add_subapp(
+        "/admin/jobs/", aiohttp_app(jobs, authorize=admin_allowed, allowed_hosts=ADMIN_HOSTS)
+    )
     return app
 
 

@@ -40,6 +40,11 @@ def admin_allowed(request: AdminRequest) -> bool:
     return request.client in ("127.0.0.1", "::1")
 
 
+#: The names this server answers to. A check by client address needs it: a page on another
+#: site can point its own name at 127.0.0.1 (DNS rebinding), and the Host header gives it away.
+ADMIN_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
 def create_app(dsn: str | None = None) -> Quart:
     app = Quart(__name__)
     jobs = BackgroundJobs(
@@ -66,7 +71,7 @@ def create_app(dsn: str | None = None) -> Quart:
         return jsonify({"state": str(result.state), "result": job.response_body if job else None})
 
     # The admin is an ASGI app; Quart's way to add one is to wrap its asgi_app.
-    admin = asyncjobs.web.create_app(jobs, authorize=admin_allowed)
+    admin = asyncjobs.web.create_app(jobs, authorize=admin_allowed, allowed_hosts=ADMIN_HOSTS)
     app.asgi_app = asyncjobs.web.mount(app.asgi_app, "/admin/jobs", admin)  # type: ignore[method-assign]
     return app
 

@@ -470,6 +470,8 @@ async def test_basic_auth_and_authorize_callable(admin: Admin) -> None:
         create_app(jobs)
     with pytest.raises(ConfigurationError, match="basic_auth"):
         create_app(jobs, basic_auth="no-colon")
+    with pytest.raises(ConfigurationError, match="bearer_token must be ASCII"):
+        create_app(jobs, bearer_token="pässwörd")
     async with client_for(create_app(jobs, allow_unauthenticated=True)) as client:
         assert (await client.get("/api/overview")).status_code == 200
     local = create_app(jobs, allow_unauthenticated=True, allowed_hosts={"127.0.0.1", "localhost"})
@@ -514,6 +516,12 @@ async def test_actions_refuse_cross_site_requests(admin: Admin) -> None:
         ("/api/jobs/0", {}, "job id must be a positive integer"),
         ("/api/jobs/-3", {}, "job id must be a positive integer"),
         ("/api/jobs/99999999999999999999", {}, "job id must be a positive integer"),
+        ("/api/jobs/" + "9" * 5000, {}, "job id must be a positive integer"),
+        ("/api/jobs/by-ref/a%00b", {}, "must not contain NUL"),
+        ("/api/jobs", {"limit": "9" * 5000}, "limit must be an integer"),
+        ("/api/jobs", {"to": "9999-12-31"}, "between the years 1 and 9999"),
+        ("/api/jobs", {"from": "0001-01-01T00:00:00+01:00"}, "between the years 1 and 9999"),
+        ("/api/jobs", {"q": "a\x00"}, "q must not contain NUL"),
         ("/api/jobs/1/live", {"log_offset": "x"}, "log_offset must be an integer"),
         ("/api/jobs/1/live", {"log_offset": "-1"}, "log_offset must be between"),
         ("/api/jobs", {"from": "yesterday"}, "from must be an ISO 8601 date"),
@@ -548,6 +556,7 @@ async def test_malformed_actions_get_400(admin: Admin) -> None:
         ("/api/jobs/cancel", {"ids": [1], "worker": "w"}, "either ids"),
         ("/api/jobs/cancel", {"state": "Completed"}, "state must be one of Queued"),
         ("/api/jobs/cancel", {"worker": ""}, "worker must be a non-empty string"),
+        ("/api/jobs/cancel", {"worker": "w\x00"}, "worker must not contain NUL"),
         ("/api/jobs/cancel", {"everything": True}, "unknown field 'everything'"),
         ("/api/jobs/requeue", {}, "give the ids"),
         ("/api/jobs/requeue", {"ids": list(range(1, 1002))}, "at most 1000"),
@@ -563,6 +572,13 @@ async def test_malformed_actions_get_400(admin: Admin) -> None:
         headers={**ACTION, "content-type": "application/json"},
     )
     assert response.status_code == 400 and "JSON object" in response.json()["error"]
+    surrogate = await admin.client.post(
+        "/api/jobs/cancel",
+        content=b'{"worker": "\\ud800"}',  # JSON can escape a lone surrogate
+        headers={**ACTION, "content-type": "application/json"},
+    )
+    assert surrogate.status_code == 400
+    assert "worker is not valid Unicode" in surrogate.json()["error"]
     huge = await admin.client.post(
         "/api/jobs/cancel",
         content=b" " * 70_000,
@@ -636,6 +652,8 @@ async def test_aiohttp_sub_application(make_jobs: Factory) -> None:
         assert (await client.get("/admin/jobs/api/overview")).status == 401
         page = await client.get("/admin/jobs/", headers=auth)
         assert page.status == 200 and "static/app.js" in await page.text()
+        bare = await client.get("/admin/jobs", headers=auth, allow_redirects=False)
+        assert bare.status == 308 and bare.headers["location"] == "/admin/jobs/"
         detail = await (await client.get(f"/admin/jobs/api/jobs/{ref.id}", headers=auth)).json()
         assert detail["state"] == "Completed"
         bad = await client.get("/admin/jobs/api/jobs", params={"month": "x"}, headers=auth)
@@ -647,6 +665,34 @@ async def test_aiohttp_sub_application(make_jobs: Factory) -> None:
             "/admin/jobs/api/jobs/cancel", json={"state": "Queued"}, headers=auth
         )
         assert cross.status == 403
+
+
+@pytest.mark.dialects("sqlite")
+async def test_aiohttp_reads_a_body_that_arrives_in_parts(make_jobs: Factory) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from asyncjobs.web import aiohttp_app
+
+    jobs = admin_jobs(make_jobs())
+    app = web.Application()
+    app.add_subapp("/admin/jobs/", aiohttp_app(jobs, basic_auth="ops:pw"))
+    auth = {"Authorization": "Basic " + base64.b64encode(b"ops:pw").decode()}
+    body = json.dumps({"state": "Queued"}).encode()
+
+    async def in_parts() -> AsyncIterator[bytes]:
+        yield body[:5]
+        await anyio.sleep(0.1)  # the handler starts reading before the rest arrives
+        yield body[5:]
+
+    async with jobs, TestClient(TestServer(app)) as client:
+        cancel = await client.post(
+            "/admin/jobs/api/jobs/cancel",
+            data=in_parts(),
+            headers={**auth, **ACTION, "Content-Type": "application/json"},
+        )
+        assert cancel.status == 200, await cancel.text()
+        assert (await cancel.json()) == {"cancelled": 0}
 
 
 @pytest.mark.dialects("sqlite")
@@ -686,7 +732,10 @@ async def test_standalone_server_needs_a_credential_off_loopback(make_jobs: Fact
 
 
 @pytest.mark.dialects("sqlite")
-async def test_admin_cli_serves_on_loopback(dsn: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("host", "url_host"), [(None, "127.0.0.1"), ("[::1]", "[::1]")])
+async def test_admin_cli_serves_on_loopback(
+    dsn: str, tmp_path: Path, host: str | None, url_host: str
+) -> None:
     (tmp_path / "cli_app.py").write_text(
         f"from asyncjobs import BackgroundJobs\njobs = BackgroundJobs({dsn!r})\n"
     )
@@ -696,8 +745,9 @@ async def test_admin_cli_serves_on_loopback(dsn: str, tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    async with await anyio.open_process([*command, "--port", str(port)], cwd=tmp_path) as process:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+    serving = [*command, "--port", str(port), *(["--host", host] if host else [])]
+    async with await anyio.open_process(serving, cwd=tmp_path) as process:
+        async with httpx.AsyncClient(base_url=f"http://{url_host}:{port}") as client:
             with anyio.fail_after(20):
                 while True:
                     try:
@@ -713,7 +763,7 @@ async def test_admin_cli_serves_on_loopback(dsn: str, tmp_path: Path) -> None:
             assert await process.wait() == 0
         assert process.stderr is not None
         stderr = (await process.stderr.receive()).decode()
-    assert f"http://127.0.0.1:{port}/" in stderr and "loopback only" in stderr
+    assert f"http://{url_host}:{port}/" in stderr and "loopback only" in stderr
 
 
 @pytest.mark.dialects("sqlite")

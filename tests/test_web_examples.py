@@ -30,6 +30,9 @@ async def test_aiohttp_example_mounts_the_admin(tmp_path: Path) -> None:
         assert "welcome mail to a@b.c" in detail["job"]["logs"]
         remote = await client.get("/admin/jobs/api/overview", headers={"X-Forwarded-For": "x"})
         assert remote.status == 200  # the check looks at the peer address, not headers
+        # a page on another site whose name points at 127.0.0.1 (DNS rebinding)
+        rebound = await client.get("/admin/jobs/api/overview", headers={"Host": "evil.example"})
+        assert rebound.status == 403
 
 
 async def test_quart_example_mounts_the_admin(tmp_path: Path) -> None:
@@ -45,6 +48,10 @@ async def test_quart_example_mounts_the_admin(tmp_path: Path) -> None:
             assert redirect.headers["location"] == "/admin/jobs/"
             detail = (await client.get(f"/admin/jobs/api/jobs/{job_id}")).json()
             assert detail["job"]["response_body"] == '{"name":"q3","rows":3}'
+            rebound = await client.get(
+                "/admin/jobs/api/overview", headers={"Host": "evil.example:5000"}
+            )
+            assert rebound.status_code == 403
         remote = httpx.ASGITransport(app=app, client=("203.0.113.9", 5000))
         async with httpx.AsyncClient(transport=remote, base_url="http://localhost") as client:
             assert (await client.get("/admin/jobs/api/overview")).status_code == 403

@@ -14,16 +14,33 @@ if TYPE_CHECKING:
     from ..runtime import BackgroundJobs
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """The body, or its first MAX_BODY + 1 bytes if it is longer. (One read returns only what
+    has arrived so far.)"""
+    body = bytearray()
+    while len(body) <= MAX_BODY:
+        chunk = await request.content.read(MAX_BODY + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
 def aiohttp_app(jobs: BackgroundJobs, **options: Any) -> web.Application:
     """An aiohttp application serving the admin; takes :func:`create_app`'s options. The host
     application runs ``jobs`` (e.g. ``async with jobs`` in a ``cleanup_ctx``)."""
     admin = create_app(jobs, **options)
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        inner = "/" + request.match_info.get("tail", "")
+        if "tail" not in request.match_info:  # the prefix without its slash
+            location = (
+                request.path + "/" + (f"?{request.query_string}" if request.query_string else "")
+            )
+            raise web.HTTPPermanentRedirect(location)
+        inner = "/" + request.match_info["tail"]
         path = request.path
         root = path[: -len(inner)] if path.endswith(inner) else ""
-        body = await request.content.read(MAX_BODY + 1)
+        body = await _read_body(request)
         if len(body) > MAX_BODY:
             response = error_response(HTTPError(413, f"the body is over {MAX_BODY} bytes"))
         else:
@@ -54,5 +71,6 @@ def aiohttp_app(jobs: BackgroundJobs, **options: Any) -> web.Application:
         )
 
     app = web.Application()
+    app.router.add_route("*", "", handle)  # the prefix alone, redirected to prefix + "/"
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

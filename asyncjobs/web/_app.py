@@ -36,6 +36,7 @@ from ._params import (
     parse_list,
     parse_state,
     query_dict,
+    storable,
 )
 from ._security import Authorize, Guard
 
@@ -214,7 +215,7 @@ class AdminApp:
         ref_id = match["ref"]
         if len(ref_id) > 500:
             raise HTTPError(400, "ref id is longer than 500 characters")
-        return json_response(await self.api.job(ref_id=ref_id))
+        return json_response(await self.api.job(ref_id=storable(ref_id, "ref id")))
 
     async def _live(self, request: AdminRequest, match: re.Match[str]) -> Response:
         values = query_dict(request.query, ("log_offset",))

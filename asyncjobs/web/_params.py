@@ -9,7 +9,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from ..models import JobState
+from ..exceptions import InvalidOptionsError
+from ..models import JobState, check_text
 from ._admin_store import LIST_QUERIES, JobFilter
 from ._http import HTTPError
 
@@ -46,13 +47,16 @@ def query_dict(query: Iterable[tuple[str, str]], allowed: Iterable[str]) -> dict
 
 
 def parse_id(text: str, what: str = "job id") -> int:
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_ID:
+    # The length first: int() refuses over 4300 digits with a ValueError of its own.
+    if len(text) > 19 or not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_ID:
         raise bad(f"{what} must be a positive integer, got {text[:40]!r}")
     return int(text)
 
 
 def parse_int(text: str, name: str, low: int, high: int) -> int:
     try:
+        if len(text) > 40:
+            raise ValueError(text)
         value = int(text)
     except ValueError:
         raise bad(f"{name} must be an integer, got {text[:40]!r}") from None
@@ -65,7 +69,16 @@ def parse_text(text: str, name: str) -> str | None:
     text = text.strip()
     if len(text) > MAX_TEXT:
         raise bad(f"{name} is longer than {MAX_TEXT} characters")
-    return text or None
+    return storable(text, name) or None
+
+
+def storable(text: str, name: str) -> str:
+    """Text every database can compare with: no NUL, no lone surrogate."""
+    try:
+        check_text(name, text, empty_ok=True)
+    except InvalidOptionsError as exc:
+        raise bad(str(exc)) from None
+    return text
 
 
 def parse_datetime(text: str, name: str, *, end_of_day: bool = False) -> datetime | None:
@@ -79,12 +92,12 @@ def parse_datetime(text: str, name: str, *, end_of_day: bool = False) -> datetim
             day = datetime.combine(date.fromisoformat(text), time(), UTC)
             return day + timedelta(days=1) if end_of_day else day
         value = datetime.fromisoformat(text)
-    except ValueError:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: past year 9999 once in UTC
         raise bad(
             f"{name} must be an ISO 8601 date or date-time (2026-11-05 or "
-            f"2026-11-05T10:30:00Z), got {text[:40]!r}"
+            f"2026-11-05T10:30:00Z) between the years 1 and 9999, got {text[:40]!r}"
         ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def parse_month(text: str) -> str | None:
@@ -177,4 +190,4 @@ def body_ids(value: Any) -> list[int]:
 def body_text(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT:
         raise bad(f"{name} must be a non-empty string")
-    return value
+    return storable(value, name)

@@ -42,6 +42,10 @@ class Guard:
     ) -> None:
         if bearer_token is not None and not bearer_token.strip():
             raise ConfigurationError("bearer_token must not be empty")
+        if bearer_token is not None and not bearer_token.isascii():
+            # HTTP carries header values as bytes that servers read as Latin-1: a token with
+            # other characters could never be matched.
+            raise ConfigurationError("bearer_token must be ASCII (it is sent in a header)")
         self.authorize = authorize
         self.bearer_token = bearer_token
         self.basic = _basic_pair(basic_auth)

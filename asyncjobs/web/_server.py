@@ -77,6 +77,7 @@ def serve(
         raise MissingDriverError(
             "the standalone admin server needs uvicorn: pip install 'asyncjobs[web]'"
         ) from None
+    host = host.strip("[]")  # an IPv6 address as written in a URL: uvicorn binds it bare
     admin, protection = build_admin(jobs, host, bearer_token=bearer_token, basic_auth=basic_auth)
     jobs.execute = False  # this process shows and acts on jobs; workers run them
     shown = f"[{host}]" if ":" in host else host

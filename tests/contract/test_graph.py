@@ -428,6 +428,20 @@ async def test_a_transient_job_can_be_cancelled(make_jobs: Factory) -> None:
         await jobs.cancel_jobs(worker="w")
 
 
+async def test_a_transient_job_can_be_cancelled_as_soon_as_run_command_returns(
+    make_jobs: Factory,
+) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        job = await jobs.run_command(SleepCommand, Sleep(30, label="t-at-once"))
+        assert await jobs.cancel_job(job.id) is True
+        with anyio.fail_after(3):
+            while not job.state.is_final:
+                await anyio.sleep(0.01)
+    assert job.state is JobState.CANCELLED
+    assert ("start", "t-at-once") not in [(e[0], e[1]) for e in EVENTS]
+
+
 async def test_a_transient_job_gets_its_user_and_parent(make_jobs: Factory) -> None:
     seen: list[tuple[Any, int | None]] = []
 
