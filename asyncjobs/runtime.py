@@ -38,6 +38,7 @@ import msgspec
 from ._ref_ids import new_ref_id
 from ._retry import retry_backoff
 from ._serialization import check_encodable, check_loads, decode, encode, type_name
+from ._settings import check_bool, check_duration, check_int
 from ._threads import SyncThreads
 from .clock import Clock, SystemClock
 from .commands import NO_RESULT, CommandInfo, Registry, instantiate, result_type
@@ -161,13 +162,13 @@ class BackgroundJobs:
         dialect: Dialect | None = None,
         **dialect_settings: Any,
     ) -> None:
-        _check_int_setting(
+        check_int(
             "default_retry_limit", default_retry_limit, 0, 2**31 - 1, error=InvalidOptionsError
         )
-        _check_int_setting("max_concurrency", max_concurrency, 1, 100_000)
-        _check_int_setting("max_sync_threads", max_sync_threads, 1, 100_000)
+        check_int("max_concurrency", max_concurrency, 1, 100_000)
+        check_int("max_sync_threads", max_sync_threads, 1, 100_000)
         if retention_months is not None:
-            _check_int_setting("retention_months", retention_months, 1, 12 * 1000)
+            check_int("retention_months", retention_months, 1, 12 * 1000)
         # Loops that run this often would keep a core busy (and a shutdown waiting on them).
         at_least_1ms = timedelta(milliseconds=1)
         for name, value, minimum in (
@@ -178,9 +179,9 @@ class BackgroundJobs:
             ("max_retry_delay", max_retry_delay, timedelta(0)),
             ("shutdown_grace", shutdown_grace, timedelta(0)),
         ):
-            _check_duration(name, value, minimum)
+            check_duration(name, value, minimum)
         if default_timeout is not None:
-            _check_duration("default_timeout", default_timeout, timedelta(microseconds=1))
+            check_duration("default_timeout", default_timeout, timedelta(microseconds=1))
         if services is not None and not isinstance(services, Mapping):
             raise ConfigurationError(
                 f"services must map types to instances, got {type(services).__name__}"
@@ -189,6 +190,20 @@ class BackgroundJobs:
             raise ConfigurationError(
                 "reply_to_env must be a collection of variable names, not a string"
             )
+        check_bool("execute", execute)
+        check_bool("notifications", notifications)
+        if user_resolver is not None and not callable(user_resolver):
+            raise ConfigurationError(
+                f"user_resolver must be an async function, got {user_resolver!r}"
+            )
+        if clock is not None and not (
+            callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep_until", None))
+        ):
+            raise ConfigurationError(f"clock must have now() and sleep_until(), got {clock!r}")
+        if dialect is not None and not isinstance(dialect, Dialect):
+            raise ConfigurationError(f"dialect must be a Dialect, got {type(dialect).__name__}")
+        if dialect is None and not isinstance(dsn, str):
+            raise ConfigurationError(f"dsn must be a string, got {type(dsn).__name__}")
         self.dsn = dsn
         self.dialect = dialect or create_dialect(dsn, **dialect_settings)
         self.store = Store(self.dialect)
@@ -1677,25 +1692,6 @@ def _storable_id(job_id: object) -> bool:
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise InvalidOptionsError(f"a job id is an int, got {job_id!r}")
     return -(2**63) <= job_id < 2**63
-
-
-def _check_int_setting(
-    name: str,
-    value: object,
-    low: int,
-    high: int,
-    *,
-    error: type[ConfigurationError] = ConfigurationError,
-) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise error(f"{name} must be an int within {low}..{high}, got {value!r}")
-
-
-def _check_duration(name: str, value: object, minimum: timedelta) -> None:
-    if not isinstance(value, timedelta):
-        raise ConfigurationError(f"{name} must be a timedelta, got {value!r}")
-    if value < minimum:
-        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
 
 
 def _raised_by_the_job(exc: BaseException) -> bool:

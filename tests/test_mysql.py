@@ -422,7 +422,7 @@ def test_dsn_options_are_checked() -> None:
         create(parse_dsn("mysql://u@db/jobs"), pool_size=3)
     watched = create(parse_dsn("mysql://u@db/jobs"), change_poll_interval=timedelta(seconds=1))
     assert watched.change_poll_interval == timedelta(seconds=1)
-    with pytest.raises(ConfigurationError, match="change_poll_interval must be positive"):
+    with pytest.raises(ConfigurationError, match="change_poll_interval must be at least"):
         create(parse_dsn("mysql://u@db/jobs"), change_poll_interval=timedelta(0))
 
 

@@ -295,8 +295,48 @@ def test_bad_options_fail_where_they_are_made(options: dict[str, Any], message: 
         ({"services": [object()]}, "services must map types"),
         ({"reply_to_env": "TOKEN"}, "not a string"),
         ({"max_concurency": 5}, r"unknown SQLite settings \['max_concurency'\]"),
+        ({"execute": "no"}, "execute must be True or False"),
+        ({"notifications": 0}, "notifications must be True or False"),
+        ({"user_resolver": "users"}, "user_resolver must be an async function"),
+        ({"clock": 5}, r"clock must have now\(\) and sleep_until\(\)"),
+        ({"dialect": "sqlite"}, "dialect must be a Dialect"),
+        ({"busy_timeout": "x"}, "busy_timeout must be a number of seconds"),
+        ({"busy_timeout": float("nan")}, "busy_timeout must be a number of seconds"),
+        ({"change_poll_interval": 0.01}, "change_poll_interval must be a timedelta"),
     ],
 )
 def test_bad_settings_fail_where_they_are_made(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         BackgroundJobs("sqlite:///unused.db", **settings)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "settings", "message"),
+    [
+        ("postgresql://u@h/db", {"min_size": "2"}, "min_size must be an int"),
+        ("postgresql://u@h/db", {"max_size": 2.5}, "max_size must be an int"),
+        (
+            "postgresql://u@h/db",
+            {"min_size": 3, "max_size": 2},
+            "min_size \\(3\\) must not exceed max_size \\(2\\)",
+        ),
+        ("postgresql://u@h/db", {"schema": 5}, "schema 5 is not a valid PostgreSQL identifier"),
+        ("mysql://u@h/db", {"min_size": "2"}, "min_size must be an int"),
+        ("mysql://u@h/db", {"deadlock_retries": -1}, "deadlock_retries must be an int"),
+        ("mysql://u@h/db", {"connect_timeout": "x"}, "connect_timeout must be a number"),
+        ("mysql://u@h/db", {"pool_recycle": None}, "pool_recycle must be a number"),
+        ("mysql://u@h/db", {"change_poll_interval": 0.01}, "change_poll_interval must be a"),
+    ],
+)
+def test_bad_dialect_settings_fail_where_they_are_made(
+    dsn: str, settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        BackgroundJobs(dsn, **settings)
+
+
+def test_dialect_settings_from_the_dsn_and_the_keywords_are_accepted() -> None:
+    jobs = BackgroundJobs("mysql://u@h/db?pool_recycle=-1&max_size=4", min_size=2)
+    assert jobs.dialect.max_size == 4  # type: ignore[attr-defined]
+    BackgroundJobs("postgresql://u@h/db?min_size=0&max_size=3", schema="jobs")
+    BackgroundJobs("sqlite:///unused.db", busy_timeout=5, change_poll_interval=timedelta(seconds=1))

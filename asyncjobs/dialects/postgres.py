@@ -25,6 +25,7 @@ import anyio.abc
 import asyncpg
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._settings import check_int
 from .._sql import Queries, convert_params, load_queries
 from ..exceptions import ConfigurationError
 from ._base import Capabilities, Connection, Dialect, Params, Row, deliver
@@ -153,13 +154,12 @@ class PostgresDialect(Dialect):
     ) -> None:
         if (dsn is None) == (pool is None):
             raise ConfigurationError("PostgresDialect needs either a dsn or a pool, not both")
-        if schema is not None and not _SCHEMA.match(schema):
+        if schema is not None and not (isinstance(schema, str) and _SCHEMA.match(schema)):
             raise ConfigurationError(f"schema {schema!r} is not a valid PostgreSQL identifier")
-        if min_size < 0 or max_size < 1 or min_size > max_size:
-            raise ConfigurationError(
-                f"pool sizes must satisfy 0 <= min_size <= max_size, 1 <= max_size; "
-                f"got min_size={min_size}, max_size={max_size}"
-            )
+        check_int("min_size", min_size, 0, 10_000)
+        check_int("max_size", max_size, 1, 10_000)
+        if min_size > max_size:
+            raise ConfigurationError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
         self.queries: Queries = load_queries("postgres")
         self.schema = schema
         self._dsn = dsn
@@ -578,17 +578,16 @@ def _asyncpg_dsn(raw: str) -> str:
 
 
 def create(dsn: Dsn, **settings: Any) -> PostgresDialect:
-    options = {k: v for k, v in dsn.options.items() if k in _OPTIONS}
+    options: dict[str, Any] = {k: v for k, v in dsn.options.items() if k in _OPTIONS}
     unknown = set(settings) - set(_OPTIONS)
     if unknown:
         raise ConfigurationError(
             f"unknown PostgreSQL settings {sorted(unknown)}; known: {', '.join(_OPTIONS)}"
         )
-    merged: dict[str, Any] = {**options, **settings}
-    try:
+    try:  # the DSN's options are text
         for size in ("min_size", "max_size"):
-            if size in merged:
-                merged[size] = int(merged[size])
+            if size in options:
+                options[size] = int(options[size])
     except ValueError as exc:
         raise ConfigurationError(f"invalid pool size in {dsn.raw!r}: {exc}") from None
-    return PostgresDialect(dsn.raw, **merged)
+    return PostgresDialect(dsn.raw, **{**options, **settings})

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from .._settings import check_duration, check_seconds
 from .._sql import Queries, load_queries, split_statements
 from ..exceptions import ConfigurationError
 from ._base import Capabilities, ChangeWatch, Connection, Dialect, Params, Row, no_listen
@@ -170,10 +171,8 @@ class SqliteDialect(Dialect):
         busy_timeout: float = 30.0,
         change_poll_interval: timedelta = timedelta(milliseconds=10),
     ) -> None:
-        if change_poll_interval <= timedelta(0):
-            raise ConfigurationError(
-                f"change_poll_interval must be positive, got {change_poll_interval}"
-            )
+        check_seconds("busy_timeout", busy_timeout, 0)
+        check_duration("change_poll_interval", change_poll_interval, timedelta(milliseconds=1))
         self.path = path
         self.queries: Queries = load_queries("sqlite")
         self._busy_timeout = busy_timeout
