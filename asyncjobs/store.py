@@ -824,11 +824,35 @@ class Store:
                     f"job {job_id} is {state}; only failed or cancelled jobs can be requeued"
                 )
             templates = self._month_templates(rows[0]["created_date"])
+            failed = await tx.fetch(
+                "get_failed_job",
+                {"id": job_id, "created_date": rows[0]["created_date"]},
+                **templates,
+            )
+            if failed and failed[0]["depends_on"] is not None:
+                await self._check_parent_can_complete(tx, job_id, failed[0]["depends_on"])
             moved = await tx.execute("requeue_failed", {"id": job_id, "now": utcnow()}, **templates)
             if moved != 1:
                 raise JobNotFoundError(f"job {job_id} is not in the failed archive")
             await tx.execute("delete_failed", {"id": job_id}, **templates)
             await tx.execute("mark_summaries", {"ids": json.dumps([job_id])})
+
+    @staticmethod
+    async def _check_parent_can_complete(tx: Connection, job_id: int, parent_id: int) -> None:
+        """A dependent runs once its parent completes: requeued while the parent is failed,
+        cancelled or forgotten, it would wait forever, and hold its named worker's queue."""
+        parent = await tx.fetch("get_summary", {"id": parent_id})
+        if not parent:
+            raise InvalidJobStateError(
+                f"job {job_id} depends on job {parent_id}, which is no longer known: it could "
+                "never run"
+            )
+        state = JobState(parent[0]["state"])
+        if state in (JobState.FAILED, JobState.CANCELLED):
+            raise InvalidJobStateError(
+                f"job {job_id} depends on job {parent_id}, which is {state}: requeue job "
+                f"{parent_id} first"
+            )
 
     def _month_templates(self, created_date: datetime) -> dict[str, str]:
         if self.caps.monthly_archive_tables:

@@ -20,6 +20,7 @@ from asyncjobs import (
 )
 from asyncjobs.exceptions import (
     ConfigurationError,
+    InvalidJobStateError,
     InvalidOptionsError,
     JobFailedError,
     JobNotFoundError,
@@ -224,6 +225,28 @@ async def test_failed_parent_cancels_dependents_transitively(make_jobs: Factory)
         assert result.failed.error is not None
         assert f"job {parent.id} it depends on failed" in result.failed.error.message
         assert result.failed.error_code == "DependencyFailed"
+
+
+async def test_a_dependent_is_requeued_only_after_its_parent(make_jobs: Factory) -> None:
+    """Requeued while its parent is failed or cancelled, a dependent would wait forever (and
+    hold its named worker's later jobs): refused, and nothing changes; once the parent is back,
+    it runs."""
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        soon = datetime.now(UTC) + timedelta(milliseconds=300)
+        parent = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(run_after=soon))
+        child = await jobs.enqueue_command(
+            AddCommand, Add(1, 1), JobOptions(depends_on=parent.id, worker="w")
+        )
+        await jobs.cancel_job(parent.id)
+        assert (await jobs.wait_for_job(child.id)).state is JobState.CANCELLED
+        with pytest.raises(InvalidJobStateError, match=f"requeue job {parent.id} first"):
+            await jobs.requeue_failed_job(child.id)
+        still = await jobs.get_job(child.id)
+        assert still is not None and still.state is JobState.CANCELLED and still.queued is None
+        await jobs.requeue_failed_job(parent.id)
+        await jobs.requeue_failed_job(child.id)  # waits for the parent now
+        results = [await jobs.wait_for_job(r.id) for r in (parent, child)]
+    assert [r.state for r in results] == [JobState.COMPLETED, JobState.COMPLETED]
 
 
 async def test_cancelled_parent_cancels_dependents(make_jobs: Factory) -> None:
