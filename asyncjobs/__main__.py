@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, MissingDriverError
 from .runtime import BackgroundJobs
 
 
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import main as demo_main
 
             demo_main(args.dsn)
-    except ConfigurationError as exc:
+    except (ConfigurationError, MissingDriverError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

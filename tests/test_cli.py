@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -93,6 +94,14 @@ def test_migrate_then_worker_runs_jobs_and_stops_on_sigterm(tmp_path: Path) -> N
 def test_bad_app_path_is_a_clear_error(tmp_path: Path) -> None:
     result = _run("worker", "--app", "nocolon", env=_env(tmp_path, ""), cwd=tmp_path)
     assert result.returncode == 2 and "--app must look like" in result.stderr
+
+
+def test_a_missing_driver_is_a_clear_error(tmp_path: Path) -> None:
+    if importlib.util.find_spec("aioodbc") is not None:  # not a dev dependency
+        pytest.skip("the premise: aioodbc is missing; it is installed here")
+    result = _run("migrate", "--dsn", "mssql://u:p@h/db", env=_env(tmp_path, ""), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'asyncjobs[mssql]'" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
