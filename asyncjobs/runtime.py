@@ -21,10 +21,11 @@ from collections.abc import (
     Coroutine,
     Generator,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import ModuleType, TracebackType
@@ -47,6 +48,7 @@ from .dialects import Dialect, create_dialect
 from .exceptions import (
     AsyncJobsError,
     ConfigurationError,
+    DatabaseError,
     InvalidOptionsError,
     JobCancelledError,
     JobFailedError,
@@ -275,6 +277,10 @@ class BackgroundJobs:
         self._flushing: list[Outcome] = []  # outcomes being written (their jobs still leased)
         self._check_cancels = anyio.Event()
         self._dispatch_stopped = anyio.Event()
+        #: shields of database calls whose answer must be seen (see _db_shield), and the
+        #: deadline a shutdown gives them
+        self._shields: set[anyio.CancelScope] = set()
+        self._shield_deadline = math.inf
         # fast_acquire: an uncontended lock is taken without a trip through the event loop,
         # one of the few per job of a serial worker (held across awaits, so nothing starves).
         self._flush_lock = anyio.Lock(fast_acquire=True)
@@ -354,13 +360,17 @@ class BackgroundJobs:
         """Stop claiming, let running jobs finish within the grace period, then cancel and
         requeue the rest, write every outcome, and release the node."""
         with anyio.CancelScope(shield=True):
+            # How long the database gets to answer, at each step that waits for it.
+            db_bound = max(self.shutdown_grace.total_seconds(), 5.0)
             self._dispatch_scope.cancel()
+            self._bound_db_waits(db_bound)  # a claim in flight
             await self._dispatch_stopped.wait()
             # An enqueue may be inserting jobs that start here (their slots are reserved):
             # they must start, to be handed back with the others, not be left Started.
             while self._reserved:
                 self._claims_settled = anyio.Event()
                 await self._claims_settled.wait()
+            self._shield_deadline = math.inf  # the writes of the jobs' ends have their turn
             with anyio.move_on_after(self.shutdown_grace.total_seconds()):
                 await self._idle.wait()
             for running in [*self._running.values(), *self._transient.values()]:
@@ -373,9 +383,11 @@ class BackgroundJobs:
                 await self._idle.wait()
             self._abandon_threads()
             await self._idle.wait()
-            # Bounded: with the database gone for good, the unwritten outcomes' jobs stay
-            # leased to this node and are retried elsewhere once the lease runs out.
-            with anyio.move_on_after(max(self.shutdown_grace.total_seconds(), 5.0)):
+            # Bounded: with the database gone for good (or not answering: a frozen host, a
+            # network that drops everything), the unwritten outcomes' jobs stay leased to
+            # this node and are retried elsewhere once the lease runs out.
+            self._bound_db_waits(db_bound)
+            with anyio.move_on_after(db_bound):
                 await self._flush_outcomes()
             if self._outcomes:
                 log.error("could not record %d finished jobs before exiting", len(self._outcomes))
@@ -387,9 +399,10 @@ class BackgroundJobs:
                 # threads surely still run.
                 return
             try:
-                await self.store.delete_node(self.node_id)
-            except Exception:
-                log.exception("could not release node %s", self.node_id)
+                with anyio.fail_after(db_bound):
+                    await self.store.delete_node(self.node_id)
+            except Exception as exc:  # its lease lapses; other processes then forget it
+                log.warning("could not release node %s: %r", self.node_id, exc)
 
     def _abandon_threads(self) -> None:
         """Shutdown: stop waiting for the sync commands that did not return when asked to."""
@@ -406,6 +419,34 @@ class BackgroundJobs:
                 running.job.id,
                 running.job.command or running.job.request,
             )
+
+    @contextmanager
+    def _db_shield(self) -> Iterator[None]:
+        """Shield a database call whose answer must be seen (a claim's jobs must start, a
+        flush's report be read): cancellation from outside waits for it. A shutdown gives it
+        a deadline (see _bound_db_waits): one that gets no answer by then, from a database
+        that stopped answering without closing the connection, raises _NoAnswer."""
+        scope = anyio.CancelScope(shield=True, deadline=self._shield_deadline)
+        self._shields.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._shields.discard(scope)
+        if scope.cancelled_caught:
+            raise _NoAnswer("the database did not answer before the shutdown's deadline")
+
+    def _bound_db_waits(self, seconds: float) -> None:
+        """Shutdown: shielded database calls, those running and those to come, end within
+        ``seconds`` (answered or not)."""
+        self._shield_deadline = anyio.current_time() + seconds
+        for scope in self._shields:
+            scope.deadline = min(scope.deadline, self._shield_deadline)
+
+    def _is_disconnect(self, exc: BaseException) -> bool:
+        """The database is unreachable (not refusing this write): retrying it alone will not
+        help, and its outcome must not be taken for unrecordable."""
+        return isinstance(exc, _NoAnswer) or self.dialect.is_disconnect(exc)
 
     async def _loops(self) -> None:
         with self._loops_scope:
@@ -642,7 +683,7 @@ class BackgroundJobs:
         self._reserved += len(new_jobs)
         try:
             # Shielded: jobs a committed insert claimed for this node must be started.
-            with anyio.CancelScope(shield=True):
+            with self._db_shield():
                 jobs = await self.store.enqueue_started(new_jobs, self.node_id)
         except Exception:
             self._claim_failed()
@@ -1068,7 +1109,7 @@ class BackgroundJobs:
                 self._reserved += limit
                 try:
                     # Shielded: jobs a committed claim returned must be started, not dropped.
-                    with anyio.CancelScope(shield=True):
+                    with self._db_shield():
                         jobs = await self.store.claim(self.node_id, limit, named_only=named_only)
                     failures = 0
                 except Exception as exc:
@@ -1428,7 +1469,7 @@ class BackgroundJobs:
             self._reserved += limit
             self._flushing = batch
             try:
-                with anyio.CancelScope(shield=True):
+                with self._db_shield():
                     if self._unsettled_logs:
                         await self.store.update_progress(self._unsettled_logs)
                         self._unsettled_logs = []
@@ -1442,7 +1483,7 @@ class BackgroundJobs:
                 failures += 1
                 if limit:
                     self._claim_failed()
-                if failures >= _FAILURES_BEFORE_ONE_BY_ONE and not self.dialect.is_disconnect(exc):
+                if failures >= _FAILURES_BEFORE_ONE_BY_ONE and not self._is_disconnect(exc):
                     # The same error again and again, with the database there: perhaps one
                     # outcome it cannot take. Written one by one, the others are not held up.
                     batch = await self._write_one_by_one(batch)
@@ -1489,11 +1530,11 @@ class BackgroundJobs:
             attempt, refusals = outcome, 0
             while True:
                 try:
-                    with anyio.CancelScope(shield=True):
+                    with self._db_shield():
                         report = await self.store.finish(self.node_id, [attempt])
                 except Exception as exc:
                     refusals += 1
-                    if self.dialect.is_disconnect(exc) or attempt is not outcome:
+                    if self._is_disconnect(exc) or attempt is not outcome:
                         unwritten.append(outcome)
                         break
                     if refusals > 1:  # refused twice alone: not a passing conflict
@@ -1692,6 +1733,10 @@ def _storable_id(job_id: object) -> bool:
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise InvalidOptionsError(f"a job id is an int, got {job_id!r}")
     return -(2**63) <= job_id < 2**63
+
+
+class _NoAnswer(DatabaseError):
+    """A shielded database call given up at shutdown: sent, perhaps run, never answered."""
 
 
 def _raised_by_the_job(exc: BaseException) -> bool:

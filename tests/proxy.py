@@ -31,6 +31,9 @@ class Proxy:
         self.opened = 0
         #: queries a cut link refused: each one a client sent on a connection it thought alive
         self.refused = 0
+        #: set while the proxy is a black hole (see freeze)
+        self._thawed = anyio.Event()
+        self._thawed.set()
 
     async def cut(self) -> int:
         """Cut every open link; returns how many there were."""
@@ -41,7 +44,17 @@ class Proxy:
             await link.server.aclose()
         return len(links)
 
+    def freeze(self) -> None:
+        """Become a black hole, the way a server whose host froze (or a network that drops
+        every packet) is one: every link stays open, and nothing is carried either way, nor
+        does a new link reach the server, until thaw()."""
+        self._thawed = anyio.Event()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
     async def _serve(self, client: anyio.abc.SocketStream) -> None:
+        await self._thawed.wait()
         async with client, await anyio.connect_tcp(*self._target) as server:
             link = _Link(client, server)
             self._links.add(link)
@@ -60,15 +73,16 @@ class Proxy:
                 if link.cut:
                     self.refused += 1
                     return
+                await self._thawed.wait()
                 await link.server.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
 
-    @staticmethod
-    async def _replies(link: _Link, whole_link: anyio.CancelScope) -> None:
+    async def _replies(self, link: _Link, whole_link: anyio.CancelScope) -> None:
         with link.replies:
             try:
                 async for data in link.server:
+                    await self._thawed.wait()
                     await link.client.send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass

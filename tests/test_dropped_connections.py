@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import pytest
 
-from asyncjobs import BackgroundJobs
+from asyncjobs import BackgroundJobs, JobState
 from asyncjobs.dialects import Dialect, create_dialect
-from tests.commands import Add, AddCommand
+from tests.commands import Add, AddCommand, Sleep, SleepCommand
 from tests.proxy import Proxy, proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("postgres", "mysql")]
@@ -114,3 +114,39 @@ async def test_an_autocommitting_write_on_a_dropped_connection_is_not_sent_again
             assert await conn.execute("renew_node", NODE) == 1
         assert link.opened == 2
     assert await nodes(dsn) == ["n1"]
+
+
+# Without the bounds the shutdown waits forever on shielded calls: only a thread ends the test.
+@pytest.mark.timeout(150, method="thread")
+async def test_a_database_that_stops_answering_does_not_hold_the_shutdown(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """A frozen host, or a network that drops everything: connections stay open and nothing
+    comes back. The shutdown still ends (each shielded wait for the database is bounded), and
+    leaves the jobs it could not record leased to its node, which another process takes over
+    once the node's lease lapses: nothing is lost."""
+    async with make_jobs(commands=[SleepCommand], execute=False):
+        pass
+    parts = urlsplit(dsn)
+    assert parts.hostname is not None and parts.port is not None
+    async with proxy(parts.hostname, parts.port) as link:
+        netloc = parts.netloc.replace(f":{parts.port}", f":{link.port}")
+        jobs = BackgroundJobs(
+            parts._replace(netloc=netloc).geturl(),
+            commands=[SleepCommand],
+            shutdown_grace=timedelta(milliseconds=500),
+            lease_duration=timedelta(seconds=2),
+            poll_interval=timedelta(milliseconds=50),
+        )
+        async with jobs:
+            refs = await jobs.enqueue_many([(SleepCommand, Sleep(0.2)) for _ in range(20)])
+            with anyio.fail_after(10):
+                while jobs.statistics()["claimed"] < 20:
+                    await anyio.sleep(0.01)
+            link.freeze()
+            await anyio.sleep(0.5)  # the jobs end; their outcomes get no answer
+        link.thaw()
+    async with make_jobs(commands=[SleepCommand], lease_duration=timedelta(seconds=1)) as jobs:
+        with anyio.fail_after(30):
+            results = [await jobs.wait_for_job(ref.id) for ref in refs]
+    assert [result.state for result in results] == [JobState.COMPLETED] * 20

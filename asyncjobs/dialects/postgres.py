@@ -40,6 +40,11 @@ _OPTIONS = ("schema", "min_size", "max_size")
 #: SQLSTATEs meaning the server went away or refuses connections for now: connection
 #: exceptions (class 08), shutdowns (57P01-57P03) and too many connections (53300)
 _DISCONNECT_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+#: how long a shielded step (BEGIN, COMMIT, ROLLBACK, the return of a connection) waits for the
+#: server: shielded, it must still end when the server stopped answering without closing the
+#: connection (a frozen host, a network that drops everything), or a shutdown would never end.
+#: Past it the connection is closed; a COMMIT then raises, as one whose reply was lost.
+CLEANUP_SECONDS = 5.0
 #: how often an idle LISTEN connection is checked, so a silently dead one is replaced
 _LISTEN_HEALTH_CHECK = 30.0
 
@@ -264,7 +269,7 @@ class PostgresDialect(Dialect):
             yield conn
         finally:
             with anyio.CancelScope(shield=True):
-                await pool.release(conn)
+                await pool.release(conn, timeout=CLEANUP_SECONDS)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -275,14 +280,16 @@ class PostgresDialect(Dialect):
             async with self._acquire() as conn:
                 tx = conn.transaction()
                 try:
-                    with anyio.CancelScope(shield=True):
-                        # A BEGIN cut off half-way would leave a transaction no one rolls back.
-                        await tx.start()
+                    # A BEGIN cut off half-way would leave a transaction no one rolls back.
+                    await _answered_in_time(conn, tx.start(), "BEGIN")
                 except Exception as exc:
                     # A pooled connection the server dropped while it sat idle fails here,
-                    # before any work was done: the pool replaces it; try the next one.
-                    if attempt == attempts - 1 or not (
-                        self.is_disconnect(exc) or _nothing_ran(exc)
+                    # before any work was done: the pool replaces it; try the next one. (Not
+                    # one that went unanswered: the next would wait as long.)
+                    if (
+                        attempt == attempts - 1
+                        or isinstance(exc, _Unanswered)
+                        or not (self.is_disconnect(exc) or _nothing_ran(exc))
                     ):
                         raise
                     continue
@@ -290,14 +297,12 @@ class PostgresDialect(Dialect):
                     await self._local_search_path(conn)
                     yield PostgresConnection(self, conn)
                 except BaseException:
-                    with anyio.CancelScope(shield=True):
-                        try:
-                            await tx.rollback()
-                        except Exception as exc:  # the connection is gone; the pool drops it
-                            log.debug("rollback failed: %r", exc)
+                    try:
+                        await _answered_in_time(conn, tx.rollback(), "ROLLBACK")
+                    except Exception as exc:  # the connection is gone; the pool drops it
+                        log.debug("rollback failed: %r", exc)
                     raise
-                with anyio.CancelScope(shield=True):
-                    await tx.commit()
+                await _answered_in_time(conn, tx.commit(), "COMMIT")
                 return
 
     @asynccontextmanager
@@ -320,7 +325,7 @@ class PostgresDialect(Dialect):
         finally:
             if held._conn is not None:
                 with anyio.CancelScope(shield=True):
-                    await pool.release(held._conn)
+                    await pool.release(held._conn, timeout=CLEANUP_SECONDS)
 
     @asynccontextmanager
     async def _on_lane(self, pool: Any) -> AsyncIterator[PostgresConnection]:
@@ -337,7 +342,7 @@ class PostgresDialect(Dialect):
                 lane, self._lane = held._conn, None
                 if lane is not None:
                     with anyio.CancelScope(shield=True):
-                        await pool.release(lane)
+                        await pool.release(lane, timeout=CLEANUP_SECONDS)
                 raise
             self._lane = held._conn  # replaced if the server had dropped it
         finally:
@@ -575,6 +580,23 @@ def _asyncpg_dsn(raw: str) -> str:
     parts = urlsplit(raw)
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k not in _OPTIONS])
     return urlunsplit(("postgresql", parts.netloc, parts.path, query, parts.fragment))
+
+
+class _Unanswered(TimeoutError):
+    """The server did not answer a shielded step in time; its connection was closed."""
+
+
+async def _answered_in_time(conn: Any, step: Awaitable[Any], what: str) -> None:
+    """Run ``step`` shielded from cancellation, for at most CLEANUP_SECONDS: past them the
+    connection is closed (its state unknown) and _Unanswered raised."""
+    with anyio.move_on_after(CLEANUP_SECONDS, shield=True) as waited:
+        await step
+    if waited.cancelled_caught:
+        conn.terminate()
+        raise _Unanswered(
+            f"{what} got no answer in {CLEANUP_SECONDS:g} s; the connection was closed"
+            + (" (the transaction may have committed)" if what == "COMMIT" else "")
+        )
 
 
 def create(dsn: Dsn, **settings: Any) -> PostgresDialect:
