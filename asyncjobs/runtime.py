@@ -841,9 +841,14 @@ class BackgroundJobs:
             check_text("name", name)
         except InvalidOptionsError as exc:
             raise ConfigurationError(f"a recurring task needs a name: {exc}") from None
-        if options is not None and options.run_command and new.run_after is not None:
+        if (
+            options is not None
+            and options.run_command
+            and (new.run_after is not None or new.depends_on is not None)
+        ):
             raise InvalidOptionsError(
-                "a recurring task that runs transiently (run_command) cannot take run_after"
+                "a recurring task that runs transiently (run_command) cannot take run_after "
+                "or depends_on, which need a stored job"
             )
         stored_options = (options or JobOptions()).to_dict()
         if skip_if_running:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -16,7 +17,7 @@ import anyio
 from ._ref_ids import new_ref_id
 from .clock import Clock
 from .dialects import Row
-from .exceptions import AsyncJobsError
+from .exceptions import AsyncJobsError, ConfigurationError
 from .models import JobOptions, ScheduledTask
 from .schedule import Schedule
 from .store import NewJob, Store, utcnow
@@ -25,8 +26,18 @@ log = logging.getLogger("asyncjobs.scheduler")
 
 
 def row_to_task(row: Row) -> ScheduledTask:
-    stored = json.loads(row["options"] or "{}")
-    skip = bool(stored.pop("skip_if_running", False))
+    """The task a stored row describes; ConfigurationError if this version cannot read it
+    (stored by another version, or by hand)."""
+    try:
+        stored = json.loads(row["options"] or "{}")
+        if not isinstance(stored, dict):
+            raise TypeError(f"options must be a JSON object, got {row['options']!r}")
+        skip = bool(stored.pop("skip_if_running", False))
+        options = JobOptions.from_dict(stored)
+    except AsyncJobsError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ConfigurationError(f"recurring task {row['name']!r}: bad options: {exc}") from None
     return ScheduledTask(
         name=row["name"],
         schedule=Schedule.from_text(row["schedule"]),
@@ -34,7 +45,7 @@ def row_to_task(row: Row) -> ScheduledTask:
         command=row["command"],
         request=row["request"],
         request_body=row["request_body"],
-        options=JobOptions.from_dict(stored),
+        options=options,
         skip_if_running=skip,
         enabled=bool(row["enabled"]),
         last_run=row["last_run"],
@@ -99,7 +110,8 @@ class Scheduler:
         self.changed = anyio.Event()
         self.fired = 0
         self.skipped = 0
-        self._transient_running: set[str] = set()
+        #: runs of transient tasks going on in this process, by task name
+        self._transient_running: Counter[str] = Counter()
 
     def notify_changed(self) -> None:
         self.changed.set()
@@ -109,7 +121,7 @@ class Scheduler:
         while True:
             self.changed = anyio.Event()
             now = self.clock.now()
-            unreadable = False
+            unreadable: set[str] = set()
             try:
                 for row in await self.store.due_tasks(now):
                     try:
@@ -117,10 +129,24 @@ class Scheduler:
                     except AsyncJobsError as exc:
                         # Stored by another version, or by hand: the other tasks go on.
                         log.error("recurring task %s cannot be read: %r", row["name"], exc)
-                        unreadable = True
+                        unreadable.add(row["name"])
                         continue
                     await self.fire(task, now)
-                next_due = await self.store.next_task_due()
+                if unreadable:
+                    # They stay due (looked at again at the next refresh): the wake-up comes
+                    # from the others, due before then.
+                    next_due = min(
+                        (
+                            row["next_run"]
+                            for row in await self.store.due_tasks(now + self.refresh)
+                            if row["name"] not in unreadable
+                            and isinstance(row["next_run"], datetime)
+                            and row["next_run"] > now
+                        ),
+                        default=None,
+                    )
+                else:
+                    next_due = await self.store.next_task_due()
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -129,8 +155,7 @@ class Scheduler:
                 await anyio.sleep(delay)
                 continue
             wake_at = now + self.refresh
-            # (an unreadable task stays due: looked at again at the next refresh, not at once)
-            if next_due is not None and next_due < wake_at and not (unreadable and next_due <= now):
+            if next_due is not None and next_due < wake_at:
                 wake_at = next_due
             await self._sleep_until(wake_at)
 
@@ -183,7 +208,9 @@ class Scheduler:
         return task.last_job_id is not None and await self.store.job_is_active(task.last_job_id)
 
     def transient_started(self, name: str) -> None:
-        self._transient_running.add(name)
+        self._transient_running[name] += 1
 
     def transient_finished(self, name: str) -> None:
-        self._transient_running.discard(name)
+        self._transient_running[name] -= 1
+        if self._transient_running[name] <= 0:
+            del self._transient_running[name]

@@ -236,22 +236,48 @@ async def test_run_a_scheduled_task_now(make_jobs: Factory) -> None:
     assert task.next_run == datetime(2026, 3, 29, tzinfo=UTC)  # the schedule is unchanged
 
 
-async def test_a_task_that_cannot_be_read_holds_up_no_other(make_jobs: Factory) -> None:
+@pytest.mark.parametrize(
+    ("schedule", "options"),
+    [
+        ("cron:every other minute", "{}"),
+        ("cron:* * * * *|UTC", '{"timeout": "PT5M"}'),
+        ("cron:* * * * *|UTC", "[]"),
+        ("cron:* * * * *|UTC", "not json"),
+    ],
+)
+async def test_a_task_that_cannot_be_read_holds_up_no_other(
+    make_jobs: Factory, caplog: pytest.LogCaptureFixture, schedule: str, options: str
+) -> None:
     """A task row this version cannot read (written by another version, or by hand) is
-    logged and left as it is; the other tasks still run."""
+    logged and left as it is; the other tasks still run, and the list leaves it out."""
     clock = FakeClock(T0)
     async with make_jobs(commands=[AddCommand], clock=clock) as jobs:
         await jobs.store.upsert_task({
-            "name": "a-unreadable", "schedule": "cron:every other minute", "request_type": "CMD",
+            "name": "a-unreadable", "schedule": schedule, "request_type": "CMD",
             "command": "AddCommand", "request": "Add", "request_body": '{"a":1,"b":1}',
-            "options": "{}", "next_run": T0 - timedelta(minutes=1),
+            "options": options, "next_run": T0 - timedelta(minutes=1),
         })  # fmt: skip
         await jobs.recurring_command(AddCommand, Schedule.every_minute, Add(1, 1))
         for minute in (1, 2):
             clock.advance(timedelta(minutes=1))
             await _fired_jobs(jobs, "AddCommand", minute)
+        assert [task.name for task in await jobs.scheduled_tasks()] == ["AddCommand"]
         unreadable = [t for t in await jobs.store.list_tasks() if t["name"] == "a-unreadable"]
     assert unreadable[0]["last_run"] is None
+    assert any("a-unreadable cannot be read" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_task_that_cannot_be_read_does_not_slow_the_others(make_jobs: Factory) -> None:
+    """It stays due, and is looked at again only at the next refresh: the others still fire
+    when they are due, not at that refresh."""
+    async with make_jobs(commands=[AddCommand], schedule_refresh=timedelta(seconds=60)) as jobs:
+        await jobs.store.upsert_task({
+            "name": "a-unreadable", "schedule": "cron:garbage|UTC", "request_type": "CMD",
+            "command": "AddCommand", "request": "Add", "request_body": '{"a":1,"b":1}',
+            "options": "{}", "next_run": datetime.now(UTC) - timedelta(minutes=1),
+        })  # fmt: skip
+        await jobs.recurring_command(AddCommand, Schedule.cron("* * * * * *"), Add(1, 1))
+        await _fired_jobs(jobs, "AddCommand", 3)  # every second, not every refresh
 
 
 async def test_bad_recurring_tasks_are_refused_when_registered(make_jobs: Factory) -> None:
@@ -266,8 +292,34 @@ async def test_bad_recurring_tasks_are_refused_when_registered(make_jobs: Factor
                 AddCommand, Schedule.hourly, Add(1, 1),
                 options=JobOptions(run_command=True, run_after=later),
             )  # fmt: skip
+        with pytest.raises(InvalidOptionsError, match="cannot take run_after or depends_on"):
+            await jobs.recurring_command(
+                AddCommand, Schedule.hourly, Add(1, 1),
+                options=JobOptions(run_command=True, depends_on=1),
+            )  # fmt: skip
         with pytest.raises(InvalidOptionsError, match="must be JSON"):
             await jobs.recurring_command(
                 AddCommand, Schedule.hourly, Add(1, 1), options=JobOptions(meta={"at": later})
             )
         assert await jobs.scheduled_tasks() == []
+
+
+async def test_a_transient_task_is_running_until_its_last_run_here_ends(
+    make_jobs: Factory,
+) -> None:
+    """Two runs at once (its schedule's and run_scheduled_task's): the first to end does not
+    make skip_if_running forget the other."""
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        await jobs.recurring_command(
+            AddCommand, Schedule.hourly, Add(1, 1),
+            options=JobOptions(run_command=True), skip_if_running=True,
+        )  # fmt: skip
+        task = await _task(jobs, "AddCommand")
+        scheduler = jobs.scheduler
+        assert scheduler is not None
+        scheduler.transient_started(task.name)
+        scheduler.transient_started(task.name)
+        scheduler.transient_finished(task.name)
+        assert await scheduler._still_running(task)
+        scheduler.transient_finished(task.name)
+        assert not await scheduler._still_running(task)
