@@ -130,7 +130,7 @@ async def test_queue_shows_progress_and_why_jobs_wait(admin: Admin) -> None:
             await anyio.sleep(0.1)
     job = running[progress.id]
     assert 0 < job["progress"] < 1 and job["status"].startswith("step ")
-    assert job["elapsed_ms"] >= 0 and job["progress_estimated"] is False
+    assert job["elapsed_ms"] > 0 and job["progress_estimated"] is False
     assert running[busy.id]["worker"] == "serial"
     waiting = {job["id"]: job["waiting"] for job in data["queued"]}
     assert waiting[behind.id] == {"reason": "worker_busy", "worker": "serial", "job_id": busy.id}
@@ -702,11 +702,12 @@ async def test_lifespan_can_run_the_jobs(make_jobs: Factory) -> None:
     sent: list[str] = []
     messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
     started = anyio.Event()
+    stop = anyio.Event()
 
     async def receive() -> Any:
         if len(sent) == 1:
             started.set()
-            await anyio.sleep(0.2)
+            await stop.wait()
         return messages.pop(0)
 
     async def send(message: Any) -> None:
@@ -716,7 +717,10 @@ async def test_lifespan_can_run_the_jobs(make_jobs: Factory) -> None:
         tg.start_soon(app, {"type": "lifespan"}, receive, send)
         await started.wait()
         ref = await jobs.enqueue_command(AddCommand, Add(1, 1))  # the runtime is up
-        assert ref.id == 1
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(ref.id)  # ... and runs jobs
+        assert result.completed is not None and result.completed.response_body == '{"total":2}'
+        stop.set()
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 

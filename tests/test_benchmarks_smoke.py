@@ -63,9 +63,15 @@ def test_quick_mode_on_sqlite_writes_json_markdown_and_chart(tmp_path: Path) -> 
         assert {"samples", "p50_ms", "p95_ms", "p99_ms"} <= set(sqlite[name]), name
     assert sqlite["drain_backlog"]["all_archived"] is True
     assert "rss_peak_mb" in sqlite["drain_backlog"]
-    # CPU is metered (in clock ticks: a drain this small may read zero).
-    assert sqlite["drain_1_worker"]["worker_cpu_us_per_job"] >= 0
-    assert sqlite["drain_1_worker"]["database_cpu_us_per_job"] >= 0
+    # CPU is metered (in clock ticks: a drain this small may read zero, but not every one).
+    cpu = [
+        sqlite[name][key]
+        for name in ("drain_1_worker", "drain_backlog")
+        for key in ("worker_cpu_us_per_job", "database_cpu_us_per_job")
+        if key in sqlite[name]
+    ]
+    assert all(isinstance(value, int | float) and value >= 0 for value in cpu)
+    assert sum(cpu) > 0
     assert all({"target", "ours", "ratio", "met"} <= set(t) for t in report["targets"])
     table = (tmp_path / "smoke.md").read_text()
     assert "| Workload |" in table

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiomysql
+import aiomysql.connection
 import pytest
 
 from asyncjobs import BackgroundJobs, JobOptions
@@ -390,11 +391,28 @@ async def test_a_group_is_written_out_per_row_with_its_values_escaped(
                 await conn.fetch("fill", {"rows": [], "base": 0})
 
 
-async def test_a_transaction_begins_with_its_first_query(make_jobs: Factory, dsn: str) -> None:
+async def test_a_transaction_begins_with_its_first_query(
+    make_jobs: Factory, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         dialect = dialect_of(jobs)
+        async with dialect.transaction() as tx:  # the pooled connection is set up here
+            await tx.fetch("newest_job_id")
+        sent: list[object] = []
+        real = aiomysql.connection.Connection._execute_command
+
+        async def spy(self: Any, command: int, sql: object) -> None:
+            sent.append(sql)
+            await real(self, command, sql)
+
+        monkeypatch.setattr(aiomysql.connection.Connection, "_execute_command", spy)
         async with dialect.transaction():
-            pass  # nothing sent, nothing to commit
+            pass
+        assert sent == []  # nothing sent, nothing to commit
+        async with dialect.transaction() as tx:
+            await tx.fetch("newest_job_id")
+        assert sent  # (the spy sees what is sent)
+        monkeypatch.undo()
 
         async def fail_after_a_write() -> None:
             async with dialect.transaction() as tx:

@@ -336,7 +336,12 @@ def test_bad_dialect_settings_fail_where_they_are_made(
 
 
 def test_dialect_settings_from_the_dsn_and_the_keywords_are_accepted() -> None:
-    jobs = BackgroundJobs("mysql://u@h/db?pool_recycle=-1&max_size=4", min_size=2)
-    assert jobs.dialect.max_size == 4  # type: ignore[attr-defined]
-    BackgroundJobs("postgresql://u@h/db?min_size=0&max_size=3", schema="jobs")
-    BackgroundJobs("sqlite:///unused.db", busy_timeout=5, change_poll_interval=timedelta(seconds=1))
+    mysql: Any = BackgroundJobs("mysql://u@h/db?pool_recycle=-1&max_size=4", min_size=2).dialect
+    assert (mysql.max_size, mysql._min_size, mysql._pool_recycle) == (4, 2, -1)
+    postgres: Any = BackgroundJobs("postgresql://u@h/db?min_size=0&max_size=3", schema="jobs")
+    assert (postgres.dialect._min_size, postgres.dialect._max_size) == (0, 3)
+    assert postgres.dialect.schema == "jobs"
+    sqlite: Any = BackgroundJobs(
+        "sqlite:///unused.db", busy_timeout=5, change_poll_interval=timedelta(seconds=1)
+    ).dialect
+    assert sqlite._busy_timeout == 5

@@ -10,6 +10,7 @@ import pytest
 
 from asyncjobs import BackgroundJobs, JobState
 from asyncjobs.store import add_months, month_key
+from asyncjobs.web._admin_store import AdminStore, JobFilter
 from tests.commands import Add, AddCommand, Fail, FailCommand
 
 pytestmark = pytest.mark.anyio
@@ -24,15 +25,35 @@ async def test_archives_exist_for_this_and_next_month(make_jobs: Factory) -> Non
 
 
 async def test_completed_and_failed_jobs_are_archived_by_created_month(make_jobs: Factory) -> None:
+    """Jobs created two months ago and finished now go to that month's archive (its table on
+    SQLite, its partition elsewhere), not to this month's."""
+    now = datetime.now(UTC)
+    old_key = add_months(month_key(now), -2)
+    created = month_start_of(old_key) + timedelta(days=3)
     async with make_jobs(commands=[AddCommand, FailCommand], default_retry_limit=0) as jobs:
-        ok = await jobs.enqueue_command(AddCommand, Add(1, 1))
-        bad = await jobs.enqueue_command(FailCommand, Fail())
-        ok_result = await jobs.wait_for_job(ok.id)
-        bad_result = await jobs.wait_for_job(bad.id)
+        await jobs.store.ensure_archives(month_start_of(old_key), months_ahead=3)
+        ok_job = jobs._command_job(AddCommand, Add(1, 1), None, created)
+        bad_job = jobs._command_job(FailCommand, Fail(), None, created)
+        ((ok_id, _), (bad_id, _)) = await jobs.store.enqueue([ok_job, bad_job])
+        ok_result = await jobs.wait_for_job(ok_id)
+        bad_result = await jobs.wait_for_job(bad_id)
         assert await jobs.store.select_job_ids(None, None) == []  # the queue is empty
+        admin = AdminStore(jobs.dialect, jobs.store)
+        listed = {
+            (view, month): [
+                row["id"] for row in await admin.list_jobs(view, JobFilter(month=month))
+            ]
+            for view in ("completed", "failed")
+            for month in (old_key, month_key(now))
+        }
     assert ok_result.completed is not None and ok_result.failed is None
     assert bad_result.failed is not None and bad_result.completed is None
     assert bad_result.failed.state is JobState.FAILED
+    assert ok_result.completed.created_date == created
+    assert listed == {
+        ("completed", old_key): [ok_id], ("completed", month_key(now)): [],
+        ("failed", old_key): [bad_id], ("failed", month_key(now)): [],
+    }  # fmt: skip
 
 
 async def test_retention_drops_whole_old_months(make_jobs: Factory) -> None:

@@ -29,8 +29,9 @@ from tests.commands import (
     AddCommand,
     AnswerCommand,
     Nested,
-    NestedCommand,
     PingCommand,
+    Sleep,
+    SleepCommand,
     Sum,
     SyncAddCommand,
     SyncAnswerCommand,
@@ -55,18 +56,19 @@ async def test_all_eight_command_shapes_run(make_jobs: Factory) -> None:
     EVENTS.clear()
     commands = [
         AddCommand, SyncAddCommand, PingCommand, AnswerCommand, SyncPingCommand,
-        SyncAnswerCommand, SyncRecordCommand, NestedCommand,
+        SyncAnswerCommand, SyncRecordCommand, SleepCommand,
     ]  # fmt: skip
     async with make_jobs(commands=commands) as jobs:
-        assert await _run(jobs, AddCommand, Add(1, 2)) == '{"total":3}'
+        assert await _run(jobs, AddCommand, Add(1, 2)) == '{"total":3}'  # async, request, result
         assert await _run(jobs, SyncAddCommand, Add(3, 4)) == '{"total":7}'
-        assert await _run(jobs, PingCommand) is None
-        assert await _run(jobs, AnswerCommand) == "42"
+        assert await _run(jobs, PingCommand) is None  # async, no request, no result
+        assert await _run(jobs, AnswerCommand) == "42"  # async, no request, result
         assert await _run(jobs, SyncPingCommand) is None
         assert await _run(jobs, SyncAnswerCommand) == '"forty-two"'
         assert await _run(jobs, "SyncRecordCommand", Add(5, 5)) is None  # by name
-    assert [e[0] for e in EVENTS] == ["ping", "sync-ping", "sync"]
-    assert EVENTS[2][1] == "10"
+        assert await _run(jobs, SleepCommand, Sleep(0, label="s")) is None  # async, request
+    assert [e[0] for e in EVENTS] == ["ping", "sync-ping", "sync", "start", "end"]
+    assert EVENTS[2][1] == "10" and EVENTS[3][1] == "s"
 
 
 async def test_nested_request_round_trips_into_its_declared_type(make_jobs: Factory) -> None:

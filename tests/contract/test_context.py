@@ -45,7 +45,7 @@ class Chatty(AsyncCommand[Add]):
         for i in range(request.a):
             log.info("line %d", i)
             if i % 50 == 0:
-                await anyio.sleep(0.05)
+                await anyio.sleep(0.2)  # six pauses: the job outlasts a few progress writes
 
 
 async def test_job_logger_writes_to_logging_and_job_logs_in_batches(
@@ -68,7 +68,7 @@ async def test_job_logger_writes_to_logging_and_job_logs_in_batches(
     lines = result.completed.logs.splitlines()
     assert len(lines) == 300 and lines[0].endswith("INFO line 0") and lines[-1].endswith("line 299")
     assert sum("line 299" in r.getMessage() for r in caplog.records) == 1
-    assert writes < 10  # batched: far fewer writes than lines
+    assert 1 <= writes < 10  # written as it ran, batched: far fewer writes than lines
 
 
 class LogsThenWaits(AsyncCommand[Add]):

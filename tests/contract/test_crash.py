@@ -129,8 +129,11 @@ async def test_kill_during_completion_neither_loses_nor_duplicates(
     log_file = tmp_path / "events.log"
     total = 2000
     async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+        # 5 ms each, 20 at a time: about half a second of draining, so the kill lands in it
+        # even on a busy machine (with no-op jobs the drain could end before the kill).
         refs = await producer.enqueue_many(
-            (SleepCommand, Sleep(0, label=f"j{i}", log_file=str(log_file))) for i in range(total)
+            (SleepCommand, Sleep(0.005, label=f"j{i}", log_file=str(log_file)))
+            for i in range(total)
         )
     worker = await anyio.to_thread.run_sync(
         start_worker, dsn, "--lease-seconds", "1", "--max-concurrency", "20"

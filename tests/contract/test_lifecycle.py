@@ -251,14 +251,19 @@ async def test_cancel_jobs_by_worker_and_state(make_jobs: Factory) -> None:
 
 
 async def test_requeue_failed_job_runs_again_with_same_id(make_jobs: Factory) -> None:
-    async with make_jobs(commands=[FailCommand], default_retry_limit=0) as jobs:
-        ref = await jobs.enqueue_command(FailCommand, Fail(succeed_on_attempt=2))
-        assert (await jobs.wait_for_job(ref.id)).state is JobState.FAILED
+    async with make_jobs(commands=[FailCommand], default_retry_limit=1) as jobs:
+        ref = await jobs.enqueue_command(FailCommand, Fail(succeed_on_attempt=3))
+        first = await jobs.wait_for_job(ref.id)
+        assert first.state is JobState.FAILED and first.failed is not None
+        assert first.failed.attempts == 2
         await jobs.requeue_failed_job(ref.id)
-        # A fresh retry budget: attempts restart, so succeed_on_attempt=2 fails once more.
+        # A fresh retry budget: attempts restart at 1, so attempt 3 (which would succeed)
+        # never comes, and it fails again after two more runs.
         result = await jobs.wait_for_job(ref.id)
     assert result.state is JobState.FAILED and result.failed is not None
-    assert result.failed.id == ref.id and result.failed.attempts == 1
+    assert result.failed.id == ref.id and result.failed.attempts == 2
+    assert first.failed.completed_date is not None and result.failed.completed_date is not None
+    assert result.failed.completed_date > first.failed.completed_date  # it ran again
 
 
 async def test_requeue_rejects_active_and_unknown_jobs(make_jobs: Factory) -> None:
