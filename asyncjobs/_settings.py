@@ -48,3 +48,24 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def check_pool_settings(
+    min_size: object,
+    max_size: object,
+    deadlock_retries: object,
+    pool_recycle: object,
+    connect_timeout: object,
+    change_poll_interval: object,
+) -> None:
+    """The settings of a dialect with a pool of its own and a watch of new job ids (MySQL,
+    SQL Server)."""
+    low = check_int("min_size", min_size, 1, 10_000)
+    high = check_int("max_size", max_size, 1, 10_000)
+    if low > high:
+        raise ConfigurationError(f"min_size ({low}) must not exceed max_size ({high})")
+    check_int("deadlock_retries", deadlock_retries, 0, 1000)
+    if pool_recycle != -1:  # -1: never
+        check_seconds("pool_recycle", pool_recycle, 1)
+    check_seconds("connect_timeout", connect_timeout, 0.001)
+    check_duration("change_poll_interval", change_poll_interval, timedelta(milliseconds=1))

@@ -635,17 +635,24 @@ async def test_mount_serves_admin_under_a_prefix(admin: Admin) -> None:
     assert calls == ["/other", "/admin/jobsx"]
 
 
-@pytest.mark.dialects("sqlite")
-async def test_aiohttp_sub_application(make_jobs: Factory) -> None:
+def aiohttp_admin(make_jobs: Factory) -> tuple[BackgroundJobs, Any, dict[str, str]]:
+    """Jobs, an aiohttp application serving their admin under /admin/jobs/ with basic auth,
+    and the header that passes it."""
     from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
 
     from asyncjobs.web import aiohttp_app
 
     jobs = admin_jobs(make_jobs())
     app = web.Application()
     app.add_subapp("/admin/jobs/", aiohttp_app(jobs, basic_auth="ops:pw"))
-    auth = {"Authorization": "Basic " + base64.b64encode(b"ops:pw").decode()}
+    return jobs, app, {"Authorization": "Basic " + base64.b64encode(b"ops:pw").decode()}
+
+
+@pytest.mark.dialects("sqlite")
+async def test_aiohttp_sub_application(make_jobs: Factory) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    jobs, app, auth = aiohttp_admin(make_jobs)
     async with jobs, TestClient(TestServer(app)) as client:
         ref = await jobs.enqueue_command(AddCommand, Add(1, 2))
         await wait_state(jobs, ref.id, "Completed")
@@ -669,15 +676,9 @@ async def test_aiohttp_sub_application(make_jobs: Factory) -> None:
 
 @pytest.mark.dialects("sqlite")
 async def test_aiohttp_reads_a_body_that_arrives_in_parts(make_jobs: Factory) -> None:
-    from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from asyncjobs.web import aiohttp_app
-
-    jobs = admin_jobs(make_jobs())
-    app = web.Application()
-    app.add_subapp("/admin/jobs/", aiohttp_app(jobs, basic_auth="ops:pw"))
-    auth = {"Authorization": "Basic " + base64.b64encode(b"ops:pw").decode()}
+    jobs, app, auth = aiohttp_admin(make_jobs)
     body = json.dumps({"state": "Queued"}).encode()
 
     async def in_parts() -> AsyncIterator[bytes]:

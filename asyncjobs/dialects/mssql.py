@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .._settings import check_duration, check_int, check_seconds
+from .._settings import check_pool_settings
 from .._sql import Queries, convert_params, load_queries, split_statements
 from ..exceptions import ConfigurationError, InvalidDsnError
 from ._base import (
@@ -310,15 +310,14 @@ class MssqlDialect(WatchesNewJobIds, Dialect):
         connect_timeout: float = 10,
         change_poll_interval: timedelta = timedelta(milliseconds=10),
     ) -> None:
-        check_int("min_size", min_size, 1, 10_000)
-        check_int("max_size", max_size, 1, 10_000)
-        if min_size > max_size:
-            raise ConfigurationError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
-        check_int("deadlock_retries", deadlock_retries, 0, 1000)
-        if pool_recycle != -1:  # -1: never
-            check_seconds("pool_recycle", pool_recycle, 1)
-        check_seconds("connect_timeout", connect_timeout, 0.001)
-        check_duration("change_poll_interval", change_poll_interval, timedelta(milliseconds=1))
+        check_pool_settings(
+            min_size,
+            max_size,
+            deadlock_retries,
+            pool_recycle,
+            connect_timeout,
+            change_poll_interval,
+        )
         self.change_poll_interval = change_poll_interval
         self._new_job_ids = NewJobIds()
         self.dsn = dsn

@@ -77,7 +77,7 @@ import aiomysql
 import aiomysql.connection
 import anyio
 
-from .._settings import check_duration, check_int, check_seconds
+from .._settings import check_pool_settings
 from .._sql import Queries, convert_params, each_groups, load_queries, split_statements
 from ..exceptions import ConfigurationError, InvalidDsnError
 from ._base import (
@@ -574,15 +574,14 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
     ) -> None:
         if not dsn.database:
             raise InvalidDsnError("a MySQL DSN needs a database: mysql://user@host:3306/dbname")
-        check_int("min_size", min_size, 1, 10_000)
-        check_int("max_size", max_size, 1, 10_000)
-        if min_size > max_size:
-            raise ConfigurationError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
-        check_int("deadlock_retries", deadlock_retries, 0, 1000)
-        if pool_recycle != -1:  # -1: never
-            check_seconds("pool_recycle", pool_recycle, 1)
-        check_seconds("connect_timeout", connect_timeout, 0.001)
-        check_duration("change_poll_interval", change_poll_interval, timedelta(milliseconds=1))
+        check_pool_settings(
+            min_size,
+            max_size,
+            deadlock_retries,
+            pool_recycle,
+            connect_timeout,
+            change_poll_interval,
+        )
         #: how often the change watch reads new job ids while jobs come (see WatchesNewJobIds)
         self.change_poll_interval = change_poll_interval
         self._new_job_ids = NewJobIds()
