@@ -10,6 +10,7 @@ import contextvars
 import queue
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
@@ -18,6 +19,14 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from .context import current_context
+
+# Private to anyio: what makes anyio.from_thread work in its own worker threads. (Should a
+# later anyio move it, from_thread in a sync command needs token=, and nothing else changes.)
+_claim_worker_thread: Callable[[Any, object], AbstractContextManager[Any]] | None
+try:
+    from anyio._core._eventloop import claim_worker_thread as _claim_worker_thread
+except ImportError:  # pragma: no cover
+    _claim_worker_thread = None
 
 #: an idle thread ends after this long without work
 IDLE_SECONDS = 10.0
@@ -46,6 +55,8 @@ class SyncThreads:
         self._lock = threading.Lock()
         #: threads waiting for work that no queued item is promised to
         self._idle = 0
+        #: the event loop the jobs run in (known at the first run)
+        self._token: anyio.lowlevel.EventLoopToken | None = None
 
     async def run(self, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         """Run ``function(*args)`` in a thread, with the job's context (current_job() and
@@ -54,6 +65,8 @@ class SyncThreads:
         waiting, by cancelling the job context's ``thread_wait``."""
         job_context = current_context()
         context = contextvars.copy_context()
+        if self._token is None:
+            self._token = anyio.lowlevel.current_token()
         call = _Call()
         notify = _notifier(call.done.set)
 
@@ -97,6 +110,14 @@ class SyncThreads:
         threading.Thread(target=self._serve, name="asyncjobs sync command", daemon=True).start()
 
     def _serve(self) -> None:
+        # A sync command may call async code with anyio.from_thread, as in anyio's threads.
+        if _claim_worker_thread is not None and self._token is not None:
+            with _claim_worker_thread(self._token.backend_class, self._token.native_token):
+                self._serve_work()
+        else:  # pragma: no cover
+            self._serve_work()
+
+    def _serve_work(self) -> None:
         while True:
             try:
                 work, notify = self._work.get(timeout=IDLE_SECONDS)

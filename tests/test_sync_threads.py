@@ -8,6 +8,8 @@ import time
 from datetime import UTC, datetime
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import pytest
 
 from asyncjobs import BackgroundJob, JobState, _threads, cancellation_requested, current_job
@@ -155,3 +157,18 @@ async def test_a_thread_that_never_returns_can_be_given_up() -> None:
                 await ended.wait()
     finally:
         release.set()
+
+
+async def test_a_command_can_call_async_code_through_anyio_from_thread() -> None:
+    threads = SyncThreads(1)
+    _enter_job()
+    loop_thread = threading.get_ident()
+
+    async def in_the_loop(value: int) -> tuple[int, int]:
+        await anyio.lowlevel.checkpoint()
+        return value * 2, threading.get_ident()
+
+    def command() -> tuple[int, int]:
+        return anyio.from_thread.run(in_the_loop, 21)
+
+    assert await threads.run(command, ()) == (42, loop_thread)
