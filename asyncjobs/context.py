@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .exceptions import NoCurrentJobError
+from .exceptions import InvalidOptionsError, NoCurrentJobError
 from .models import BackgroundJob, storable_text
 
 _log = logging.getLogger("asyncjobs.job")
@@ -127,13 +127,19 @@ def update_status(*, progress: float | None = None, status: str | None = None) -
     """Report progress (0..1) and a status line for the running job."""
     context = current_context()
     if progress is not None:
-        if not 0.0 <= progress <= 1.0:
-            raise ValueError(f"progress must be between 0 and 1, got {progress}")
-        context.job.progress = progress
+        # A float, as every database stores it: one value it cannot store (a Decimal, say)
+        # would hold up the progress writes of every job running here.
+        if (
+            not isinstance(progress, int | float)
+            or isinstance(progress, bool)
+            or not 0.0 <= progress <= 1.0
+        ):
+            raise InvalidOptionsError(f"progress must be a number from 0 to 1, got {progress!r}")
+        context.job.progress = float(progress)
         context.progress_reported = True
     if status is not None:
         if not isinstance(status, str):
-            raise TypeError(f"status must be a str, got {type(status).__name__}")
+            raise InvalidOptionsError(f"status must be a str, got {type(status).__name__}")
         # (MySQL's status column holds 64 KB)
         context.job.status = storable_text(status[:MAX_STATUS_CHARS])
     context.job.last_activity_date = datetime.now(UTC)
@@ -157,7 +163,11 @@ class JobLogger(logging.LoggerAdapter[logging.Logger]):
         # The job's own log keeps INFO and above even when the app's logging is quieter.
         if context is not None and (level >= logging.INFO or self.isEnabledFor(level)):
             record = self.logger.makeRecord(self.logger.name, level, "(job)", 0, msg, args, None)
-            context.append_log(_formatter.format(record))
+            try:
+                line = _formatter.format(record)
+            except Exception:  # a message and arguments that do not format: as logging does,
+                line = f"{msg!r} % {args!r} (could not be formatted)"  # report, go on
+            context.append_log(line)
         kwargs.setdefault("extra", {}).update(self.extra or {})
         if self.logger.isEnabledFor(level):
             self.logger.log(level, msg, *args, **kwargs)

@@ -715,12 +715,22 @@ class BackgroundJobs:
         """Return once the job is Completed, Failed or Cancelled (here or in any process).
         Bound the wait with ``anyio.fail_after`` if needed."""
         self._require_started()
+        if job_id in self._transient:
+            raise JobNotFoundError(
+                f"job {job_id} is transient (run_command): nothing is stored to wait for; "
+                "watch the job run_command returned, or await run_command_async"
+            )
         if not _storable_id(job_id):
             raise JobNotFoundError(f"no job with id {job_id}")
         while True:
             event = self._waiters.setdefault(job_id, anyio.Event())
-            result = await self.store.get_job(job_id)
+            try:
+                result = await self.store.get_job(job_id)
+            except BaseException:
+                self._waiters.pop(job_id, None)  # (another waiter makes its own again)
+                raise
             if result is None:
+                self._waiters.pop(job_id, None)
                 raise JobNotFoundError(f"no job with id {job_id}")
             if result.summary.state.is_final:
                 self._waiters.pop(job_id, None)
@@ -732,6 +742,7 @@ class BackgroundJobs:
     async def cancel_job(self, job_id: int) -> bool:
         """Cancel a queued job (it never starts) or a running one (in any process), or a
         transient job running here."""
+        self._require_started()
         transient = self._transient.get(job_id)
         if transient is not None:
             self._stop(transient)
@@ -988,6 +999,7 @@ class BackgroundJobs:
         """Run a command now, through its named worker, without writing to the database.
         Returns the in-memory job at once; it is updated as it runs. A transient job runs
         once (nothing is stored to retry it from), within its timeout, then its callback."""
+        self._require_started()
         job = self._transient_job(self._command_job(command, request, options), request)
         group = self._started_group()
         # Registered now, so that cancel_job(job.id) reaches it from the moment it returns.
@@ -998,7 +1010,18 @@ class BackgroundJobs:
         self, command: type[Any] | str, request: Any = None, options: JobOptions | None = None
     ) -> Any:
         """Run a command now without the database and return its result (or raise its error)."""
+        self._require_started()
         job = self._transient_job(self._command_job(command, request, options), request)
+        running_here = _current.get()
+        if (
+            job.worker is not None
+            and running_here is not None
+            and running_here.job.worker == job.worker
+        ):
+            raise InvalidOptionsError(
+                f"a job on worker {job.worker!r} cannot wait for a transient job on the same "
+                "worker: it runs only after this one ends"
+            )
         await self._run_transient(self._register_transient(job))
         if job.state is JobState.COMPLETED:
             return job.result
@@ -1579,6 +1602,8 @@ class BackgroundJobs:
                 self._stats["completed"] += 1
             elif outcome.state is JobState.FAILED:
                 self._stats["failed"] += 1
+            elif outcome.state is JobState.CANCELLED:  # (a queued job's cancel counts itself)
+                self._stats["cancelled"] += 1
 
     def _resolve(self, final: Mapping[int, JobState]) -> None:
         for job_id in final:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
 
 import anyio
 import anyio.lowlevel
@@ -26,6 +28,7 @@ from asyncjobs import (
     update_status,
 )
 from asyncjobs.context import CAPPED_MARKER, MAX_LOG_CHARS
+from asyncjobs.exceptions import InvalidOptionsError
 from tests.commands import Add
 
 pytestmark = pytest.mark.anyio
@@ -317,3 +320,42 @@ async def test_a_sync_command_past_its_timeout_is_asked_to_stop(make_jobs: Facto
     assert PatientUntilAsked.asked == [True]
     assert result.state is JobState.FAILED
     assert result.failed is not None and result.failed.error_code == "Timeout"
+
+
+class BadStatus(AsyncCommand[Add]):
+    """Reports progress of the wrong kinds (each refused, nothing stored), then a good one;
+    logs a line whose arguments do not format; all beside another running job."""
+
+    async def run(self, request: Add) -> None:
+        refused = []
+        for progress in (Decimal("0.3"), Fraction(1, 3), True, "0.5", 1.5, float("nan")):
+            try:
+                update_status(progress=progress)  # type: ignore[arg-type]
+            except InvalidOptionsError:
+                refused.append(True)
+        assert len(refused) == 6
+        update_status(progress=0.25, status="a quarter")
+        job_logger().info("processed %d items", "three")  # a mistake logging forgives
+        await anyio.sleep(1.2)  # progress writes happen meanwhile
+
+
+async def test_bad_progress_is_refused_where_it_is_reported_and_holds_up_no_job(
+    make_jobs: Factory,
+) -> None:
+    async with make_jobs(commands=[BadStatus, Chatty]) as jobs:
+        bad = await jobs.enqueue_command(BadStatus, Add(1, 0))
+        other = await jobs.enqueue_command(Chatty, Add(1, 0))
+        with anyio.fail_after(10):
+            while True:
+                mid = await jobs.get_job(bad.id)
+                assert mid is not None
+                if mid.queued is not None and mid.queued.progress == 0.25:
+                    break
+                await anyio.sleep(0.05)
+        assert mid.queued is not None and mid.queued.status == "a quarter"
+        results = [await jobs.wait_for_job(ref.id) for ref in (bad, other)]
+    assert [result.state for result in results] == [JobState.COMPLETED] * 2
+    assert results[0].completed is not None and results[0].completed.logs is not None
+    assert "'processed %d items' % ('three',) (could not be formatted)" in (
+        results[0].completed.logs
+    )

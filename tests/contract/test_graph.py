@@ -529,3 +529,63 @@ async def test_a_database_error_while_marking_a_job_executed_does_not_stop_the_r
     assert failed == [ref.id]
     assert result.state is JobState.COMPLETED
     assert Notify.received == [Sum(5), Sum(2)]
+
+
+async def test_transient_jobs_need_a_running_runtime(make_jobs: Factory) -> None:
+    jobs = make_jobs(commands=[AddCommand])
+    for attempt in ("before", "after"):
+        with pytest.raises(ConfigurationError, match="async with jobs"):
+            await jobs.run_command_async(AddCommand, Add(1, 1))
+        with pytest.raises(ConfigurationError, match="async with jobs"):
+            await jobs.run_command(AddCommand, Add(1, 1))
+        with pytest.raises(ConfigurationError, match="async with jobs"):
+            await jobs.cancel_job(-1)
+        if attempt == "before":
+            async with jobs:
+                pass
+
+
+async def test_waiting_for_a_transient_or_unknown_job_says_why(make_jobs: Factory) -> None:
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        job = await jobs.run_command(SleepCommand, Sleep(30))
+        with pytest.raises(JobNotFoundError, match="is transient"):
+            await jobs.wait_for_job(job.id)
+        assert await jobs.cancel_job(job.id)
+        for _ in range(3):
+            with pytest.raises(JobNotFoundError, match="no job with id 424242"):
+                await jobs.wait_for_job(424242)
+        assert jobs._waiters == {}  # nothing left behind for jobs that do not exist
+
+
+async def test_a_cancelled_running_job_is_counted(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        ref = await jobs.enqueue_command(SleepCommand, Sleep(30, label="counted"))
+        with anyio.fail_after(10):
+            while ("start", "counted") not in [(e[0], e[1]) for e in EVENTS]:
+                await anyio.sleep(0.01)
+        assert await jobs.cancel_job(ref.id)
+        assert (await jobs.wait_for_job(ref.id)).state is JobState.CANCELLED
+        assert jobs.statistics()["cancelled"] == 1
+
+
+async def test_a_job_cannot_wait_for_a_transient_job_on_its_own_worker(
+    make_jobs: Factory,
+) -> None:
+    class RunsItsOwn(AsyncCommand[Add]):
+        worker = "w"
+
+        def __init__(self, jobs: BackgroundJobs) -> None:
+            self.jobs = jobs
+
+        async def run(self, request: Add) -> None:
+            await self.jobs.run_command_async(AddCommand, request, JobOptions(worker="w"))
+
+    jobs = make_jobs(commands=[RunsItsOwn, AddCommand], default_retry_limit=0)
+    jobs.services[BackgroundJobs] = jobs
+    async with jobs:
+        ref = await jobs.enqueue_command(RunsItsOwn, Add(1, 1))
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.failed is not None and result.failed.error is not None
+    assert "cannot wait for a transient job on the same worker" in result.failed.error.message
