@@ -20,6 +20,7 @@ from asyncjobs import (
     AsyncCommand,
     BackgroundJobs,
     JobOptions,
+    JobResult,
     JobState,
     SyncCommand,
     cancellation_requested,
@@ -165,6 +166,17 @@ async def test_stored_logs_are_capped_with_a_marker(make_jobs: Factory) -> None:
     assert MAX_LOG_CHARS < len(logs) <= MAX_LOG_CHARS + len(CAPPED_MARKER) + 1
 
 
+async def _running_with_progress(jobs: BackgroundJobs, job_id: int, progress: float) -> JobResult:
+    """The job, once a progress write stored ``progress`` while it runs."""
+    with anyio.fail_after(10):
+        while True:
+            result = await jobs.get_job(job_id)
+            assert result is not None
+            if result.queued is not None and result.queued.progress == progress:
+                return result
+            await anyio.sleep(0.05)
+
+
 async def test_progress_and_status_are_visible_while_running(make_jobs: Factory) -> None:
     release = anyio.Event()
 
@@ -175,13 +187,7 @@ async def test_progress_and_status_are_visible_while_running(make_jobs: Factory)
 
     async with make_jobs(commands=[Reporter]) as jobs:
         ref = await jobs.enqueue_command(Reporter, Add(0, 0))
-        with anyio.fail_after(5):
-            while True:
-                result = await jobs.get_job(ref.id)
-                assert result is not None
-                if result.queued is not None and result.queued.progress == 0.25:
-                    break
-                await anyio.sleep(0.05)
+        result = await _running_with_progress(jobs, ref.id, 0.25)
         assert result.queued is not None and result.queued.status == "step 1 of 4"
         assert result.queued.state is JobState.STARTED
         release.set()
@@ -345,13 +351,7 @@ async def test_bad_progress_is_refused_where_it_is_reported_and_holds_up_no_job(
     async with make_jobs(commands=[BadStatus, Chatty]) as jobs:
         bad = await jobs.enqueue_command(BadStatus, Add(1, 0))
         other = await jobs.enqueue_command(Chatty, Add(1, 0))
-        with anyio.fail_after(10):
-            while True:
-                mid = await jobs.get_job(bad.id)
-                assert mid is not None
-                if mid.queued is not None and mid.queued.progress == 0.25:
-                    break
-                await anyio.sleep(0.05)
+        mid = await _running_with_progress(jobs, bad.id, 0.25)
         assert mid.queued is not None and mid.queued.status == "a quarter"
         results = [await jobs.wait_for_job(ref.id) for ref in (bad, other)]
     assert [result.state for result in results] == [JobState.COMPLETED] * 2
