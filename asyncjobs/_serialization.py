@@ -28,7 +28,8 @@ def encode(value: Any) -> str:
         return str(value.model_dump_json())
     try:
         return _encoder.encode(value).decode()
-    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+    except (TypeError, msgspec.EncodeError, OverflowError, UnicodeEncodeError) as exc:
+        # (UnicodeEncodeError: a lone surrogate, which UTF-8 cannot hold)
         raise SerializationError(
             f"cannot store a {type(value).__name__} as JSON: {exc}. Requests and results must "
             "be dataclasses, pydantic models, msgspec Structs or plain JSON values"

@@ -58,6 +58,19 @@ def check_text(name: str, value: object, *, empty_ok: bool = False) -> None:
         raise InvalidOptionsError(f"{name} is not valid Unicode text: {exc}") from None
 
 
+def _check_json_text(name: str, value: object) -> None:
+    """Every string in a JSON value (keys too) is text every database stores."""
+    if isinstance(value, str):
+        check_text(name, value, empty_ok=True)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_json_text(name, key)
+            _check_json_text(name, item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_json_text(name, item)
+
+
 def storable_text(text: str) -> str:
     """Text a job produced (a log line, a status, an error message), made storable in every
     database: NUL (which PostgreSQL's text and jsonb refuse) and lone surrogates (which UTF-8
@@ -132,6 +145,8 @@ class JobOptions:
             isinstance(k, str) and isinstance(v, str) for k, v in self.args.items()
         ):
             raise InvalidOptionsError("args must map str to str")
+        if self.meta is not None:
+            _check_json_text("meta", self.meta)
         for name in (
             "worker", "tag", "batch_id", "ref_id", "callback", "created_by", "user_id", "reply_to"
         ):  # fmt: skip

@@ -431,6 +431,33 @@ async def test_listen_connection_is_replaced_after_it_is_killed(
         await conn.close()
 
 
+async def test_each_loss_of_the_listen_connection_waits_the_shortest_delay_again(
+    make_jobs: Factory, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The delay before listening again grows while reconnecting fails, not from one loss
+    to the next: after several losses a worker would otherwise go seconds without LISTEN."""
+    listening = "SELECT pid FROM pg_stat_activity WHERE query = $1"
+    conn = await asyncpg.connect(SERVER)
+    try:
+        async with make_jobs(commands=ALL_COMMANDS, poll_interval=timedelta(seconds=10)) as jobs:
+            statement = f'LISTEN "{_pg(jobs).channel(NOTIFY_CHANNEL)}"'
+            for _ in range(3):
+                pid = await conn.fetchval(listening, statement)
+                assert pid is not None
+                await conn.execute("SELECT pg_terminate_backend($1)", pid)
+                with anyio.fail_after(10):
+                    while await conn.fetchval(listening, statement) in (None, pid):
+                        await anyio.sleep(0.05)
+    finally:
+        await conn.close()
+    delays = [
+        record.getMessage().split("retrying in ")[1].split("s)")[0]
+        for record in caplog.records
+        if "LISTEN connection lost" in record.getMessage()
+    ]
+    assert delays == ["0.2"] * 3, [record.getMessage() for record in caplog.records]
+
+
 async def test_jobs_run_on_after_the_server_drops_every_connection(
     make_jobs: Factory, dsn: str
 ) -> None:

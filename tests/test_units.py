@@ -266,6 +266,9 @@ async def test_a_change_watch_outlives_a_connection_that_fails_to_close() -> Non
         ({"args": {"k": "\ud800"}}, "not valid Unicode"),
         ({"tag": "\ud800"}, "not valid Unicode"),
         ({"worker": "a\x00b"}, "NUL"),
+        ({"meta": {"note": "a\x00b"}}, "meta must not contain NUL"),
+        ({"meta": {"deep": [{"k\x00": 1}]}}, "meta must not contain NUL"),
+        ({"meta": {"s": ["\udc80"]}}, "meta is not valid Unicode"),
         ({"reply_to": 5}, "reply_to must be a non-empty string"),
         ({"reply_to": ""}, "reply_to must be a non-empty string"),
     ],
@@ -345,3 +348,11 @@ def test_dialect_settings_from_the_dsn_and_the_keywords_are_accepted() -> None:
         "sqlite:///unused.db", busy_timeout=5, change_poll_interval=timedelta(seconds=1)
     ).dialect
     assert sqlite._busy_timeout == 5
+
+
+def test_a_request_with_a_lone_surrogate_is_a_serialization_error() -> None:
+    from asyncjobs._serialization import encode
+    from asyncjobs.exceptions import SerializationError
+
+    with pytest.raises(SerializationError, match="cannot store a str as JSON"):
+        encode("a\udc80b")

@@ -437,8 +437,11 @@ class PostgresDialect(Dialect):
         connection must succeed (start-up fails otherwise); later failures only delay."""
         listening = False
 
+        failures = 0
+
         def on_listening() -> None:
-            nonlocal listening
+            nonlocal listening, failures
+            failures = 0  # back: the next loss waits the shortest delay again
             if listening:
                 _send(send, "")  # work may have arrived while we were away
             else:
@@ -446,7 +449,6 @@ class PostgresDialect(Dialect):
                 task_status.started()
 
         with send:
-            failures = 0
             while True:
                 try:
                     await self._listen_once(channel, send, on_listening)
