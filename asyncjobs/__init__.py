@@ -30,6 +30,7 @@ from .exceptions import (
     RegistrationError,
     ReplyToError,
     SerializationError,
+    StatementTooLargeError,
 )
 from .models import BackgroundJob, JobOptions, JobRef, JobResult, JobState, JobSummary
 from .replyto import send_json_callback
@@ -66,6 +67,7 @@ __all__ = [
     "ReplyToError",
     "Schedule",
     "SerializationError",
+    "StatementTooLargeError",
     "SyncCommand",
     "SyncCommandWithResult",
     "SyncNoRequestCommand",

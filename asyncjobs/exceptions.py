@@ -55,6 +55,11 @@ class SerializationError(AsyncJobsError, ValueError):
     """A request or result cannot be stored as JSON, or loaded back into its type."""
 
 
+class StatementTooLargeError(SerializationError):
+    """A request, result or batch too large for one statement to the database (MySQL's
+    ``max_allowed_packet``): refused before it is sent."""
+
+
 class DuplicateRefIdError(AsyncJobsError, ValueError):
     """Another job already uses this `ref_id`."""
 

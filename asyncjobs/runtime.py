@@ -55,6 +55,7 @@ from .exceptions import (
     JobNotFoundError,
     RegistrationError,
     SerializationError,
+    StatementTooLargeError,
 )
 from .models import (
     BackgroundJob,
@@ -1511,7 +1512,10 @@ class BackgroundJobs:
                 failures += 1
                 if limit:
                     self._claim_failed()
-                if failures >= _FAILURES_BEFORE_ONE_BY_ONE and not self._is_disconnect(exc):
+                if (
+                    failures >= _FAILURES_BEFORE_ONE_BY_ONE
+                    or isinstance(exc, StatementTooLargeError)
+                ) and not self._is_disconnect(exc):
                     # The same error again and again, with the database there: perhaps one
                     # outcome it cannot take. Written one by one, the others are not held up.
                     batch = await self._write_one_by_one(batch)

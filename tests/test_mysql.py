@@ -21,10 +21,10 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from asyncjobs import BackgroundJobs, JobOptions, JobState
+from asyncjobs import AsyncCommandWithResult, BackgroundJobs, JobOptions, JobState
 from asyncjobs.dialects import parse_dsn
 from asyncjobs.dialects.mysql import MysqlDialect, create
-from asyncjobs.exceptions import ConfigurationError, InvalidDsnError
+from asyncjobs.exceptions import ConfigurationError, InvalidDsnError, StatementTooLargeError
 from asyncjobs.store import MIGRATIONS, month_key
 from tests import db_mysql
 from tests.commands import ALL_COMMANDS, Add, AddCommand, Nested, NestedCommand, Sleep, SleepCommand
@@ -767,3 +767,35 @@ async def test_cancel_reaches_other_processes(
     report = await anyio.to_thread.run_sync(stop, processes[0])
     assert report["runtime"]["claimed"] == 1
     assert_clean_logs([log])
+
+
+class Repeat(AsyncCommandWithResult[Add, str]):
+    """Returns ``a`` characters."""
+
+    async def run(self, request: Add) -> str:
+        return "y" * request.a
+
+
+async def test_what_is_over_the_servers_packet_limit_is_refused_and_holds_up_nothing(
+    make_jobs: Factory,
+) -> None:
+    """Sent, the server would drop the connection, which looks like a lost database: a batch
+    of outcomes was retried without end, holding up every outcome of its process."""
+    commands = [Repeat, AddCommand, NestedCommand]
+    async with make_jobs(commands=commands, default_retry_limit=0) as jobs:
+        limit = cast(MysqlDialect, jobs.dialect).max_packet
+        assert limit is not None
+        with pytest.raises(StatementTooLargeError, match="max_allowed_packet"):
+            await jobs.enqueue_command(NestedCommand, Nested("n" * (limit + 10)))
+        with pytest.raises(StatementTooLargeError):
+            await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(tag="t" * limit))
+        # A completion carries its result three times: half the limit is too much.
+        big = await jobs.enqueue_command(Repeat, Add(limit // 2, 0))
+        small = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        with anyio.fail_after(60):
+            results = [await jobs.wait_for_job(ref.id) for ref in (big, small)]
+        assert await query(jobs.dsn, "SELECT COUNT(*) FROM job_summary") == [(2,)]
+    assert results[0].failed is not None and results[0].failed.error_code == "UnrecordableOutcome"
+    assert results[0].failed.error is not None
+    assert "max_allowed_packet" in results[0].failed.error.message
+    assert results[1].completed is not None and results[1].completed.response_body == '{"total":2}'

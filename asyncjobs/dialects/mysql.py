@@ -79,7 +79,7 @@ import anyio
 
 from .._settings import check_pool_settings
 from .._sql import Queries, convert_params, each_groups, load_queries, split_statements
-from ..exceptions import ConfigurationError, InvalidDsnError
+from ..exceptions import ConfigurationError, InvalidDsnError, StatementTooLargeError
 from ._base import (
     Capabilities,
     Connection,
@@ -449,6 +449,7 @@ class MysqlConnection:
         before = len(statements) - 1 + (text is not prepared.packet)
         try:
             async with self._conn.cursor(aiomysql.Cursor) as cur:
+                self._check_size(cur, text, values)
                 await cur.execute(text, values)
                 insert_id = cur.lastrowid
                 for _ in range(before):
@@ -468,6 +469,24 @@ class MysqlConnection:
             raise
         return rows, count
 
+    def _check_size(self, cur: Any, text: str, values: dict[str, Any]) -> None:
+        """Refuse a statement longer than the server's max_allowed_packet before it is sent:
+        the server would drop the connection, which looks like a lost database (and a batch
+        of outcomes would be retried without end). Measured exactly only when its values
+        could come near the limit (a value may be written more than once)."""
+        limit = self._dialect.max_packet
+        if limit is None:
+            return
+        chars = sum(len(v) for v in values.values() if isinstance(v, str | bytes))
+        if (chars * 4 + len(text)) * text.count("%(") < limit:  # (4: UTF-8's longest)
+            return
+        size = len(cur.mogrify(text, values).encode("utf-8", "surrogatepass"))
+        if size > limit - 1024:  # (the packet's header and the driver's framing)
+            raise StatementTooLargeError(
+                f"a statement of {size} bytes is over the server's max_allowed_packet of "
+                f"{limit} bytes: the request, result or batch is too large to store"
+            )
+
     async def _run_compound(
         self, prepared: _Prepared, text: str, values: dict[str, Any]
     ) -> tuple[list[Row], int]:
@@ -478,6 +497,7 @@ class MysqlConnection:
         count = 0
         try:
             async with self._conn.cursor(aiomysql.Cursor) as cur:
+                self._check_size(cur, text, values)
                 await cur.execute(text, values)
                 while True:
                     if cur.description is not None:
@@ -501,6 +521,7 @@ class MysqlConnection:
         insert_id = 0
         async with self._conn.cursor(aiomysql.Cursor) as cur:
             for sql in prepared.statements:
+                self._check_size(cur, sql, values)
                 await cur.execute(sql, values)
                 insert_id = cur.lastrowid or insert_id
             if prepared.reply:
@@ -599,6 +620,9 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
         #: whether the server runs compound statements (BEGIN NOT ATOMIC ... END), as MariaDB
         #: does; None until the first connection tells
         self.compound_statements: bool | None = None
+        #: the server's max_allowed_packet: a longer statement makes it drop the connection
+        #: (known from the first connection)
+        self.max_packet: int | None = None
         self.stats = {"deadlock_retries": 0, "deadlocks": 0}
 
     def prepared(self, query: str, templates: dict[str, str]) -> _Prepared:
@@ -693,6 +717,10 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
                     if self.compound_statements is None:
                         # MySQL has no compound statements outside stored programs.
                         self.compound_statements = "MariaDB" in conn.get_server_info()
+                    if self.max_packet is None:
+                        async with conn.cursor(aiomysql.Cursor) as cur:
+                            await cur.execute("SELECT @@max_allowed_packet")
+                            (self.max_packet,) = await cur.fetchone()
                     self._configured.add(conn)
             except BaseException as exc:
                 conn.close()
