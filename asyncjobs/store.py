@@ -886,7 +886,8 @@ class Store:
 
     async def recover_orphans(self) -> tuple[dict[int, JobState], list[int]]:
         """Take back jobs held by nodes whose lease ran out: fail those without retries left,
-        requeue the rest (the next claim counts the attempt)."""
+        requeue the rest (the next claim counts the attempt). Also cancel queued dependents of
+        failed or cancelled jobs that their parent's cascade missed (see stranded_parents)."""
         now = utcnow()
         async with self.dialect.transaction() as tx:
             failed_rows = await tx.fetch("fail_orphans", {"now": now})
@@ -899,6 +900,9 @@ class Store:
                 await tx.execute("mark_summaries", {"ids": json.dumps(failed)})
                 final.update(await self._cascade(tx, failed, now))
                 await tx.execute("delete_archived", {"ids": json.dumps(failed)})
+            stranded = [int(r["id"]) for r in await tx.fetch("stranded_parents")]
+            if stranded:
+                final.update(await self._cascade(tx, stranded, now))
             requeued = [int(r["id"]) for r in await tx.fetch("requeue_orphans", {"now": now})]
             cancelled = await self._cancel_requested(tx, requeued, now)
             final.update(cancelled)

@@ -799,3 +799,29 @@ async def test_what_is_over_the_servers_packet_limit_is_refused_and_holds_up_not
     assert results[0].failed.error is not None
     assert "max_allowed_packet" in results[0].failed.error.message
     assert results[1].completed is not None and results[1].completed.response_body == '{"total":2}'
+
+
+async def test_a_dependent_committed_after_its_parent_was_cancelled_is_cancelled_too(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """Enqueued in the application's transaction while its parent was still queued, the
+    dependent is committed after the parent's cancel, whose cascade could not see it: the
+    periodic recovery cancels it (else it waits forever, and holds its named worker)."""
+    later = datetime.now(UTC) + timedelta(hours=1)
+    async with make_jobs(commands=ALL_COMMANDS, lease_duration=timedelta(seconds=1)) as jobs:
+        parent = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(run_after=later))
+        app = await connect(dsn, autocommit=False)
+        try:
+            await app.begin()
+            child = await jobs.enqueue_command(
+                AddCommand, Add(2, 2), JobOptions(depends_on=parent.id, worker="w"),
+                connection=app,
+            )  # fmt: skip
+            assert await jobs.cancel_job(parent.id)  # its cascade cannot see the child
+            await app.commit()
+        finally:
+            app.close()
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(child.id)
+    assert result.failed is not None and result.failed.state is JobState.CANCELLED
+    assert result.failed.error_code == "DependencyFailed"

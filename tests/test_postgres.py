@@ -541,3 +541,28 @@ async def test_unreachable_server_fails_rather_than_skips(monkeypatch: pytest.Mo
     with pytest.raises(ConnectionRefusedError):
         async for _ in db_postgres.isolated_dsn():
             pass
+
+
+async def test_a_dependent_committed_after_its_parent_was_cancelled_is_cancelled_too(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """Enqueued in the application's transaction while its parent was still queued, the
+    dependent is committed after the parent's cancel, whose cascade could not see it: the
+    periodic recovery cancels it (else it waits forever, and holds its named worker)."""
+    later = datetime.now(UTC) + timedelta(hours=1)
+    async with make_jobs(commands=ALL_COMMANDS, lease_duration=timedelta(seconds=1)) as jobs:
+        parent = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(run_after=later))
+        conn = await asyncpg.connect(SERVER, server_settings={"search_path": _schema(dsn)})
+        try:
+            async with conn.transaction():
+                child = await jobs.enqueue_command(
+                    AddCommand, Add(2, 2), JobOptions(depends_on=parent.id, worker="w"),
+                    connection=conn,
+                )  # fmt: skip
+                assert await jobs.cancel_job(parent.id)  # its cascade cannot see the child
+        finally:
+            await conn.close()
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(child.id)
+    assert result.failed is not None and result.failed.state is JobState.CANCELLED
+    assert result.failed.error_code == "DependencyFailed"

@@ -275,6 +275,16 @@ SELECT b.id, b.created_date
 FROM JSON_TABLE(@asyncjobs_doomed, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id;
 
+-- name: stranded_parents
+-- Failed or cancelled jobs that queued jobs still depend on. A dependent enqueued in a
+-- transaction that committed after its parent ended was missed by that parent's cascade,
+-- which could not see it yet (nor could the enqueue see the parent's end): the periodic
+-- recovery cancels it then, as the cascade would have.
+SELECT DISTINCT j.depends_on AS id
+FROM background_job j FORCE INDEX (ix_background_job_depends_on)
+STRAIGHT_JOIN job_summary p FORCE INDEX (PRIMARY) ON p.id = j.depends_on
+WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled');
+
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).
 SELECT j.depends_on AS id FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i

@@ -247,6 +247,15 @@ FROM ancestors a
 WHERE b.id = a.id AND b.state = 'Queued'
 RETURNING b.id, b.created_date;
 
+-- name: stranded_parents
+-- Failed or cancelled jobs that queued jobs still depend on. A dependent enqueued in a
+-- transaction that committed after its parent ended was missed by that parent's cascade,
+-- which could not see it yet (nor could the enqueue see the parent's end): the periodic
+-- recovery cancels it then, as the cascade would have.
+SELECT DISTINCT j.depends_on AS id FROM background_job j
+JOIN job_summary p ON p.id = j.depends_on
+WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled');
+
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).
 SELECT j.depends_on AS id FROM background_job j
