@@ -789,6 +789,9 @@ async def test_what_is_over_the_servers_packet_limit_is_refused_and_holds_up_not
             await jobs.enqueue_command(NestedCommand, Nested("n" * (limit + 10)))
         with pytest.raises(StatementTooLargeError):
             await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(tag="t" * limit))
+        part = "n" * (limit // 10)
+        with pytest.raises(StatementTooLargeError, match="smaller parts"):
+            await jobs.enqueue_many((NestedCommand, Nested(part)) for _ in range(20))
         # A completion carries its result three times: half the limit is too much.
         big = await jobs.enqueue_command(Repeat, Add(limit // 2, 0))
         small = await jobs.enqueue_command(AddCommand, Add(1, 1))

@@ -478,13 +478,15 @@ class MysqlConnection:
         if limit is None:
             return
         chars = sum(len(v) for v in values.values() if isinstance(v, str | bytes))
-        if (chars * 4 + len(text)) * text.count("%(") < limit:  # (4: UTF-8's longest)
+        # (4: UTF-8's longest character; a batch's rows may be in the text already)
+        if (len(text) + chars * max(1, text.count("%("))) * 4 < limit:
             return
         size = len(cur.mogrify(text, values).encode("utf-8", "surrogatepass"))
         if size > limit - 1024:  # (the packet's header and the driver's framing)
             raise StatementTooLargeError(
                 f"a statement of {size} bytes is over the server's max_allowed_packet of "
-                f"{limit} bytes: the request, result or batch is too large to store"
+                f"{limit} bytes: the request, result or batch is too large to store (a batch "
+                "can be enqueued in smaller parts)"
             )
 
     async def _run_compound(
