@@ -103,6 +103,8 @@ class _Running:
     logs_in_doubt: bool = False
     #: a shutdown stopped waiting for its sync command's thread: the job keeps its lease
     abandoned: bool = False
+    #: the job's code began (so its attempt counts, however it ends)
+    began: bool = False
 
 
 @types.coroutine
@@ -1302,6 +1304,7 @@ class BackgroundJobs:
                 with scope:
                     try:
                         await anyio.lowlevel.checkpoint_if_cancelled()  # before it started
+                        running.began = True
                         await self._prepare(job)
                         if job.callback and job.response is not None:
                             outcome = self._command_succeeded_before(job, running.context)
@@ -1341,6 +1344,7 @@ class BackgroundJobs:
                     JobState.QUEUED,
                     error=JobError("interrupted by a shutdown; requeued", "Shutdown"),
                     error_code="Shutdown",
+                    attempt_unused=not running.began,
                 )
         finally:
             self._job_ended(running, outcome, started)
@@ -1353,7 +1357,12 @@ class BackgroundJobs:
             self._forget_running(job)
             return
         if outcome is None:
-            outcome = Outcome(job, JobState.QUEUED, error=JobError("interrupted", "Interrupted"))
+            outcome = Outcome(
+                job,
+                JobState.QUEUED,
+                error=JobError("interrupted", "Interrupted"),
+                attempt_unused=not running.began,
+            )
         outcome.duration_ms = int((time.monotonic() - started) * 1000)
         outcome.logs, _progress, outcome.status = running.context.take_pending()
         if running.logs_in_doubt and outcome.logs:

@@ -136,6 +136,9 @@ class Outcome:
     logs: str | None = None
     notified_date: datetime | None = None  # when the callback succeeded
     status: str | None = None  # the last status line the job reported
+    #: requeued before its code ran (its runner was cancelled first): the claim's count of
+    #: the attempt is given back
+    attempt_unused: bool = False
 
 
 @dataclass(slots=True)
@@ -665,6 +668,7 @@ class Store:
                     [
                         {
                             "id": o.job.id, "node": node, "attempts": o.job.attempts,
+                            "unused": int(o.attempt_unused),
                             "run_after": o.run_after, "now": now, "error": _error_json(o.error),
                             "error_code": o.error_code, "logs": o.logs,
                         }

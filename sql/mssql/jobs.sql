@@ -224,9 +224,10 @@ WHERE id = :id AND lease_owner = :node;
 -- name: requeue_job
 -- Put a job back in the queue after a failed attempt (run_after: the backoff) or a shutdown.
 -- Only the attempt that ended: an earlier write of this outcome may have committed and lost its
--- reply, and the job been claimed again since. A cancel request stays (see cancel_requested_among).
+-- reply, and the job been claimed again since. :unused (1 or 0): the attempt never ran its
+-- code (its runner was cancelled first), so the claim's count of it is given back. A cancel request stays (see cancel_requested_among).
 UPDATE background_job
-SET state = 'Queued', run_after = :run_after, error = :error, error_code = :error_code,
+SET state = 'Queued', attempts = attempts - :unused, run_after = :run_after, error = :error, error_code = :error_code,
     last_activity_date = :now, lease_owner = NULL,
     logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(logs, :logs) END
 WHERE id = :id AND lease_owner = :node AND attempts = :attempts;

@@ -621,6 +621,8 @@ async def test_a_cancelled_host_gives_back_every_started_job(make_jobs: Factory)
             results = [await reader.get_job(ref.id) for ref in refs]
     assert all(r is not None and r.queued is not None for r in results)
     assert [r.summary.state for r in results if r is not None] == [JobState.QUEUED] * 5
+    # none of them ran: the attempt their start counted is given back
+    assert [r.queued.attempts for r in results if r is not None and r.queued] == [0] * 5
 
 
 async def test_a_shutdown_waits_for_jobs_an_enqueue_is_starting_here(
