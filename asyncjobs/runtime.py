@@ -239,6 +239,7 @@ class BackgroundJobs:
 
         self._max_sync_threads = max_sync_threads
         self._exit_stack: AsyncExitStack | None = None
+        self._shutting_down = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._running: dict[int, _Running] = {}
         self._running_unnamed = 0
@@ -280,6 +281,12 @@ class BackgroundJobs:
         self._flushing: list[Outcome] = []  # outcomes being written (their jobs still leased)
         self._check_cancels = anyio.Event()
         self._dispatch_stopped = anyio.Event()
+        self._scheduler_scope = anyio.CancelScope()
+        #: the shutdown has asked running jobs to stop (see _register_transient)
+        self._stopping = False
+        #: set while no transient job runs here
+        self._transient_idle = anyio.Event()
+        self._transient_idle.set()
         #: shields of database calls whose answer must be seen (see _db_shield), and the
         #: deadline a shutdown gives them
         self._shields: set[anyio.CancelScope] = set()
@@ -345,9 +352,13 @@ class BackgroundJobs:
         stack, self._exit_stack = self._exit_stack, None
         self._started = False
         if stack is not None:
-            # The body's own exception is not handed to our task group, which would wrap it in
-            # an ExceptionGroup: it propagates as raised, after a normal shutdown.
-            await stack.__aexit__(None, None, None)
+            self._shutting_down = True
+            try:
+                # The body's own exception is not handed to our task group, which would wrap
+                # it in an ExceptionGroup: it propagates as raised, after a normal shutdown.
+                await stack.__aexit__(None, None, None)
+            finally:
+                self._shutting_down = False
         return None
 
     def _on_notification(self, payload: str) -> None:
@@ -365,6 +376,7 @@ class BackgroundJobs:
         with anyio.CancelScope(shield=True):
             # How long the database gets to answer, at each step that waits for it.
             db_bound = max(self.shutdown_grace.total_seconds(), 5.0)
+            self._scheduler_scope.cancel()  # no occurrence fires (nor starts a job) from now
             self._dispatch_scope.cancel()
             self._bound_db_waits(db_bound)  # a claim in flight
             await self._dispatch_stopped.wait()
@@ -375,17 +387,16 @@ class BackgroundJobs:
                 await self._claims_settled.wait()
             self._shield_deadline = math.inf  # the writes of the jobs' ends have their turn
             with anyio.move_on_after(self.shutdown_grace.total_seconds()):
-                await self._idle.wait()
+                await self._all_idle()
+            self._stopping = True  # a transient job that comes now is stopped as it comes
             for running in [*self._running.values(), *self._transient.values()]:
-                running.stop_reason = running.stop_reason or "shutdown"
-                running.context.cancel_event.set()
-                running.scope.cancel()
+                self._stop_for_shutdown(running)
             # A sync command sees the request when it looks; one that does not, in time, is
             # left to its thread (async jobs end at their next await).
             with anyio.move_on_after(max(self.shutdown_grace.total_seconds(), 1.0)):
-                await self._idle.wait()
+                await self._all_idle()
             self._abandon_threads()
-            await self._idle.wait()
+            await self._all_idle()
             # Bounded: with the database gone for good (or not answering: a frozen host, a
             # network that drops everything), the unwritten outcomes' jobs stay leased to
             # this node and are retried elsewhere once the lease runs out.
@@ -407,6 +418,18 @@ class BackgroundJobs:
             except Exception as exc:  # its lease lapses; other processes then forget it
                 log.warning("could not release node %s: %r", self.node_id, exc)
 
+    async def _all_idle(self) -> None:
+        """Until no job runs here, stored or transient."""
+        while not (self._idle.is_set() and self._transient_idle.is_set()):
+            await self._idle.wait()
+            await self._transient_idle.wait()
+
+    @staticmethod
+    def _stop_for_shutdown(running: _Running) -> None:
+        running.stop_reason = running.stop_reason or "shutdown"
+        running.context.cancel_event.set()
+        running.scope.cancel()
+
     def _abandon_threads(self) -> None:
         """Shutdown: stop waiting for the sync commands that did not return when asked to."""
         for running in [*self._running.values(), *self._transient.values()]:
@@ -417,10 +440,10 @@ class BackgroundJobs:
             if running.job.id > 0:  # a transient job has nothing stored to run again
                 self._abandoned.append(running.job.id)
             log.error(
-                "job %s (%s) did not stop when asked to: its thread is left running; the job "
-                "runs again once this node's lease lapses",
+                "job %s (%s) did not stop when asked to: its thread is left running%s",
                 running.job.id,
                 running.job.command or running.job.request,
+                "; the job runs again once this node's lease lapses" if running.job.id > 0 else "",
             )
 
     @contextmanager
@@ -460,7 +483,11 @@ class BackgroundJobs:
                 tg.start_soon(self._progress_loop)
                 tg.start_soon(self._maintenance_loop)
                 if self.scheduler is not None:
-                    tg.start_soon(self.scheduler.run)
+                    tg.start_soon(self._run_scheduler, self.scheduler)
+
+    async def _run_scheduler(self, scheduler: Scheduler) -> None:
+        with self._scheduler_scope:
+            await scheduler.run()
 
     def statistics(self) -> dict[str, int]:
         """Counters of this process: jobs claimed, completed, failed, retried, cancelled."""
@@ -699,6 +726,8 @@ class BackgroundJobs:
 
     def _require_started(self) -> None:
         if not self._started:
+            if self._shutting_down:
+                raise ConfigurationError("the jobs runtime is shutting down")
             raise ConfigurationError("use `async with jobs:` before enqueueing or querying jobs")
 
     # -- queries and actions --------------------------------------------------------------
@@ -1040,6 +1069,10 @@ class BackgroundJobs:
     def _register_transient(self, job: BackgroundJob) -> _Running:
         running = _Running(job, JobContext(job, reply_to_env=self.reply_to_env))
         self._transient[job.id] = running
+        if self._transient_idle.is_set():
+            self._transient_idle = anyio.Event()
+        if self._stopping:  # too late to start: it ends Cancelled, as the others were
+            self._stop_for_shutdown(running)
         return running
 
     async def _run_transient(self, running: _Running) -> None:
@@ -1047,6 +1080,8 @@ class BackgroundJobs:
             await self._run_transient_locked(running)
         finally:
             del self._transient[running.job.id]
+            if not self._transient:
+                self._transient_idle.set()
 
     async def _run_transient_locked(self, running: _Running) -> None:
         job, context, scope = running.job, running.context, running.scope

@@ -150,3 +150,25 @@ async def test_a_database_that_stops_answering_does_not_hold_the_shutdown(
         with anyio.fail_after(30):
             results = [await jobs.wait_for_job(ref.id) for ref in refs]
     assert [result.state for result in results] == [JobState.COMPLETED] * 20
+
+
+# Without the bound the shielded COMMIT waits forever: only a thread ends the test.
+@pytest.mark.timeout(60, method="thread")
+async def test_a_commit_that_gets_no_answer_ends_and_says_so(make_jobs: Factory, dsn: str) -> None:
+    """Shielded (a COMMIT cut off half-way would leave the outcome unknown and the connection
+    unusable), it still ends: the connection is closed and the caller hears that the
+    transaction may have committed, as when a reply is lost."""
+    async with make_jobs(commands=[AddCommand], execute=False):
+        pass
+    async with proxied(dsn, size=1) as (dialect, link):
+
+        async def write_then_lose_the_server() -> None:
+            async with dialect.transaction() as tx:
+                await tx.execute("renew_node", NODE)
+                link.freeze()
+
+        with pytest.raises(TimeoutError, match=r"COMMIT got no answer.*may have committed"):
+            await write_then_lose_the_server()
+        link.thaw()
+        async with dialect.connection() as conn:  # the pool goes on, with a new connection
+            assert await conn.execute("delete_node", {"node": "n0"}) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,10 +18,12 @@ from asyncjobs import (
     JobOptions,
     JobState,
     JobSummary,
+    Schedule,
     current_job,
 )
 from asyncjobs._serialization import encode
 from asyncjobs.exceptions import (
+    ConfigurationError,
     DuplicateRefIdError,
     InvalidJobStateError,
     InvalidOptionsError,
@@ -664,3 +667,53 @@ async def test_a_shutdown_waits_for_jobs_an_enqueue_is_starting_here(
     async with make_jobs(commands=[SleepCommand], execute=False) as reader:
         result = await reader.get_job(refs[0].id)
     assert result is not None and result.summary.state is JobState.QUEUED
+
+
+async def test_a_transient_job_gets_the_shutdown_grace_too(make_jobs: Factory) -> None:
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand], shutdown_grace=timedelta(seconds=5)) as jobs:
+        job = await jobs.run_command(SleepCommand, Sleep(0.3, label="graced"))
+        await anyio.sleep(0.05)  # (it started)
+    assert job.state is JobState.COMPLETED  # it ended within the grace, not cancelled at once
+    assert ("end", "graced") in [(e[0], e[1]) for e in EVENTS]
+
+
+async def test_no_transient_job_starts_once_the_shutdown_began(make_jobs: Factory) -> None:
+    """The scheduler stops first, and a transient job asked for meanwhile (here by a job's
+    cleanup) ends Cancelled without starting: nothing starts that the shutdown would not
+    wait for."""
+    EVENTS.clear()
+    late: list[BaseException] = []
+
+    class SlowToStop(AsyncCommand[Add]):
+        def __init__(self, jobs: BackgroundJobs) -> None:
+            self.jobs = jobs
+
+        async def run(self, request: Add) -> None:
+            EVENTS.append(("start", "slow", time.monotonic()))
+            try:
+                await anyio.sleep(30)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self.jobs.run_command(SleepCommand, Sleep(0, label="late"))
+                    except ConfigurationError as exc:
+                        late.append(exc)
+                    await anyio.sleep(2.5)  # the shutdown waits for this
+
+    jobs = make_jobs(commands=[SlowToStop, SleepCommand], shutdown_grace=timedelta(seconds=0.2))
+    jobs.services[BackgroundJobs] = jobs
+    async with jobs:
+        await jobs.recurring_command(
+            SleepCommand, Schedule.cron("* * * * * *"), Sleep(0, label="tick"),
+            name="tick", options=JobOptions(run_command=True),
+        )  # fmt: skip
+        await jobs.enqueue_command(SlowToStop, Add(1, 1))
+        with anyio.fail_after(10):
+            while ("start", "slow") not in [(e[0], e[1]) for e in EVENTS]:
+                await anyio.sleep(0.01)
+        stopping_from = time.monotonic()
+    ticks_since = [e for e in EVENTS if e[:2] == ("start", "tick") and e[2] > stopping_from]
+    assert ticks_since == []
+    assert [str(exc) for exc in late] == ["the jobs runtime is shutting down"]
+    assert ("start", "late") not in [(e[0], e[1]) for e in EVENTS]
