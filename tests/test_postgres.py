@@ -406,23 +406,28 @@ async def test_an_error_inside_listen_reaches_the_caller_unwrapped(dsn: str) -> 
         await dialect.close()
 
 
+async def _kill_the_listen_connection(conn: Any, jobs: BackgroundJobs) -> None:
+    """Terminate the backend of ``jobs``' LISTEN connection; return once another listens."""
+    listening = "SELECT pid FROM pg_stat_activity WHERE query = $1"
+    statement = f'LISTEN "{_pg(jobs).channel(NOTIFY_CHANNEL)}"'
+    pid = await conn.fetchval(listening, statement)
+    assert pid is not None
+    await conn.execute("SELECT pg_terminate_backend($1)", pid)
+    with anyio.fail_after(10):
+        while await conn.fetchval(listening, statement) in (None, pid):
+            await anyio.sleep(0.05)
+
+
 async def test_listen_connection_is_replaced_after_it_is_killed(
     make_jobs: Factory, dsn: str
 ) -> None:
-    listening = "SELECT pid FROM pg_stat_activity WHERE query = $1"
     conn = await asyncpg.connect(SERVER)
     try:
         async with (
             make_jobs(commands=ALL_COMMANDS, execute=False) as producer,
             make_jobs(commands=ALL_COMMANDS, poll_interval=timedelta(seconds=10)) as consumer,
         ):
-            statement = f'LISTEN "{_pg(consumer).channel(NOTIFY_CHANNEL)}"'
-            pid = await conn.fetchval(listening, statement)
-            assert pid is not None
-            await conn.execute("SELECT pg_terminate_backend($1)", pid)
-            with anyio.fail_after(10):
-                while await conn.fetchval(listening, statement) in (None, pid):
-                    await anyio.sleep(0.05)
+            await _kill_the_listen_connection(conn, consumer)
             await anyio.sleep(0.2)  # past the wake-up sent on reconnecting
             ref = await producer.enqueue_command(AddCommand, Add(1, 1))
             with anyio.fail_after(2):  # well under the 10 s poll
@@ -436,18 +441,11 @@ async def test_each_loss_of_the_listen_connection_waits_the_shortest_delay_again
 ) -> None:
     """The delay before listening again grows while reconnecting fails, not from one loss
     to the next: after several losses a worker would otherwise go seconds without LISTEN."""
-    listening = "SELECT pid FROM pg_stat_activity WHERE query = $1"
     conn = await asyncpg.connect(SERVER)
     try:
         async with make_jobs(commands=ALL_COMMANDS, poll_interval=timedelta(seconds=10)) as jobs:
-            statement = f'LISTEN "{_pg(jobs).channel(NOTIFY_CHANNEL)}"'
             for _ in range(3):
-                pid = await conn.fetchval(listening, statement)
-                assert pid is not None
-                await conn.execute("SELECT pg_terminate_backend($1)", pid)
-                with anyio.fail_after(10):
-                    while await conn.fetchval(listening, statement) in (None, pid):
-                        await anyio.sleep(0.05)
+                await _kill_the_listen_connection(conn, jobs)
     finally:
         await conn.close()
     delays = [

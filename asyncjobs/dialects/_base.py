@@ -490,3 +490,27 @@ async def retry_deadlocks(
             await recover()
             retryable = True
             await anyio.sleep(random.uniform(0, 0.005 * 2**retries))
+
+
+#: how long a shielded step (BEGIN, COMMIT, ROLLBACK, the return of a connection) waits for the
+#: server: shielded, it must still end when the server stopped answering without closing the
+#: connection (a frozen host, a network that drops everything), or a shutdown would never end.
+#: Past it the connection is closed; a COMMIT then raises, as one whose reply was lost.
+CLEANUP_SECONDS = 5.0
+
+
+class NoAnswerError(TimeoutError):
+    """The server did not answer a shielded step in time; its connection was closed."""
+
+
+async def answered_in_time(step: Awaitable[Any], what: str, close: Callable[[], object]) -> None:
+    """Run ``step`` shielded from cancellation, for at most CLEANUP_SECONDS: past them the
+    connection is closed with ``close`` (its state unknown) and NoAnswerError raised."""
+    with anyio.move_on_after(CLEANUP_SECONDS, shield=True) as waited:
+        await step
+    if waited.cancelled_caught:
+        close()
+        raise NoAnswerError(
+            f"{what} got no answer in {CLEANUP_SECONDS:g} s; the connection was closed"
+            + (" (the transaction may have committed)" if what == "COMMIT" else "")
+        )

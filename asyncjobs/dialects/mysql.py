@@ -89,6 +89,7 @@ from ._base import (
     Params,
     Row,
     WatchesNewJobIds,
+    answered_in_time,
     in_arrival_order,
     retry_deadlocks,
 )
@@ -776,13 +777,13 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
                     tx.driver.close()
                 elif not tx.begin_pending:
                     with contextlib.suppress(TimeoutError):  # (closed: the server rolls back)
-                        await _answered_in_time(tx.driver, tx.driver.rollback(), "ROLLBACK")
+                        await answered_in_time(tx.driver.rollback(), "ROLLBACK", tx.driver.close)
                 raise
             if tx.broken:  # a script failed but its error was swallowed by the caller
                 tx.driver.close()
                 raise ConfigurationError("a DDL script failed; the transaction was abandoned")
             if not tx.begin_pending:  # else nothing ran: no transaction to commit
-                await _answered_in_time(tx.driver, tx.driver.commit(), "COMMIT")
+                await answered_in_time(tx.driver.commit(), "COMMIT", tx.driver.close)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -856,23 +857,3 @@ def create(dsn: Dsn, **settings: Any) -> MysqlDialect:
         except ValueError:
             raise InvalidDsnError(f"MySQL DSN option {key}={value!r} is not a number") from None
     return MysqlDialect(dsn, **{**options, **settings})
-
-
-#: how long a shielded COMMIT or ROLLBACK waits for the server: shielded, it must still end when
-#: the server stopped answering without closing the connection (a frozen host, a network that
-#: drops everything), or a shutdown would never end. Past it the connection is closed; a COMMIT
-#: then raises, as one whose reply was lost.
-CLEANUP_SECONDS = 5.0
-
-
-async def _answered_in_time(conn: Any, step: Awaitable[Any], what: str) -> None:
-    """Run ``step`` shielded from cancellation, for at most CLEANUP_SECONDS: past them the
-    connection is closed (its state unknown) and TimeoutError raised."""
-    with anyio.move_on_after(CLEANUP_SECONDS, shield=True) as waited:
-        await step
-    if waited.cancelled_caught:
-        conn.close()
-        raise TimeoutError(
-            f"{what} got no answer in {CLEANUP_SECONDS:g} s; the connection was closed"
-            + (" (the transaction may have committed)" if what == "COMMIT" else "")
-        )

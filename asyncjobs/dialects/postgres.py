@@ -28,7 +28,17 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._settings import check_int
 from .._sql import Queries, convert_params, load_queries
 from ..exceptions import ConfigurationError
-from ._base import Capabilities, Connection, Dialect, Params, Row, deliver
+from ._base import (
+    CLEANUP_SECONDS,
+    Capabilities,
+    Connection,
+    Dialect,
+    NoAnswerError,
+    Params,
+    Row,
+    answered_in_time,
+    deliver,
+)
 from ._dsn import Dsn
 
 log = logging.getLogger("asyncjobs.postgres")
@@ -40,11 +50,6 @@ _OPTIONS = ("schema", "min_size", "max_size")
 #: SQLSTATEs meaning the server went away or refuses connections for now: connection
 #: exceptions (class 08), shutdowns (57P01-57P03) and too many connections (53300)
 _DISCONNECT_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
-#: how long a shielded step (BEGIN, COMMIT, ROLLBACK, the return of a connection) waits for the
-#: server: shielded, it must still end when the server stopped answering without closing the
-#: connection (a frozen host, a network that drops everything), or a shutdown would never end.
-#: Past it the connection is closed; a COMMIT then raises, as one whose reply was lost.
-CLEANUP_SECONDS = 5.0
 #: how often an idle LISTEN connection is checked, so a silently dead one is replaced
 _LISTEN_HEALTH_CHECK = 30.0
 
@@ -281,14 +286,14 @@ class PostgresDialect(Dialect):
                 tx = conn.transaction()
                 try:
                     # A BEGIN cut off half-way would leave a transaction no one rolls back.
-                    await _answered_in_time(conn, tx.start(), "BEGIN")
+                    await answered_in_time(tx.start(), "BEGIN", conn.terminate)
                 except Exception as exc:
                     # A pooled connection the server dropped while it sat idle fails here,
                     # before any work was done: the pool replaces it; try the next one. (Not
                     # one that went unanswered: the next would wait as long.)
                     if (
                         attempt == attempts - 1
-                        or isinstance(exc, _Unanswered)
+                        or isinstance(exc, NoAnswerError)
                         or not (self.is_disconnect(exc) or _nothing_ran(exc))
                     ):
                         raise
@@ -298,11 +303,11 @@ class PostgresDialect(Dialect):
                     yield PostgresConnection(self, conn)
                 except BaseException:
                     try:
-                        await _answered_in_time(conn, tx.rollback(), "ROLLBACK")
+                        await answered_in_time(tx.rollback(), "ROLLBACK", conn.terminate)
                     except Exception as exc:  # the connection is gone; the pool drops it
                         log.debug("rollback failed: %r", exc)
                     raise
-                await _answered_in_time(conn, tx.commit(), "COMMIT")
+                await answered_in_time(tx.commit(), "COMMIT", conn.terminate)
                 return
 
     @asynccontextmanager
@@ -582,23 +587,6 @@ def _asyncpg_dsn(raw: str) -> str:
     parts = urlsplit(raw)
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k not in _OPTIONS])
     return urlunsplit(("postgresql", parts.netloc, parts.path, query, parts.fragment))
-
-
-class _Unanswered(TimeoutError):
-    """The server did not answer a shielded step in time; its connection was closed."""
-
-
-async def _answered_in_time(conn: Any, step: Awaitable[Any], what: str) -> None:
-    """Run ``step`` shielded from cancellation, for at most CLEANUP_SECONDS: past them the
-    connection is closed (its state unknown) and _Unanswered raised."""
-    with anyio.move_on_after(CLEANUP_SECONDS, shield=True) as waited:
-        await step
-    if waited.cancelled_caught:
-        conn.terminate()
-        raise _Unanswered(
-            f"{what} got no answer in {CLEANUP_SECONDS:g} s; the connection was closed"
-            + (" (the transaction may have committed)" if what == "COMMIT" else "")
-        )
 
 
 def create(dsn: Dsn, **settings: Any) -> PostgresDialect:
