@@ -45,10 +45,10 @@ from .clock import Clock, SystemClock
 from .commands import NO_RESULT, CommandInfo, Registry, instantiate, result_type
 from .context import JobContext, _current
 from .dialects import Dialect, create_dialect
+from .dialects._base import NoAnswerError
 from .exceptions import (
     AsyncJobsError,
     ConfigurationError,
-    DatabaseError,
     InvalidOptionsError,
     JobCancelledError,
     JobFailedError,
@@ -451,7 +451,7 @@ class BackgroundJobs:
         """Shield a database call whose answer must be seen (a claim's jobs must start, a
         flush's report be read): cancellation from outside waits for it. A shutdown gives it
         a deadline (see _bound_db_waits): one that gets no answer by then, from a database
-        that stopped answering without closing the connection, raises _NoAnswer."""
+        that stopped answering without closing the connection, raises NoAnswerError."""
         scope = anyio.CancelScope(shield=True, deadline=self._shield_deadline)
         self._shields.add(scope)
         try:
@@ -460,7 +460,7 @@ class BackgroundJobs:
         finally:
             self._shields.discard(scope)
         if scope.cancelled_caught:
-            raise _NoAnswer("the database did not answer before the shutdown's deadline")
+            raise NoAnswerError("the database did not answer before the shutdown's deadline")
 
     def _bound_db_waits(self, seconds: float) -> None:
         """Shutdown: shielded database calls, those running and those to come, end within
@@ -472,7 +472,7 @@ class BackgroundJobs:
     def _is_disconnect(self, exc: BaseException) -> bool:
         """The database is unreachable (not refusing this write): retrying it alone will not
         help, and its outcome must not be taken for unrecordable."""
-        return isinstance(exc, _NoAnswer) or self.dialect.is_disconnect(exc)
+        return isinstance(exc, NoAnswerError) or self.dialect.is_disconnect(exc)
 
     async def _loops(self) -> None:
         with self._loops_scope:
@@ -1811,10 +1811,6 @@ def _storable_id(job_id: object) -> bool:
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise InvalidOptionsError(f"a job id is an int, got {job_id!r}")
     return -(2**63) <= job_id < 2**63
-
-
-class _NoAnswer(DatabaseError):
-    """A shielded database call given up at shutdown: sent, perhaps run, never answered."""
 
 
 def _raised_by_the_job(exc: BaseException) -> bool:
