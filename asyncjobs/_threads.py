@@ -68,7 +68,7 @@ class SyncThreads:
         if self._token is None:
             self._token = anyio.lowlevel.current_token()
         call = _Call()
-        notify = _notifier(call.done.set)
+        notify = _notifier(self._token, call.done.set)
 
         def work() -> None:
             try:
@@ -136,11 +136,12 @@ class SyncThreads:
                 notify()
 
 
-def _notifier(callback: Callable[[], None]) -> Callable[[], object]:
-    """What a thread calls to have ``callback`` run in the current event loop. On asyncio it
-    does not wait for the loop to run it (anyio's from_thread waits: a round trip that cost a
-    third of a no-op sync job's throughput)."""
-    token = anyio.lowlevel.current_token()
+def _notifier(
+    token: anyio.lowlevel.EventLoopToken, callback: Callable[[], None]
+) -> Callable[[], object]:
+    """What a thread calls to have ``callback`` run in the event loop of ``token``. On asyncio
+    it does not wait for the loop to run it (anyio's from_thread waits: a round trip that cost
+    a third of a no-op sync job's throughput)."""
     if isinstance(token.native_token, asyncio.AbstractEventLoop):
         return partial(token.native_token.call_soon_threadsafe, callback)
     return partial(anyio.from_thread.run_sync, callback, token=token)
