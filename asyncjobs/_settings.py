@@ -22,11 +22,15 @@ def check_int(
     return value
 
 
-def check_duration(name: str, value: object, minimum: timedelta) -> timedelta:
+def check_duration(
+    name: str, value: object, minimum: timedelta, maximum: timedelta | None = None
+) -> timedelta:
     if not isinstance(value, timedelta):
         raise ConfigurationError(f"{name} must be a timedelta, got {value!r}")
     if value < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 

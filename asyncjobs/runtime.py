@@ -178,13 +178,14 @@ class BackgroundJobs:
         at_least_1ms = timedelta(milliseconds=1)
         for name, value, minimum in (
             ("poll_interval", poll_interval, at_least_1ms),
-            ("lease_duration", lease_duration, at_least_1ms),
             ("schedule_refresh", schedule_refresh, at_least_1ms),
             ("retry_delay", retry_delay, timedelta(0)),
             ("max_retry_delay", max_retry_delay, timedelta(0)),
             ("shutdown_grace", shutdown_grace, timedelta(0)),
         ):
             check_duration(name, value, minimum)
+        # A dead process's jobs wait out its lease; the databases add it to their clock.
+        check_duration("lease_duration", lease_duration, at_least_1ms, timedelta(days=1))
         if default_timeout is not None:
             check_duration("default_timeout", default_timeout, timedelta(microseconds=1))
         if services is not None and not isinstance(services, Mapping):

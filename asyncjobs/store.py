@@ -866,12 +866,14 @@ class Store:
     # -- nodes and recovery ---------------------------------------------------------------
 
     async def renew_node(self, node: str, host: str, pid: int, lease: timedelta) -> None:
-        now = utcnow()
+        """The server databases time the lease by their own clock; SQLite, on the processes'
+        one machine, by theirs."""
+        params = {
+            "node": node, "host": host, "pid": pid, "now": utcnow(),
+            "lease_seconds": lease.total_seconds(),
+        }  # fmt: skip
         async with self.dialect.transaction() as tx:
-            await tx.execute(
-                "renew_node",
-                {"node": node, "host": host, "pid": pid, "now": now, "expires": now + lease},
-            )
+            await tx.execute("renew_node", params)
 
     async def delete_node(self, node: str) -> None:
         async with self.dialect.transaction() as tx:
@@ -913,7 +915,7 @@ class Store:
             requeued = [i for i in requeued if i not in cancelled]
             if requeued:
                 await tx.execute("mark_summaries", {"ids": json.dumps(requeued)})
-            await tx.execute("expire_dead_nodes", {"before": now - timedelta(days=1)})
+            await tx.execute("expire_dead_nodes")
         return final, requeued
 
     # -- reads ----------------------------------------------------------------------------

@@ -90,6 +90,14 @@ async def test_overview_counts_jobs_by_state(admin: Admin) -> None:
     assert data["nodes"][0]["id"] == admin.jobs.node_id
 
 
+async def test_overview_tells_a_node_whose_lease_ran_out(admin: Admin) -> None:
+    await admin.jobs.store.renew_node("gone", "elsewhere", 1, timedelta(milliseconds=1))
+    await anyio.sleep(0.05)
+    data = await admin.get("/api/overview")
+    alive = {node["id"]: node["alive"] for node in data["nodes"]}
+    assert alive == {admin.jobs.node_id: True, "gone": False}
+
+
 async def test_dashboard_has_throughput_and_stats_by_command_and_worker(admin: Admin) -> None:
     await seed_history(admin.jobs)
     data = await admin.get("/api/dashboard")

@@ -22,7 +22,7 @@ from tests.proxy import Proxy, proxy
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("postgres", "mysql")]
 Factory = Callable[..., BackgroundJobs]
 NOW = datetime.now(UTC)
-NODE = {"node": "n1", "host": "h", "pid": 1, "now": NOW, "expires": NOW}
+NODE = {"node": "n1", "host": "h", "pid": 1, "now": NOW, "lease_seconds": 0.0}
 
 
 @asynccontextmanager

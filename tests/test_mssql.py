@@ -193,7 +193,7 @@ def test_templates_and_batches(dialect: MssqlDialect) -> None:
     assert "INSERT INTO completed_job_202611 (" in sql
     # A string literal holding a colon is not a parameter.
     sql, names, _ = dialect.batch("fail_orphans", {})
-    assert '"traceback":null' in sql and names == ("now", "now", "now")
+    assert '"traceback":null' in sql and names == ("now", "now")
 
 
 def test_datetimes_in_json_are_naive_utc_iso() -> None:

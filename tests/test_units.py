@@ -95,6 +95,7 @@ def test_missing_driver_names_the_pip_extra() -> None:
         ("max_concurrency", 0),
         ("poll_interval", timedelta(0)),
         ("lease_duration", timedelta(seconds=-1)),
+        ("lease_duration", timedelta(days=1, seconds=1)),
         ("retry_delay", timedelta(seconds=-1)),
         ("retention_months", 0),
         ("change_poll_interval", timedelta(0)),

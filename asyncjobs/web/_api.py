@@ -139,7 +139,7 @@ class AdminApi:
                 counts[row["state"]] = int(row["total"])
         nodes = await self.store.nodes()
         for node in nodes:
-            node["alive"] = node["lease_expires"] > now
+            node["alive"] = bool(node["alive"])
         return {
             "now": now,
             "window_hours": int(WINDOW.total_seconds() // 3600),

@@ -237,7 +237,8 @@ LEFT JOIN job_summary AS s ON s.id = t.last_job_id
 ORDER BY t.name;
 
 -- name: admin_nodes
--- Processes that run jobs, with their lease.
-SELECT id, host, pid, started_date, lease_expires
+-- Processes that run jobs, with their lease, alive by the clock that times leases.
+SELECT id, host, pid, started_date, lease_expires,
+       CASE WHEN lease_expires > SYSUTCDATETIME() THEN 1 ELSE 0 END AS alive
 FROM job_node
 ORDER BY started_date, id;

@@ -1,21 +1,25 @@
 -- Nodes (processes running jobs) hold leases on the jobs they claimed. A node renews its own
--- lease; jobs of a node whose lease ran out are taken back.
+-- lease; jobs of a node whose lease ran out are taken back. Leases are timed by the server's
+-- clock (SYSUTCDATETIME), never a process's own: processes on other machines have clocks of
+-- their own, and one running ahead would see a live node's lease run out and run its jobs a
+-- second time.
 
 -- name: renew_node
 -- An upsert: update the node's row, insert it if there was none. UPDLOCK, SERIALIZABLE holds
 -- the key (or the gap where it would be) to the end of the transaction, so two renewals of a
 -- new node cannot both insert.
-UPDATE job_node WITH (UPDLOCK, SERIALIZABLE) SET lease_expires = :expires WHERE id = :node;
+UPDATE job_node WITH (UPDLOCK, SERIALIZABLE) SET lease_expires = DATEADD(millisecond, CAST(ROUND(:lease_seconds * 1000, 0) AS int), SYSUTCDATETIME())
+WHERE id = :node;
 IF @@ROWCOUNT = 0
 INSERT INTO job_node (id, host, pid, started_date, lease_expires)
-VALUES (:node, :host, :pid, :now, :expires);
+VALUES (:node, :host, :pid, :now, DATEADD(millisecond, CAST(ROUND(:lease_seconds * 1000, 0) AS int), SYSUTCDATETIME()));
 
 -- name: delete_node
 DELETE FROM job_node WHERE id = :node;
 
 -- name: expire_dead_nodes
 -- Forget nodes whose lease ran out long ago.
-DELETE FROM job_node WHERE lease_expires < :before;
+DELETE FROM job_node WHERE lease_expires < DATEADD(day, -1, SYSUTCDATETIME());
 
 -- name: fail_orphans
 -- Jobs held by a dead node that have no retries left fail; the caller archives them. READPAST
@@ -29,7 +33,7 @@ OUTPUT inserted.id
 FROM background_job AS j WITH (READPAST)
 WHERE j.state IN ('Started', 'Executed') AND j.attempts > j.retry_limit
   AND NOT EXISTS (SELECT 1 FROM job_node AS n
-                  WHERE n.id = j.lease_owner AND n.lease_expires > :now);
+                  WHERE n.id = j.lease_owner AND n.lease_expires > SYSUTCDATETIME());
 
 -- name: requeue_orphans
 -- Jobs held by a dead node go back to the queue; the next claim counts an attempt.
@@ -41,7 +45,7 @@ OUTPUT inserted.id
 FROM background_job AS j WITH (READPAST)
 WHERE j.state IN ('Started', 'Executed')
   AND NOT EXISTS (SELECT 1 FROM job_node AS n
-                  WHERE n.id = j.lease_owner AND n.lease_expires > :now);
+                  WHERE n.id = j.lease_owner AND n.lease_expires > SYSUTCDATETIME());
 
 -- name: requeue_unknown_jobs
 -- Jobs leased to :node that it does not know it holds (not in :known, a JSON array of ids) go

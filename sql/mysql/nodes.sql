@@ -1,19 +1,24 @@
 -- Nodes (processes running jobs) hold leases on the jobs they claimed. A node renews its own
--- lease; jobs of a node whose lease ran out are taken back.
+-- lease; jobs of a node whose lease ran out are taken back. Leases are timed by the server's
+-- clock (UTC_TIMESTAMP), never a process's own: processes on other machines have clocks of
+-- their own, and one running ahead would see a live node's lease run out and run its jobs a
+-- second time.
 
 -- name: renew_node
 -- MySQL spells upsert ON DUPLICATE KEY UPDATE (VALUES() is deprecated in MySQL 8 and the row
 -- alias form is unknown to MariaDB, so the parameter is repeated).
 INSERT INTO job_node (id, host, pid, started_date, lease_expires)
-VALUES (:node, :host, :pid, :now, :expires)
-ON DUPLICATE KEY UPDATE lease_expires = :expires;
+VALUES (:node, :host, :pid, :now,
+        UTC_TIMESTAMP(6) + INTERVAL ROUND(:lease_seconds * 1000000) MICROSECOND)
+ON DUPLICATE KEY UPDATE
+    lease_expires = UTC_TIMESTAMP(6) + INTERVAL ROUND(:lease_seconds * 1000000) MICROSECOND;
 
 -- name: delete_node
 DELETE FROM job_node WHERE id = :node;
 
 -- name: expire_dead_nodes
 -- Forget nodes whose lease ran out long ago.
-DELETE FROM job_node WHERE lease_expires < :before;
+DELETE FROM job_node WHERE lease_expires < UTC_TIMESTAMP(6) - INTERVAL 1 DAY;
 
 -- name: fail_orphans
 -- Jobs held by a dead node that have no retries left fail; the caller archives them.
@@ -23,7 +28,7 @@ SELECT JSON_ARRAYAGG(o.id) INTO @asyncjobs_ids FROM (
     SELECT b.id FROM background_job b
     WHERE b.state IN ('Started', 'Executed') AND b.attempts > b.retry_limit
       AND (b.lease_owner IS NULL
-           OR b.lease_owner NOT IN (SELECT n.id FROM job_node n WHERE n.lease_expires > :now))
+           OR b.lease_owner NOT IN (SELECT n.id FROM job_node n WHERE n.lease_expires > UTC_TIMESTAMP(6)))
     FOR UPDATE SKIP LOCKED
 ) AS o;
 UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
@@ -41,7 +46,7 @@ SELECT JSON_ARRAYAGG(o.id) INTO @asyncjobs_ids FROM (
     SELECT b.id FROM background_job b
     WHERE b.state IN ('Started', 'Executed')
       AND (b.lease_owner IS NULL
-           OR b.lease_owner NOT IN (SELECT n.id FROM job_node n WHERE n.lease_expires > :now))
+           OR b.lease_owner NOT IN (SELECT n.id FROM job_node n WHERE n.lease_expires > UTC_TIMESTAMP(6)))
     FOR UPDATE SKIP LOCKED
 ) AS o;
 UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i

@@ -1,9 +1,11 @@
 -- Nodes (processes running jobs) hold leases on the jobs they claimed. A node renews its own
--- lease; jobs of a node whose lease ran out are taken back.
+-- lease; jobs of a node whose lease ran out are taken back. Leases are timed by the server's
+-- clock (now()), never a process's own: processes on other machines have clocks of their own,
+-- and one running ahead would see a live node's lease run out and run its jobs a second time.
 
 -- name: renew_node
 INSERT INTO job_node (id, host, pid, started_date, lease_expires)
-VALUES (:node, :host, :pid, :now, :expires)
+VALUES (:node, :host, :pid, :now, now() + make_interval(secs => :lease_seconds))
 ON CONFLICT (id) DO UPDATE SET lease_expires = excluded.lease_expires;
 
 -- name: delete_node
@@ -11,7 +13,7 @@ DELETE FROM job_node WHERE id = :node;
 
 -- name: expire_dead_nodes
 -- Forget nodes whose lease ran out long ago.
-DELETE FROM job_node WHERE lease_expires < :before;
+DELETE FROM job_node WHERE lease_expires < now() - interval '1 day';
 
 -- name: fail_orphans
 -- Jobs held by a dead node that have no retries left fail; the caller archives them.
@@ -24,7 +26,7 @@ SET state = 'Failed', completed_date = :now, last_activity_date = :now, lease_ow
         'message', 'the process running the job stopped and no retries are left',
         'type', 'LeaseExpired', 'traceback', NULL)
 WHERE j.state IN ('Started', 'Executed') AND j.attempts > j.retry_limit
-  AND NOT EXISTS (SELECT 1 FROM job_node n WHERE n.id = j.lease_owner AND n.lease_expires > :now)
+  AND NOT EXISTS (SELECT 1 FROM job_node n WHERE n.id = j.lease_owner AND n.lease_expires > now())
 RETURNING j.id;
 
 -- name: requeue_orphans
@@ -34,7 +36,7 @@ SET state = 'Queued', lease_owner = NULL, last_activity_date = :now, error_code 
     error = jsonb_build_object('message', 'the process running the job stopped; retrying',
                                'type', 'LeaseExpired', 'traceback', NULL)
 WHERE j.state IN ('Started', 'Executed')
-  AND NOT EXISTS (SELECT 1 FROM job_node n WHERE n.id = j.lease_owner AND n.lease_expires > :now)
+  AND NOT EXISTS (SELECT 1 FROM job_node n WHERE n.id = j.lease_owner AND n.lease_expires > now())
 RETURNING j.id;
 
 -- name: requeue_unknown_jobs

@@ -231,7 +231,8 @@ LEFT JOIN job_summary s ON s.id = t.last_job_id
 ORDER BY t.name;
 
 -- name: admin_nodes
--- Processes that run jobs, with their lease.
-SELECT id, host, pid, started_date, lease_expires
+-- Processes that run jobs, with their lease, alive by the clock that times leases.
+SELECT id, host, pid, started_date, lease_expires,
+       lease_expires > strftime('%Y-%m-%d %H:%M:%f000', 'now') AS alive
 FROM job_node
 ORDER BY started_date, id;

@@ -1,9 +1,12 @@
 -- Nodes (processes running jobs) hold leases on the jobs they claimed. A node renews its own
--- lease; jobs of a node whose lease ran out are taken back.
+-- lease; jobs of a node whose lease ran out are taken back. The processes sharing a database
+-- file share a machine, and its clock: leases are timed by the processes' clock (the server
+-- databases time them by their own).
 
 -- name: renew_node
 INSERT INTO job_node (id, host, pid, started_date, lease_expires)
-VALUES (:node, :host, :pid, :now, :expires)
+VALUES (:node, :host, :pid, :now,
+        strftime('%Y-%m-%d %H:%M:%f000', :now, '+' || :lease_seconds || ' seconds'))
 ON CONFLICT (id) DO UPDATE SET lease_expires = excluded.lease_expires;
 
 -- name: delete_node
@@ -11,7 +14,7 @@ DELETE FROM job_node WHERE id = :node;
 
 -- name: expire_dead_nodes
 -- Forget nodes whose lease ran out long ago.
-DELETE FROM job_node WHERE lease_expires < :before;
+DELETE FROM job_node WHERE lease_expires < strftime('%Y-%m-%d %H:%M:%f000', 'now', '-1 day');
 
 -- name: fail_orphans
 -- Jobs held by a dead node that have no retries left fail; the caller archives them.
