@@ -351,14 +351,17 @@ class BackgroundJobs:
         tb: TracebackType | None,
     ) -> bool | None:
         stack, self._exit_stack = self._exit_stack, None
-        self._started = False
         if stack is not None:
+            # Jobs still running in the shutdown's grace may enqueue (their jobs wait in the
+            # queue: none starts here now) and query until the database closes; no transient
+            # job starts.
             self._shutting_down = True
             try:
                 # The body's own exception is not handed to our task group, which would wrap
                 # it in an ExceptionGroup: it propagates as raised, after a normal shutdown.
                 await stack.__aexit__(None, None, None)
             finally:
+                self._started = False
                 self._shutting_down = False
         return None
 
@@ -368,6 +371,7 @@ class BackgroundJobs:
         self._wake_dispatcher()
 
     async def _close_dialect(self) -> None:
+        self._started = False
         with anyio.CancelScope(shield=True):
             await self.dialect.close()
 
@@ -731,6 +735,12 @@ class BackgroundJobs:
                 raise ConfigurationError("the jobs runtime is shutting down")
             raise ConfigurationError("use `async with jobs:` before enqueueing or querying jobs")
 
+    def _require_running(self) -> None:
+        """Transient jobs run in this process: none starts once it is shutting down."""
+        if self._shutting_down:
+            raise ConfigurationError("the jobs runtime is shutting down")
+        self._require_started()
+
     # -- queries and actions --------------------------------------------------------------
 
     async def get_job(self, job_id: int) -> JobResult | None:
@@ -1032,7 +1042,7 @@ class BackgroundJobs:
         """Run a command now, through its named worker, without writing to the database.
         Returns the in-memory job at once; it is updated as it runs. A transient job runs
         once (nothing is stored to retry it from), within its timeout, then its callback."""
-        self._require_started()
+        self._require_running()
         job = self._transient_job(self._command_job(command, request, options), request)
         group = self._started_group()
         # Registered now, so that cancel_job(job.id) reaches it from the moment it returns.
@@ -1043,7 +1053,7 @@ class BackgroundJobs:
         self, command: type[Any] | str, request: Any = None, options: JobOptions | None = None
     ) -> Any:
         """Run a command now without the database and return its result (or raise its error)."""
-        self._require_started()
+        self._require_running()
         job = self._transient_job(self._command_job(command, request, options), request)
         running_here = _current.get()
         if (

@@ -678,6 +678,50 @@ async def test_a_transient_job_gets_the_shutdown_grace_too(make_jobs: Factory) -
     assert ("end", "graced") in [(e[0], e[1]) for e in EVENTS]
 
 
+async def test_a_job_finishing_in_the_shutdowns_grace_enqueues_and_reads(
+    make_jobs: Factory,
+) -> None:
+    """A job still running when the shutdown begins ends within the grace as it would have
+    otherwise: its follow-up job is stored (and waits in the queue: nothing starts here now),
+    and it can read jobs. The follow-up runs in the next process."""
+    EVENTS.clear()
+    follow_ups: list[int] = []
+    shutdown_began = anyio.Event()
+
+    class EnqueuesWhenDone(AsyncCommand[Add]):
+        def __init__(self, jobs: BackgroundJobs) -> None:
+            self.jobs = jobs
+
+        async def run(self, request: Add) -> None:
+            EVENTS.append(("start", "first", time.monotonic()))
+            await shutdown_began.wait()
+            await anyio.sleep(0.2)  # well inside the exit
+            ref = await self.jobs.enqueue_command(SleepCommand, Sleep(0, label="follow-up"))
+            found = await self.jobs.get_job(ref.id)
+            assert found is not None and found.state is JobState.QUEUED
+            follow_ups.append(ref.id)
+
+    commands = [EnqueuesWhenDone, SleepCommand]
+    jobs = make_jobs(commands=commands, shutdown_grace=timedelta(seconds=5))
+    jobs.services[BackgroundJobs] = jobs
+    async with jobs:
+        first = await jobs.enqueue_command(EnqueuesWhenDone, Add(1, 1))
+        with anyio.fail_after(10):
+            while ("start", "first") not in [(e[0], e[1]) for e in EVENTS]:
+                await anyio.sleep(0.01)
+        shutdown_began.set()
+    async with make_jobs(commands=commands, execute=False) as reader:
+        done = await reader.get_job(first.id)
+        assert done is not None and done.state is JobState.COMPLETED
+        assert len(follow_ups) == 1
+        waiting = await reader.get_job(follow_ups[0])
+        assert waiting is not None and waiting.state is JobState.QUEUED
+    async with make_jobs(commands=commands) as later:
+        with anyio.fail_after(10):
+            ran = await later.wait_for_job(follow_ups[0])
+    assert ran.state is JobState.COMPLETED
+
+
 async def test_no_transient_job_starts_once_the_shutdown_began(make_jobs: Factory) -> None:
     """The scheduler stops first, and a transient job asked for meanwhile (here by a job's
     cleanup) ends Cancelled without starting: nothing starts that the shutdown would not
