@@ -292,6 +292,11 @@ class BackgroundJobs:
         #: deadline a shutdown gives them
         self._shields: set[anyio.CancelScope] = set()
         self._shield_deadline = math.inf
+        #: when the last renewal of this node's lease that got through was sent (event loop
+        #: time), whether the lease may have run out since, and a signal of each renewal
+        self._lease_renewed_at = -math.inf
+        self._lease_lapsed = False
+        self._lease_renewed = anyio.Event()
         # fast_acquire: an uncontended lock is taken without a trip through the event loop,
         # one of the few per job of a serial worker (held across awaits, so nothing starves).
         self._flush_lock = anyio.Lock(fast_acquire=True)
@@ -320,9 +325,7 @@ class BackgroundJobs:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._started = True
             if self.execute:
-                await self.store.renew_node(
-                    self.node_id, socket.gethostname(), os.getpid(), self.lease_duration
-                )
+                await self._renew_lease()
                 if self.notifications:
                     # A hint from other processes that work arrived; polling stays the backstop.
                     await stack.enter_async_context(
@@ -485,6 +488,7 @@ class BackgroundJobs:
                 tg.start_soon(self._dispatch_loop)
                 tg.start_soon(self._finish_loop)
                 tg.start_soon(self._heartbeat_loop)
+                tg.start_soon(self._lease_loop)
                 tg.start_soon(self._progress_loop)
                 tg.start_soon(self._maintenance_loop)
                 if self.scheduler is not None:
@@ -706,6 +710,7 @@ class BackgroundJobs:
             and not self._saturated
             and not self._dispatch_scope.cancel_called
             and not self._requeuing_unknown
+            and not self._lease_lapsed
             and self.max_concurrency - self._running_unnamed - self._reserved >= len(new_jobs)
             and all(
                 j.worker is None and j.depends_on is None and j.run_after is None for j in new_jobs
@@ -812,14 +817,16 @@ class BackgroundJobs:
                 await self.dialect.notify(NOTIFY_CHANNEL, f"cancel:{job_id}")
         return len(final) + len(running)
 
-    def _stop_taken_over(self, job_ids: Sequence[int]) -> None:
-        """Jobs running here that are no longer leased to this node: it missed its lease (its
-        event loop blocked, or the database unreachable from here alone) and another process
-        took them back, to run again. They stop here; their outcome would be dropped anyway."""
+    def _stop_unleased(self, job_ids: Sequence[int], why: str) -> None:
+        """Jobs running here that are no longer (or may no longer be) leased to this node: it
+        missed its lease (its event loop blocked, or the database unreachable from here
+        alone) and another process took them back, or may have, to run again. They stop
+        here; an outcome is dropped unless the job is still this node's (then it is
+        requeued)."""
         for job_id in job_ids:
             running = self._running.get(job_id)
             if running is not None and running.stop_reason is None:
-                log.warning("job %s was taken over by another process; stopped here", job_id)
+                log.warning("job %s %s; stopped here", job_id, why)
                 running.stop_reason = "taken over"
                 running.context.cancel_event.set()
                 running.scope.cancel()
@@ -1177,6 +1184,9 @@ class BackgroundJobs:
                     self._claim_deferred = True
                     await self._sleep_until_work()
                     continue
+                if self._lease_lapsed:  # woken once the lease is renewed
+                    await self._sleep_until_work()
+                    continue
                 limit, named_only = self._claim_size()
                 if named_only and self._found_work:
                     # Every slot is busy and the finisher keeps claiming as slots free up
@@ -1217,7 +1227,7 @@ class BackgroundJobs:
         unnamed slot busy, still look for named-worker jobs: a busy pool must not hold back a
         serial worker. Nothing once shutting down. The caller reserves the slots while it
         claims, so the dispatcher and the finisher never claim the same free slot twice."""
-        if self._dispatch_scope.cancel_called or self._requeuing_unknown:
+        if self._dispatch_scope.cancel_called or self._requeuing_unknown or self._lease_lapsed:
             return 0, False
         free = self.max_concurrency - self._running_unnamed - self._reserved
         return (free, False) if free > 0 else (_NAMED_ONLY_CLAIM, True)
@@ -1684,9 +1694,7 @@ class BackgroundJobs:
             try:
                 now = time.monotonic()
                 if now - last_renew >= self.lease_duration.total_seconds() / 3:
-                    await self.store.renew_node(
-                        self.node_id, socket.gethostname(), os.getpid(), self.lease_duration
-                    )
+                    await self._renew_lease()
                     last_renew = now
                 if self._running:
                     running = list(self._running)  # (a job started during the read is not)
@@ -1694,7 +1702,8 @@ class BackgroundJobs:
                     for job_id, cancel_asked in held.items():
                         if cancel_asked:
                             self._cancel_local(job_id)
-                    self._stop_taken_over([i for i in running if i not in held])
+                    taken = [i for i in running if i not in held]
+                    self._stop_unleased(taken, "was taken over by another process")
                 if now - last_recover >= self.lease_duration.total_seconds() / 2:
                     final, requeued = await self.store.recover_orphans()
                     last_recover = now
@@ -1705,6 +1714,36 @@ class BackgroundJobs:
             except Exception as exc:
                 failures += 1
                 await self._pause_after_error("renewing the node lease", exc, failures)
+
+    async def _renew_lease(self) -> None:
+        sent = anyio.current_time()
+        await self.store.renew_node(
+            self.node_id, socket.gethostname(), os.getpid(), self.lease_duration
+        )
+        # The database's lease runs from when it took the renewal: not before it was sent.
+        self._lease_renewed_at = sent
+        self._lease_renewed.set()
+
+    async def _lease_loop(self) -> None:
+        """Stop this node's jobs once its lease may have run out: no renewal got through for
+        a lease's length (the database unreachable from here alone, or the event loop
+        blocked), so other processes may have taken the jobs back and be running them. As
+        the lease is counted from when the last renewal was sent, they stop here before
+        another process can take them; each goes back to the queue if it is still this
+        node's. No claim meanwhile: what it took could be taken back at once."""
+        lease = self.lease_duration.total_seconds()
+        while True:
+            await anyio.sleep_until(self._lease_renewed_at + lease)
+            if anyio.current_time() < self._lease_renewed_at + lease:
+                continue  # renewed meanwhile
+            self._lease_lapsed = True
+            log.warning("node %s could not renew its lease for %gs", self.node_id, lease)
+            self._stop_unleased(list(self._running), "its node's lease may have run out")
+            while anyio.current_time() >= self._lease_renewed_at + lease:
+                self._lease_renewed = anyio.Event()
+                await self._lease_renewed.wait()
+            self._lease_lapsed = False
+            self._wake_dispatcher()
 
     async def _progress_loop(self) -> None:
         """Write progress, status and log lines of running jobs, batched."""

@@ -16,7 +16,7 @@ import pytest
 
 from asyncjobs import BackgroundJobs, JobState
 from asyncjobs.dialects import Dialect, create_dialect
-from tests.commands import Add, AddCommand, Sleep, SleepCommand
+from tests.commands import EVENTS, Add, AddCommand, Sleep, SleepCommand
 from tests.proxy import Proxy, proxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("postgres", "mysql")]
@@ -150,6 +150,46 @@ async def test_a_database_that_stops_answering_does_not_hold_the_shutdown(
         with anyio.fail_after(30):
             results = [await jobs.wait_for_job(ref.id) for ref in refs]
     assert [result.state for result in results] == [JobState.COMPLETED] * 20
+
+
+async def test_a_process_cut_off_from_the_database_stops_its_jobs_before_they_run_elsewhere(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """The database goes out of reach of one process alone (its network, say) while its job
+    runs. Once the lease it could not renew may have run out, another process takes the job
+    back and runs it; the cut-off process has stopped its own run by then, rather than
+    running the job beside the other until it can reach the database again."""
+    EVENTS.clear()
+    async with make_jobs(commands=[SleepCommand], execute=False):
+        pass
+    parts = urlsplit(dsn)
+    assert parts.hostname is not None and parts.port is not None
+    async with proxy(parts.hostname, parts.port) as link:
+        netloc = parts.netloc.replace(f":{parts.port}", f":{link.port}")
+        cut_off = BackgroundJobs(
+            parts._replace(netloc=netloc).geturl(),
+            commands=[SleepCommand],
+            lease_duration=timedelta(seconds=1),
+            poll_interval=timedelta(milliseconds=50),
+            shutdown_grace=timedelta(milliseconds=200),
+        )
+        async with cut_off:
+            ref = await cut_off.enqueue_command(SleepCommand, Sleep(4, label="held"))
+            with anyio.fail_after(10):
+                while not EVENTS:
+                    await anyio.sleep(0.01)
+            link.freeze()
+            lease = timedelta(seconds=1)
+            async with make_jobs(commands=[SleepCommand], lease_duration=lease) as other:
+                with anyio.fail_after(20):
+                    result = await other.wait_for_job(ref.id)
+            link.thaw()
+    assert result.state is JobState.COMPLETED and result.summary.attempts == 2
+    # The first run stopped (no end of it: it would have ended before the second), the
+    # second ran through.
+    assert [(event, label) for event, label, _ in EVENTS] == [
+        ("start", "held"), ("start", "held"), ("end", "held"),
+    ]  # fmt: skip
 
 
 # Without the bound the shielded COMMIT waits forever: only a thread ends the test.
