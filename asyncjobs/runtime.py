@@ -83,6 +83,8 @@ UserResolver = Callable[[str], Awaitable[Any]]
 _FAST_POLL = 0.05
 #: a claim made while every unnamed slot is busy looks for up to this many named-worker jobs
 _NAMED_ONLY_CLAIM = 8
+#: why jobs stop when this node's lease may have run out (see _lease_loop)
+_LEASE_LAPSED = "may no longer be this node's (its lease was not renewed in time)"
 #: the notification channel a dialect with notifications uses for "work arrived" / "cancel:<id>"
 NOTIFY_CHANNEL = "asyncjobs"
 
@@ -771,6 +773,7 @@ class BackgroundJobs:
         if not _storable_id(job_id):
             raise JobNotFoundError(f"no job with id {job_id}")
         while True:
+            self._require_started()  # (the runtime may have closed while this waited)
             event = self._waiters.setdefault(job_id, anyio.Event())
             try:
                 result = await self.store.get_job(job_id)
@@ -958,6 +961,7 @@ class BackgroundJobs:
             raise JobNotFoundError(f"no recurring task named {name!r}")
         task = row_to_task(rows[0])
         if task.options.run_command:
+            self._require_running()
             await self._run_task_transient(task)
             return None
         new = self._task_job(task, self.clock.now())
@@ -1288,8 +1292,10 @@ class BackgroundJobs:
         with anyio.move_on_after(self._poll_delay):
             await self._wake.wait()
 
-    async def _pause_after_error(self, what: str, exc: Exception, failures: int) -> None:
-        delay = min(0.1 * 2 ** min(failures, 10), 5.0)
+    async def _pause_after_error(
+        self, what: str, exc: Exception, failures: int, *, longest: float = 5.0
+    ) -> None:
+        delay = min(0.1 * 2 ** min(failures, 10), 5.0, longest)
         log.warning("error while %s (retrying in %.1fs): %r", what, delay, exc)
         await anyio.sleep(delay)
 
@@ -1299,6 +1305,8 @@ class BackgroundJobs:
         if job.logs:  # an earlier attempt's
             running.logs_stored = self.dialect.text_length(job.logs)
         self._running[job.id] = running
+        if self._lease_lapsed:  # claimed before the lease lapsed: it goes back unstarted
+            self._stop_unleased([job.id], _LEASE_LAPSED)
         if job.worker is None:
             self._running_unnamed += 1
         if self._idle.is_set():
@@ -1684,8 +1692,9 @@ class BackgroundJobs:
 
     async def _heartbeat_loop(self) -> None:
         """Renew this node's lease, stop jobs cancelled elsewhere, take back dead nodes' jobs."""
-        interval = min(self.poll_interval, self.lease_duration / 3).total_seconds()
-        last_renew = last_recover = time.monotonic()
+        lease = self.lease_duration.total_seconds()
+        interval = min(self.poll_interval.total_seconds(), lease / 3)
+        last_recover = time.monotonic()
         failures = 0
         while True:
             with anyio.move_on_after(interval):
@@ -1693,9 +1702,8 @@ class BackgroundJobs:
             self._check_cancels = anyio.Event()
             try:
                 now = time.monotonic()
-                if now - last_renew >= self.lease_duration.total_seconds() / 3:
+                if anyio.current_time() - self._lease_renewed_at >= lease / 3:
                     await self._renew_lease()
-                    last_renew = now
                 if self._running:
                     running = list(self._running)  # (a job started during the read is not)
                     held = await self.store.held_jobs(self.node_id)
@@ -1713,33 +1721,46 @@ class BackgroundJobs:
                 failures = 0
             except Exception as exc:
                 failures += 1
-                await self._pause_after_error("renewing the node lease", exc, failures)
+                # Not past the next renewal: errors elsewhere here must not let the lease lapse.
+                await self._pause_after_error(
+                    "renewing the node lease", exc, failures, longest=lease / 6
+                )
 
     async def _renew_lease(self) -> None:
         sent = anyio.current_time()
         await self.store.renew_node(
             self.node_id, socket.gethostname(), os.getpid(), self.lease_duration
         )
+        if anyio.current_time() >= self._lease_lapses_at() and not self._lease_lapsed:
+            # The reply came after the lease may have run out, before the lease loop woke (the
+            # event loop lagged): the jobs may be running elsewhere already.
+            self._stop_unleased(list(self._running), _LEASE_LAPSED)
         # The database's lease runs from when it took the renewal: not before it was sent.
         self._lease_renewed_at = sent
         self._lease_renewed.set()
 
-    async def _lease_loop(self) -> None:
-        """Stop this node's jobs once its lease may have run out: no renewal got through for
-        a lease's length (the database unreachable from here alone, or the event loop
-        blocked), so other processes may have taken the jobs back and be running them. As
-        the lease is counted from when the last renewal was sent, they stop here before
-        another process can take them; each goes back to the queue if it is still this
-        node's. No claim meanwhile: what it took could be taken back at once."""
+    def _lease_lapses_at(self) -> float:
+        """When this node stops its jobs unless renewed: a little before the database's lease
+        can end (a stop is a request, that a job sees at its next await)."""
         lease = self.lease_duration.total_seconds()
+        return self._lease_renewed_at + lease - min(lease / 10, 5.0)
+
+    async def _lease_loop(self) -> None:
+        """Stop this node's jobs once its lease may run out: no renewal got through for
+        (almost) a lease's length (the database unreachable from here alone, or the event
+        loop blocked), so other processes may take the jobs back and run them. The lease is
+        counted from when the last renewal was sent, so they stop here before another process
+        can take them; each goes back to the queue if it is still this node's. No claim
+        meanwhile (and jobs a claim in flight returns stop as they start): what it took could
+        be taken back at once."""
         while True:
-            await anyio.sleep_until(self._lease_renewed_at + lease)
-            if anyio.current_time() < self._lease_renewed_at + lease:
+            await anyio.sleep_until(self._lease_lapses_at())
+            if anyio.current_time() < self._lease_lapses_at():
                 continue  # renewed meanwhile
             self._lease_lapsed = True
-            log.warning("node %s could not renew its lease for %gs", self.node_id, lease)
-            self._stop_unleased(list(self._running), "its node's lease may have run out")
-            while anyio.current_time() >= self._lease_renewed_at + lease:
+            log.warning("node %s could not renew its lease in time", self.node_id)
+            self._stop_unleased(list(self._running), _LEASE_LAPSED)
+            while anyio.current_time() >= self._lease_lapses_at():
                 self._lease_renewed = anyio.Event()
                 await self._lease_renewed.wait()
             self._lease_lapsed = False

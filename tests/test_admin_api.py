@@ -21,6 +21,7 @@ import pytest
 from asyncjobs import BackgroundJobs, JobOptions
 from asyncjobs.exceptions import ConfigurationError
 from asyncjobs.web import AdminApp, AdminRequest, create_app, mount
+from asyncjobs.web import _api as web_api
 from asyncjobs.web._server import build_admin
 from tests.admin_support import (
     FAILING,
@@ -90,9 +91,15 @@ async def test_overview_counts_jobs_by_state(admin: Admin) -> None:
     assert data["nodes"][0]["id"] == admin.jobs.node_id
 
 
-async def test_overview_tells_a_node_whose_lease_ran_out(admin: Admin) -> None:
+async def test_overview_tells_a_node_whose_lease_ran_out(
+    admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By the clock that times leases (the database's), not the web app's, here an hour
+    ahead."""
     await admin.jobs.store.renew_node("gone", "elsewhere", 1, timedelta(milliseconds=1))
     await anyio.sleep(0.05)
+    real = web_api.utcnow
+    monkeypatch.setattr(web_api, "utcnow", lambda: real() + timedelta(hours=1))
     data = await admin.get("/api/overview")
     alive = {node["id"]: node["alive"] for node in data["nodes"]}
     assert alive == {admin.jobs.node_id: True, "gone": False}

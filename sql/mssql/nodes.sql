@@ -8,11 +8,14 @@
 -- An upsert: update the node's row, insert it if there was none. UPDLOCK, SERIALIZABLE holds
 -- the key (or the gap where it would be) to the end of the transaction, so two renewals of a
 -- new node cannot both insert.
-UPDATE job_node WITH (UPDLOCK, SERIALIZABLE) SET lease_expires = DATEADD(millisecond, CAST(ROUND(:lease_seconds * 1000, 0) AS int), SYSUTCDATETIME())
+UPDATE job_node WITH (UPDLOCK, SERIALIZABLE)
+SET lease_expires = DATEADD(millisecond, CAST(CEILING(:lease_seconds * 1000) AS int),
+                            SYSUTCDATETIME())
 WHERE id = :node;
 IF @@ROWCOUNT = 0
 INSERT INTO job_node (id, host, pid, started_date, lease_expires)
-VALUES (:node, :host, :pid, :now, DATEADD(millisecond, CAST(ROUND(:lease_seconds * 1000, 0) AS int), SYSUTCDATETIME()));
+VALUES (:node, :host, :pid, :now,
+        DATEADD(millisecond, CAST(CEILING(:lease_seconds * 1000) AS int), SYSUTCDATETIME()));
 
 -- name: delete_node
 DELETE FROM job_node WHERE id = :node;

@@ -700,11 +700,17 @@ async def test_a_job_finishing_in_the_shutdowns_grace_enqueues_and_reads(
             found = await self.jobs.get_job(ref.id)
             assert found is not None and found.state is JobState.QUEUED
             follow_ups.append(ref.id)
+            with pytest.raises(ConfigurationError, match="shutting down"):
+                await self.jobs.run_scheduled_task("transient")  # nothing starts here now
 
     commands = [EnqueuesWhenDone, SleepCommand]
     jobs = make_jobs(commands=commands, shutdown_grace=timedelta(seconds=5))
     jobs.services[BackgroundJobs] = jobs
     async with jobs:
+        await jobs.recurring_command(
+            SleepCommand, Schedule.cron("0 0 1 1 *"), Sleep(0, label="transient"),
+            name="transient", options=JobOptions(run_command=True),
+        )  # fmt: skip
         first = await jobs.enqueue_command(EnqueuesWhenDone, Add(1, 1))
         with anyio.fail_after(10):
             while ("start", "first") not in [(e[0], e[1]) for e in EVENTS]:
