@@ -678,6 +678,14 @@ async def test_a_transient_job_gets_the_shutdown_grace_too(make_jobs: Factory) -
     assert ("end", "graced") in [(e[0], e[1]) for e in EVENTS]
 
 
+async def _transient_sleep_task(jobs: BackgroundJobs, name: str, cron: str) -> None:
+    """A recurring task that runs SleepCommand transiently, its events labelled ``name``."""
+    await jobs.recurring_command(
+        SleepCommand, Schedule.cron(cron), Sleep(0, label=name),
+        name=name, options=JobOptions(run_command=True),
+    )  # fmt: skip
+
+
 async def test_a_job_finishing_in_the_shutdowns_grace_enqueues_and_reads(
     make_jobs: Factory,
 ) -> None:
@@ -707,10 +715,7 @@ async def test_a_job_finishing_in_the_shutdowns_grace_enqueues_and_reads(
     jobs = make_jobs(commands=commands, shutdown_grace=timedelta(seconds=5))
     jobs.services[BackgroundJobs] = jobs
     async with jobs:
-        await jobs.recurring_command(
-            SleepCommand, Schedule.cron("0 0 1 1 *"), Sleep(0, label="transient"),
-            name="transient", options=JobOptions(run_command=True),
-        )  # fmt: skip
+        await _transient_sleep_task(jobs, "transient", "0 0 1 1 *")
         first = await jobs.enqueue_command(EnqueuesWhenDone, Add(1, 1))
         with anyio.fail_after(10):
             while ("start", "first") not in [(e[0], e[1]) for e in EVENTS]:
@@ -754,10 +759,7 @@ async def test_no_transient_job_starts_once_the_shutdown_began(make_jobs: Factor
     jobs = make_jobs(commands=[SlowToStop, SleepCommand], shutdown_grace=timedelta(seconds=0.2))
     jobs.services[BackgroundJobs] = jobs
     async with jobs:
-        await jobs.recurring_command(
-            SleepCommand, Schedule.cron("* * * * * *"), Sleep(0, label="tick"),
-            name="tick", options=JobOptions(run_command=True),
-        )  # fmt: skip
+        await _transient_sleep_task(jobs, "tick", "* * * * * *")
         await jobs.enqueue_command(SlowToStop, Add(1, 1))
         with anyio.fail_after(10):
             while ("start", "slow") not in [(e[0], e[1]) for e in EVENTS]:
