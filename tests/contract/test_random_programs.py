@@ -7,6 +7,7 @@ agrees with it."""
 from __future__ import annotations
 
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -72,8 +73,8 @@ class Pause:
 enqueues = st.builds(
     Enqueue,
     fails=st.booleans(),
-    seconds=st.sampled_from([0.0, 0.0, 0.01, 0.05]),
-    worker=st.sampled_from([None, None, "w1", "w2"]),
+    seconds=st.sampled_from([0.0, 0.01, 0.05, 0.2]),
+    worker=st.sampled_from([None, "w1", "w1", "w2"]),
     after=st.one_of(st.none(), st.none(), st.integers(1, 3)),
     priority=st.integers(0, 2),
 )
@@ -101,16 +102,19 @@ async def _final_states(jobs: BackgroundJobs, ids: list[int]) -> dict[int, JobSt
 
 
 @settings(
-    max_examples=30,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(program=st.lists(operations, min_size=1, max_size=25))
+@given(program=st.lists(operations, min_size=1, max_size=25), runtimes=st.sampled_from([1, 2]))
 async def test_random_programs_keep_every_promise(
     dsn: str,
     dialect_name: str,
     program: list[Enqueue | Cancel | Requeue | Pause],
+    runtimes: int,
 ) -> None:
+    """With two runtimes (two nodes, as two processes would be) the operations take turns
+    between them, and only the database keeps a named worker's jobs one at a time."""
     RUNS.clear()
     if dialect_name == "postgres":
         # A query cancelled here (a job cancelled while it reads its parent) makes asyncpg
@@ -122,15 +126,21 @@ async def test_random_programs_keep_every_promise(
     ids: list[int] = []
     parents: dict[int, int] = {}
     requeued: set[int] = set()
-    jobs = BackgroundJobs(
-        dsn,
-        commands=[StepCommand],
-        retry_delay=timedelta(0),
-        poll_interval=timedelta(milliseconds=50),
-        lease_duration=timedelta(seconds=5),
-    )
-    async with jobs:
-        for op in program:
+    nodes = [
+        BackgroundJobs(
+            dsn,
+            commands=[StepCommand],
+            retry_delay=timedelta(0),
+            poll_interval=timedelta(milliseconds=50),
+            lease_duration=timedelta(seconds=5),
+        )
+        for _ in range(runtimes)
+    ]
+    async with AsyncExitStack() as stack:
+        for node in nodes:
+            await stack.enter_async_context(node)
+        for turn, op in enumerate(program):
+            jobs = nodes[turn % runtimes]
             if isinstance(op, Enqueue):
                 depends_on = None
                 if op.after is not None and len(ids) >= op.after:
@@ -154,8 +164,8 @@ async def test_random_programs_keep_every_promise(
                     requeued.add(job_id)
             elif isinstance(op, Pause):
                 await anyio.sleep(op.seconds)
-        states = await _final_states(jobs, ids)
-        results = {i: await jobs.get_job(i) for i in ids}
+        states = await _final_states(nodes[0], ids)
+        results = {i: await nodes[0].get_job(i) for i in ids}
     _check(ids, states, results, parents, requeued)
 
 
