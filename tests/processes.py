@@ -62,7 +62,9 @@ def event_lines(path: Path) -> list[list[str]]:
     tests/commands.py); none before the file exists."""
     if not path.exists():
         return []
-    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    # Only whole lines: a worker may be halfway through appending the last one.
+    return [line.split() for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
 def started_at(path: Path, label: str) -> float | None:

@@ -655,7 +655,9 @@ def events(path: Path) -> list[tuple[str, str, float, int, int]]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    text = path.read_text()
+    # Only whole lines: a worker may be halfway through appending the last one.
+    for line in text[: text.rfind("\n") + 1].splitlines():
         event, label, moment, pid, job_id = line.split()
         out.append((event, label, float(moment), int(pid), int(job_id)))
     return out
