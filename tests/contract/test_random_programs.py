@@ -1,4 +1,5 @@
-"""Random programs of enqueues, cancels and requeues, run against live runtimes: whatever the
+"""Random programs of enqueues, cancels, requeues and restarts (a runtime exits, stopping the
+jobs it runs, and a new one takes its place), run against live runtimes: whatever the
 order, every job ends in exactly one final state, a completed job's command succeeded exactly
 once (no other's more than once), a named worker never runs two jobs at once, a dependent runs
 only after its parent completed (and is cancelled when its parent failed or was cancelled),
@@ -7,11 +8,11 @@ and each job's summary agrees with it."""
 from __future__ import annotations
 
 import time
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 
 import anyio
+import anyio.abc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -70,6 +71,11 @@ class Pause:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Restart:
+    which: int  # a runtime, which exits (stopping what it runs) and is replaced by a new one
+
+
 enqueues = st.builds(
     Enqueue,
     fails=st.booleans(),
@@ -85,7 +91,36 @@ operations = st.one_of(
     st.builds(Cancel, which=st.integers(0, 50)),
     st.builds(Requeue, which=st.integers(0, 50)),
     st.builds(Pause, seconds=st.sampled_from([0.0, 0.01, 0.05])),
+    st.builds(Restart, which=st.integers(0, 1)),
 )
+
+
+@dataclass
+class Running:
+    """A runtime running in a task of its own, as in a process of its own: it can stop (and
+    be replaced) whatever the others do."""
+
+    jobs: BackgroundJobs
+    stopping: anyio.Event
+    stopped: anyio.Event
+
+    @classmethod
+    async def start(cls, tg: anyio.abc.TaskGroup, jobs: BackgroundJobs) -> Running:
+        running = cls(jobs, anyio.Event(), anyio.Event())
+        await tg.start(running._hold)
+        return running
+
+    async def _hold(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        try:
+            async with self.jobs:
+                task_status.started()
+                await self.stopping.wait()
+        finally:
+            self.stopped.set()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        await self.stopped.wait()
 
 
 async def _final_states(jobs: BackgroundJobs, ids: list[int]) -> dict[int, JobState]:
@@ -110,7 +145,7 @@ async def _final_states(jobs: BackgroundJobs, ids: list[int]) -> dict[int, JobSt
 async def test_random_programs_keep_every_promise(
     dsn: str,
     dialect_name: str,
-    program: list[Enqueue | Cancel | Requeue | Pause],
+    program: list[Enqueue | Cancel | Requeue | Pause | Restart],
     runtimes: int,
 ) -> None:
     """With two runtimes (two nodes, as two processes would be) the operations take turns
@@ -126,21 +161,24 @@ async def test_random_programs_keep_every_promise(
     ids: list[int] = []
     parents: dict[int, int] = {}
     requeued: set[int] = set()
-    nodes = [
-        BackgroundJobs(
+    restarted = any(isinstance(op, Restart) for op in program)
+
+    def runtime() -> BackgroundJobs:
+        return BackgroundJobs(
             dsn,
             commands=[StepCommand],
             retry_delay=timedelta(0),
             poll_interval=timedelta(milliseconds=50),
             lease_duration=timedelta(seconds=5),
+            shutdown_grace=timedelta(milliseconds=20),  # a restart stops longer jobs
         )
-        for _ in range(runtimes)
-    ]
-    async with AsyncExitStack() as stack:
-        for node in nodes:
-            await stack.enter_async_context(node)
+
+    nodes: list[Running] = []
+    async with anyio.create_task_group() as tg:
+        for _ in range(runtimes):
+            nodes.append(await Running.start(tg, runtime()))
         for turn, op in enumerate(program):
-            jobs = nodes[turn % runtimes]
+            jobs = nodes[turn % runtimes].jobs
             if isinstance(op, Enqueue):
                 depends_on = None
                 if op.after is not None and len(ids) >= op.after:
@@ -164,9 +202,15 @@ async def test_random_programs_keep_every_promise(
                     requeued.add(job_id)
             elif isinstance(op, Pause):
                 await anyio.sleep(op.seconds)
-        states = await _final_states(nodes[0], ids)
-        results = {i: await nodes[0].get_job(i) for i in ids}
-    _check(ids, states, results, parents, requeued)
+            elif isinstance(op, Restart):
+                which = op.which % runtimes
+                await nodes[which].stop()
+                nodes[which] = await Running.start(tg, runtime())
+        states = await _final_states(nodes[0].jobs, ids)
+        results = {i: await nodes[0].jobs.get_job(i) for i in ids}
+        for node in nodes:
+            await node.stop()
+    _check(ids, states, results, parents, requeued, restarted)
 
 
 def _check(
@@ -175,6 +219,7 @@ def _check(
     results: dict[int, JobResult | None],
     parents: dict[int, int],
     requeued: set[int],
+    restarted: bool,
 ) -> None:
     runs_of: dict[int, list[tuple[str, int, float]]] = {i: [] for i in ids}
     for event, job_id, attempt, at, _worker in RUNS:
@@ -197,7 +242,12 @@ def _check(
         elif state is JobState.FAILED:
             assert not ends, (job_id, state, runs_of[job_id])
         if state is JobState.FAILED and job_id not in requeued:
-            assert len(fails) == 2 and len(starts) == 2, (job_id, runs_of[job_id])  # 1 retry
+            if restarted:
+                # An attempt a shutdown stopped counts, and the job goes back to the queue
+                # whatever its budget: its last attempt failed.
+                assert runs_of[job_id] and runs_of[job_id][-1][0] == "fail", runs_of[job_id]
+            else:  # 1 retry: two attempts, each failed
+                assert len(fails) == 2 and len(starts) == 2, (job_id, runs_of[job_id])
         # No attempt started twice (a run beside itself).
         attempts = [e[1] for e in starts]
         assert len(attempts) == len(set(attempts)) or job_id in requeued, (job_id, attempts)
