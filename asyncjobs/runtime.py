@@ -1694,15 +1694,15 @@ class BackgroundJobs:
         """Renew this node's lease, stop jobs cancelled elsewhere, take back dead nodes' jobs."""
         lease = self.lease_duration.total_seconds()
         interval = min(self.poll_interval.total_seconds(), lease / 3)
-        last_recover = time.monotonic()
+        last_recover = anyio.current_time()
         failures = 0
         while True:
             with anyio.move_on_after(interval):
                 await self._check_cancels.wait()
             self._check_cancels = anyio.Event()
             try:
-                now = time.monotonic()
-                if anyio.current_time() - self._lease_renewed_at >= lease / 3:
+                now = anyio.current_time()
+                if now - self._lease_renewed_at >= lease / 3:
                     await self._renew_lease()
                 if self._running:
                     running = list(self._running)  # (a job started during the read is not)
@@ -1712,7 +1712,7 @@ class BackgroundJobs:
                             self._cancel_local(job_id)
                     taken = [i for i in running if i not in held]
                     self._stop_unleased(taken, "was taken over by another process")
-                if now - last_recover >= self.lease_duration.total_seconds() / 2:
+                if now - last_recover >= lease / 2:
                     final, requeued = await self.store.recover_orphans()
                     last_recover = now
                     self._resolve(final)
