@@ -181,11 +181,12 @@ class BackgroundJobs:
         for name, value, minimum in (
             ("poll_interval", poll_interval, at_least_1ms),
             ("schedule_refresh", schedule_refresh, at_least_1ms),
-            ("retry_delay", retry_delay, timedelta(0)),
-            ("max_retry_delay", max_retry_delay, timedelta(0)),
             ("shutdown_grace", shutdown_grace, timedelta(0)),
         ):
             check_duration(name, value, minimum)
+        # A retry's due time is the database's clock plus the backoff: a year keeps it a date.
+        for name, value in (("retry_delay", retry_delay), ("max_retry_delay", max_retry_delay)):
+            check_duration(name, value, timedelta(0), timedelta(days=365))
         # A dead process's jobs wait out its lease; the databases add it to their clock.
         check_duration("lease_duration", lease_duration, at_least_1ms, timedelta(days=1))
         if default_timeout is not None:
@@ -252,6 +253,8 @@ class BackgroundJobs:
         #: unnamed slots held by enqueues that start their jobs at once (see _start_at_once)
         self._reserved = 0
         self._poll_delay = poll_interval.total_seconds()
+        #: when the next delayed job is due (anyio's clock), as the last claim reported
+        self._next_due_at: float | None = None
         self._transient_ids = -1
         self._durations: dict[tuple[str, str | None], tuple[float | None, float]] = {}
         self._started = False
@@ -1201,7 +1204,9 @@ class BackgroundJobs:
                 try:
                     # Shielded: jobs a committed claim returned must be started, not dropped.
                     with self._db_shield():
-                        jobs = await self.store.claim(self.node_id, limit, named_only=named_only)
+                        claim = await self.store.complete_and_claim(
+                            self.node_id, (), limit, named_only=named_only
+                        )
                     failures = 0
                 except Exception as exc:
                     self._claim_failed()
@@ -1210,7 +1215,7 @@ class BackgroundJobs:
                     continue
                 finally:
                     self._release_slots(limit)
-                self._start_claimed(jobs, limit, named_only)
+                self._start_claimed(claim, limit, named_only)
                 if self._saturated and not named_only:
                     await anyio.lowlevel.checkpoint()
                     continue
@@ -1269,28 +1274,40 @@ class BackgroundJobs:
         if requeued:
             log.warning("jobs %s were claimed by a claim that failed; requeued", requeued)
 
-    def _start_claimed(self, jobs: Sequence[BackgroundJob], limit: int, named_only: bool) -> None:
+    def _start_claimed(self, claim: Claim, limit: int, named_only: bool) -> None:
         # A claim that filled its limit may have left more behind: enqueues wait their turn.
         # (A named-only claim says nothing about the jobs without a worker.)
+        jobs = claim.jobs
         if not named_only:
             self._saturated = len(jobs) >= limit
         if jobs:
             self._found_work = True
+        # The database's word on when the next delayed job (or retry) is due: the dispatcher
+        # wakes for it, rather than finding it at a poll up to poll_interval later.
+        due_in = claim.next_due_in
+        self._next_due_at = None if due_in is None else anyio.current_time() + due_in
         for job in jobs:
             self._start(job)
 
     async def _sleep_until_work(self) -> None:
         """Sleep until woken (local work) or the next poll for other processes' work. The
         poll adapts: soon after a claim (the dispatcher's or the finisher's) found work,
-        doubling while none comes, up to ``poll_interval``."""
+        doubling while none comes, up to ``poll_interval``; and it comes no later than the
+        next delayed job is due."""
         ceiling = self.poll_interval.total_seconds()
         found, self._found_work = self._found_work, False
         if found:
             self._poll_delay = min(_FAST_POLL, ceiling)
         else:
             self._poll_delay = min(self._poll_delay * 2, ceiling)
-        with anyio.move_on_after(self._poll_delay):
+        delay = self._poll_delay
+        due_at = self._next_due_at
+        if due_at is not None:
+            delay = max(0.0, min(delay, due_at - anyio.current_time()))
+        with anyio.move_on_after(delay):
             await self._wake.wait()
+        if due_at is not None and due_at == self._next_due_at and due_at <= anyio.current_time():
+            self._next_due_at = None  # woken for it: the claim that follows reports the next
 
     async def _pause_after_error(
         self, what: str, exc: Exception, failures: int, *, longest: float = 5.0
@@ -1534,8 +1551,8 @@ class BackgroundJobs:
         code = type(exc).__name__
         if not permanent and job.attempts <= job.retry_limit:
             delay = retry_backoff(job.attempts, self.retry_delay, self.max_retry_delay)
-            run_after = utcnow() + delay if delay > timedelta(0) else None
-            return Outcome(job, JobState.QUEUED, error=error, error_code=code, run_after=run_after)
+            retry_in = delay if delay > timedelta(0) else None
+            return Outcome(job, JobState.QUEUED, error=error, error_code=code, retry_in=retry_in)
         log.warning("job %s (%s) failed: %s", job.id, job.command or job.request, error.message)
         return Outcome(job, JobState.FAILED, error=error, error_code=code)
 
@@ -1606,7 +1623,7 @@ class BackgroundJobs:
                 self._flushing = []
             self._flush_failing = False
             if isinstance(report, Claim) and limit:
-                self._start_claimed(report.jobs, limit, named_only)
+                self._start_claimed(report, limit, named_only)
             self._count_outcomes(batch)
             self._resolve(report.final)
             if report.lost:

@@ -32,7 +32,7 @@ from .models import (
 log = logging.getLogger("asyncjobs.store")
 T = TypeVar("T")
 
-MIGRATIONS = ("migration_1", "migration_2", "migration_3", "migration_4")
+MIGRATIONS = ("migration_1", "migration_2", "migration_3", "migration_4", "migration_5")
 
 
 def utcnow() -> datetime:
@@ -132,7 +132,8 @@ class Outcome:
     response_body: str | None = None
     error: JobError | None = None
     error_code: str | None = None
-    run_after: datetime | None = None  # for a retry
+    #: a retry's backoff, waited out by the database's clock (as the claim judges run_after)
+    retry_in: timedelta | None = None
     logs: str | None = None
     notified_date: datetime | None = None  # when the callback succeeded
     status: str | None = None  # the last status line the job reported
@@ -157,6 +158,9 @@ class Claim(FinishReport):
 
     jobs: list[BackgroundJob] = field(default_factory=list)
     dependents: bool = False
+    #: seconds until the next delayed job is due, by the database's clock (None: none is
+    #: delayed, or nothing was claimed)
+    next_due_in: float | None = None
 
 
 _STATES = {str(state): state for state in JobState}
@@ -176,6 +180,10 @@ _new_jobs_encoder = msgspec.json.Encoder(enc_hook=str)
 def _json_text(value: Any) -> str:
     """args or meta as stored: JSON text (a value JSON cannot hold becomes its text)."""
     return _new_jobs_encoder.encode(value).decode()
+
+
+def _microseconds(delay: timedelta | None) -> int | None:
+    return None if delay is None else delay // timedelta(microseconds=1)
 
 
 def _json_or_none(value: Any) -> Any:
@@ -620,6 +628,9 @@ class Store:
                 }  # fmt: skip
                 rows = await conn.fetch("complete_and_claim_jobs", params, **templates)
                 report = rows[0]
+                if params["limit"]:
+                    due_in = report.get("next_due_in")
+                    claim.next_due_in = None if due_in is None else float(due_in)
                 done = set(_json_or_none(report["done_ids"]) or ())
                 claim.dependents = claim.dependents or bool(report["dependents"])
                 for outcome in group:
@@ -669,7 +680,8 @@ class Store:
                         {
                             "id": o.job.id, "node": node, "attempts": o.job.attempts,
                             "unused": int(o.attempt_unused),
-                            "run_after": o.run_after, "now": now, "error": _error_json(o.error),
+                            "retry_in_us": _microseconds(o.retry_in), "now": now,
+                            "error": _error_json(o.error),
                             "error_code": o.error_code, "logs": o.logs,
                         }
                         for o in requeue
@@ -748,12 +760,6 @@ class Store:
             return
         async with self.dialect.transaction() as tx:
             await tx.executemany("update_progress", updates)
-
-    async def next_run_after(self, now: datetime) -> datetime | None:
-        async with self.dialect.connection() as conn:
-            rows = await conn.fetch("next_run_after", {"now": now})
-        value = rows[0]["run_after"] if rows else None
-        return value if isinstance(value, datetime) else None
 
     # -- cancel and requeue ---------------------------------------------------------------
 

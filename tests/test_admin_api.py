@@ -407,11 +407,11 @@ async def test_live_views_are_cached_and_shared(admin: Admin) -> None:
     calls = 0
     original = store.active_counts
 
-    async def counting(now: datetime) -> Any:
+    async def counting() -> Any:
         nonlocal calls
         calls += 1
         await anyio.sleep(0.05)  # slow enough that the requests overlap
-        return await original(now)
+        return await original()
 
     store.active_counts = counting
     async with anyio.create_task_group() as tg:

@@ -293,6 +293,8 @@ def test_bad_options_fail_where_they_are_made(options: dict[str, Any], message: 
         ({"schedule_refresh": timedelta(seconds=-1)}, "schedule_refresh must be at least"),
         ({"shutdown_grace": timedelta(seconds=-1)}, "shutdown_grace must be at least 0:00:00"),
         ({"max_retry_delay": timedelta(seconds=-1)}, "max_retry_delay must be at least"),
+        ({"max_retry_delay": timedelta.max}, "max_retry_delay must be at most 365 days"),
+        ({"retry_delay": timedelta(days=366)}, "retry_delay must be at most 365 days"),
         ({"default_timeout": timedelta(0)}, "default_timeout must be at least"),
         ({"retry_delay": 1}, "retry_delay must be a timedelta"),
         ({"default_timeout": 60}, "default_timeout must be a timedelta"),

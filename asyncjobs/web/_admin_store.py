@@ -91,8 +91,9 @@ class AdminStore:
         async with self.dialect.connection() as conn:
             return _rows(await conn.fetch(query, params, **templates))
 
-    async def active_counts(self, now: datetime) -> list[dict[str, Any]]:
-        return await self._fetch("admin_active_counts", {"now": now})
+    async def active_counts(self) -> list[dict[str, Any]]:
+        """Jobs in the queue by state, with how many are delayed by the database's clock."""
+        return await self._fetch("admin_active_counts", {})
 
     async def recent_counts(self, since: datetime) -> list[dict[str, Any]]:
         return await self._fetch("admin_recent_counts", {"since": since})

@@ -130,7 +130,7 @@ class AdminApi:
         now = utcnow()
         counts = {state.value: 0 for state in JobState}
         delayed = 0
-        for row in await self.store.active_counts(now):
+        for row in await self.store.active_counts():
             if row["state"] in ACTIVE_STATES:
                 counts[row["state"]] = int(row["total"])
                 delayed += int(row["delayed_jobs"] or 0)

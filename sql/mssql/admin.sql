@@ -11,7 +11,7 @@
 -- name: admin_active_counts
 -- The live queue by state; delayed = queued jobs whose run_after is still ahead.
 SELECT state, COUNT(*) AS total,
-       SUM(CASE WHEN run_after > :now THEN 1 ELSE 0 END) AS delayed_jobs
+       SUM(CASE WHEN run_after > SYSUTCDATETIME() THEN 1 ELSE 0 END) AS delayed_jobs
 FROM background_job
 GROUP BY state;
 

@@ -207,9 +207,11 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 -- Claiming: up to :limit runnable jobs in priority-then-age order, their summaries marked
 -- Started. A job with a named worker is runnable only when no job of that worker is running and
 -- it is the worker's oldest queued job (its head); a job with depends_on only when its parent
--- completed. The claim comes after the completions in the same transaction, so a named worker
--- whose running job completed here is idle for it, and no other transaction can see the worker
--- idle before it sees the next job Started (both commit together).
+-- completed; a job is due once its run_after has passed by the database's clock (@due_by, as
+-- leases are timed), and next_due_in says in how many seconds the next delayed job will be
+-- (NULL: none, or :limit 0). The claim comes after the completions in the same transaction,
+-- so a named worker whose running job completed here is idle for it, and no other transaction
+-- can see the worker idle before it sees the next job Started (both commit together).
 --
 -- Locking (SQL Server has no SKIP LOCKED: WITH (UPDLOCK, READPAST, ROWLOCK) is its equivalent;
 -- an update lock is held to the end of the transaction, and READPAST skips rows that another
@@ -235,6 +237,8 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 -- Claims never wait on each other's locks; background_job never escalates to a table lock (see
 -- migration_1), which READPAST could not skip.
 DECLARE @now datetime2(6) = :now;
+-- run_after is judged by the database's clock, as leases are (see nodes.sql)
+DECLARE @due_by datetime2(6) = SYSUTCDATETIME();
 DECLARE @node nvarchar(255) = :node;
 DECLARE @limit int = :limit;
 DECLARE @named_only bit = :named_only;
@@ -306,7 +310,7 @@ FROM job_worker AS w WITH (READPAST)
 WHERE @limit > 0
   AND EXISTS (SELECT 1 FROM background_job AS q WITH (READPAST)
               WHERE q.worker = w.name AND q.state = 'Queued'
-                AND (q.run_after IS NULL OR q.run_after <= @now))
+                AND (q.run_after IS NULL OR q.run_after <= @due_by))
   AND NOT EXISTS (SELECT 1 FROM background_job AS r WITH (READPAST)
                   WHERE r.worker = w.name AND r.state IN ('Started', 'Executed'));
 -- 2.
@@ -326,7 +330,7 @@ CROSS APPLY (
 ) AS h
 WHERE NOT EXISTS (SELECT 1 FROM background_job AS r
                   WHERE r.worker = l.name AND r.state IN ('Started', 'Executed'))
-  AND (h.run_after IS NULL OR h.run_after <= @now)
+  AND (h.run_after IS NULL OR h.run_after <= @due_by)
   AND (h.depends_on IS NULL
        OR (SELECT p.state FROM job_summary AS p WHERE p.id = h.depends_on) = 'Completed');
 -- 4.
@@ -334,7 +338,7 @@ INSERT INTO @candidate (id, priority)
 SELECT TOP (@limit) j.id, j.priority
 FROM background_job AS j WITH (UPDLOCK, READPAST, ROWLOCK, INDEX (ix_background_job_claim))
 WHERE j.state = 'Queued' AND j.worker IS NULL AND @named_only = 0
-  AND (j.run_after IS NULL OR j.run_after <= @now)
+  AND (j.run_after IS NULL OR j.run_after <= @due_by)
   AND (j.depends_on IS NULL
        OR (SELECT p.state FROM job_summary AS p WHERE p.id = j.depends_on) = 'Completed')
 ORDER BY j.priority DESC, j.id;
@@ -356,13 +360,20 @@ FROM @chosen AS c
 JOIN background_job AS b ON b.id = c.id;
 -- The report row(s): done_ids and dependents on every row, the claimed jobs (or one row of
 -- NULLs) beside them. STRING_AGG over no rows is NULL, and so is '[' + NULL + ']'.
-SELECT r.done_ids, r.dependents, b.*
+-- next_due_in: seconds until the next delayed job is due, by the same clock, so the caller
+-- can wake for it (one probe of ix_background_job_run_after).
+SELECT r.done_ids, r.dependents, r.next_due_in, b.*
 FROM (
     SELECT (SELECT '[' + STRING_AGG(CAST(d.id AS nvarchar(max)), ',') + ']' FROM @done AS d)
                AS done_ids,
            CASE WHEN EXISTS (SELECT 1 FROM @done AS d
                              JOIN background_job AS q ON q.depends_on = d.id
                              WHERE q.state = 'Queued')
-                THEN 1 ELSE 0 END AS dependents
+                THEN 1 ELSE 0 END AS dependents,
+           CASE WHEN @limit > 0 THEN
+               (SELECT DATEDIFF_BIG(microsecond, @due_by, MIN(q.run_after)) / 1e6
+                FROM background_job AS q
+                WHERE q.state = 'Queued' AND q.run_after > @due_by)
+           END AS next_due_in
 ) AS r
 LEFT JOIN (@chosen AS c JOIN background_job AS b ON b.id = c.id) ON 1 = 1;

@@ -199,11 +199,6 @@ JOIN background_job AS b ON b.id = i.id
 JOIN job_summary AS s ON s.id = b.id
 OUTER APPLY OPENJSON(b.error) WITH (message nvarchar(max) '$.message') AS e;
 
--- name: next_run_after
--- When the earliest delayed job becomes runnable, so the dispatcher can sleep until then.
-SELECT MIN(run_after) AS run_after FROM background_job
-WHERE state = 'Queued' AND run_after > :now;
-
 -- name: set_outcome
 -- Record how one execution ended; only the node holding the job may do it.
 UPDATE background_job
@@ -222,12 +217,17 @@ SET state = 'Executed', response = :response, response_body = :response_body,
 WHERE id = :id AND lease_owner = :node;
 
 -- name: requeue_job
--- Put a job back in the queue after a failed attempt (run_after: the backoff) or a shutdown.
+-- Put a job back in the queue after a failed attempt or a shutdown. A retry waits out its
+-- backoff (:retry_in_us, NULL for none) by the database's clock, as the claim judges run_after.
 -- Only the attempt that ended: an earlier write of this outcome may have committed and lost its
 -- reply, and the job been claimed again since. :unused (1 or 0): the attempt never ran its
 -- code (its runner was cancelled first), so the claim's count of it is given back. A cancel request stays (see cancel_requested_among).
 UPDATE background_job
-SET state = 'Queued', attempts = attempts - :unused, run_after = :run_after, error = :error, error_code = :error_code,
+SET state = 'Queued', attempts = attempts - :unused,
+    -- DATEADD takes an int: whole seconds, then the microseconds left
+    run_after = DATEADD(microsecond, CAST(:retry_in_us % 1000000 AS int),
+                        DATEADD(second, CAST(:retry_in_us / 1000000 AS int), SYSUTCDATETIME())),
+    error = :error, error_code = :error_code,
     last_activity_date = :now, lease_owner = NULL,
     logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(logs, :logs) END
 WHERE id = :id AND lease_owner = :node AND attempts = :attempts;

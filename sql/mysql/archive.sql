@@ -263,7 +263,9 @@ WHERE @asyncjobs_errors IS NOT NULL;
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
 -- The claim: up to :limit runnable jobs in priority-then-age order. A job with a named worker is
 -- runnable only when no job of that worker is running and it is the worker's oldest queued job
--- (its head); a job with depends_on only when its parent completed.
+-- (its head); a job with depends_on only when its parent completed. A job is due once its
+-- run_after has passed by the database's clock (UTC_TIMESTAMP(6), as leases are timed), and
+-- the report's next_due_in says in how many seconds the next delayed job will be (NULL: none).
 -- Unlike PostgreSQL (one UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING *),
 -- MySQL cannot return what an UPDATE changed, so the claim is four statements (sent together,
 -- one round trip, see the dialect):
@@ -335,7 +337,7 @@ FROM (
                                  WHERE x.worker = lw.name AND x.state = 'Executed')) AS hd
          STRAIGHT_JOIN background_job n FORCE INDEX (PRIMARY) ON n.id = hd.id
          WHERE n.state = 'Queued'
-           AND (n.run_after IS NULL OR n.run_after <= :now)
+           AND (n.run_after IS NULL OR n.run_after <= UTC_TIMESTAMP(6))
            -- a scalar subquery, so the parent is looked up by key (as EXISTS, MariaDB may
            -- materialize every completed summary)
            AND (n.depends_on IS NULL
@@ -348,7 +350,7 @@ FROM (
          FROM (
              (SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
               WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-                AND (j.run_after IS NULL OR j.run_after <= :now)
+                AND (j.run_after IS NULL OR j.run_after <= UTC_TIMESTAMP(6))
                 AND (j.depends_on IS NULL
                      OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
               ORDER BY j.priority DESC, j.id
@@ -356,7 +358,7 @@ FROM (
              UNION ALL
              (SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
               WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-                AND (j.run_after IS NULL OR j.run_after <= :now)
+                AND (j.run_after IS NULL OR j.run_after <= UTC_TIMESTAMP(6))
                 AND (j.depends_on IS NULL
                      OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
               ORDER BY j.priority DESC, j.id
@@ -364,7 +366,7 @@ FROM (
          ) AS cw
          STRAIGHT_JOIN background_job cj FORCE INDEX (PRIMARY) ON cj.id = cw.id
          WHERE cj.state = 'Queued' AND cj.worker IS NULL
-           AND (cj.run_after IS NULL OR cj.run_after <= :now)
+           AND (cj.run_after IS NULL OR cj.run_after <= UTC_TIMESTAMP(6))
          LIMIT :limit
          FOR UPDATE SKIP LOCKED)
     ) AS u
@@ -385,6 +387,9 @@ SET b.state = 'Started', b.attempts = i.attempts, b.started_date = :now,
        @asyncjobs_dependents AS dependents;
 /* only if :limit */ SELECT CONVERT(CONCAT('[', @asyncjobs_done, ']') USING utf8mb4) AS done_ids,
        @asyncjobs_dependents AS dependents,
+       (SELECT TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), MIN(q.run_after)) / 1e6
+        FROM background_job q FORCE INDEX (ix_background_job_run_after)
+        WHERE q.state = 'Queued' AND q.run_after > UTC_TIMESTAMP(6)) AS next_due_in,
        b.*
 FROM (SELECT 1 AS one) AS r
 LEFT JOIN (JSON_TABLE(@asyncjobs_claimed, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i

@@ -156,11 +156,6 @@ SET s.state = b.state, s.started_date = b.started_date, s.completed_date = b.com
     s.duration_ms = b.duration_ms, s.attempts = b.attempts, s.error_code = b.error_code,
     s.error_message = JSON_UNQUOTE(JSON_EXTRACT(b.error, '$.message'));
 
--- name: next_run_after
--- When the earliest delayed job becomes runnable, so the dispatcher can sleep until then.
-SELECT MIN(run_after) AS run_after FROM background_job
-WHERE state = 'Queued' AND run_after > :now;
-
 -- name: set_outcome
 -- Record how one execution ended; only the node holding the job may do it.
 UPDATE background_job
@@ -179,12 +174,15 @@ SET state = 'Executed', response = :response, response_body = :response_body,
 WHERE id = :id AND lease_owner = :node;
 
 -- name: requeue_job
--- Put a job back in the queue after a failed attempt (run_after: the backoff) or a shutdown.
+-- Put a job back in the queue after a failed attempt or a shutdown. A retry waits out its
+-- backoff (:retry_in_us, NULL for none) by the database's clock, as the claim judges run_after.
 -- Only the attempt that ended: an earlier write of this outcome may have committed and lost its
 -- reply, and the job been claimed again since. :unused (1 or 0): the attempt never ran its
 -- code (its runner was cancelled first), so the claim's count of it is given back. A cancel request stays (see cancel_requested_among).
 UPDATE background_job
-SET state = 'Queued', attempts = attempts - :unused, run_after = :run_after, error = :error, error_code = :error_code,
+SET state = 'Queued', attempts = attempts - :unused,
+    run_after = UTC_TIMESTAMP(6) + INTERVAL :retry_in_us MICROSECOND,
+    error = :error, error_code = :error_code,
     last_activity_date = :now, lease_owner = NULL,
     logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(COALESCE(logs, ''), :logs) END
 WHERE id = :id AND lease_owner = :node AND attempts = :attempts;

@@ -232,3 +232,7 @@ SELECT 1;
 -- name: migration_4
 -- Nothing to change here: migration 4 replaces PostgreSQL's wake-up trigger.
 SELECT 1;
+
+-- name: migration_5
+-- Nothing to change here: migration 5 indexes SQLite's delayed jobs.
+SELECT 1;

@@ -8,7 +8,7 @@
 
 -- name: admin_active_counts
 -- The live queue by state; delayed = queued jobs whose run_after is still ahead.
-SELECT state, COUNT(*) AS total, COUNT(*) FILTER (WHERE run_after > :now) AS delayed_jobs
+SELECT state, COUNT(*) AS total, COUNT(*) FILTER (WHERE run_after > now()) AS delayed_jobs
 FROM background_job
 GROUP BY state;
 

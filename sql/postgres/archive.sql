@@ -78,7 +78,9 @@ WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
 -- Claiming: up to :limit runnable jobs in priority-then-age order, their summaries marked
 -- Started. A job with a named worker is runnable only when no job of that worker is running and
 -- it is the worker's oldest queued job; a job with depends_on only when its parent completed.
--- Every part of the statement reads one snapshot, taken before the jobs completed here left the
+-- A job is due once its run_after has passed by the database's clock (now(), as leases are
+-- timed), and next_due_in says in how many seconds the next delayed job will be (NULL: none,
+-- or :limit 0). Every part of the statement reads one snapshot, taken before the jobs completed here left the
 -- queue, so the claim counts them as finished explicitly (`done`): a named worker whose job
 -- completes here gets its next job in the same round trip. Their dependents are claimed by the
 -- next claim (dependents = 1 tells the caller to make one).
@@ -162,7 +164,7 @@ named AS MATERIALIZED (
     SELECT j.id, j.priority FROM background_job j
     WHERE j.id = ANY (ARRAY(SELECT id FROM idle_heads))
       AND j.state = 'Queued'
-      AND (j.run_after IS NULL OR j.run_after <= :now)
+      AND (j.run_after IS NULL OR j.run_after <= now())
       AND (j.depends_on IS NULL
            OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
     ORDER BY j.priority DESC, j.id
@@ -172,7 +174,7 @@ named AS MATERIALIZED (
 unnamed AS MATERIALIZED (
     SELECT j.id, j.priority FROM background_job j
     WHERE j.state = 'Queued' AND j.worker IS NULL AND :named_only = 0
-      AND (j.run_after IS NULL OR j.run_after <= :now)
+      AND (j.run_after IS NULL OR j.run_after <= now())
       AND (j.depends_on IS NULL
            OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
     ORDER BY j.priority DESC, j.id
@@ -209,9 +211,16 @@ report AS (
            -- the planner use it), never a scan of the queue
            (EXISTS (SELECT 1 FROM done d
                     JOIN background_job q ON q.depends_on = d.id AND q.depends_on IS NOT NULL
-                   ))::int AS dependents
+                   ))::int AS dependents,
+           -- seconds until the next delayed job is due, by the database's clock (as the
+           -- claim above judges run_after), so the caller can wake for it: one probe of
+           -- ix_background_job_run_after
+           CASE WHEN :limit > 0 THEN
+               (SELECT EXTRACT(EPOCH FROM MIN(q.run_after) - now()) FROM background_job q
+                WHERE q.state = 'Queued' AND q.run_after > now())::float8
+           END AS next_due_in
 )
-SELECT r.done_ids, r.dependents, c.* FROM report r LEFT JOIN claimed c ON true;
+SELECT r.done_ids, r.dependents, r.next_due_in, c.* FROM report r LEFT JOIN claimed c ON true;
 
 -- name: delete_archived
 -- Remove archived jobs from the queue (same transaction as the archive insert).

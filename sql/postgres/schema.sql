@@ -280,3 +280,7 @@ CREATE INDEX ix_completed_job_durations ON completed_job (command, id DESC);
 -- 0.5, and it fired for jobs inserted already Started as well.
 DROP TRIGGER IF EXISTS background_job_queued ON background_job;
 DROP FUNCTION IF EXISTS notify_job_queued();
+
+-- name: migration_5
+-- Nothing to change here: migration 5 indexes SQLite's delayed jobs.
+SELECT 1;

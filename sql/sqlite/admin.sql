@@ -7,7 +7,8 @@
 -- name: admin_active_counts
 -- The live queue by state; delayed = queued jobs whose run_after is still ahead.
 SELECT state, COUNT(*) AS total,
-       SUM(CASE WHEN run_after > :now THEN 1 ELSE 0 END) AS delayed_jobs
+       SUM(CASE WHEN run_after > strftime('%Y-%m-%d %H:%M:%f000', 'now') THEN 1 ELSE 0 END)
+           AS delayed_jobs
 FROM background_job
 GROUP BY state;
 

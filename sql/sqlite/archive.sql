@@ -137,11 +137,13 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('Failed', 'Cancell
 -- Claiming: up to :limit runnable jobs in priority-then-age order, their summaries marked
 -- Started. A job with a named worker is runnable only when no job of that worker is running and
 -- it is the worker's oldest queued job (its head); a job with depends_on only when its parent
--- completed. Heads are found per worker and jobs without a worker from their own index, so a
--- long queue of one worker costs one probe, not a walk. The claim runs after the completions,
--- so a named worker whose job completed here is idle for it. SQLite serialises writers, so the
--- claim is atomic across processes. Claimed jobs are found again by node and claim time (:now
--- is unique per call of a node).
+-- completed; a job is due once its run_after has passed (:now: every process reads this
+-- machine's clock), and next_due_in says in how many seconds the next delayed job will be
+-- (NULL: none, or :limit 0). Heads are found per worker and jobs without a worker from their
+-- own index, so a long queue of one worker costs one probe, not a walk. The claim runs after
+-- the completions, so a named worker whose job completed here is idle for it. SQLite
+-- serialises writers, so the claim is atomic across processes. Claimed jobs are found again by
+-- node and claim time (:now is unique per call of a node).
 --
 -- The live row is never updated first: it is about to go, and an UPDATE would rewrite it and
 -- its indexes for nothing. The archive row is written with the outcome applied, the summary
@@ -239,9 +241,15 @@ report AS (
                AS done_ids,
            EXISTS (SELECT 1 FROM background_job q
                    WHERE q.depends_on IN (SELECT id FROM done) AND q.state = 'Queued')
-               AS dependents
+               AS dependents,
+           -- seconds until the next delayed job is due, so the caller can wake for it: one
+           -- probe of ix_background_job_run_after
+           CASE WHEN :limit > 0 THEN
+               (SELECT (julianday(MIN(q.run_after)) - julianday(:now)) * 86400.0
+                FROM background_job q WHERE q.state = 'Queued' AND q.run_after > :now)
+           END AS next_due_in
 )
-SELECT r.done_ids, r.dependents, b.* FROM report r
+SELECT r.done_ids, r.dependents, r.next_due_in, b.* FROM report r
 LEFT JOIN background_job b
        ON b.lease_owner = :node AND b.started_date = :now AND b.state = 'Started';
 

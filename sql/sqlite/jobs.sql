@@ -128,11 +128,6 @@ SET state = b.state, started_date = b.started_date, completed_date = b.completed
 FROM background_job b
 WHERE b.id = job_summary.id AND b.id IN (SELECT value FROM json_each(:ids));
 
--- name: next_run_after
--- When the earliest delayed job becomes runnable, so the dispatcher can sleep until then.
-SELECT MIN(run_after) AS run_after FROM background_job
-WHERE state = 'Queued' AND run_after > :now;
-
 -- name: set_outcome
 -- Record how one execution ended; only the node holding the job may do it.
 UPDATE background_job
@@ -151,12 +146,17 @@ SET state = 'Executed', response = :response, response_body = :response_body,
 WHERE id = :id AND lease_owner = :node;
 
 -- name: requeue_job
--- Put a job back in the queue after a failed attempt (run_after: the backoff) or a shutdown.
+-- Put a job back in the queue after a failed attempt or a shutdown. A retry waits out its
+-- backoff (:retry_in_us, NULL for none) by this machine's clock (every process shares it), as the claim judges run_after.
 -- Only the attempt that ended: an earlier write of this outcome may have committed and lost its
 -- reply, and the job been claimed again since. :unused (1 or 0): the attempt never ran its
 -- code (its runner was cancelled first), so the claim's count of it is given back. A cancel request stays (see cancel_requested_among).
 UPDATE background_job
-SET state = 'Queued', attempts = attempts - :unused, run_after = :run_after, error = :error, error_code = :error_code,
+SET state = 'Queued', attempts = attempts - :unused,
+    run_after = CASE WHEN :retry_in_us IS NOT NULL THEN
+                    strftime('%Y-%m-%d %H:%M:%f000', :now,
+                             printf('+%.6f seconds', :retry_in_us / 1000000.0)) END,
+    error = :error, error_code = :error_code,
     last_activity_date = :now, lease_owner = NULL,
     logs = CASE WHEN :logs IS NULL THEN logs ELSE COALESCE(logs, '') || :logs END
 WHERE id = :id AND lease_owner = :node AND attempts = :attempts;

@@ -132,3 +132,9 @@ SELECT 1;
 -- name: migration_4
 -- Nothing to change here: migration 4 replaces PostgreSQL's wake-up trigger.
 SELECT 1;
+
+-- name: migration_5
+-- Delayed jobs by due time: each claim reports when the next one is due (a probe of this
+-- index, not a walk of the queue), and only delayed jobs are in it.
+CREATE INDEX ix_background_job_run_after ON background_job (run_after)
+    WHERE state = 'Queued' AND run_after IS NOT NULL;

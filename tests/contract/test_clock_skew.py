@@ -1,21 +1,23 @@
-"""Leases are timed by the database's clock, not the clocks of the processes that share it.
+"""Leases, delayed jobs and retries are timed by the database's clock, not the clocks of the
+processes that share it.
 
 A process whose clock runs ahead of the others' (or one whose clock runs behind, renewing its
 lease) would otherwise see a live process's lease run out, take its running job back and run
-it a second time beside it. On one machine (SQLite) every process reads the same clock, so the
+it a second time beside it; it would start delayed jobs early, or late, and retry at once or
+long after the backoff. On one machine (SQLite) every process reads the same clock, so the
 skew is tested where processes on several machines share a server."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
 
 import asyncjobs.store
-from asyncjobs import BackgroundJobs, JobState
-from tests.commands import Sleep, SleepCommand
+from asyncjobs import BackgroundJobs, JobOptions, JobState
+from tests.commands import Add, AddCommand, Fail, FailCommand, Sleep, SleepCommand
 
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("postgres", "mysql", "mssql")]
 Factory = Callable[..., BackgroundJobs]
@@ -62,3 +64,42 @@ async def test_a_skewed_clock_takes_no_job_from_a_live_process(
             result = await jobs.wait_for_job(ref.id)
     assert result.state is JobState.COMPLETED
     assert result.summary.attempts == 1  # ran once, by its holder
+
+
+@pytest.mark.parametrize("skew", [SKEW, -SKEW], ids=["ahead", "behind"])
+async def test_a_delayed_job_is_due_by_the_database_clock(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch, skew: timedelta
+) -> None:
+    skew_clock(monkeypatch, skew)
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        due = datetime.now(UTC) + timedelta(seconds=1)
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 2), JobOptions(run_after=due))
+        await anyio.sleep(0.5)
+        early = await jobs.get_job(ref.id)
+        assert early is not None and early.state is JobState.QUEUED  # not an hour early
+        with anyio.fail_after(5):  # nor an hour late
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED
+
+
+async def test_a_retry_waits_out_its_backoff_by_the_database_clock(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timed by a clock an hour behind, the backoff would have ended long ago."""
+    skew_clock(monkeypatch, -SKEW)
+    async with make_jobs(commands=[FailCommand], retry_delay=timedelta(seconds=2)) as jobs:
+        ref = await jobs.enqueue_command(FailCommand, Fail(succeed_on_attempt=2))
+        with anyio.fail_after(5):
+            while (
+                (result := await jobs.get_job(ref.id)) is None
+                or result.queued is None
+                or (result.queued.error is None)
+            ):
+                await anyio.sleep(0.02)
+        await anyio.sleep(0.5)  # the backoff is 1 to 2 s
+        waiting = await jobs.get_job(ref.id)
+        assert waiting is not None and waiting.queued is not None
+        assert (waiting.state, waiting.queued.attempts) == (JobState.QUEUED, 1)
+        with anyio.fail_after(5):
+            final = await jobs.wait_for_job(ref.id)
+    assert final.completed is not None and final.completed.attempts == 2

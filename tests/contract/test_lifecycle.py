@@ -173,6 +173,33 @@ async def test_retry_waits_for_the_backoff(make_jobs: Factory) -> None:
         assert queued.error is not None and queued.error.message == "boom"
 
 
+async def test_a_delayed_job_starts_when_due_not_at_the_next_poll(make_jobs: Factory) -> None:
+    """Each claim learns from the database when the next delayed job is due, and the runtime
+    wakes for it; its next poll is 30 s away."""
+    async with make_jobs(commands=[AddCommand], poll_interval=timedelta(seconds=30)) as jobs:
+        due = datetime.now(UTC) + timedelta(milliseconds=500)
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 2), JobOptions(run_after=due))
+        with anyio.fail_after(5):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.completed is not None and result.completed.started_date is not None
+    # not before it is due (as the process's clock reads the claim's time)
+    assert result.completed.started_date > due - timedelta(milliseconds=50)
+
+
+async def test_a_retry_starts_when_its_backoff_ends(make_jobs: Factory) -> None:
+    async with make_jobs(
+        commands=[FailCommand],
+        poll_interval=timedelta(seconds=30),
+        retry_delay=timedelta(milliseconds=600),
+    ) as jobs:
+        ref = await jobs.enqueue_command(FailCommand, Fail(succeed_on_attempt=2))
+        with anyio.fail_after(5):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.completed is not None and result.completed.attempts == 2
+    started, created = result.completed.started_date, result.completed.created_date
+    assert started is not None and started - created >= timedelta(milliseconds=300)  # jitter
+
+
 async def test_timeout_fails_the_attempt(make_jobs: Factory) -> None:
     async with make_jobs(commands=[SleepCommand]) as jobs:
         options = JobOptions(timeout=timedelta(milliseconds=200), retry_limit=1)
