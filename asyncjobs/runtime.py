@@ -1204,9 +1204,7 @@ class BackgroundJobs:
                 try:
                     # Shielded: jobs a committed claim returned must be started, not dropped.
                     with self._db_shield():
-                        claim = await self.store.complete_and_claim(
-                            self.node_id, (), limit, named_only=named_only
-                        )
+                        claim = await self.store.claim(self.node_id, limit, named_only=named_only)
                     failures = 0
                 except Exception as exc:
                     self._claim_failed()

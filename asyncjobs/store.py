@@ -574,9 +574,9 @@ class Store:
 
     async def claim(
         self, node: str, limit: int, *, named_only: bool = False, now: datetime | None = None
-    ) -> list[BackgroundJob]:
+    ) -> Claim:
         """Claim up to ``limit`` runnable jobs for this node, in priority-then-age order."""
-        return (await self.complete_and_claim(node, (), limit, named_only=named_only, now=now)).jobs
+        return await self.complete_and_claim(node, (), limit, named_only=named_only, now=now)
 
     async def complete_and_claim(
         self,

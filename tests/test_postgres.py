@@ -109,7 +109,7 @@ async def test_claim_uses_indexes_on_100k_queued_jobs(make_jobs: Factory, dsn: s
                 assert "ix_background_job_worker_queue" in indexes
                 assert ("ix_background_job_claim" in indexes) is (named_only == 0)
 
-            claimed = await jobs.store.claim("n", 50)
+            claimed = (await jobs.store.claim("n", 50)).jobs
         finally:
             await conn.close()
     assert len(claimed) == 50

@@ -13,7 +13,7 @@ import pytest
 
 from asyncjobs import BackgroundJobs, JobOptions, JobState
 from asyncjobs.models import BackgroundJob
-from asyncjobs.store import Outcome
+from asyncjobs.store import Claim, Outcome
 from tests.commands import Add, AddCommand, Sleep, SleepCommand
 from tests.processes import started_at, wait_for
 
@@ -32,7 +32,7 @@ def completed(*jobs: BackgroundJob) -> list[Outcome]:
 async def test_completes_jobs_and_claims_the_freed_slots(make_jobs: Factory) -> None:
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         refs = await jobs.enqueue_many((AddCommand, Add(i, 1)) for i in range(5))
-        first = await jobs.store.claim(NODE, 2)
+        first = (await jobs.store.claim(NODE, 2)).jobs
         assert [j.id for j in first] == [refs[0].id, refs[1].id]
         claim = await jobs.store.complete_and_claim(NODE, completed(*first), 2)
         assert claim.final == {refs[0].id: JobState.COMPLETED, refs[1].id: JobState.COMPLETED}
@@ -53,9 +53,9 @@ async def test_a_named_workers_next_job_comes_with_the_completion(make_jobs: Fac
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         serial = JobOptions(worker="serial")
         refs = await jobs.enqueue_many((AddCommand, Add(i, 1), serial) for i in range(3))
-        (head,) = await jobs.store.claim(NODE, 10)
+        (head,) = (await jobs.store.claim(NODE, 10)).jobs
         assert head.id == refs[0].id
-        assert await jobs.store.claim(NODE, 10) == []  # one job of a worker at a time
+        assert (await jobs.store.claim(NODE, 10)).jobs == []  # one job of a worker at a time
         claim = await jobs.store.complete_and_claim(NODE, completed(head), 10)
         assert [j.id for j in claim.jobs] == [refs[1].id]
         # Also when every unnamed slot is busy (a named-only claim).
@@ -69,7 +69,7 @@ async def test_a_job_whose_lease_moved_on_is_neither_completed_nor_counted(
 ) -> None:
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
-        (job,) = await jobs.store.claim(NODE, 1)
+        (job,) = (await jobs.store.claim(NODE, 1)).jobs
         claim = await jobs.store.complete_and_claim("node-b", completed(job), 5)
         assert claim.lost == [ref.id] and claim.final == {} and claim.jobs == []
         result = await jobs.get_job(ref.id)
@@ -81,13 +81,13 @@ async def test_limit_zero_only_completes_and_reports_waiting_dependents(
 ) -> None:
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         parent = await jobs.enqueue_command(AddCommand, Add(1, 1))
-        (job,) = await jobs.store.claim(NODE, 1)
+        (job,) = (await jobs.store.claim(NODE, 1)).jobs
         child = await jobs.enqueue_command(AddCommand, Add(2, 2), JobOptions(depends_on=parent.id))
         other = await jobs.enqueue_command(AddCommand, Add(3, 3))
         claim = await jobs.store.complete_and_claim(NODE, completed(job), 0)
         assert claim.final == {parent.id: JobState.COMPLETED} and claim.jobs == []
         assert claim.dependents  # the caller claims again: the child can run now
-        claimed = await jobs.store.claim(NODE, 5)
+        claimed = (await jobs.store.claim(NODE, 5)).jobs
         assert [j.id for j in claimed] == [child.id, other.id]
 
 
@@ -102,7 +102,7 @@ async def test_a_serial_worker_needs_no_claim_between_its_jobs(make_jobs: Factor
         claims = 0
         claim = runner.store.claim
 
-        async def counting_claim(*args: object, **kwargs: object) -> list[BackgroundJob]:
+        async def counting_claim(*args: object, **kwargs: object) -> Claim:
             nonlocal claims
             claims += 1
             return await claim(*args, **kwargs)  # type: ignore[arg-type]
@@ -131,7 +131,7 @@ async def test_a_drain_never_waits_for_a_poll_and_a_single_writer_claims_with_co
         dispatcher_claims = 0
         claim = jobs.store.claim
 
-        async def counting_claim(*args: Any, **kwargs: Any) -> list[BackgroundJob]:
+        async def counting_claim(*args: Any, **kwargs: Any) -> Claim:
             nonlocal dispatcher_claims
             dispatcher_claims += 1
             return await claim(*args, **kwargs)

@@ -70,10 +70,10 @@ async def test_jobs_of_a_dispatcher_claim_whose_reply_was_lost_run_once(
     labels = [f"lost-claim-{i}" for i in range(3)]
     job_ids = await enqueue_labelled(make_jobs, SleepCommand, labels)
     jobs = make_jobs(commands=COMMANDS)
-    lost = lose_first_reply(monkeypatch, jobs.store, "claim", lambda claimed: bool(claimed))
+    lost = lose_first_reply(monkeypatch, jobs.store, "claim", lambda claim: bool(claim.jobs))
     async with jobs:
         await assert_ran_once(jobs, job_ids, labels)
-    assert len(lost) == 1 and sorted(job.id for job in lost[0]) == sorted(job_ids)
+    assert len(lost) == 1 and sorted(job.id for job in lost[0].jobs) == sorted(job_ids)
 
 
 async def test_jobs_of_a_finisher_claim_whose_reply_was_lost_run_once(
