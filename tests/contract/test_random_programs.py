@@ -3,13 +3,16 @@ jobs it runs, and a new one takes its place), run against live runtimes: whateve
 order, every job ends in exactly one final state, a completed job's command succeeded exactly
 once (no other's more than once), a named worker never runs two jobs at once, a dependent runs
 only after its parent completed (and is cancelled when its parent failed or was cancelled),
-and each job's summary agrees with it."""
+no job starts before its run_after nor a retry before its backoff ends, and each job's
+summary agrees with it."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import anyio.abc
@@ -21,6 +24,12 @@ from asyncjobs import AsyncCommand, BackgroundJobs, JobOptions, JobResult, JobSt
 from asyncjobs.exceptions import InvalidJobStateError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+#: the retries' backoff base: each waits 15 to 30 ms (equal jitter)
+RETRY_DELAY = timedelta(milliseconds=30)
+#: what the database's clock and this process's may disagree by (one machine's clock, read
+#: as wall time there and as monotonic time here, plus rounding)
+CLOCK_SLACK = 0.005
 
 #: (event, job id, attempt, monotonic time, worker) of every run, in this process
 RUNS: list[tuple[str, int, int, float, str | None]] = []
@@ -54,6 +63,7 @@ class Enqueue:
     worker: str | None
     after: int | None  # depends on the job enqueued this many enqueues before
     priority: int
+    delay: float | None  # run_after this many seconds from its enqueue
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,7 @@ enqueues = st.builds(
     worker=st.sampled_from([None, "w1", "w1", "w2"]),
     after=st.one_of(st.none(), st.none(), st.integers(1, 3)),
     priority=st.integers(0, 2),
+    delay=st.sampled_from([None, None, None, 0.03, 0.15]),
 )
 operations = st.one_of(
     enqueues,
@@ -137,7 +148,7 @@ async def _final_states(jobs: BackgroundJobs, ids: list[int]) -> dict[int, JobSt
 
 
 @settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("ASYNCJOBS_RANDOM_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -160,6 +171,7 @@ async def test_random_programs_keep_every_promise(
         dsn += ("&" if "?" in dsn else "?") + "sslmode=disable"
     ids: list[int] = []
     parents: dict[int, int] = {}
+    due: dict[int, float] = {}  # a delayed job's run_after, on the monotonic clock
     requeued: set[int] = set()
     restarted = any(isinstance(op, Restart) for op in program)
 
@@ -167,7 +179,7 @@ async def test_random_programs_keep_every_promise(
         return BackgroundJobs(
             dsn,
             commands=[StepCommand],
-            retry_delay=timedelta(0),
+            retry_delay=RETRY_DELAY,
             poll_interval=timedelta(milliseconds=50),
             lease_duration=timedelta(seconds=5),
             shutdown_grace=timedelta(milliseconds=20),  # a restart stops longer jobs
@@ -183,11 +195,18 @@ async def test_random_programs_keep_every_promise(
                 depends_on = None
                 if op.after is not None and len(ids) >= op.after:
                     depends_on = ids[-op.after]
+                run_after, due_at = None, None
+                if op.delay is not None:
+                    run_after = datetime.now(UTC) + timedelta(seconds=op.delay)
+                    due_at = time.monotonic() + op.delay
                 options = JobOptions(
-                    worker=op.worker, depends_on=depends_on, priority=op.priority, retry_limit=1
-                )
+                    worker=op.worker, depends_on=depends_on, priority=op.priority, retry_limit=1,
+                    run_after=run_after,
+                )  # fmt: skip
                 ref = await jobs.enqueue_command(StepCommand, Step(op.seconds, op.fails), options)
                 ids.append(ref.id)
+                if due_at is not None:
+                    due[ref.id] = due_at
                 if depends_on is not None:
                     parents[ref.id] = depends_on
             elif isinstance(op, Cancel) and ids:
@@ -211,6 +230,7 @@ async def test_random_programs_keep_every_promise(
         for node in nodes:
             await node.stop()
     _check(ids, states, results, parents, requeued, restarted)
+    _check_times(ids, due, requeued)
 
 
 def _check(
@@ -275,3 +295,18 @@ def _check(
             if event == "start" and job_id not in first_starts and job_id not in requeued:
                 first_starts.append(job_id)
         assert first_starts == sorted(first_starts), (worker, first_starts)
+
+
+def _check_times(ids: list[int], due: dict[int, float], requeued: set[int]) -> None:
+    """No job started before its run_after, and no retry before its backoff ended."""
+    for job_id in ids:
+        runs = [(event, at) for event, run_id, _attempt, at, _worker in RUNS if run_id == job_id]
+        if job_id in requeued:
+            continue  # requeued from the archive: due at once
+        starts = [at for event, at in runs if event == "start"]
+        if job_id in due and starts:
+            assert min(starts) >= due[job_id] - CLOCK_SLACK, (job_id, due[job_id], runs)
+        for (event, at), (next_event, next_at) in itertools.pairwise(runs):
+            if event == "fail" and next_event == "start":
+                least = RETRY_DELAY.total_seconds() / 2
+                assert next_at - at >= least - CLOCK_SLACK, (job_id, runs)
