@@ -83,6 +83,8 @@ UserResolver = Callable[[str], Awaitable[Any]]
 _FAST_POLL = 0.05
 #: a claim made while every unnamed slot is busy looks for up to this many named-worker jobs
 _NAMED_ONLY_CLAIM = 8
+#: how often a shutdown names the stopped jobs it still waits for (see _until_stopped_jobs_end)
+_STUCK_JOB_REPORT_EVERY = 10.0
 #: why jobs stop when this node's lease may have run out (see _lease_loop)
 _LEASE_LAPSED = "may no longer be this node's (its lease was not renewed in time)"
 #: the notification channel a dialect with notifications uses for "work arrived" / "cancel:<id>"
@@ -409,7 +411,7 @@ class BackgroundJobs:
             with anyio.move_on_after(max(self.shutdown_grace.total_seconds(), 1.0)):
                 await self._all_idle()
             self._abandon_threads()
-            await self._all_idle()
+            await self._until_stopped_jobs_end()
             # Bounded: with the database gone for good (or not answering: a frozen host, a
             # network that drops everything), the unwritten outcomes' jobs stay leased to
             # this node and are retried elsewhere once the lease runs out.
@@ -430,6 +432,25 @@ class BackgroundJobs:
                     await self.store.delete_node(self.node_id)
             except Exception as exc:  # its lease lapses; other processes then forget it
                 log.warning("could not release node %s: %r", self.node_id, exc)
+
+    async def _until_stopped_jobs_end(self) -> None:
+        """Shutdown: until the jobs it stopped have ended. An async command that catches its
+        cancellation and carries on holds the shutdown (ending it would orphan the task), so
+        the jobs still running are named in the log, again and again while they run."""
+        waited = 0.0
+        while True:
+            with anyio.move_on_after(_STUCK_JOB_REPORT_EVERY):
+                await self._all_idle()
+                return
+            waited += _STUCK_JOB_REPORT_EVERY
+            for running in [*self._running.values(), *self._transient.values()]:
+                log.error(
+                    "job %s (%s) has not ended %.0f s after the shutdown stopped it (does its "
+                    "command catch its cancellation?): the shutdown waits for it",
+                    running.job.id,
+                    running.job.command or running.job.request,
+                    waited,
+                )
 
     async def _all_idle(self) -> None:
         """Until no job runs here, stored or transient."""

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
+import asyncjobs.runtime
 from asyncjobs import (
     AsyncCommand,
     BackgroundJob,
@@ -758,6 +759,45 @@ async def test_a_job_finishing_in_the_shutdowns_grace_enqueues_and_reads(
         with anyio.fail_after(10):
             ran = await later.wait_for_job(follow_ups[0])
     assert ran.state is JobState.COMPLETED
+
+
+@pytest.mark.dialects("sqlite")
+async def test_a_shutdown_names_the_jobs_that_ignore_being_stopped(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It cannot end them (that would orphan their tasks), so it waits, and says for what."""
+    monkeypatch.setattr(asyncjobs.runtime, "_STUCK_JOB_REPORT_EVERY", 0.2)
+    EVENTS.clear()
+    released = anyio.Event()
+
+    class Stubborn(AsyncCommand[Add]):
+        async def run(self, request: Add) -> None:
+            EVENTS.append(("start", "stubborn", time.monotonic()))
+            while not released.is_set():
+                try:
+                    await anyio.sleep(0.01)
+                except anyio.get_cancelled_exc_class():
+                    continue  # the mistake: swallowed, again and again
+
+    async def release_once_named() -> None:
+        try:
+            with anyio.move_on_after(10):
+                while not [r for r in caplog.records if "has not ended" in r.getMessage()]:
+                    await anyio.sleep(0.02)
+        finally:
+            released.set()  # named or not, the shutdown may end
+
+    jobs = make_jobs(commands=[Stubborn], shutdown_grace=timedelta(0))
+    async with anyio.create_task_group() as tg, jobs:
+        ref = await jobs.enqueue_command(Stubborn, Add(1, 1))
+        with anyio.fail_after(10):
+            while ("start", "stubborn") not in [(e[0], e[1]) for e in EVENTS]:
+                await anyio.sleep(0.01)
+        tg.start_soon(release_once_named)
+    named = [r for r in caplog.records if "has not ended" in r.getMessage()]
+    assert named, "the shutdown waited without a word"
+    assert named[0].levelname == "ERROR"
+    assert f"job {ref.id} (Stubborn) has not ended" in named[0].getMessage()
 
 
 async def test_no_transient_job_starts_once_the_shutdown_began(make_jobs: Factory) -> None:
