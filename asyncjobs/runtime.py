@@ -257,6 +257,8 @@ class BackgroundJobs:
         self._poll_delay = poll_interval.total_seconds()
         #: when the next delayed job is due (anyio's clock), as the last claim reported
         self._next_due_at: float | None = None
+        #: the dispatcher's sleep until work or a poll, while it sleeps
+        self._sleep_scope: anyio.CancelScope | None = None
         self._transient_ids = -1
         self._durations: dict[tuple[str, str | None], tuple[float | None, float]] = {}
         self._started = False
@@ -1304,7 +1306,14 @@ class BackgroundJobs:
         # The database's word on when the next delayed job (or retry) is due: the dispatcher
         # wakes for it, rather than finding it at a poll up to poll_interval later.
         due_in = claim.next_due_in
-        self._next_due_at = None if due_in is None else anyio.current_time() + due_in
+        if due_in is None:
+            self._next_due_at = None
+        else:
+            # A millisecond late rather than a claim a moment early (SQLite's clock reads
+            # milliseconds); and sooner than the dispatcher now sleeps, if it does.
+            self._next_due_at = anyio.current_time() + due_in + 0.001
+            if self._sleep_scope is not None:
+                self._sleep_scope.deadline = min(self._sleep_scope.deadline, self._next_due_at)
         for job in jobs:
             self._start(job)
 
@@ -1320,12 +1329,12 @@ class BackgroundJobs:
         else:
             self._poll_delay = min(self._poll_delay * 2, ceiling)
         delay = self._poll_delay
-        due_at = self._next_due_at
-        if due_at is not None:
-            delay = max(0.0, min(delay, due_at - anyio.current_time()))
-        with anyio.move_on_after(delay):
+        if self._next_due_at is not None:
+            delay = max(0.0, min(delay, self._next_due_at - anyio.current_time()))
+        with anyio.move_on_after(delay) as self._sleep_scope:
             await self._wake.wait()
-        if due_at is not None and due_at == self._next_due_at and due_at <= anyio.current_time():
+        self._sleep_scope = None
+        if self._next_due_at is not None and self._next_due_at <= anyio.current_time():
             self._next_due_at = None  # woken for it: the claim that follows reports the next
 
     async def _pause_after_error(

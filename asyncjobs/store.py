@@ -159,7 +159,7 @@ class Claim(FinishReport):
     jobs: list[BackgroundJob] = field(default_factory=list)
     dependents: bool = False
     #: seconds until the next delayed job is due, by the database's clock (None: none is
-    #: delayed, or nothing was claimed)
+    #: delayed, or the call did not claim: limit 0)
     next_due_in: float | None = None
 
 

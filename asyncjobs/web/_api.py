@@ -194,7 +194,7 @@ class AdminApi:
             await self._estimate(job, now)
         queued = await self.store.queued(200)
         for job in queued:
-            job["waiting"] = _waiting_reason(job, now)
+            job["waiting"] = _waiting_reason(job)
         overview = await self.overview()
         return {
             "now": now,
@@ -424,12 +424,12 @@ def _merge(stats: list[dict[str, Any]], active: list[dict[str, Any]]) -> list[di
     )
 
 
-def _waiting_reason(job: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """Why a queued job has not started: its run_after, its parent, the job ahead of it on its
-    named worker, or the job that worker is running (the first that applies)."""
-    run_after = job.get("run_after")
-    if isinstance(run_after, datetime) and run_after > now:
-        return {"reason": "run_after", "until": run_after}
+def _waiting_reason(job: dict[str, Any]) -> dict[str, Any]:
+    """Why a queued job has not started: its run_after (still ahead by the database's clock),
+    its parent, the job ahead of it on its named worker, or the job that worker is running
+    (the first that applies)."""
+    if job.pop("delayed", None):
+        return {"reason": "run_after", "until": job.get("run_after")}
     if job.get("depends_on") is not None and job.get("parent_state") != JobState.COMPLETED:
         return {
             "reason": "depends_on",

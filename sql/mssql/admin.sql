@@ -124,6 +124,8 @@ SELECT TOP (:limit) j.id, j.ref_id, j.request_type, j.command, j.request, j.work
        j.batch_id, j.created_date, j.run_after, j.depends_on, j.priority, j.attempts,
        j.retry_limit, j.error_code, j.state,
        p.state AS parent_state,
+       -- still ahead by the clock the claim judges it by
+       CASE WHEN j.run_after > SYSUTCDATETIME() THEN 1 ELSE 0 END AS delayed,
        (SELECT MIN(r.id) FROM background_job AS r
         WHERE j.worker IS NOT NULL AND r.worker = j.worker
           AND r.state IN ('Started', 'Executed')) AS worker_running_id,

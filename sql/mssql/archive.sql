@@ -361,7 +361,8 @@ JOIN background_job AS b ON b.id = c.id;
 -- The report row(s): done_ids and dependents on every row, the claimed jobs (or one row of
 -- NULLs) beside them. STRING_AGG over no rows is NULL, and so is '[' + NULL + ']'.
 -- next_due_in: seconds until the next delayed job is due, by the same clock, so the caller
--- can wake for it (one probe of ix_background_job_run_after).
+-- can wake for it (one probe of ix_background_job_run_after; READPAST: a claim never waits,
+-- and a delayed job being enqueued or retried is heard of by its own process).
 SELECT r.done_ids, r.dependents, r.next_due_in, b.*
 FROM (
     SELECT (SELECT '[' + STRING_AGG(CAST(d.id AS nvarchar(max)), ',') + ']' FROM @done AS d)
@@ -372,7 +373,7 @@ FROM (
                 THEN 1 ELSE 0 END AS dependents,
            CASE WHEN @limit > 0 THEN
                (SELECT DATEDIFF_BIG(microsecond, @due_by, MIN(q.run_after)) / 1e6
-                FROM background_job AS q
+                FROM background_job AS q WITH (READPAST)
                 WHERE q.state = 'Queued' AND q.run_after > @due_by)
            END AS next_due_in
 ) AS r

@@ -206,7 +206,7 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 -- finish (:limit 0) the claim's (see the dialect's "only if"); the variables the last
 -- statement reads are reset first, so it never sees an earlier call's on this connection.
 SET @asyncjobs_done = NULL, @asyncjobs_errors = NULL, @asyncjobs_dependents = 0,
-    @asyncjobs_claimed = NULL;
+    @asyncjobs_claimed = NULL, @asyncjobs_due_by = UTC_TIMESTAMP(6);
 /* only if :outcomes */ SELECT GROUP_CONCAT(c.id), GROUP_CONCAT(IF(c.clean, NULL, c.id)),
        COALESCE(MAX(EXISTS (SELECT 1 FROM background_job q
                             FORCE INDEX (ix_background_job_depends_on)
@@ -264,8 +264,9 @@ STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
 -- The claim: up to :limit runnable jobs in priority-then-age order. A job with a named worker is
 -- runnable only when no job of that worker is running and it is the worker's oldest queued job
 -- (its head); a job with depends_on only when its parent completed. A job is due once its
--- run_after has passed by the database's clock (UTC_TIMESTAMP(6), as leases are timed), and
--- the report's next_due_in says in how many seconds the next delayed job will be (NULL: none).
+-- run_after has passed by the database's clock (UTC_TIMESTAMP(6), as leases are timed, read
+-- once: @asyncjobs_due_by), and the report's next_due_in says in how many seconds the next
+-- delayed job will be by the same reading (NULL: none), so no job falls between the two.
 -- Unlike PostgreSQL (one UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING *),
 -- MySQL cannot return what an UPDATE changed, so the claim is four statements (sent together,
 -- one round trip, see the dialect):
@@ -337,7 +338,7 @@ FROM (
                                  WHERE x.worker = lw.name AND x.state = 'Executed')) AS hd
          STRAIGHT_JOIN background_job n FORCE INDEX (PRIMARY) ON n.id = hd.id
          WHERE n.state = 'Queued'
-           AND (n.run_after IS NULL OR n.run_after <= UTC_TIMESTAMP(6))
+           AND (n.run_after IS NULL OR n.run_after <= @asyncjobs_due_by)
            -- a scalar subquery, so the parent is looked up by key (as EXISTS, MariaDB may
            -- materialize every completed summary)
            AND (n.depends_on IS NULL
@@ -350,7 +351,7 @@ FROM (
          FROM (
              (SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
               WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-                AND (j.run_after IS NULL OR j.run_after <= UTC_TIMESTAMP(6))
+                AND (j.run_after IS NULL OR j.run_after <= @asyncjobs_due_by)
                 AND (j.depends_on IS NULL
                      OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
               ORDER BY j.priority DESC, j.id
@@ -358,7 +359,7 @@ FROM (
              UNION ALL
              (SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
               WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-                AND (j.run_after IS NULL OR j.run_after <= UTC_TIMESTAMP(6))
+                AND (j.run_after IS NULL OR j.run_after <= @asyncjobs_due_by)
                 AND (j.depends_on IS NULL
                      OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
               ORDER BY j.priority DESC, j.id
@@ -366,7 +367,7 @@ FROM (
          ) AS cw
          STRAIGHT_JOIN background_job cj FORCE INDEX (PRIMARY) ON cj.id = cw.id
          WHERE cj.state = 'Queued' AND cj.worker IS NULL
-           AND (cj.run_after IS NULL OR cj.run_after <= UTC_TIMESTAMP(6))
+           AND (cj.run_after IS NULL OR cj.run_after <= @asyncjobs_due_by)
          LIMIT :limit
          FOR UPDATE SKIP LOCKED)
     ) AS u
@@ -387,9 +388,9 @@ SET b.state = 'Started', b.attempts = i.attempts, b.started_date = :now,
        @asyncjobs_dependents AS dependents;
 /* only if :limit */ SELECT CONVERT(CONCAT('[', @asyncjobs_done, ']') USING utf8mb4) AS done_ids,
        @asyncjobs_dependents AS dependents,
-       (SELECT TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), MIN(q.run_after)) / 1e6
+       (SELECT TIMESTAMPDIFF(MICROSECOND, @asyncjobs_due_by, MIN(q.run_after)) / 1e6
         FROM background_job q FORCE INDEX (ix_background_job_run_after)
-        WHERE q.state = 'Queued' AND q.run_after > UTC_TIMESTAMP(6)) AS next_due_in,
+        WHERE q.state = 'Queued' AND q.run_after > @asyncjobs_due_by) AS next_due_in,
        b.*
 FROM (SELECT 1 AS one) AS r
 LEFT JOIN (JSON_TABLE(@asyncjobs_claimed, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i

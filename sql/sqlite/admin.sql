@@ -121,6 +121,8 @@ SELECT j.id, j.ref_id, j.request_type, j.command, j.request, j.worker, j.tag, j.
        j.created_date, j.run_after, j.depends_on, j.priority, j.attempts, j.retry_limit,
        j.error_code, j.state,
        p.state AS parent_state,
+       -- still ahead by the clock the claim judges it by
+       COALESCE(j.run_after > strftime('%Y-%m-%d %H:%M:%f000', 'now'), 0) AS delayed,
        (SELECT MIN(r.id) FROM background_job r
         WHERE j.worker IS NOT NULL AND r.worker = j.worker
           AND r.state IN ('Started', 'Executed')) AS worker_running_id,

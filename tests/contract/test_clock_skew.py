@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
+import asyncjobs.runtime
 import asyncjobs.store
 from asyncjobs import BackgroundJobs, JobOptions, JobState
 from tests.commands import Add, AddCommand, Fail, FailCommand, Sleep, SleepCommand
@@ -25,13 +26,15 @@ SKEW = timedelta(hours=1)
 
 
 def skew_clock(monkeypatch: pytest.MonkeyPatch, by: timedelta) -> None:
-    """The store's wall clock, as read by a process whose clock is ``by`` off."""
+    """The wall clock of the store and the runtime, as read by a process whose clock is
+    ``by`` off."""
     real = asyncjobs.store.utcnow
 
     def skewed() -> datetime:
         return real() + by
 
     monkeypatch.setattr(asyncjobs.store, "utcnow", skewed)
+    monkeypatch.setattr(asyncjobs.runtime, "utcnow", skewed)
 
 
 async def _started(jobs: BackgroundJobs, job_id: int) -> None:
@@ -85,7 +88,8 @@ async def test_a_delayed_job_is_due_by_the_database_clock(
 async def test_a_retry_waits_out_its_backoff_by_the_database_clock(
     make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Timed by a clock an hour behind, the backoff would have ended long ago."""
+    """Timed from this process's clock, an hour behind, the backoff would have ended long
+    ago when the retry was written."""
     skew_clock(monkeypatch, -SKEW)
     async with make_jobs(commands=[FailCommand], retry_delay=timedelta(seconds=2)) as jobs:
         ref = await jobs.enqueue_command(FailCommand, Fail(succeed_on_attempt=2))

@@ -4,7 +4,7 @@ on every dialect: what it completes, what it claims, and what it must refuse."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,26 @@ async def test_completes_jobs_and_claims_the_freed_slots(make_jobs: Factory) -> 
         started = await jobs.get_job(refs[2].id)
         assert started is not None and started.summary.state is JobState.STARTED
         assert await jobs.store.select_job_ids(None, None) == [r.id for r in refs[2:]]
+
+
+async def test_a_claim_says_when_the_next_delayed_job_is_due(make_jobs: Factory) -> None:
+    """By the database's clock, as it judges run_after: the soonest of the delayed jobs it
+    did not claim, of any worker; nothing when none is delayed, or when the call claims
+    nothing (limit 0, a pure finish)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        assert (await jobs.store.claim(NODE, 5)).next_due_in is None  # an empty queue
+        now = datetime.now(UTC)
+        soon, later = now + timedelta(seconds=20), now + timedelta(seconds=40)
+        await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(run_after=later))
+        await jobs.enqueue_command(
+            AddCommand, Add(1, 1), JobOptions(run_after=soon, worker="serial")
+        )
+        ready = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        claim = await jobs.store.claim(NODE, 5)
+        assert [j.id for j in claim.jobs] == [ready.id]
+        assert claim.next_due_in is not None and 18 < claim.next_due_in <= 20
+        finish = await jobs.store.complete_and_claim(NODE, completed(*claim.jobs), 0)
+        assert finish.final == {ready.id: JobState.COMPLETED} and finish.next_due_in is None
 
 
 async def test_a_named_workers_next_job_comes_with_the_completion(make_jobs: Factory) -> None:
