@@ -75,12 +75,12 @@ async def test_a_delayed_job_is_due_by_the_database_clock(
 ) -> None:
     skew_clock(monkeypatch, skew)
     async with make_jobs(commands=[AddCommand]) as jobs:
-        due = datetime.now(UTC) + timedelta(seconds=1)
+        due = datetime.now(UTC) + timedelta(seconds=2)
         ref = await jobs.enqueue_command(AddCommand, Add(1, 2), JobOptions(run_after=due))
         await anyio.sleep(0.5)
         early = await jobs.get_job(ref.id)
         assert early is not None and early.state is JobState.QUEUED  # not an hour early
-        with anyio.fail_after(5):  # nor an hour late
+        with anyio.fail_after(10):  # nor an hour late
             result = await jobs.wait_for_job(ref.id)
     assert result.state is JobState.COMPLETED
 
@@ -91,7 +91,7 @@ async def test_a_retry_waits_out_its_backoff_by_the_database_clock(
     """Timed from this process's clock, an hour behind, the backoff would have ended long
     ago when the retry was written."""
     skew_clock(monkeypatch, -SKEW)
-    async with make_jobs(commands=[FailCommand], retry_delay=timedelta(seconds=2)) as jobs:
+    async with make_jobs(commands=[FailCommand], retry_delay=timedelta(seconds=4)) as jobs:
         ref = await jobs.enqueue_command(FailCommand, Fail(succeed_on_attempt=2))
         with anyio.fail_after(5):
             while (
@@ -100,10 +100,10 @@ async def test_a_retry_waits_out_its_backoff_by_the_database_clock(
                 or (result.queued.error is None)
             ):
                 await anyio.sleep(0.02)
-        await anyio.sleep(0.5)  # the backoff is 1 to 2 s
+        await anyio.sleep(0.5)  # the backoff is 2 to 4 s
         waiting = await jobs.get_job(ref.id)
         assert waiting is not None and waiting.queued is not None
         assert (waiting.state, waiting.queued.attempts) == (JobState.QUEUED, 1)
-        with anyio.fail_after(5):
+        with anyio.fail_after(10):
             final = await jobs.wait_for_job(ref.id)
     assert final.completed is not None and final.completed.attempts == 2
