@@ -23,6 +23,7 @@ import pytest
 
 from asyncjobs import AsyncCommandWithResult, BackgroundJobs, JobOptions, JobState
 from asyncjobs.dialects import parse_dsn
+from asyncjobs.dialects._base import BaselineRead, WatchedIds
 from asyncjobs.dialects.mysql import MysqlDialect, create
 from asyncjobs.exceptions import ConfigurationError, InvalidDsnError, StatementTooLargeError
 from asyncjobs.store import MIGRATIONS, month_key
@@ -522,6 +523,11 @@ async def test_the_change_watch_hears_new_jobs_and_survives_a_killed_connection(
         assert all(conn.closed for conn in connections)
 
 
+def ids(*values: int) -> WatchedIds:
+    """A read of the change watch: these job ids, and no requeue since the baseline."""
+    return WatchedIds(frozenset(values), 0)
+
+
 def test_the_change_watch_wakes_for_jobs_it_did_not_start_here_only() -> None:
     """The judge of new job ids: the first read (the newest id) is the baseline; ids this
     process inserted itself are no news, other new ids are; an id skipped below a newer one is
@@ -532,22 +538,22 @@ def test_the_change_watch_wakes_for_jobs_it_did_not_start_here_only() -> None:
     dialect.inserted_here([1])
     assert judge.own == set()  # recorded only while a watch runs
     judge.watches = 1
-    assert judge(10) is False and judge.highest == 10  # the baseline
+    assert judge(BaselineRead(ids(10))) is False and judge.highest == 10  # the baseline
     dialect.inserted_here([11, 12])
-    assert judge(frozenset({11, 12})) is False and judge.own == set()
-    assert judge(frozenset({13})) is True  # another process's job
+    assert judge(ids(11, 12)) is False and judge.own == set()
+    assert judge(ids(13)) is True  # another process's job
     dialect.inserted_here([15])
-    assert judge(frozenset({15})) is False  # ours; 14 skipped, not ours
+    assert judge(ids(15)) is False  # ours; 14 skipped, not ours
     assert sorted(judge.skipped) == [14]
-    assert judge(frozenset()) is False  # nothing new
-    assert judge(frozenset({14})) is True and judge.skipped == {}  # 14 committed late
-    assert judge(frozenset({20})) is True and sorted(judge.skipped) == [16, 17, 18, 19]
+    assert judge(ids()) is False  # nothing new
+    assert judge(ids(14)) is True and judge.skipped == {}  # 14 committed late
+    assert judge(ids(20)) is True and sorted(judge.skipped) == [16, 17, 18, 19]
     for i in judge.skipped:
         judge.skipped[i] = 0.0  # waited for long enough
-    assert judge(frozenset()) is False and judge.skipped == {}
-    assert judge(frozenset({21 + i for i in range(300)})) is True
+    assert judge(ids()) is False and judge.skipped == {}
+    assert judge(ids(*range(21, 321))) is True
     assert judge.highest == 320 and judge.skipped == {}
-    assert judge(frozenset({1000})) is True
+    assert judge(ids(1000)) is True
     assert len(judge.skipped) == 100 and min(judge.skipped) == 900  # the newest skipped ids
 
 

@@ -19,7 +19,7 @@ from asyncjobs import BackgroundJobs, JobOptions
 from asyncjobs._ref_ids import new_ref_id
 from asyncjobs._retry import retry_backoff
 from asyncjobs.dialects import parse_dsn
-from asyncjobs.dialects._base import ChangeWatch, NewJobIds
+from asyncjobs.dialects._base import BaselineRead, ChangeWatch, NewJobIds, WatchedIds
 from asyncjobs.exceptions import (
     AsyncJobsError,
     ConfigurationError,
@@ -154,19 +154,21 @@ async def test_a_watch_of_new_job_ids_wakes_for_others_jobs_and_closes_its_conne
     """The watch MySQL and SQL Server share, over stand-in reads (no database: what is under
     test is the watch's logic; the dialects' reads run live in the wake-up contract tests):
     the first read is the baseline, a job another process inserted wakes, one this process
-    inserted does not, and a driver that closes asynchronously is closed when the watch ends."""
+    inserted does not, a failed job requeued (under its old id) wakes, and a driver that
+    closes asynchronously is closed when the watch ends."""
     ids: list[int] = [5]
+    requeues = [0]
     closed: list[str] = []
     woken: list[str] = []
 
     async def connect() -> str:
         return "conn"
 
-    async def newest(conn: str) -> int | None:
-        return max(ids)
+    async def newest(conn: str) -> WatchedIds:
+        return WatchedIds(frozenset({max(ids)}), requeues[0])
 
-    async def visible(conn: str, after: int, skipped: list[int]) -> list[int]:
-        return [i for i in ids if i > after or i in skipped]
+    async def visible(conn: str, after: int, skipped: list[int]) -> WatchedIds:
+        return WatchedIds(frozenset(i for i in ids if i > after or i in skipped), requeues[0])
 
     async def close(conn: str) -> None:
         await anyio.lowlevel.checkpoint()
@@ -188,7 +190,12 @@ async def test_a_watch_of_new_job_ids_wakes_for_others_jobs_and_closes_its_conne
         with anyio.fail_after(5):
             while not woken:
                 await anyio.sleep(0.005)
-    assert woken == [""] and closed == ["conn"] and judge.watches == 0
+        requeues[0] += 1  # job 5 failed and was requeued by another process
+        with anyio.fail_after(5):
+            while len(woken) < 2:
+                await anyio.sleep(0.005)
+        await anyio.sleep(0.05)
+    assert woken == ["", ""] and closed == ["conn"] and judge.watches == 0
 
 
 def test_new_job_ids_wait_for_an_insert_in_flight_to_name_its_own() -> None:
@@ -197,23 +204,38 @@ def test_new_job_ids_wait_for_an_insert_in_flight_to_name_its_own() -> None:
     own job wakes nobody, and another process's still does."""
     judge = NewJobIds()
     judge.watches = 1
-    assert judge(10) is False  # the baseline
+
+    def seen(job_id: int) -> WatchedIds:
+        return WatchedIds(frozenset({job_id}), 0)
+
+    assert judge(BaselineRead(WatchedIds(frozenset({10}), 0))) is False
     with judge.inserting():
         # committed, reply not back yet: 11 is ours, but not known as ours
-        assert judge(frozenset({11})) is False and judge.highest == 10
+        assert judge(seen(11)) is False and judge.highest == 10
         judge.inserted_here([11])
-    assert judge(frozenset({11})) is False and judge.highest == 11
+    assert judge(seen(11)) is False and judge.highest == 11
     # Another process's job, while an insert of ours never comes back: judged all the same.
     with judge.inserting():
-        reads = [judge(frozenset({12})) for _ in range(5)]
+        reads = [judge(seen(12)) for _ in range(5)]
     assert reads == [False, False, False, True, False] and judge.highest == 12
     # An id of ours seen skipped (another process's newer one committed first, and our insert
     # took longer than the reads it may put off) is ours once it is known.
     with judge.inserting():
-        reads = [judge(frozenset({14})) for _ in range(4)]
+        reads = [judge(seen(14)) for _ in range(4)]
         assert reads == [False, False, False, True] and sorted(judge.skipped) == [13]
         judge.inserted_here([13])
-    assert judge(frozenset({13})) is False and judge.skipped == {} and judge.own == set()
+    assert judge(seen(13)) is False and judge.skipped == {} and judge.own == set()
+
+
+def test_new_job_ids_hear_of_a_requeue_once_its_count_can_be_read() -> None:
+    """A requeue under way holds the count (SQL Server reads past it): no news then, and news
+    once it reads the new count; an unchanged count is no news."""
+    judge = NewJobIds()
+    judge.watches = 1
+    assert judge(BaselineRead(WatchedIds(frozenset(), 3))) is False and judge.highest == 0
+    assert judge(WatchedIds(frozenset(), None)) is False
+    assert judge(WatchedIds(frozenset(), 4)) is True
+    assert judge(WatchedIds(frozenset(), 4)) is False
 
 
 @pytest.mark.anyio

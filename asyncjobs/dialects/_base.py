@@ -287,6 +287,35 @@ class ChangeWatch(Generic[C]):
                 log.debug("watching %s: closing its connection: %r", self._what, exc)
 
 
+@dataclass(frozen=True, slots=True)
+class WatchedIds:
+    """What a read of a watch of new job ids returns: job ids, and the count of failed jobs
+    ever requeued (None when the read could not see it)."""
+
+    ids: frozenset[int]
+    requeues: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineRead:
+    """A watch's first read: the newest id (if any) and the count of requeues."""
+
+    seen: WatchedIds
+
+
+def watched_ids(rows: Iterable[tuple[object, object]]) -> WatchedIds:
+    """(id, requeues) rows as the dialects' reads return them: the count in a row of its
+    own (its id NULL), or beside the newest id."""
+    ids: set[int] = set()
+    requeues: int | None = None
+    for job_id, count in rows:
+        if job_id is not None:
+            ids.add(int(cast(int, job_id)))
+        if count is not None:
+            requeues = int(cast(int, count))
+    return WatchedIds(frozenset(ids), requeues)
+
+
 class NewJobIds:
     """The judge of a change watch that reads new job ids (where a database has no
     notifications, but ids only grow): news when a job appears that this process did not
@@ -296,8 +325,8 @@ class NewJobIds:
     usually) is visible only once the newest id has moved past it. Skipped ids are looked up
     at every read for ``_SKIPPED_FOR`` seconds, at most ``_SKIPPED_MAX`` of them, the newest;
     most are jobs another process finished between two reads, or ids the server skipped. An
-    enqueue that stays uncommitted longer is found by the dispatcher's poll, as is a failed
-    job requeued under its old id.
+    enqueue that stays uncommitted longer is found by the dispatcher's poll. A failed job
+    requeued under its old id is news through a count of requeues that each read returns too.
 
     An insert of this process is visible from its commit, but its ids are known here only once
     the reply arrives: while one is in flight (``inserting``), ids not known as its own are
@@ -315,6 +344,8 @@ class NewJobIds:
         self.highest: int | None = None
         #: skipped ids, each with the time it stops being looked up
         self.skipped: dict[int, float] = {}
+        #: the count of requeues last read (None: not read yet)
+        self.requeues: int | None = None
 
     def inserted_here(self, ids: Iterable[int]) -> None:
         """Jobs this process inserted, outside an application's transaction (see
@@ -339,18 +370,18 @@ class NewJobIds:
         on_change: Callable[[str], Awaitable[None] | None],
         *,
         connect: Callable[[], Awaitable[C]],
-        newest: Callable[[C], Awaitable[int | None]],
-        visible: Callable[[C, int, list[int]], Awaitable[Sequence[int]]],
+        newest: Callable[[C], Awaitable[WatchedIds]],
+        visible: Callable[[C, int, list[int]], Awaitable[WatchedIds]],
         close: Callable[[C], Awaitable[None] | None],
     ) -> AsyncIterator[None]:
-        """A ChangeWatch judged by this: its first read is ``newest`` (the newest job's id, or
-        None), every later one ``visible`` (the ids above the highest seen, and which of the
-        skipped ones exist now)."""
+        """A ChangeWatch judged by this: its first read is ``newest`` (the newest job's id, if
+        any), every later one ``visible`` (the ids above the highest seen, and which of the
+        skipped ones exist now); each with the count of requeues."""
 
         async def read(conn: C) -> object:
             if self.highest is None:
-                return await newest(conn)
-            return frozenset(await visible(conn, self.highest, sorted(self.skipped)))
+                return BaselineRead(await newest(conn))
+            return await visible(conn, self.highest, sorted(self.skipped))
 
         self.watches += 1
         try:
@@ -362,17 +393,23 @@ class NewJobIds:
             self.watches -= 1
 
     def __call__(self, value: object) -> bool:
-        if not isinstance(value, frozenset):  # the first read: the baseline
-            self.highest = 0 if value is None else int(cast(int, value))
+        if isinstance(value, BaselineRead):  # the first read
+            self.highest = max(value.seen.ids, default=0)
+            self.requeues = value.seen.requeues
             return False
-        assert self.highest is not None
-        appeared = [i for i in value if i in self.skipped]
-        newer = [i for i in value if i > self.highest]
+        assert self.highest is not None and isinstance(value, WatchedIds)
+        ids = value.ids
+        appeared = [i for i in ids if i in self.skipped]
+        newer = [i for i in ids if i > self.highest]
         unknown = any(i not in self.own for i in (*appeared, *newer))
         if unknown and self.in_flight and self.deferred < _DEFER_MAX:
             self.deferred += 1  # the same ids come back at the next read
             return False
         self.deferred = 0
+        # (a count not read this time, held by a requeue under way, is news at a later read)
+        requeued = value.requeues is not None and value.requeues != self.requeues
+        if value.requeues is not None:
+            self.requeues = value.requeues
         now = time.monotonic()
         for i in appeared:
             del self.skipped[i]
@@ -383,7 +420,7 @@ class NewJobIds:
             until = now + _SKIPPED_FOR
             start = max(self.highest + 1, top - _SKIPPED_MAX)
             for i in range(start, top):
-                if i not in value and i not in self.own:
+                if i not in ids and i not in self.own:
                     self.skipped[i] = until
             self.highest = top
         if self.skipped:
@@ -392,7 +429,7 @@ class NewJobIds:
         if self.own:
             # an id of ours skipped (its insert committed after a newer one) is still ours
             self.own = {i for i in self.own if i > self.highest or i in self.skipped}
-        return news
+        return news or requeued
 
 
 class WatchesNewJobIds(abc.ABC):
@@ -403,7 +440,8 @@ class WatchesNewJobIds(abc.ABC):
     ChangeWatch): key lookups, cheap for the server. Jobs this process inserted itself, outside
     an application's transaction, wake nobody (see NewJobIds): an empty claim costs the server
     far more. A job whose enqueue commits after a newer one is heard of too, as an id the watch
-    saw skipped and then appear. The dialect supplies the connection and the two reads."""
+    saw skipped and then appear, and a failed job requeued under its old id by the count of
+    requeues the reads return. The dialect supplies the connection and the two reads."""
 
     change_poll_interval: timedelta
     _new_job_ids: NewJobIds
@@ -440,12 +478,13 @@ class WatchesNewJobIds(abc.ABC):
         """Close a connection ``_watch_connect`` made."""
 
     @abc.abstractmethod
-    async def _newest_job_id(self, conn: Any) -> int | None:
-        """The newest job's id (None: no job)."""
+    async def _newest_job_id(self, conn: Any) -> WatchedIds:
+        """The newest job's id (none: no job), and the count of requeues."""
 
     @abc.abstractmethod
-    async def _visible_job_ids(self, conn: Any, after: int, skipped: list[int]) -> list[int]:
-        """The ids above ``after`` and those of ``skipped`` that exist now."""
+    async def _visible_job_ids(self, conn: Any, after: int, skipped: list[int]) -> WatchedIds:
+        """The ids above ``after`` and those of ``skipped`` that exist now, and the count of
+        requeues."""
 
 
 async def deliver(on_message: Callable[[str], Awaitable[None] | None], payload: str) -> None:

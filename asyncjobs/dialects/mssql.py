@@ -57,9 +57,11 @@ from ._base import (
     NewJobIds,
     Params,
     Row,
+    WatchedIds,
     WatchesNewJobIds,
     in_arrival_order,
     retry_deadlocks,
+    watched_ids,
 )
 from ._dsn import Dsn
 
@@ -513,13 +515,14 @@ class MssqlDialect(WatchesNewJobIds, Dialect):
             with anyio.CancelScope(shield=True):
                 await cur.close()
 
-    async def _newest_job_id(self, conn: Any) -> int | None:
+    async def _newest_job_id(self, conn: Any) -> WatchedIds:
         rows = await self._watch_read(conn, "newest_job_id", {})
-        return None if not rows or rows[0]["id"] is None else int(rows[0]["id"])
+        return watched_ids((row["id"], row["requeues"]) for row in rows)
 
-    async def _visible_job_ids(self, conn: Any, after: int, skipped: list[int]) -> list[int]:
+    async def _visible_job_ids(self, conn: Any, after: int, skipped: list[int]) -> WatchedIds:
         params = {"after": after, "ids": json.dumps(skipped)}
-        return [int(row["id"]) for row in await self._watch_read(conn, "visible_job_ids", params)]
+        rows = await self._watch_read(conn, "visible_job_ids", params)
+        return watched_ids((row["id"], row["requeues"]) for row in rows)
 
     def text_length(self, text: str) -> int:
         # nvarchar's string functions count UTF-16 code units: a character outside the Basic

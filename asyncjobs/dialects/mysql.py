@@ -52,8 +52,9 @@ caller. A pooled connection the server dropped while it sat idle, unseen by the 
 its first query; that query is sent again on another connection when it cannot run twice (the
 first of a transaction, or a read; see ``MysqlConnection._attempt``).
 
-MySQL has no notifications; instead a process watches for new job ids on a connection of its
-own (``listen``), and so learns of new jobs committed elsewhere within milliseconds.
+MySQL has no notifications; instead a process watches for new job ids (and a count of
+requeued jobs, which keep their ids) on a connection of its own (``listen``), and so learns of
+new jobs committed elsewhere within milliseconds.
 
 Settings (keyword arguments or DSN query options): ``min_size`` and ``max_size`` (the pool),
 ``deadlock_retries`` (default 5), ``pool_recycle`` (seconds a connection is kept, default 3600),
@@ -88,10 +89,12 @@ from ._base import (
     NewJobIds,
     Params,
     Row,
+    WatchedIds,
     WatchesNewJobIds,
     answered_in_time,
     in_arrival_order,
     retry_deadlocks,
+    watched_ids,
 )
 from ._dsn import Dsn
 
@@ -815,17 +818,16 @@ class MysqlDialect(WatchesNewJobIds, Dialect):
     async def _watch_close(self, conn: Any) -> None:
         conn.close()
 
-    async def _newest_job_id(self, conn: Any) -> int | None:
+    async def _newest_job_id(self, conn: Any) -> WatchedIds:
         async with conn.cursor(aiomysql.Cursor) as cur:
             await cur.execute(self.prepared("newest_job_id", {}).packet)
-            row = await cur.fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+            return watched_ids(await cur.fetchall())
 
-    async def _visible_job_ids(self, conn: Any, after: int, skipped: list[int]) -> list[int]:
+    async def _visible_job_ids(self, conn: Any, after: int, skipped: list[int]) -> WatchedIds:
         values = {"after": after, "ids": json.dumps(skipped)}
         async with conn.cursor(aiomysql.Cursor) as cur:
             await cur.execute(self.prepared("visible_job_ids", {}).packet, values)
-            return [int(row[0]) for row in await cur.fetchall()]
+            return watched_ids(await cur.fetchall())
 
     def is_unique_violation(self, exc: BaseException) -> bool:
         return _error_code(exc) == _DUPLICATE_KEY

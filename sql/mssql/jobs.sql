@@ -370,20 +370,27 @@ ORDER BY id DESC;
 -- name: newest_job_id
 -- The change watch's first read (SQL Server has no notifications that reach a client): it moves
 -- when any process enqueues. One look at the end of the primary key; READPAST, so that an
--- enqueue not yet committed is skipped rather than waited for (the watch finds it later).
-SELECT MAX(id) AS id FROM background_job WITH (READPAST);
+-- enqueue not yet committed is skipped rather than waited for (the watch finds it later); and
+-- the count of requeues (a requeued job keeps its id; the count is read as committed, READPAST
+-- skipping a requeue under way).
+SELECT MAX(id) AS id,
+       (SELECT total FROM job_requeues WITH (READPAST) WHERE id = 1) AS requeues
+FROM background_job WITH (READPAST);
 
 -- name: visible_job_ids
 -- The change watch's other read: the jobs with an id above :after (the newest it has seen), at
 -- most 1000, and which of :ids exist now (ids it saw skipped: enqueues that had not committed
--- yet, or never will). All by key; READPAST as above, so an id still held stays skipped.
-SELECT b.id
+-- yet, or never will). All by key; READPAST as above, so an id still held stays skipped. The
+-- last row is the count of requeues (its id NULL; no row while a requeue holds it).
+SELECT b.id, CAST(NULL AS bigint) AS requeues
 FROM OPENJSON(:ids) WITH (id bigint '$') AS i
 JOIN background_job AS b WITH (READPAST) ON b.id = i.id
 UNION ALL
-SELECT id FROM (
+SELECT id, NULL FROM (
     SELECT TOP (1000) id FROM background_job WITH (READPAST) WHERE id > :after ORDER BY id
-) AS newer;
+) AS newer
+UNION ALL
+SELECT NULL, total FROM job_requeues WITH (READPAST) WHERE id = 1;
 
 -- name: cancel_requested_among
 -- Which of :ids another process asked to cancel: an attempt that ended (failed, or stopped by a

@@ -172,5 +172,11 @@ SELECT 1;
 SELECT 1;
 
 -- name: migration_5
--- Nothing to change here: migration 5 indexes SQLite's delayed jobs.
-SELECT 1;
+-- How many failed jobs were requeued, ever: a requeued job comes back under its old id, which
+-- the change watch of new job ids cannot see, so the watch reads this count too (SQLite's
+-- migration 5 indexes its delayed jobs).
+CREATE TABLE job_requeues (
+    id tinyint NOT NULL CONSTRAINT pk_job_requeues PRIMARY KEY,
+    total bigint NOT NULL
+);
+INSERT INTO job_requeues (id, total) VALUES (1, 0);

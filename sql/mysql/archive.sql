@@ -118,7 +118,9 @@ SELECT * FROM failed_job WHERE id = :id AND created_date = :created_date;
 
 -- name: requeue_failed
 -- Bring a failed or cancelled job back into the queue with the same id and a fresh retry budget.
--- (Its worker's job_worker row exists: those rows are never deleted.)
+-- (Its worker's job_worker row exists: those rows are never deleted.) Counted first, for the
+-- change watch of other processes (see migration_5); the INSERT's row count is the answer.
+UPDATE job_requeues SET total = total + 1 WHERE id = 1;
 INSERT INTO background_job (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, response, response_body,

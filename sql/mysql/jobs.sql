@@ -333,17 +333,21 @@ ORDER BY id DESC LIMIT 10;
 
 -- name: newest_job_id
 -- The change watch's read (MySQL has no notifications): it moves when any process enqueues. One
--- look at the end of the primary key.
-SELECT MAX(id) AS id FROM background_job;
+-- look at the end of the primary key; and the count of requeues (a requeued job keeps its id).
+SELECT MAX(id) AS id, (SELECT total FROM job_requeues WHERE id = 1) AS requeues
+FROM background_job;
 
 -- name: visible_job_ids
 -- The change watch's other read: the jobs with an id above :after (the newest it has seen), at
 -- most 1000, and which of :ids exist now (ids it saw skipped: enqueues that had not committed
 -- yet, or never will). All by key, so it costs what newest_job_id costs while nothing moves.
-SELECT b.id FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+-- The last row is the count of requeues (its id NULL).
+SELECT b.id, NULL AS requeues FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 UNION ALL
-(SELECT id FROM background_job WHERE id > :after ORDER BY id LIMIT 1000);
+(SELECT id, NULL FROM background_job WHERE id > :after ORDER BY id LIMIT 1000)
+UNION ALL
+SELECT NULL, total FROM job_requeues WHERE id = 1;
 
 -- name: cancel_requested_among
 -- Which of :ids another process asked to cancel: an attempt that ended (failed, or stopped by a

@@ -234,5 +234,11 @@ SELECT 1;
 SELECT 1;
 
 -- name: migration_5
--- Nothing to change here: migration 5 indexes SQLite's delayed jobs.
-SELECT 1;
+-- How many failed jobs were requeued, ever: a requeued job comes back under its old id, which
+-- the change watch of new job ids cannot see, so the watch reads this count too (SQLite's
+-- migration 5 indexes its delayed jobs). Safe to repeat, as MySQL commits around the DDL.
+CREATE TABLE IF NOT EXISTS job_requeues (
+    id TINYINT NOT NULL PRIMARY KEY,
+    total BIGINT NOT NULL
+) ENGINE=InnoDB;
+INSERT INTO job_requeues (id, total) VALUES (1, 0) ON DUPLICATE KEY UPDATE total = total;

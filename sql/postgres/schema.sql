@@ -282,5 +282,6 @@ DROP TRIGGER IF EXISTS background_job_queued ON background_job;
 DROP FUNCTION IF EXISTS notify_job_queued();
 
 -- name: migration_5
--- Nothing to change here: migration 5 indexes SQLite's delayed jobs.
+-- Nothing to change here: migration 5 indexes SQLite's delayed jobs and counts MySQL's and
+-- SQL Server's requeues.
 SELECT 1;

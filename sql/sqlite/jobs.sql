@@ -273,14 +273,16 @@ ORDER BY id DESC LIMIT 10;
 -- name: newest_job_id
 -- The newest job's id, which moves when any process enqueues (the MySQL dialect's change watch
 -- reads it; kept in every dialect so that each has the same queries).
-SELECT MAX(id) AS id FROM background_job;
+SELECT MAX(id) AS id, 0 AS requeues FROM background_job;
 
 -- name: visible_job_ids
 -- The jobs with an id above :after, and those of :ids that exist (the MySQL dialect's change
 -- watch reads it; kept in every dialect so that each has the same queries).
-SELECT id FROM background_job WHERE id IN (SELECT value FROM json_each(:ids))
+SELECT id, NULL AS requeues FROM background_job WHERE id IN (SELECT value FROM json_each(:ids))
 UNION ALL
-SELECT id FROM (SELECT id FROM background_job WHERE id > :after ORDER BY id LIMIT 1000);
+SELECT id, NULL FROM (SELECT id FROM background_job WHERE id > :after ORDER BY id LIMIT 1000)
+UNION ALL
+SELECT NULL, 0;
 
 -- name: cancel_requested_among
 -- Which of :ids another process asked to cancel: an attempt that ended (failed, or stopped by a

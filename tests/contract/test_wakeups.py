@@ -121,6 +121,10 @@ async def test_a_requeued_failed_job_starts_in_another_process_well_before_a_pol
             JobOptions(run_after=later),
         )
         await producer.cancel_job(ref.id)
+        # A newer job stays queued: the requeued one comes back below the newest id.
+        await producer.enqueue_command(
+            SleepCommand, Sleep(0, label="later"), JobOptions(run_after=later)
+        )
     worker = await anyio.to_thread.run_sync(start_worker, dsn, "--poll-ms", "5000")
     try:
         await anyio.sleep(0.5)  # past the worker's first claim: it now sleeps for 5 s
