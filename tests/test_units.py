@@ -236,6 +236,16 @@ def test_new_job_ids_hear_of_a_requeue_once_its_count_can_be_read() -> None:
     assert judge(WatchedIds(frozenset(), None)) is False
     assert judge(WatchedIds(frozenset(), 4)) is True
     assert judge(WatchedIds(frozenset(), 4)) is False
+    # Seen while an insert of ours is in flight (another process's id beside it): put off
+    # with the ids, and news once judged.
+    with judge.inserting():
+        assert judge(WatchedIds(frozenset({1}), 5)) is False and judge.requeues == 4
+        judge.inserted_here([1])
+    assert judge(WatchedIds(frozenset({1}), 5)) is True and judge.requeues == 5
+    # A first read that could not see the count (a requeue held it): the next one is news.
+    judge = NewJobIds()
+    assert judge(BaselineRead(WatchedIds(frozenset(), None))) is False
+    assert judge(WatchedIds(frozenset(), 7)) is True
 
 
 @pytest.mark.anyio

@@ -441,7 +441,8 @@ class WatchesNewJobIds(abc.ABC):
     an application's transaction, wake nobody (see NewJobIds): an empty claim costs the server
     far more. A job whose enqueue commits after a newer one is heard of too, as an id the watch
     saw skipped and then appear, and a failed job requeued under its old id by the count of
-    requeues the reads return. The dialect supplies the connection and the two reads."""
+    requeues the reads return (this process's own requeues too: one claim more each, as
+    requeues are rare). The dialect supplies the connection and the two reads."""
 
     change_poll_interval: timedelta
     _new_job_ids: NewJobIds

@@ -152,9 +152,7 @@ SELECT * FROM failed_job_{month} WHERE id = :id AND created_date = :created_date
 -- name: requeue_failed
 -- Bring a failed or cancelled job back into the queue with the same id (ids come from a
 -- sequence, so an explicit one is fine) and a fresh retry budget. Its worker's job_worker row
--- exists: those rows are never deleted. Counted first, for the change watch of other processes
--- (see migration_5); the INSERT's row count is the answer.
-UPDATE job_requeues SET total = total + 1 WHERE id = 1;
+-- exists: those rows are never deleted.
 INSERT INTO background_job (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, response, response_body,
@@ -170,7 +168,11 @@ SELECT
 FROM failed_job_{month} WHERE id = :id;
 
 -- name: delete_failed
+-- The requeued job leaves the archive, and the requeue is counted for the change watch of
+-- other processes (see migration_5). Last in the requeue's transaction but for its summary,
+-- so the count's row, which every requeue updates, is held briefly.
 DELETE FROM failed_job_{month} WHERE id = :id;
+UPDATE job_requeues SET total = total + 1 WHERE id = 1;
 
 -- name: drop_archive
 -- Retention: a month goes as a unit.
