@@ -1331,9 +1331,11 @@ class BackgroundJobs:
         delay = self._poll_delay
         if self._next_due_at is not None:
             delay = max(0.0, min(delay, self._next_due_at - anyio.current_time()))
-        with anyio.move_on_after(delay) as self._sleep_scope:
-            await self._wake.wait()
-        self._sleep_scope = None
+        try:
+            with anyio.move_on_after(delay) as self._sleep_scope:
+                await self._wake.wait()
+        finally:
+            self._sleep_scope = None
         if self._next_due_at is not None and self._next_due_at <= anyio.current_time():
             self._next_due_at = None  # woken for it: the claim that follows reports the next
 
