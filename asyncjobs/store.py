@@ -706,6 +706,8 @@ class Store:
                 report.final.update(await self._cascade(tx, failed_roots, now))
             if created:
                 await tx.execute("delete_archived", {"ids": json.dumps(list(created))})
+            if report.requeued:
+                await tx.execute("announce_requeued")
         return report
 
     async def _archive(self, tx: Connection, created: Mapping[int, datetime]) -> None:
@@ -894,6 +896,7 @@ class Store:
             ids = [int(r["id"]) for r in await tx.fetch("requeue_unknown_jobs", params)]
             if ids:
                 await tx.execute("mark_summaries", {"ids": json.dumps(ids)})
+                await tx.execute("announce_requeued")
         return ids
 
     async def recover_orphans(self) -> tuple[dict[int, JobState], list[int]]:
@@ -919,9 +922,10 @@ class Store:
             cancelled = await self._cancel_requested(tx, requeued, now)
             final.update(cancelled)
             requeued = [i for i in requeued if i not in cancelled]
+            await tx.execute("expire_dead_nodes")
             if requeued:
                 await tx.execute("mark_summaries", {"ids": json.dumps(requeued)})
-            await tx.execute("expire_dead_nodes")
+                await tx.execute("announce_requeued")
         return final, requeued
 
     # -- reads ----------------------------------------------------------------------------

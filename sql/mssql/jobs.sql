@@ -232,6 +232,12 @@ SET state = 'Queued', attempts = attempts - :unused,
     logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(logs, :logs) END
 WHERE id = :id AND lease_owner = :node AND attempts = :attempts;
 
+-- name: announce_requeued
+-- Jobs went back to the queue under their old ids (a retry, a shutdown, a dead node's lease),
+-- which the change watch of new ids cannot see: count them as requeues, which it reads too (see
+-- migration_5). Last in its transaction, so the count's row is held briefly.
+UPDATE job_requeues SET total = total + 1 WHERE id = 1;
+
 -- name: update_progress
 -- A running job's progress, status line and new log text (appended; CONCAT reads NULL as '').
 -- :logs_at is how long the writer holds the stored text to be before :logs, in UTF-16 code

@@ -184,6 +184,12 @@ SET state = 'Queued', attempts = attempts - :unused,
     logs = CASE WHEN :logs::text IS NULL THEN logs ELSE COALESCE(logs, '') || :logs::text END
 WHERE id = :id AND lease_owner = :node AND attempts = :attempts;
 
+-- name: announce_requeued
+-- Jobs went back to the queue under their old ids (a retry, a shutdown, a dead node's lease):
+-- wake listening processes, as insert_jobs does (at commit; once per transaction however many).
+SELECT pg_notify(left('asyncjobs.' || n.nspname, 63), '') FROM pg_namespace n
+WHERE n.oid = (SELECT relnamespace FROM pg_class WHERE oid = 'background_job'::regclass);
+
 -- name: update_progress
 -- A running job's progress, status line and new log text (appended). :logs_at is how long the
 -- writer holds the stored text to be before :logs: what is stored past that is a prefix of

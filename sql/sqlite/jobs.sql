@@ -161,6 +161,11 @@ SET state = 'Queued', attempts = attempts - :unused,
     logs = CASE WHEN :logs IS NULL THEN logs ELSE COALESCE(logs, '') || :logs END
 WHERE id = :id AND lease_owner = :node AND attempts = :attempts;
 
+-- name: announce_requeued
+-- Jobs went back to the queue under their old ids (a retry, a shutdown, a dead node's lease):
+-- nothing to send, as every commit moves the data version other processes watch.
+SELECT 1;
+
 -- name: update_progress
 -- A running job's progress, status line and new log text (appended). :logs_at is how long the
 -- writer holds the stored text to be before :logs: what is stored past that is a prefix of

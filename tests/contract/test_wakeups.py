@@ -17,7 +17,7 @@ import pytest
 from asyncjobs import BackgroundJobs, JobOptions
 from asyncjobs.dialects.sqlite import SqliteDialect
 from tests.commands import ALL_COMMANDS, Sleep, SleepCommand
-from tests.processes import start_worker, started_at, stop_worker, wait_for
+from tests.processes import event_lines, start_worker, started_at, stop_worker, wait_for
 
 pytestmark = [
     pytest.mark.anyio,
@@ -136,3 +136,79 @@ async def test_a_requeued_failed_job_starts_in_another_process_well_before_a_pol
         assert started is not None and started - requeued < 1.0
     finally:
         await anyio.to_thread.run_sync(stop_worker, worker)
+
+
+async def test_a_dead_nodes_job_requeued_elsewhere_starts_in_another_process_before_a_poll(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    """A job taken back from a node whose lease ran out goes back under its old id. The
+    process that takes it back may have no room for it (here it executes nothing): an idle
+    worker process hears of it at once, not at its next poll."""
+    log_file = tmp_path / "events.log"
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+        ref = await producer.enqueue_command(
+            SleepCommand, Sleep(0, label="orphan", log_file=str(log_file))
+        )
+        # A newer job that is never due: the orphan comes back below the newest id.
+        await producer.enqueue_command(
+            SleepCommand,
+            Sleep(0, label="later"),
+            JobOptions(run_after=datetime.now(UTC) + timedelta(hours=1)),
+        )
+        # Claimed by a node that holds no lease: Started under a dead node.
+        (claimed,) = (await producer.store.claim("dead-node", 10)).jobs
+        assert claimed.id == ref.id
+    # The worker's own look for orphans comes 30 s after its start (half its lease).
+    worker = await anyio.to_thread.run_sync(
+        start_worker, dsn, "--poll-ms", "5000", "--lease-seconds", "60"
+    )
+    try:
+        await anyio.sleep(0.5)  # past the worker's first claim: it now sleeps for 5 s
+        async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+            requeued_at = time.time()
+            _final, requeued = await producer.store.recover_orphans()
+            assert requeued == [ref.id]
+            await wait_for(lambda: started_at(log_file, "orphan") is not None, 5)
+        started = started_at(log_file, "orphan")
+        assert started is not None and started - requeued_at < 1.0
+    finally:
+        await anyio.to_thread.run_sync(stop_worker, worker)
+
+
+async def test_a_job_cut_off_by_a_shutdown_starts_in_another_process_before_a_poll(
+    make_jobs: Factory, dsn: str, tmp_path: Path
+) -> None:
+    """A process that stops puts the jobs it cut off back in the queue under their old ids (a
+    rolling deploy): an idle worker process takes them over at once, not at its next poll."""
+    log_file = tmp_path / "events.log"
+    async with make_jobs(commands=ALL_COMMANDS, execute=False):
+        pass  # migrate before the workers start
+    leaving = await anyio.to_thread.run_sync(start_worker, dsn, "--grace-seconds", "0.2")
+    try:
+        async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
+            await producer.enqueue_command(
+                SleepCommand, Sleep(60, label="long", log_file=str(log_file))
+            )
+            await wait_for(lambda: started_at(log_file, "long") is not None, 5)
+        staying = await anyio.to_thread.run_sync(start_worker, dsn, "--poll-ms", "5000")
+        try:
+            await anyio.sleep(0.5)  # past the idle worker's first claim: it now sleeps for 5 s
+
+            def taken_over() -> float | None:
+                starts = [
+                    float(line[2])
+                    for line in event_lines(log_file)
+                    if line[0] == "start" and line[3] == str(staying.pid)
+                ]
+                return starts[0] if starts else None
+
+            stopping = time.time()
+            await anyio.to_thread.run_sync(stop_worker, leaving)
+            await wait_for(lambda: taken_over() is not None, 5)
+            started = taken_over()
+            # the 0.2 s grace, then the requeue's commit wakes the idle worker
+            assert started is not None and started - stopping < 1.5
+        finally:
+            await anyio.to_thread.run_sync(stop_worker, staying)
+    finally:
+        await anyio.to_thread.run_sync(stop_worker, leaving)
