@@ -23,10 +23,22 @@ def load_app(path: str) -> BackgroundJobs:
         raise ConfigurationError(f"--app must look like package.module:jobs, got {path!r}")
     if "" not in sys.path:
         sys.path.insert(0, "")  # like `python -m`, find modules in the current directory
-    module = importlib.import_module(module_name)
-    app = module
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only the named module (or a package on its path) is a mistyped --app; a module the
+        # app itself fails to import keeps its traceback.
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            raise
+        raise ConfigurationError(f"--app {path!r}: no module named {exc.name!r}") from None
+    app: object = module
+    found = module_name
     for part in attribute.split("."):
-        app = getattr(app, part)
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise ConfigurationError(f"--app {path!r}: {found} has no attribute {part!r}") from None
+        found += ("." if ":" in found else ":") + part
     if not isinstance(app, BackgroundJobs):
         raise ConfigurationError(f"{path} is a {type(app).__name__}, not a BackgroundJobs")
     return app
@@ -74,10 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="user:password (default: $ASYNCJOBS_ADMIN_BASIC_AUTH)")  # fmt: skip
     demo = commands.add_parser("demo", help="run example jobs on SQLite and show what happened")
     demo.add_argument("--dsn", default=None)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         if args.command == "worker":

@@ -24,12 +24,13 @@ def _is_pydantic(tp: Any) -> bool:
 
 def encode(value: Any) -> str:
     """JSON text for a request or result."""
-    if hasattr(value, "model_dump_json") and _is_pydantic(type(value)):
-        return str(value.model_dump_json())
     try:
+        if hasattr(value, "model_dump_json") and _is_pydantic(type(value)):
+            return str(value.model_dump_json())
         return _encoder.encode(value).decode()
-    except (TypeError, msgspec.EncodeError, OverflowError, UnicodeEncodeError) as exc:
-        # (UnicodeEncodeError: a lone surrogate, which UTF-8 cannot hold)
+    except (TypeError, ValueError, msgspec.EncodeError, OverflowError) as exc:
+        # (ValueError: pydantic's PydanticSerializationError, and UnicodeEncodeError for a lone
+        # surrogate, which UTF-8 cannot hold)
         raise SerializationError(
             f"cannot store a {type(value).__name__} as JSON: {exc}. Requests and results must "
             "be dataclasses, pydantic models, msgspec Structs or plain JSON values"

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 from .exceptions import InvalidOptionsError
 
 
@@ -34,6 +36,9 @@ _MAX_ID = 2**63 - 1
 _MAX_INT = 2**31 - 1
 #: a timeout past this is a mistake (a deadline that far off is no deadline)
 _MAX_TIMEOUT = timedelta(days=366)
+#: the longest name (ref id, worker, tag, task name, ...) every database holds: MySQL's columns
+#: for them are VARCHAR(255), so the same limit applies on every dialect
+MAX_NAME_CHARS = 255
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -45,17 +50,45 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise InvalidOptionsError(f"{name} must be within {low}..{high}, got {value}")
 
 
-def check_text(name: str, value: object, *, empty_ok: bool = False) -> None:
+def check_text(
+    name: str, value: object, *, empty_ok: bool = False, max_chars: int | None = None
+) -> None:
     """A string option every database can store: text, not empty, valid Unicode (a lone
-    surrogate cannot be written as UTF-8) and without NUL (PostgreSQL's text cannot hold it)."""
+    surrogate cannot be written as UTF-8), without NUL (PostgreSQL's text cannot hold it) and,
+    for a column of limited width, at most ``max_chars`` characters."""
     if not isinstance(value, str) or not (value or empty_ok):
         raise InvalidOptionsError(f"{name} must be a non-empty string, got {value!r}")
+    if max_chars is not None and len(value) > max_chars:
+        raise InvalidOptionsError(
+            f"{name} must be at most {max_chars} characters, got {len(value)}: {value[:40]!r}..."
+        )
     if "\x00" in value:
         raise InvalidOptionsError(f"{name} must not contain NUL characters, got {value!r}")
     try:
         value.encode()
     except UnicodeEncodeError as exc:
         raise InvalidOptionsError(f"{name} is not valid Unicode text: {exc}") from None
+
+
+#: meta as the store encodes it: a value JSON cannot hold becomes its text
+_meta_encoder = msgspec.json.Encoder(enc_hook=str)
+
+
+def _check_json(name: str, value: object) -> None:
+    """``value`` as it will be stored is JSON every database stores. The encoded text is what
+    counts: the encoder also writes sets, dataclasses, Structs and other objects (as their
+    text), and any of them may hold a NUL, which PostgreSQL's jsonb refuses."""
+    try:
+        text = _meta_encoder.encode(value)
+    except UnicodeEncodeError as exc:  # a lone surrogate
+        raise InvalidOptionsError(f"{name} is not valid Unicode text: {exc}") from None
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
+        # (RecursionError: a container that holds itself)
+        raise InvalidOptionsError(f"{name} cannot be stored as JSON: {exc}") from None
+    # A NUL is written as \u0000; the text may also hold it after an escaped backslash, so the
+    # plain JSON it decodes to is walked to tell the two apart.
+    if b"\\u0000" in text:
+        _check_json_text(name, msgspec.json.decode(text))
 
 
 def _check_json_text(name: str, value: object) -> None:
@@ -146,13 +179,13 @@ class JobOptions:
         ):
             raise InvalidOptionsError("args must map str to str")
         if self.meta is not None:
-            _check_json_text("meta", self.meta)
-        for name in (
-            "worker", "tag", "batch_id", "ref_id", "callback", "created_by", "user_id", "reply_to"
-        ):  # fmt: skip
+            _check_json("meta", self.meta)
+        for name in ("worker", "tag", "batch_id", "ref_id", "callback", "created_by", "user_id"):
             value = getattr(self, name)
             if value is not None:
-                check_text(name, value)
+                check_text(name, value, max_chars=MAX_NAME_CHARS)
+        if self.reply_to is not None:  # a URL, in a column without a width limit
+            check_text("reply_to", self.reply_to)
         for key, value in (self.args or {}).items():
             check_text("args", key, empty_ok=True)
             check_text("args", value, empty_ok=True)

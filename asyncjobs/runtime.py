@@ -58,6 +58,7 @@ from .exceptions import (
     StatementTooLargeError,
 )
 from .models import (
+    MAX_NAME_CHARS,
     BackgroundJob,
     JobError,
     JobOptions,
@@ -219,6 +220,10 @@ class BackgroundJobs:
         self.dialect = dialect or create_dialect(dsn, **dialect_settings)
         self.store = Store(self.dialect)
         self.registry = Registry()
+        if isinstance(commands, type | ModuleType | str) or not isinstance(commands, Iterable):
+            raise ConfigurationError(
+                f"commands must be a list of command classes or modules, got {commands!r}"
+            )
         for item in commands:
             if isinstance(item, ModuleType):
                 self.registry.add_module(item)
@@ -831,6 +836,14 @@ class BackgroundJobs:
     async def cancel_jobs(self, *, state: JobState | None = None, worker: str | None = None) -> int:
         """Cancel every active job in ``state`` and/or on ``worker``; returns how many."""
         self._require_started()
+        if state is not None and not isinstance(state, JobState):
+            try:
+                state = JobState(state)
+            except ValueError:
+                states = ", ".join(str(s) for s in JobState)
+                raise InvalidOptionsError(f"state must be one of {states}, got {state!r}") from None
+        if worker is not None:
+            check_text("worker", worker, max_chars=MAX_NAME_CHARS)
         ids = await self.store.select_job_ids(state, worker)
         return await self._cancel(ids, "cancelled in bulk") if ids else 0
 
@@ -928,18 +941,21 @@ class BackgroundJobs:
         if not isinstance(schedule, Schedule):
             raise ConfigurationError(f"schedule must be a Schedule, got {type(schedule).__name__}")
         try:
-            check_text("name", name)
+            check_text("name", name, max_chars=MAX_NAME_CHARS)
         except InvalidOptionsError as exc:
             raise ConfigurationError(f"a recurring task needs a name: {exc}") from None
-        if (
-            options is not None
-            and options.run_command
-            and (new.run_after is not None or new.depends_on is not None)
-        ):
-            raise InvalidOptionsError(
-                "a recurring task that runs transiently (run_command) cannot take run_after "
-                "or depends_on, which need a stored job"
-            )
+        if options is not None:
+            # Each occurrence is a new job, due when the schedule says: one ref_id, delay or
+            # parent to wait for does not fit them all, and would be dropped unseen.
+            once_only = [
+                field for field in ("ref_id", "run_after", "depends_on")
+                if getattr(options, field) is not None
+            ]  # fmt: skip
+            if once_only:
+                raise InvalidOptionsError(
+                    f"a recurring task cannot take {' or '.join(once_only)}: each occurrence "
+                    "is a new job, due when its schedule says"
+                )
         stored_options = (options or JobOptions()).to_dict()
         if skip_if_running:
             stored_options["skip_if_running"] = True
@@ -964,6 +980,10 @@ class BackgroundJobs:
     async def delete_recurring_task(self, name: str) -> bool:
         """Stop and forget a recurring task; returns whether it existed."""
         self._require_started()
+        try:
+            check_text("name", name, max_chars=MAX_NAME_CHARS)
+        except InvalidOptionsError as exc:
+            raise ConfigurationError(f"no recurring task could have that name: {exc}") from None
         return await self.store.delete_task(name)
 
     async def scheduled_tasks(self) -> list[ScheduledTask]:
@@ -1102,7 +1122,11 @@ class BackgroundJobs:
                 f"a job on worker {job.worker!r} cannot wait for a transient job on the same "
                 "worker: it runs only after this one ends"
             )
-        await self._run_transient(self._register_transient(job))
+        # In a copy of the caller's context, as a task of its own would run it: the job it
+        # becomes while it runs (current_job(), job_logger()) is not left behind as the
+        # caller's.
+        running = self._register_transient(job)
+        await _in_context(contextvars.copy_context(), self._run_transient(running))
         if job.state is JobState.COMPLETED:
             return job.result
         if job.state is JobState.CANCELLED:
@@ -1286,12 +1310,15 @@ class BackgroundJobs:
             self._unsure_claims = False
             known = {*self._running, *(o.job.id for o in (*self._outcomes, *self._flushing))}
             try:
-                requeued = await self.store.requeue_unknown(self.node_id, known)
+                final, requeued = await self.store.requeue_unknown(self.node_id, known)
             except BaseException:
                 self._unsure_claims = True
                 raise
         finally:
             self._requeuing_unknown = False
+        self._resolve(final)
+        if final:
+            log.warning("jobs %s of a claim that failed were asked to stop: cancelled", list(final))
         if requeued:
             log.warning("jobs %s were claimed by a claim that failed; requeued", requeued)
 
@@ -1527,6 +1554,17 @@ class BackgroundJobs:
         """The job succeeded: it is Executed while its callback command runs with the result.
         The callback is retried like a job; if it keeps failing, the job fails."""
         try:
+            info = self.registry.command(job.callback or "")
+        except RegistrationError as exc:
+            # Not registered in this process (or renamed since the job was queued): the job
+            # fails, as with a callback that fails; another attempt here would not find it.
+            return Outcome(
+                job, JobState.FAILED, response=outcome.response,
+                response_body=outcome.response_body,
+                error=JobError(f"callback failed: {exc}", "RegistrationError"),
+                error_code="CallbackFailed",
+            )  # fmt: skip
+        try:
             await self.store.mark_executed(self.node_id, outcome)
         except Exception as exc:
             # The mark only spares the command a second run should this process stop during
@@ -1534,7 +1572,6 @@ class BackgroundJobs:
             # as usual (a database error here must not take the runtime down).
             log.warning("could not mark job %s Executed; running its callback: %r", job.id, exc)
         job.state = JobState.EXECUTED
-        info = self.registry.command(job.callback or "")
         last_error: BaseException | None = None
         for attempt in range(1, job.retry_limit + 2):
             try:

@@ -22,6 +22,9 @@ from asyncjobs.exceptions import ConfigurationError
 
 __all__ = ["Schedule"]
 
+#: the longest text form every database stores (MySQL's schedule column is VARCHAR(255))
+_MAX_TEXT_CHARS = 255
+
 _OFFSET_RE = re.compile(r"([+-])([0-9]{2}):([0-9]{2})(?::([0-9]{2}))?")
 
 
@@ -135,13 +138,18 @@ class Schedule:
         """A cron schedule evaluated on the wall clock of ``tz`` (default UTC).
 
         ``seconds=None`` detects a leading seconds field from the field count (six).
-        Raises CronFormatError for a bad expression, ConfigurationError for a bad tz.
+        Raises CronFormatError for a bad expression, ConfigurationError for a bad tz or for a
+        schedule whose text form is too long to store.
         """
-        if seconds is None:
-            seconds = _detect_seconds(expr) if isinstance(expr, str) else False
-        expression = CronExpression.parse(expr, seconds=seconds)
-        zone, name = _resolve_tz(tz)
-        return Schedule("cron", expression, zone, name, None)
+        schedule = _cron_schedule(expr, tz, seconds)
+        text = schedule.to_text()
+        if len(text) > _MAX_TEXT_CHARS:
+            raise ConfigurationError(
+                f"the cron schedule's stored form is {len(text)} characters, more than the "
+                f"{_MAX_TEXT_CHARS} every database holds: {text[:60]!r}... "
+                "(write long lists as ranges or steps)"
+            )
+        return schedule
 
     def next_after(self, after: datetime) -> datetime | None:
         """The first run strictly after ``after`` (aware), as an aware UTC datetime.
@@ -173,7 +181,8 @@ class Schedule:
             expr, bar, tz_name = body.rpartition("|")
             if not bar:
                 raise ConfigurationError(f"stored cron schedule {text!r} has no time zone")
-            return Schedule.cron(expr, tz_name)
+            # Unchecked for length: a schedule stored before the limit must still be read.
+            return _cron_schedule(expr, tz_name, None)
         if sep and kind == "interval":
             try:
                 seconds = float(body)
@@ -207,6 +216,14 @@ class Schedule:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Schedule.from_text, (self.to_text(),))
+
+
+def _cron_schedule(expr: str, tz: str | tzinfo | None, seconds: bool | None) -> Schedule:
+    if seconds is None:
+        seconds = _detect_seconds(expr) if isinstance(expr, str) else False
+    expression = CronExpression.parse(expr, seconds=seconds)
+    zone, name = _resolve_tz(tz)
+    return Schedule("cron", expression, zone, name, None)
 
 
 def _interval_schedule(every: timedelta) -> Schedule:

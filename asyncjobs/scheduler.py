@@ -67,6 +67,7 @@ def task_job(
     timeout = options.timeout or default_timeout
     return NewJob(
         ref_id=new_ref_id(),
+        parent_id=options.parent_id,
         request_type=task.request_type,
         request=task.request,
         request_body=task.request_body,
@@ -122,6 +123,7 @@ class Scheduler:
             self.changed = anyio.Event()
             now = self.clock.now()
             unreadable: set[str] = set()
+            unfired: Exception | None = None
             try:
                 for row in await self.store.due_tasks(now):
                     try:
@@ -131,7 +133,15 @@ class Scheduler:
                         log.error("recurring task %s cannot be read: %r", row["name"], exc)
                         unreadable.add(row["name"])
                         continue
-                    await self.fire(task, now)
+                    try:
+                        await self.fire(task, now)
+                    except Exception as exc:
+                        # Perhaps a value the database refuses: the tasks due after it still
+                        # fire, and it is tried again after the pause below.
+                        log.error("recurring task %s could not fire: %r", task.name, exc)
+                        unfired = unfired or exc
+                if unfired is not None:
+                    raise unfired
                 if unreadable:
                     # They stay due (looked at again at the next refresh): the wake-up comes
                     # from the others, due before then.

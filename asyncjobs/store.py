@@ -490,10 +490,14 @@ class Store:
 
     def _raise_duplicate(self, exc: Exception, jobs: Sequence[NewJob]) -> None:
         if self.dialect.is_unique_violation(exc):
-            refs = ", ".join(job.ref_id for job in jobs[:5])
-            raise DuplicateRefIdError(
-                f"a job with ref_id {refs} already exists; ref_id must be unique"
-            ) from exc
+            if len(jobs) == 1:
+                taken = f"a job with ref_id {jobs[0].ref_id} already exists"
+            else:
+                # Which one the database does not say in every dialect: name the batch.
+                more = ", ..." if len(jobs) > 5 else ""
+                refs = ", ".join(job.ref_id for job in jobs[:5]) + more
+                taken = f"one of the batch's ref_ids ({refs}) is taken by an existing job"
+            raise DuplicateRefIdError(f"{taken}; ref_id must be unique") from exc
 
     # -- scheduled tasks ------------------------------------------------------------------
 
@@ -843,7 +847,19 @@ class Store:
             )
             if failed and failed[0]["depends_on"] is not None:
                 await self._check_parent_can_complete(tx, job_id, failed[0]["depends_on"])
-            moved = await tx.execute("requeue_failed", {"id": job_id, "now": utcnow()}, **templates)
+            try:
+                moved = await tx.execute(
+                    "requeue_failed", {"id": job_id, "now": utcnow()}, **templates
+                )
+            except Exception as exc:
+                # Another requeue of the job committed after the state was read above (the
+                # read takes no lock): its insert holds the id.
+                if self.dialect.is_unique_violation(exc):
+                    raise InvalidJobStateError(
+                        f"job {job_id} was requeued meanwhile; only failed or cancelled jobs "
+                        "can be requeued"
+                    ) from exc
+                raise
             if moved != 1:
                 raise JobNotFoundError(f"job {job_id} is not in the failed archive")
             await tx.execute("delete_failed", {"id": job_id}, **templates)
@@ -887,17 +903,24 @@ class Store:
         async with self.dialect.transaction() as tx:
             await tx.execute("delete_node", {"node": node})
 
-    async def requeue_unknown(self, node: str, known: Iterable[int]) -> list[int]:
+    async def requeue_unknown(
+        self, node: str, known: Iterable[int]
+    ) -> tuple[dict[int, JobState], list[int]]:
         """Give back the jobs leased to ``node`` other than ``known`` (the ones it holds): what
         a claim committed when its reply was lost. They never started, so their attempt is
-        taken back. The caller must have no claim in flight."""
-        params = {"node": node, "known": json.dumps(sorted(known)), "now": utcnow()}
+        taken back; those another process asked to cancel meanwhile are cancelled instead (the
+        next claim would clear the request). Returns the final states and the requeued ids.
+        The caller must have no claim in flight."""
+        now = utcnow()
+        params = {"node": node, "known": json.dumps(sorted(known)), "now": now}
         async with self.dialect.transaction() as tx:
             ids = [int(r["id"]) for r in await tx.fetch("requeue_unknown_jobs", params)]
-            if ids:
-                await tx.execute("mark_summaries", {"ids": json.dumps(ids)})
+            final = await self._cancel_requested(tx, ids, now)
+            requeued = [i for i in ids if i not in final]
+            if requeued:
+                await tx.execute("mark_summaries", {"ids": json.dumps(requeued)})
                 await tx.execute("announce_requeued")
-        return ids
+        return final, requeued
 
     async def recover_orphans(self) -> tuple[dict[int, JobState], list[int]]:
         """Take back jobs held by nodes whose lease ran out: fail those without retries left,

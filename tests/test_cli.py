@@ -96,6 +96,39 @@ def test_bad_app_path_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--app must look like" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["worker", "--app", "nosuchmodule:jobs"], "no module named 'nosuchmodule'"),
+        (["worker", "--app", "os:nosuchattr"], "os has no attribute 'nosuchattr'"),
+        (["worker", "--app", "myapp:jobs.nosuchattr"], "myapp:jobs has no attribute"),
+        (["admin", "--app", "nosuchpackage.app:jobs"], "no module named 'nosuchpackage'"),
+        (["--log-level", "verbose", "migrate", "--dsn", "sqlite:///x.db"], "invalid choice"),
+    ],
+)
+def test_a_mistyped_app_or_log_level_is_a_clear_error(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "myapp.py").write_text(APP)
+    result = _run(*args, env=_env(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_module_the_app_fails_to_import_keeps_its_traceback(tmp_path: Path) -> None:
+    (tmp_path / "brokenapp.py").write_text("import nosuchdependency\n")
+    result = _run("worker", "--app", "brokenapp:jobs", env=_env(tmp_path, ""), cwd=tmp_path)
+    assert result.returncode == 1 and "No module named 'nosuchdependency'" in result.stderr
+    assert "Traceback" in result.stderr
+
+
+def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
+    dsn = f"sqlite:///{tmp_path / 'jobs.db'}"
+    result = _run("--log-level", "debug", "migrate", "--dsn", dsn, env=_env(tmp_path, dsn),
+                  cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
 def test_a_missing_driver_is_a_clear_error(tmp_path: Path) -> None:
     if importlib.util.find_spec("aioodbc") is not None:  # not a dev dependency
         pytest.skip("the premise: aioodbc is missing; it is installed here")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -10,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asyncjobs import BackgroundJobs
 from asyncjobs.cron import CronExpression, CronFormatError
 from asyncjobs.exceptions import ConfigurationError
 from asyncjobs.schedule import Schedule
+from tests.commands import Add, AddCommand
 
 
 def utc(
@@ -195,3 +198,28 @@ def test_cron_text_round_trips_and_agrees(expr: str, tz: str, after: datetime) -
     assert found is not None
     assert found > moment
     assert found.tzinfo is UTC
+
+
+#: every second and every minute except each third: lists the text form keeps as written
+_LONG_LIST = ",".join(str(i) for i in range(60) if i % 3 != 2)
+
+
+def test_a_cron_schedule_too_long_to_store_is_a_configuration_error() -> None:
+    fits = Schedule.cron(f"{_LONG_LIST} {_LONG_LIST} * * * *", "America/New_York")
+    assert len(fits.to_text()) == 255
+    with pytest.raises(ConfigurationError, match="256 characters, more than the 255"):
+        Schedule.cron(f"{_LONG_LIST} {_LONG_LIST} * * * *", "America/Sao_Paulo")
+    # A longer one stored before the limit is still read.
+    stored = f"cron:{_LONG_LIST} {_LONG_LIST} * * * *|America/Sao_Paulo"
+    assert len(Schedule.from_text(stored).to_text()) == 256
+
+
+@pytest.mark.anyio
+async def test_a_cron_schedule_of_the_longest_text_is_stored(
+    make_jobs: Callable[..., BackgroundJobs],
+) -> None:
+    schedule = Schedule.cron(f"{_LONG_LIST} {_LONG_LIST} * * * *", "America/New_York")
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        await jobs.recurring_command(AddCommand, schedule, Add(1, 2), name="long")
+        (task,) = await jobs.scheduled_tasks()
+    assert task.schedule == schedule

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +29,7 @@ from asyncjobs.exceptions import (
     InvalidOptionsError,
     MissingDriverError,
 )
+from tests.commands import Add, AddCommand
 
 SPEC_NAMES = {
     "BackgroundJobs", "JobOptions", "JobRef", "JobResult", "JobState", "BackgroundJob",
@@ -279,6 +282,27 @@ async def test_a_change_watch_outlives_a_connection_that_fails_to_close() -> Non
     assert woken == [""]
 
 
+@dataclass
+class _Note:
+    text: str
+
+
+class _Text:
+    """A meta value JSON cannot hold: it is stored as its text."""
+
+    def __str__(self) -> str:
+        return "a\x00b"
+
+
+_NAME_OPTIONS = ("worker", "tag", "batch_id", "ref_id", "callback", "created_by", "user_id")
+
+
+def _circular() -> list[Any]:
+    value: list[Any] = []
+    value.append(value)
+    return value
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -302,6 +326,17 @@ async def test_a_change_watch_outlives_a_connection_that_fails_to_close() -> Non
         ({"meta": {"note": "a\x00b"}}, "meta must not contain NUL"),
         ({"meta": {"deep": [{"k\x00": 1}]}}, "meta must not contain NUL"),
         ({"meta": {"s": ["\udc80"]}}, "meta is not valid Unicode"),
+        # what the JSON encoder writes, not only dicts, lists and tuples
+        ({"meta": {"k": {"a\x00b"}}}, "meta must not contain NUL"),
+        ({"meta": {"k": frozenset({"\x00"})}}, "meta must not contain NUL"),
+        ({"meta": {"k": _Note("a\x00b")}}, "meta must not contain NUL"),
+        ({"meta": {"k": _Text()}}, "meta must not contain NUL"),
+        ({"meta": {"k": {"\udc80"}}}, "meta is not valid Unicode"),
+        ({"meta": {"k": _circular()}}, "meta cannot be stored as JSON"),
+        *(
+            ({name: "x" * 256}, f"{name} must be at most 255 characters, got 256")
+            for name in _NAME_OPTIONS
+        ),
         ({"reply_to": 5}, "reply_to must be a non-empty string"),
         ({"reply_to": ""}, "reply_to must be a non-empty string"),
     ],
@@ -309,6 +344,42 @@ async def test_a_change_watch_outlives_a_connection_that_fails_to_close() -> Non
 def test_bad_options_fail_where_they_are_made(options: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidOptionsError, match=message):
         JobOptions(**options)
+
+
+#: the longest names every database holds, in 4-byte characters (MySQL's VARCHAR counts them)
+_LONGEST_NAMES = {
+    name: name[0] * 200 + "\U0001f600" * 55
+    for name in ("worker", "tag", "batch_id", "ref_id", "created_by", "user_id")
+}
+
+
+@pytest.mark.anyio
+async def test_the_longest_names_and_any_meta_without_nul_are_stored(
+    make_jobs: Callable[..., BackgroundJobs],
+) -> None:
+    # A backslash before "u0000" is no NUL; a set is stored as a list.
+    meta = {"path": "C:\\u0000", "tags": {"a"}, "note": _Note("b")}
+    options = JobOptions(**_LONGEST_NAMES, reply_to="https://example.invalid/" + "x" * 300,
+                         meta=meta)  # fmt: skip
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 2), options)
+        found = await jobs.get_job(ref.id)
+    assert found is not None and found.job is not None
+    assert {name: getattr(found.job, name) for name in _LONGEST_NAMES} == _LONGEST_NAMES
+    assert found.job.meta == {"path": "C:\\u0000", "tags": ["a"], "note": {"text": "b"}}
+
+
+def test_a_pydantic_request_that_does_not_serialize_is_a_serialization_error() -> None:
+    import pydantic
+
+    from asyncjobs._serialization import encode
+    from asyncjobs.exceptions import SerializationError
+
+    class Request(pydantic.BaseModel):
+        value: Any
+
+    with pytest.raises(SerializationError, match="cannot store a Request as JSON"):
+        encode(Request(value=object()))
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,9 @@ DELETE FROM job_node WHERE id = :node;
 DELETE FROM job_node WHERE lease_expires < DATEADD(day, -1, SYSUTCDATETIME());
 
 -- name: fail_orphans
--- Jobs held by a dead node that have no retries left fail; the caller archives them. READPAST
+-- Jobs held by a dead node that have no retries left fail; the caller archives them. Not
+-- those asked to be cancelled: requeue_orphans takes them, and the caller cancels them, as a
+-- cancel asks (an explicit cancel ends Cancelled, never Failed). READPAST
 -- skips rows another transaction holds (another process recovering them, or their node
 -- finishing them after all); the UPDATE re-checks the state of the rows it locks.
 UPDATE j
@@ -35,6 +37,7 @@ SET state = 'Failed', completed_date = :now, last_activity_date = :now, lease_ow
 OUTPUT inserted.id
 FROM background_job AS j WITH (READPAST)
 WHERE j.state IN ('Started', 'Executed') AND j.attempts > j.retry_limit
+  AND j.cancel_requested = 0
   AND NOT EXISTS (SELECT 1 FROM job_node AS n
                   WHERE n.id = j.lease_owner AND n.lease_expires > SYSUTCDATETIME());
 

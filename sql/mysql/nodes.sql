@@ -21,12 +21,15 @@ DELETE FROM job_node WHERE id = :node;
 DELETE FROM job_node WHERE lease_expires < UTC_TIMESTAMP(6) - INTERVAL 1 DAY;
 
 -- name: fail_orphans
--- Jobs held by a dead node that have no retries left fail; the caller archives them.
+-- Jobs held by a dead node that have no retries left fail; the caller archives them. Not
+-- those asked to be cancelled: requeue_orphans takes them, and the caller cancels them, as a
+-- cancel asks (an explicit cancel ends Cancelled, never Failed).
 -- No UPDATE ... RETURNING in MySQL: lock the orphans (skipping rows another process is
 -- recovering or finishing), fail exactly those, return their ids.
 SELECT JSON_ARRAYAGG(o.id) INTO @asyncjobs_ids FROM (
     SELECT b.id FROM background_job b
     WHERE b.state IN ('Started', 'Executed') AND b.attempts > b.retry_limit
+      AND b.cancel_requested = 0
       AND (b.lease_owner IS NULL
            OR b.lease_owner NOT IN (SELECT n.id FROM job_node n WHERE n.lease_expires > UTC_TIMESTAMP(6)))
     FOR UPDATE SKIP LOCKED

@@ -16,7 +16,9 @@ DELETE FROM job_node WHERE id = :node;
 DELETE FROM job_node WHERE lease_expires < now() - interval '1 day';
 
 -- name: fail_orphans
--- Jobs held by a dead node that have no retries left fail; the caller archives them.
+-- Jobs held by a dead node that have no retries left fail; the caller archives them. Not
+-- those asked to be cancelled: requeue_orphans takes them, and the caller cancels them, as a
+-- cancel asks (an explicit cancel ends Cancelled, never Failed).
 -- Two processes recovering at once both try each row; the second waits for the first's row lock
 -- and its re-check of the newest version (no longer Started) drops the row.
 UPDATE background_job j
@@ -26,6 +28,7 @@ SET state = 'Failed', completed_date = :now, last_activity_date = :now, lease_ow
         'message', 'the process running the job stopped and no retries are left',
         'type', 'LeaseExpired', 'traceback', NULL)
 WHERE j.state IN ('Started', 'Executed') AND j.attempts > j.retry_limit
+  AND NOT j.cancel_requested
   AND NOT EXISTS (SELECT 1 FROM job_node n WHERE n.id = j.lease_owner AND n.lease_expires > now())
 RETURNING j.id;
 

@@ -17,13 +17,15 @@ DELETE FROM job_node WHERE id = :node;
 DELETE FROM job_node WHERE lease_expires < strftime('%Y-%m-%d %H:%M:%f000', 'now', '-1 day');
 
 -- name: fail_orphans
--- Jobs held by a dead node that have no retries left fail; the caller archives them.
+-- Jobs held by a dead node that have no retries left fail; the caller archives them. Not
+-- those asked to be cancelled: requeue_orphans takes them, and the caller cancels them, as a
+-- cancel asks (an explicit cancel ends Cancelled, never Failed).
 UPDATE background_job
 SET state = 'Failed', completed_date = :now, last_activity_date = :now, lease_owner = NULL,
     error_code = 'LeaseExpired',
     error = json_object('message', 'the process running the job stopped and no retries are left',
                         'type', 'LeaseExpired', 'traceback', NULL)
-WHERE state IN ('Started', 'Executed') AND attempts > retry_limit
+WHERE state IN ('Started', 'Executed') AND attempts > retry_limit AND cancel_requested = 0
   AND (lease_owner IS NULL
        OR lease_owner NOT IN (SELECT id FROM job_node WHERE lease_expires > :now))
 RETURNING id;

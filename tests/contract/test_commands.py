@@ -273,6 +273,29 @@ async def test_a_job_raising_what_is_no_exception_fails_and_the_worker_goes_on(
     ]
 
 
+class Notify(AsyncCommand[Sum]):
+    async def run(self, request: Sum) -> None:
+        pass
+
+
+async def test_a_callback_the_worker_does_not_know_fails_its_job_not_the_worker(
+    make_jobs: Factory,
+) -> None:
+    """The producer knows the callback command, the worker process does not (a split
+    deployment, or a rename while jobs waited): the job fails with its result kept, and the
+    worker goes on."""
+    async with make_jobs(commands=[AddCommand, Notify], execute=False) as producer:
+        ref = await producer.enqueue_command(AddCommand, Add(1, 2), JobOptions(callback="Notify"))
+    async with make_jobs(commands=[AddCommand], default_retry_limit=0) as worker:
+        with anyio.fail_after(10):
+            result = await worker.wait_for_job(ref.id)
+        assert await _run(worker, AddCommand, Add(2, 2)) == '{"total":4}'  # still running jobs
+    assert result.state is JobState.FAILED and result.failed is not None
+    assert result.failed.error_code == "CallbackFailed"
+    assert result.failed.error is not None and "Notify" in result.failed.error.message
+    assert result.failed.response_body == '{"total":3}'
+
+
 class Untidy(AsyncCommand[Add]):
     """Leaves text no database would take as it is: NUL, and a lone surrogate (as
     os.fsdecode makes of a file name that is not UTF-8)."""

@@ -30,7 +30,7 @@ from asyncjobs import (
 )
 from asyncjobs.context import CAPPED_MARKER, MAX_LOG_CHARS
 from asyncjobs.exceptions import InvalidOptionsError
-from tests.commands import Add
+from tests.commands import Add, AddCommand, Sum
 
 pytestmark = pytest.mark.anyio
 Factory = Callable[..., BackgroundJobs]
@@ -299,6 +299,41 @@ async def test_context_variables_a_job_sets_stay_its_own(make_jobs: Factory) -> 
                 await jobs.wait_for_job(ref.id)
     assert [mark for mark, _task in SEEN_MARKS] == [None] * 4
     assert len({task for _mark, task in SEEN_MARKS}) < 4  # the runner was reused
+
+
+class WaitsForATransient(AsyncCommand[Add]):
+    """Runs a transient job and waits for it, then logs as itself."""
+
+    seen: list[tuple[int, int]] = []
+
+    def __init__(self, jobs: BackgroundJobs) -> None:
+        self.jobs = jobs
+
+    async def run(self, request: Add) -> None:
+        me = current_job().id
+        await self.jobs.run_command_async(AddCommand, request)
+        WaitsForATransient.seen.append((me, current_job().id))
+        job_logger().info("after the transient job")
+
+
+async def test_a_transient_job_awaited_leaves_its_caller_what_it_was(make_jobs: Factory) -> None:
+    """run_command_async runs the job in the caller's task but not as the caller: afterwards
+    application code is outside any job again, and a job that waited is its own job again."""
+    WaitsForATransient.seen.clear()
+    jobs = make_jobs(commands=[WaitsForATransient, AddCommand])
+    jobs.services[BackgroundJobs] = jobs
+    async with jobs:
+        serial = JobOptions(worker="w")
+        assert await jobs.run_command_async(AddCommand, Add(1, 2), serial) == Sum(3)
+        with pytest.raises(LookupError):
+            current_job()
+        # Not taken for a job on worker "w" waiting for another job of "w" (refused)
+        assert await jobs.run_command_async(AddCommand, Add(3, 4), serial) == Sum(7)
+        ref = await jobs.enqueue_command(WaitsForATransient, Add(1, 1))
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(ref.id)
+    assert WaitsForATransient.seen == [(ref.id, ref.id)]
+    assert "after the transient job" in (result.job.logs or "")
 
 
 class PatientUntilAsked(SyncCommand[Add]):

@@ -225,15 +225,18 @@ async def test_a_host_cancelled_during_the_callback_leaves_the_callback_to_run_a
     assert [label for e, label, _ in EVENTS if e == "start"] == ["cb-host"]
 
 
+@pytest.mark.parametrize("retry_limit", [2, 0])
 async def test_a_job_whose_cancel_was_asked_while_its_worker_died_is_cancelled(
-    make_jobs: Factory, dsn: str, tmp_path: Path
+    make_jobs: Factory, dsn: str, tmp_path: Path, retry_limit: int
 ) -> None:
     """The cancel request reaches a job whose process was killed: when its lease runs out the
-    job is cancelled, not run again."""
+    job is cancelled, not run again; nor failed, had it no retries left."""
     log_file = tmp_path / "events.log"
     async with make_jobs(commands=ALL_COMMANDS, execute=False) as producer:
         ref = await producer.enqueue_command(
-            FirstAttemptHangsCommand, Sleep(60, label="doomed", log_file=str(log_file))
+            FirstAttemptHangsCommand,
+            Sleep(60, label="doomed", log_file=str(log_file)),
+            JobOptions(retry_limit=retry_limit),
         )
     worker = await anyio.to_thread.run_sync(start_worker, dsn, "--lease-seconds", "1")
     await _kill_when(worker, lambda: any(x[0] == "start" for x in event_lines(log_file)), 20)
@@ -241,7 +244,7 @@ async def test_a_job_whose_cancel_was_asked_while_its_worker_died_is_cancelled(
         assert await jobs.cancel_job(ref.id) is True  # Started: flagged for its (dead) node
         with anyio.fail_after(30):
             result = await jobs.wait_for_job(ref.id)
-    assert result.state is JobState.CANCELLED
+    assert result.state is JobState.CANCELLED and result.summary.error_code == "Cancelled"
     assert [x[0] for x in event_lines(log_file)] == ["start"]
 
 

@@ -297,6 +297,34 @@ async def test_requeue_failed_job_runs_again_with_same_id(make_jobs: Factory) ->
     assert result.failed.completed_date > first.failed.completed_date  # it ran again
 
 
+async def test_two_requeues_of_a_failed_job_at_once_requeue_it_once(make_jobs: Factory) -> None:
+    """Two clicks on Requeue, or two processes: one requeues, the other is told the job is
+    no longer failed."""
+    async with make_jobs(commands=[FailCommand], default_retry_limit=0) as jobs:
+        ref = await jobs.enqueue_command(FailCommand, Fail())
+        assert (await jobs.wait_for_job(ref.id)).state is JobState.FAILED
+    async with (
+        make_jobs(commands=[FailCommand], execute=False) as one,
+        make_jobs(commands=[FailCommand], execute=False) as other,
+    ):
+        outcomes: list[str] = []
+
+        async def requeue(jobs: BackgroundJobs) -> None:
+            try:
+                await jobs.requeue_failed_job(ref.id)
+            except InvalidJobStateError:
+                outcomes.append("refused")
+            else:
+                outcomes.append("requeued")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(requeue, one)
+            group.start_soon(requeue, other)
+        result = await one.get_job(ref.id)
+    assert sorted(outcomes) == ["refused", "requeued"]
+    assert result is not None and result.state is JobState.QUEUED
+
+
 async def test_requeue_rejects_active_and_unknown_jobs(make_jobs: Factory) -> None:
     from asyncjobs.exceptions import JobNotFoundError
 
@@ -341,6 +369,34 @@ async def test_duplicate_ref_id_is_a_clear_error(make_jobs: Factory) -> None:
             await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(ref_id="same"))
         # nothing was half-written by the failed enqueue
         assert len(await jobs.store.select_job_ids(None, None)) == 1
+        batch = [(AddCommand, Add(i, 1), JobOptions(ref_id=f"new-{i}")) for i in range(6)]
+        batch.append((AddCommand, Add(1, 1), JobOptions(ref_id="same")))
+        with pytest.raises(DuplicateRefIdError, match=r"one of the batch's ref_ids \(new-0,"):
+            await jobs.enqueue_many(batch)
+        assert len(await jobs.store.select_job_ids(None, None)) == 1
+
+
+async def test_bulk_cancel_and_task_removal_refuse_what_names_nothing(make_jobs: Factory) -> None:
+    """A state that is no state, or a name no database could hold, is a clear error rather
+    than a driver's (or a silent 0)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        with pytest.raises(InvalidOptionsError, match="state must be one of Queued, "):
+            await jobs.cancel_jobs(state="queued")  # type: ignore[arg-type]
+        for worker in ("a\x00b", 5, "w" * 256):
+            with pytest.raises(InvalidOptionsError, match="worker"):
+                await jobs.cancel_jobs(worker=worker)  # type: ignore[arg-type]
+        for name in ("a\x00b", 5):
+            with pytest.raises(ConfigurationError, match="no recurring task could have"):
+                await jobs.delete_recurring_task(name)  # type: ignore[arg-type]
+        assert await jobs.cancel_jobs(state="Queued") == 1  # type: ignore[arg-type]
+        result = await jobs.get_job(ref.id)
+        assert result is not None and result.state is JobState.CANCELLED
+
+
+def test_commands_must_be_a_list() -> None:
+    with pytest.raises(ConfigurationError, match="commands must be a list"):
+        BackgroundJobs("sqlite:///unused.db", commands=AddCommand)  # type: ignore[arg-type]
 
 
 async def test_enqueue_many_keeps_each_jobs_command_options_and_request(

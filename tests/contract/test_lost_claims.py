@@ -181,6 +181,33 @@ async def test_a_cancel_asked_while_an_attempt_fails_is_not_lost_to_the_retry(
     assert starts("asked") == 1
 
 
+async def test_a_cancel_asked_while_a_claims_reply_is_lost_is_not_lost_to_its_requeue(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's claim commits, its reply is lost, and the job is cancelled (from another
+    process) before its node gives it back: it ends Cancelled and never runs."""
+    job_ids = await enqueue_labelled(make_jobs, SleepCommand, ["unsure"])
+    async with make_jobs(commands=COMMANDS, execute=False) as other:
+        jobs = make_jobs(commands=COMMANDS)
+        real_claim = jobs.store.claim
+        acknowledged: list[bool] = []
+
+        async def claim_cancelled_then_lost(*args: Any, **kwargs: Any) -> Any:
+            claim = await real_claim(*args, **kwargs)
+            if claim.jobs and not acknowledged:
+                acknowledged.append(await other.cancel_job(job_ids[0]))
+                raise ReplyLost("connection lost after claim committed")
+            return claim
+
+        monkeypatch.setattr(jobs.store, "claim", claim_cancelled_then_lost)
+        async with jobs:
+            with anyio.fail_after(20):
+                result = await jobs.wait_for_job(job_ids[0])
+    assert acknowledged == [True]
+    assert result.state is JobState.CANCELLED
+    assert starts("unsure") == 0
+
+
 async def test_an_outcome_the_database_refuses_holds_up_no_other(
     make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

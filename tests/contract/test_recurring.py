@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
@@ -267,6 +268,44 @@ async def test_a_task_that_cannot_be_read_holds_up_no_other(
     assert any("a-unreadable cannot be read" in record.getMessage() for record in caplog.records)
 
 
+async def test_a_recurring_tasks_jobs_keep_its_parent_id(make_jobs: Factory) -> None:
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[AddCommand], clock=clock) as jobs:
+        parent = await jobs.enqueue_command(AddCommand, Add(0, 0))
+        options = JobOptions(parent_id=parent.id)
+        await jobs.recurring_command(AddCommand, Schedule.every_minute, Add(1, 1), options=options)
+        clock.advance(timedelta(minutes=1))
+        (job_id,) = await _fired_jobs(jobs, "AddCommand", 1)
+        fired = await jobs.get_job(job_id)
+    assert fired is not None and fired.summary.parent_id == parent.id
+
+
+async def test_a_task_that_cannot_fire_holds_up_no_other(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task whose firing fails every time (its job refused by the database, say) is tried
+    again after a pause; the tasks due after it still fire."""
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[AddCommand], clock=clock) as jobs:
+        real_fire_task = jobs.store.fire_task
+        attempts: list[str] = []
+
+        async def refused_for_one(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == "a-refused":
+                attempts.append(name)
+                raise RuntimeError("refused by the database")
+            return await real_fire_task(name, *args, **kwargs)
+
+        monkeypatch.setattr(jobs.store, "fire_task", refused_for_one)
+        await jobs.recurring_command(AddCommand, Schedule.every_minute, Add(2, 2), name="a-refused")
+        await jobs.recurring_command(AddCommand, Schedule.every_minute, Add(1, 1))
+        for minute in (1, 2):
+            clock.advance(timedelta(minutes=1))
+            await _fired_jobs(jobs, "AddCommand", minute)
+        assert (await _task(jobs, "a-refused")).last_run is None
+    assert len(attempts) >= 2
+
+
 async def test_a_task_that_cannot_be_read_does_not_slow_the_others(make_jobs: Factory) -> None:
     """It stays due, and is looked at again only at the next refresh: the others still fire
     when they are due, not at that refresh."""
@@ -286,17 +325,31 @@ async def test_bad_recurring_tasks_are_refused_when_registered(make_jobs: Factor
             await jobs.recurring_command(AddCommand, Schedule.hourly, Add(1, 1), name="")
         with pytest.raises(ConfigurationError, match="needs a name"):
             await jobs.recurring_command(AddCommand, Schedule.hourly, Add(1, 1), name=5)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="at most 255"):
+            await jobs.recurring_command(AddCommand, Schedule.hourly, Add(1, 1), name="n" * 256)
         later = datetime(2030, 1, 1, tzinfo=UTC)
         with pytest.raises(InvalidOptionsError, match="cannot take run_after"):
             await jobs.recurring_command(
                 AddCommand, Schedule.hourly, Add(1, 1),
                 options=JobOptions(run_command=True, run_after=later),
             )  # fmt: skip
-        with pytest.raises(InvalidOptionsError, match="cannot take run_after or depends_on"):
+        with pytest.raises(InvalidOptionsError, match="cannot take depends_on"):
             await jobs.recurring_command(
                 AddCommand, Schedule.hourly, Add(1, 1),
                 options=JobOptions(run_command=True, depends_on=1),
             )  # fmt: skip
+        # Nor a stored job's: one delay, parent to wait for or ref_id cannot fit every
+        # occurrence.
+        for once_only, refused in [
+            (JobOptions(run_after=later), "run_after"),
+            (JobOptions(depends_on=1), "depends_on"),
+            (JobOptions(ref_id="once"), "ref_id"),
+        ]:
+            with pytest.raises(InvalidOptionsError, match=f"cannot take {refused}:"):
+                await jobs.recurring_command(
+                    AddCommand, Schedule.hourly, Add(1, 1), options=once_only
+                )
+        assert await jobs.scheduled_tasks() == []
         with pytest.raises(InvalidOptionsError, match="must be JSON"):
             await jobs.recurring_command(
                 AddCommand, Schedule.hourly, Add(1, 1), options=JobOptions(meta={"at": later})
