@@ -70,8 +70,8 @@ def check_text(
         raise InvalidOptionsError(f"{name} is not valid Unicode text: {exc}") from None
 
 
-#: meta as the store encodes it: a value JSON cannot hold becomes its text
-_meta_encoder = msgspec.json.Encoder(enc_hook=str)
+#: args and meta as the store encodes them: a value JSON cannot hold becomes its text
+STORED_JSON_ENCODER = msgspec.json.Encoder(enc_hook=str)
 
 
 def _check_json(name: str, value: object) -> None:
@@ -79,7 +79,7 @@ def _check_json(name: str, value: object) -> None:
     counts: the encoder also writes sets, dataclasses, Structs and other objects (as their
     text), and any of them may hold a NUL, which PostgreSQL's jsonb refuses."""
     try:
-        text = _meta_encoder.encode(value)
+        text = STORED_JSON_ENCODER.encode(value)
     except UnicodeEncodeError as exc:  # a lone surrogate
         raise InvalidOptionsError(f"{name} is not valid Unicode text: {exc}") from None
     except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:

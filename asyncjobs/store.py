@@ -22,6 +22,7 @@ from .exceptions import DuplicateRefIdError, InvalidJobStateError, JobNotFoundEr
 from .models import (
     _JOB_FIELDS,
     _SUMMARY_FIELDS,
+    STORED_JSON_ENCODER,
     BackgroundJob,
     JobError,
     JobResult,
@@ -173,8 +174,8 @@ def _dumps(value: Any) -> str:
 
 
 #: New jobs as they are (see Store._jobs_json), and their args and meta on every dialect; a meta
-#: value JSON cannot hold is stored as its text.
-_new_jobs_encoder = msgspec.json.Encoder(enc_hook=str)
+#: value JSON cannot hold is stored as its text (as JobOptions checked it).
+_new_jobs_encoder = STORED_JSON_ENCODER
 
 
 def _json_text(value: Any) -> str:
