@@ -28,7 +28,8 @@ from types import ModuleType
 from typing import Any, ClassVar, Generic, TypeVar
 
 from ._serialization import type_name
-from .exceptions import RegistrationError
+from .exceptions import InvalidOptionsError, RegistrationError
+from .models import check_name
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -188,6 +189,11 @@ def command_info(cls: type[Any]) -> CommandInfo:
         raise RegistrationError(f"{cls!r} is not a command class (subclass AsyncCommand & co.)")
     if inspect.isabstract(cls):
         raise RegistrationError(f"{cls.__name__} does not implement run()")
+    if cls.worker is not None:
+        try:
+            check_name("worker", cls.worker)
+        except InvalidOptionsError as exc:
+            raise RegistrationError(f"{cls.__name__}.worker: {exc}") from None
     return CommandInfo(cls.__name__, cls, _request_type(cls), cls._is_async, cls.worker)
 
 

@@ -70,6 +70,16 @@ def check_text(
         raise InvalidOptionsError(f"{name} is not valid Unicode text: {exc}") from None
 
 
+def check_name(name: str, value: object) -> None:
+    """A name (ref id, worker, tag, task name, ...) every database stores and compares alike:
+    text of at most MAX_NAME_CHARS characters, not ending with a space (MySQL's collations
+    compare text without its trailing spaces: "w " and "w" would be one worker there and two
+    elsewhere)."""
+    check_text(name, value, max_chars=MAX_NAME_CHARS)
+    if isinstance(value, str) and value.endswith(" "):
+        raise InvalidOptionsError(f"{name} must not end with a space, got {value!r}")
+
+
 #: args and meta as the store encodes them: a value JSON cannot hold becomes its text
 STORED_JSON_ENCODER = msgspec.json.Encoder(enc_hook=str)
 
@@ -183,7 +193,7 @@ class JobOptions:
         for name in ("worker", "tag", "batch_id", "ref_id", "callback", "created_by", "user_id"):
             value = getattr(self, name)
             if value is not None:
-                check_text(name, value, max_chars=MAX_NAME_CHARS)
+                check_name(name, value)
         if self.reply_to is not None:  # a URL, in a column without a width limit
             check_text("reply_to", self.reply_to)
         for key, value in (self.args or {}).items():

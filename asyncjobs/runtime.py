@@ -58,7 +58,6 @@ from .exceptions import (
     StatementTooLargeError,
 )
 from .models import (
-    MAX_NAME_CHARS,
     BackgroundJob,
     JobError,
     JobOptions,
@@ -66,6 +65,7 @@ from .models import (
     JobResult,
     JobState,
     ScheduledTask,
+    check_name,
     check_text,
     storable_text,
 )
@@ -790,6 +790,8 @@ class BackgroundJobs:
     async def get_job_by_ref_id(self, ref_id: str) -> JobResult | None:
         self._require_started()
         check_text("ref_id", ref_id)
+        if ref_id.endswith(" "):  # never stored (see check_name); MySQL would find "x" for "x "
+            return None
         return await self.store.get_job_by_ref_id(ref_id)
 
     async def wait_for_job(self, job_id: int) -> JobResult:
@@ -843,7 +845,7 @@ class BackgroundJobs:
                 states = ", ".join(str(s) for s in JobState)
                 raise InvalidOptionsError(f"state must be one of {states}, got {state!r}") from None
         if worker is not None:
-            check_text("worker", worker, max_chars=MAX_NAME_CHARS)
+            check_name("worker", worker)
         ids = await self.store.select_job_ids(state, worker)
         return await self._cancel(ids, "cancelled in bulk") if ids else 0
 
@@ -941,7 +943,7 @@ class BackgroundJobs:
         if not isinstance(schedule, Schedule):
             raise ConfigurationError(f"schedule must be a Schedule, got {type(schedule).__name__}")
         try:
-            check_text("name", name, max_chars=MAX_NAME_CHARS)
+            check_name("name", name)
         except InvalidOptionsError as exc:
             raise ConfigurationError(f"a recurring task needs a name: {exc}") from None
         if options is not None:
@@ -981,7 +983,7 @@ class BackgroundJobs:
         """Stop and forget a recurring task; returns whether it existed."""
         self._require_started()
         try:
-            check_text("name", name, max_chars=MAX_NAME_CHARS)
+            check_name("name", name)
         except InvalidOptionsError as exc:
             raise ConfigurationError(f"no recurring task could have that name: {exc}") from None
         return await self.store.delete_task(name)

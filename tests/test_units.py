@@ -337,6 +337,8 @@ def _circular() -> list[Any]:
             ({name: "x" * 256}, f"{name} must be at most 255 characters, got 256")
             for name in _NAME_OPTIONS
         ),
+        # MySQL would take "w " for "w"
+        *(({name: "w "}, f"{name} must not end with a space") for name in _NAME_OPTIONS),
         ({"reply_to": 5}, "reply_to must be a non-empty string"),
         ({"reply_to": ""}, "reply_to must be a non-empty string"),
     ],

@@ -394,6 +394,29 @@ async def test_bulk_cancel_and_task_removal_refuse_what_names_nothing(make_jobs:
         assert result is not None and result.state is JobState.CANCELLED
 
 
+class PaddedWorkerCommand(AsyncCommand[Add]):
+    worker = "w "
+
+    async def run(self, request: Add) -> None:
+        pass
+
+
+async def test_names_differing_by_a_trailing_space_are_not_taken_for_each_other(
+    make_jobs: Factory,
+) -> None:
+    """MySQL compares text without trailing spaces: "x " would find or collide with "x"
+    there and not elsewhere. Such names are refused, and looked up as the nothing they are."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(ref_id="order-1"))
+        assert await jobs.get_job_by_ref_id("order-1 ") is None
+        with pytest.raises(InvalidOptionsError, match="must not end with a space"):
+            await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(ref_id="order-1 "))
+        with pytest.raises(ConfigurationError, match="must not end with a space"):
+            await jobs.recurring_command(AddCommand, Schedule.hourly, Add(1, 1), name="report ")
+    with pytest.raises(RegistrationError, match=r"PaddedWorkerCommand\.worker: .* space"):
+        make_jobs(commands=[PaddedWorkerCommand])
+
+
 def test_commands_must_be_a_list() -> None:
     with pytest.raises(ConfigurationError, match="commands must be a list"):
         BackgroundJobs("sqlite:///unused.db", commands=AddCommand)  # type: ignore[arg-type]
