@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from asyncjobs.cron import CronExpression
-from asyncjobs.exceptions import ConfigurationError
+from asyncjobs.exceptions import ConfigurationError, CronFormatError
 
 __all__ = ["Schedule"]
 
@@ -46,6 +46,8 @@ def _resolve_tz(tz: str | tzinfo | None) -> tuple[tzinfo, str]:
         m = _OFFSET_RE.fullmatch(tz)
         if m is not None:
             sign, hh, mm, ss = m.groups()
+            if int(mm) > 59 or int(ss or 0) > 59:
+                raise ConfigurationError(f"time zone offset {tz!r} is not hh:mm[:ss]")
             delta = timedelta(hours=int(hh), minutes=int(mm), seconds=int(ss or 0))
             if delta >= timedelta(hours=24):
                 raise ConfigurationError(f"time zone offset {tz!r} is out of range")
@@ -134,8 +136,11 @@ class Schedule:
         setattr_(self, "_interval", interval)
 
     @staticmethod
-    def cron(expr: str, tz: str | tzinfo | None = None, *, seconds: bool | None = None) -> Schedule:
-        """A cron schedule evaluated on the wall clock of ``tz`` (default UTC).
+    def cron(
+        expr: str | CronExpression, tz: str | tzinfo | None = None, *, seconds: bool | None = None
+    ) -> Schedule:
+        """A cron schedule evaluated on the wall clock of ``tz`` (default UTC); ``expr`` is its
+        text or a parsed CronExpression.
 
         ``seconds=None`` detects a leading seconds field from the field count (six).
         Raises CronFormatError for a bad expression, ConfigurationError for a bad tz or for a
@@ -218,10 +223,17 @@ class Schedule:
         return (Schedule.from_text, (self.to_text(),))
 
 
-def _cron_schedule(expr: str, tz: str | tzinfo | None, seconds: bool | None) -> Schedule:
-    if seconds is None:
-        seconds = _detect_seconds(expr) if isinstance(expr, str) else False
-    expression = CronExpression.parse(expr, seconds=seconds)
+def _cron_schedule(
+    expr: str | CronExpression, tz: str | tzinfo | None, seconds: bool | None
+) -> Schedule:
+    if isinstance(expr, CronExpression):
+        expression = expr
+    elif isinstance(expr, str):
+        if seconds is None:
+            seconds = _detect_seconds(expr)
+        expression = CronExpression.parse(expr, seconds=seconds)
+    else:
+        raise CronFormatError(f"a cron expression is text, not {type(expr).__name__}")
     zone, name = _resolve_tz(tz)
     return Schedule("cron", expression, zone, name, None)
 

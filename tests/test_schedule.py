@@ -68,6 +68,19 @@ def test_invalid_time_zone() -> None:
         Schedule.cron("* * * * *", "../etc/passwd")
     with pytest.raises(ConfigurationError):
         Schedule.cron("* * * * *", "+25:00")
+    for offset in ("+05:75", "-01:00:60"):  # not taken for +06:15 or -01:01
+        with pytest.raises(ConfigurationError, match="is not hh:mm"):
+            Schedule.cron("* * * * *", offset)
+
+
+def test_cron_takes_a_parsed_expression_and_nothing_but_text_else() -> None:
+    parsed = CronExpression.parse("0 9 * * 1-5")
+    assert Schedule.cron(parsed, "Europe/Berlin") == Schedule.cron("0 9 * * 1-5", "Europe/Berlin")
+    seconds = CronExpression.parse("*/10 * * * * *", seconds=True)
+    assert Schedule.from_text(Schedule.cron(seconds).to_text()) == Schedule.cron(seconds)
+    for bad in (None, 5):
+        with pytest.raises(CronFormatError, match="a cron expression is text"):
+            Schedule.cron(bad)  # type: ignore[arg-type]
 
 
 def test_seconds_detection() -> None:
