@@ -1,4 +1,4 @@
-"""The admin HTTP API, on SQLite and PostgreSQL: every endpoint and filter, the actions,
+"""The admin HTTP API, on SQLite, PostgreSQL and MariaDB: every endpoint and filter, the actions,
 authorisation, cross-site protection and malformed input."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import anyio
 import httpx
 import pytest
 
-from asyncjobs import BackgroundJobs, JobOptions
+from asyncjobs import BackgroundJobs, JobOptions, Schedule
 from asyncjobs.exceptions import ConfigurationError
 from asyncjobs.web import AdminApp, AdminRequest, create_app, mount
 from asyncjobs.web import _api as web_api
@@ -35,9 +35,9 @@ from tests.admin_support import (
     seed_history,
     wait_state,
 )
-from tests.commands import Add, AddCommand, Sleep, SleepCommand
+from tests.commands import Add, AddCommand, Fail, FailCommand, Sleep, SleepCommand
 
-pytestmark = [pytest.mark.anyio, pytest.mark.dialects("sqlite", "postgres")]
+pytestmark = [pytest.mark.anyio, pytest.mark.dialects("sqlite", "postgres", "mysql")]
 Factory = Callable[..., BackgroundJobs]
 TOKEN = "s3cret-token"
 ACTION = {"X-Requested-With": "asyncjobs"}
@@ -236,6 +236,21 @@ async def test_live_progress_and_log_tail(admin: Admin) -> None:
     assert tail["active"] is False
 
 
+async def test_live_takes_the_largest_log_offset_it_allows(admin: Admin) -> None:
+    """2**31-1 (an int4's largest): past the end of a running job's log, the log comes whole;
+    for a job that does not exist, a 404."""
+    largest = 2**31 - 1
+    ref = await admin.jobs.enqueue_command(ProgressCommand, Steps(1, 30))
+    with anyio.fail_after(10):
+        while not (logs := (await admin.get(f"/api/jobs/{ref.id}/live"))["logs"]):
+            await anyio.sleep(0.05)
+    assert "starting 1 steps" in logs  # and nothing more for 30 s
+    data = await admin.get(f"/api/jobs/{ref.id}/live", log_offset=largest)
+    assert data["active"] is True and data["logs"] == logs and data["log_offset"] == len(logs)
+    await admin.get("/api/jobs/424242/live", 404, log_offset=largest)
+    await admin.jobs.cancel_job(ref.id)
+
+
 async def test_lists_filter_by_every_field(admin: Admin) -> None:
     ids = await seed_history(admin.jobs)
     cancelled = await admin.jobs.enqueue_command(
@@ -279,6 +294,30 @@ async def test_lists_filter_by_every_field(admin: Admin) -> None:
     assert [r["id"] for r in page["items"] + last["items"]] == everything[:4] + everything[8:]
 
 
+async def test_search_folds_the_case_of_every_letter(admin: Admin) -> None:
+    """Not only ASCII: upper-case letters such as Ä and Ö are found by their lower-case form,
+    and the other way round, in the summaries and in the archives."""
+    tagged = await admin.jobs.enqueue_command(
+        AddCommand, Add(1, 1), JobOptions(tag="Ärger im Öl-Depot")
+    )
+    failed = await admin.jobs.enqueue_command(
+        FailCommand, Fail("ÜBEL: Straße gesperrt"), JobOptions(retry_limit=0)
+    )
+    await wait_state(admin.jobs, tagged.id, "Completed")
+    await wait_state(admin.jobs, failed.id, "Failed")
+
+    async def found(q: str, view: str = "summary") -> list[int]:
+        return [row["id"] for row in (await admin.get("/api/jobs", q=q, view=view))["items"]]
+
+    for q in ("Ärger im Öl-Depot", "ärger", "ÄRGER", "Öl", "öl-depot", "DEPOT"):
+        assert await found(q) == [tagged.id], q
+        assert await found(q, "completed") == [tagged.id], q
+    for q in ("übel", "ÜBEL", "straße gesperrt"):
+        assert await found(q) == [failed.id], q
+        assert await found(q, "failed") == [failed.id], q
+    assert await found("örger") == [] and await found("ärgerlich") == []
+
+
 async def test_archive_views_read_one_month(admin: Admin) -> None:
     ids = await seed_history(admin.jobs)
     month = datetime.now(UTC).strftime("%Y%m")
@@ -315,11 +354,43 @@ async def test_scheduled_tasks_and_run_now(admin: Admin) -> None:
     assert datetime.fromisoformat(nightly["last_run"]) == last_run
     assert datetime.fromisoformat(nightly["next_run"]) > datetime.now(UTC)
     assert tasks["often"]["schedule_text"] == "every 1m 30s" and tasks["often"]["enabled"] is True
+    assert nightly["can_run_now"] is True and nightly["cannot_run_now"] is None
+    assert "options" not in nightly
     ran = await admin.post("/api/scheduled/nightly/run")
     assert ran["name"] == "nightly" and isinstance(ran["job_id"], int)
     ran_job = await admin.jobs.get_job(ran["job_id"])
     assert ran_job is not None and ran_job.summary.command == "PingCommand"
     await admin.post("/api/scheduled/nope/run", status=404)
+
+
+async def test_run_now_says_which_tasks_cannot_run_here(make_jobs: Factory, dsn: str) -> None:
+    """An admin that does not execute jobs (as `python -m asyncjobs admin` runs) cannot run a
+    transient task (run_command=True), and no admin can run a task whose stored schedule this
+    version cannot read: the list says so per task, and Run now is a 409 saying why."""
+    jobs = admin_jobs(make_jobs(execute=False))
+    app = create_app(jobs, bearer_token=TOKEN)
+    async with jobs, client_for(app, authorization=f"Bearer {TOKEN}") as client:
+        admin = Admin(jobs, app, client, dsn)
+        await jobs.recurring_command(AddCommand, Schedule.every_minute, Add(1, 2), name="here",
+                                     options=JobOptions(run_command=True))  # fmt: skip
+        await jobs.recurring_command(AddCommand, Schedule.every_minute, Add(1, 2), name="queued")
+        await insert_task(dsn, "broken", "cron:not a cron|UTC")
+        data = await admin.get("/api/scheduled")
+        tasks = {t["name"]: t for t in data["tasks"]}
+        assert data["can_run_now"] is True  # the runtime has Run now; each task says if it can
+        assert tasks["queued"]["can_run_now"] is True and tasks["queued"]["cannot_run_now"] is None
+        assert tasks["here"]["can_run_now"] is False
+        assert "does not execute jobs" in tasks["here"]["cannot_run_now"]
+        assert tasks["broken"]["can_run_now"] is False
+        assert "cannot read" in tasks["broken"]["cannot_run_now"]
+
+        here = await admin.post("/api/scheduled/here/run", status=409)
+        assert "does not execute jobs" in here["error"]
+        broken = await admin.post("/api/scheduled/broken/run", status=409)
+        assert "'broken' cannot run now" in broken["error"]
+        queued = await admin.post("/api/scheduled/queued/run")
+        assert isinstance(queued["job_id"], int)
+        await admin.post("/api/scheduled/nope/run", status=404)
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -495,6 +566,40 @@ async def test_basic_auth_and_authorize_callable(admin: Admin) -> None:
         assert rebound.status_code == 403 and "not allowed" in rebound.json()["error"]
         ok = await client.get("/api/overview", headers={"host": "localhost:8700"})
         assert ok.status_code == 200
+
+
+@pytest.mark.dialects("sqlite")
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"bearer_token": 1234}, "bearer_token must be a str, got int"),
+        ({"basic_auth": ("admin", 1234)}, r"user and password must be str, got \(str, int\)"),
+        ({"basic_auth": (b"admin", "pw")}, r"user and password must be str, got \(bytes, str\)"),
+        ({"basic_auth": ("a", "b", "c")}, "basic_auth must be"),
+        ({"basic_auth": 1234}, "basic_auth must be"),
+        ({"authorize": "admins", "bearer_token": "t"}, "authorize must be a callable"),
+        ({"bearer_token": "t", "allowed_hosts": "localhost"}, "collection of host names"),
+        ({"bearer_token": "t", "allowed_hosts": b"localhost"}, "collection of host names"),
+        ({"bearer_token": "t", "allowed_hosts": 8700}, "collection of host names"),
+        ({"bearer_token": "t", "allowed_hosts": ["localhost", 127]}, "as str, got int"),
+    ],
+)
+async def test_security_settings_of_the_wrong_type_are_refused(
+    make_jobs: Factory, settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        create_app(make_jobs(), **settings)
+
+
+@pytest.mark.dialects("sqlite")
+async def test_allowed_hosts_match_in_any_case(make_jobs: Factory) -> None:
+    jobs = make_jobs()
+    app = create_app(jobs, allow_unauthenticated=True, allowed_hosts=[" LocalHost "])
+    async with jobs, client_for(app) as client:
+        ok = await client.get("/api/overview", headers={"host": "localhost:8700"})
+        assert ok.status_code == 200
+        other = await client.get("/api/overview", headers={"host": "l"})
+        assert other.status_code == 403
 
 
 async def test_actions_refuse_cross_site_requests(admin: Admin) -> None:

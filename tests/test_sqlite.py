@@ -8,7 +8,7 @@ import pytest
 
 from asyncjobs import BackgroundJobs
 from asyncjobs.dialects.sqlite import SqliteDialect
-from asyncjobs.exceptions import ConfigurationError
+from asyncjobs.exceptions import ConfigurationError, InvalidDsnError
 
 pytestmark = pytest.mark.anyio
 
@@ -54,3 +54,31 @@ async def test_a_path_that_is_no_database_is_a_configuration_error(tmp_path: Pat
             async with jobs:
                 pass
     assert not_a_database.read_text().startswith("not SQLite")
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["busy_timeout=abc", "busy_timeout=5", "max_size=-5", "nonsense=1", "nonsense", "a=1&b=2"],
+)
+def test_dsn_query_options_are_refused(tmp_path: Path, query: str) -> None:
+    """SQLite's settings are keyword arguments only: an option in the DSN is an error, not
+    dropped without a word."""
+    with pytest.raises(InvalidDsnError, match="takes no query options"):
+        BackgroundJobs(f"sqlite:///{tmp_path / 'jobs.db'}?{query}")
+    BackgroundJobs(f"sqlite:///{tmp_path / 'jobs.db'}", busy_timeout=5)
+
+
+async def test_connection_folds_case_as_python_does(tmp_path: Path) -> None:
+    """unicode_lower(), which the admin's search uses: SQLite's LOWER folds ASCII only."""
+    dialect = SqliteDialect(str(tmp_path / "jobs.db"))
+    await dialect.open()
+    try:
+        folded = await dialect.run(
+            lambda db: db.execute(
+                "SELECT LOWER('ÄRGER Öl'), unicode_lower('ÄRGER Öl'), unicode_lower(NULL), "
+                "unicode_lower(7)"
+            ).fetchone()
+        )
+    finally:
+        await dialect.close()
+    assert folded == ("Ärger Öl", "ärger öl", None, 7)

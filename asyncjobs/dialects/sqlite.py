@@ -22,7 +22,7 @@ import anyio.to_thread
 
 from .._settings import check_duration, check_seconds
 from .._sql import Queries, load_queries, split_statements
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, InvalidDsnError
 from ._base import Capabilities, ChangeWatch, Connection, Dialect, Params, Row, no_listen
 from ._dsn import Dsn
 
@@ -54,6 +54,11 @@ def _from_db_time(value: Any) -> Any:
         # fromisoformat reads the stored form (and is many times faster than strptime)
         return datetime.fromisoformat(value).replace(tzinfo=UTC)
     return value
+
+
+def _unicode_lower(value: Any) -> Any:
+    """SQL ``unicode_lower(text)``: ``str.lower`` (NULL and numbers pass unchanged)."""
+    return value.lower() if isinstance(value, str) else value
 
 
 def _convert(value: Any) -> Any:
@@ -229,6 +234,9 @@ class SqliteDialect(Dialect):
             # commits in half the time. The WAL file is cut back after each checkpoint.
             db.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
             db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+            # SQLite's LOWER and LIKE fold ASCII letters only: the admin's search folds the
+            # others with this, as Python folds the search text (see sql/sqlite/admin.sql).
+            db.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
             return db
 
         try:
@@ -318,5 +326,14 @@ def create(dsn: Dsn, **settings: Any) -> SqliteDialect:
     if unknown:
         raise ConfigurationError(
             f"unknown SQLite settings {unknown}; known settings: {', '.join(_SETTINGS)}"
+        )
+    # SQLite's settings are keyword arguments only: an option would otherwise be dropped
+    # without a word (a mistyped or a pool option, say). The raw text catches "?name" alone,
+    # which parsing drops.
+    query = dsn.raw.partition("?")[2]
+    if dsn.options or query:
+        raise InvalidDsnError(
+            f"a SQLite DSN takes no query options, got {query or dsn.options!r}; its settings "
+            f"({', '.join(_SETTINGS)}) are keyword arguments"
         )
     return SqliteDialect(dsn.database, **settings)

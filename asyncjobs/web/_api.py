@@ -15,9 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..exceptions import InvalidJobStateError, JobNotFoundError
+from ..exceptions import (
+    ConfigurationError,
+    CronFormatError,
+    InvalidJobStateError,
+    JobNotFoundError,
+    RegistrationError,
+    SerializationError,
+)
 from ..models import FINAL_STATES, BackgroundJob, JobResult, JobState, JobSummary
 from ..schedule import Schedule
+from ..scheduler import row_to_task
 from ..store import utcnow
 from ._admin_store import AdminStore, JobFilter
 from ._http import HTTPError
@@ -321,14 +329,42 @@ class AdminApi:
         items = []
         for task in tasks:
             item = dict(task, enabled=bool(task["enabled"]))
+            item.pop("options")
             item["schedule_text"] = describe_schedule(str(task["schedule"]))
             if item["next_run"] is None and item["enabled"]:
                 try:
                     item["next_run"] = Schedule.from_text(str(task["schedule"])).next_after(now)
                 except Exception:
                     item["next_run"] = None
+            item["cannot_run_now"] = self._cannot_run_now(task)
+            item["can_run_now"] = item["cannot_run_now"] is None
             items.append(item)
+        # At the top: this runtime has Run now at all (older ones had not); each task says
+        # whether it can run now from here.
         return {"now": now, "tasks": items, "can_run_now": True}
+
+    def _cannot_run_now(self, task: dict[str, Any]) -> str | None:
+        """Why Run now would fail for a listed task (as :meth:`run_task` would say), or None."""
+        try:
+            # The request body is decoded only when a transient task runs: not needed here.
+            parsed = row_to_task({**task, "request_body": None})
+        except (ConfigurationError, CronFormatError) as exc:
+            return f"this version cannot read the task: {exc}"
+        if not parsed.options.run_command:
+            return None  # enqueued as a job: whichever process runs jobs will run it
+        if not self.jobs.execute:
+            return (
+                "the task runs in the process that starts it (run_command=True), and this "
+                "process does not execute jobs"
+            )
+        try:
+            if parsed.command is not None:
+                self.jobs.registry.command(parsed.command)
+            else:
+                self.jobs.registry.api(parsed.request)
+        except RegistrationError as exc:
+            return str(exc)
+        return None
 
     # -- actions --------------------------------------------------------------------------
 
@@ -387,8 +423,13 @@ class AdminApi:
     async def run_task(self, name: str) -> dict[str, Any]:
         try:
             ref = await self.jobs.run_scheduled_task(name)
-        except LookupError as exc:
+        except JobNotFoundError as exc:
             raise HTTPError(404, str(exc) or f"no scheduled task named {name!r}") from None
+        except (ConfigurationError, CronFormatError, RegistrationError, SerializationError) as exc:
+            # The task exists but cannot run from here: a transient task in a process that
+            # does not execute jobs or does not know its command, or one this version cannot
+            # read (another version's, or written by hand).
+            raise HTTPError(409, f"task {name!r} cannot run now: {exc}") from None
         finally:
             self.cache.clear()
         return {
@@ -428,7 +469,7 @@ def _waiting_reason(job: dict[str, Any]) -> dict[str, Any]:
     """Why a queued job has not started: its run_after (still ahead by the database's clock),
     its parent, the job ahead of it on its named worker, or the job that worker is running
     (the first that applies)."""
-    if job.pop("delayed", None):
+    if job.pop("is_delayed", None):
         return {"reason": "run_after", "until": job.get("run_after")}
     if job.get("depends_on") is not None and job.get("parent_state") != JobState.COMPLETED:
         return {

@@ -40,6 +40,14 @@ class Guard:
         allow_unauthenticated: bool,
         allowed_hosts: Iterable[str] | None,
     ) -> None:
+        if authorize is not None and not callable(authorize):
+            raise ConfigurationError(
+                f"authorize must be a callable, got {type(authorize).__name__}"
+            )
+        if bearer_token is not None and not isinstance(bearer_token, str):
+            raise ConfigurationError(
+                f"bearer_token must be a str, got {type(bearer_token).__name__}"
+            )
         if bearer_token is not None and not bearer_token.strip():
             raise ConfigurationError("bearer_token must not be empty")
         if bearer_token is not None and not bearer_token.isascii():
@@ -56,7 +64,7 @@ class Guard:
                 "basic_auth=(user, password); or allow_unauthenticated=True if it is reachable "
                 "only by trusted users (for example on 127.0.0.1)"
             )
-        self.allowed_hosts = None if allowed_hosts is None else frozenset(allowed_hosts)
+        self.allowed_hosts = None if allowed_hosts is None else _host_set(allowed_hosts)
 
     async def check(self, request: AdminRequest) -> None:
         """Raise 401/403 unless the request may proceed."""
@@ -131,6 +139,24 @@ def host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _host_set(hosts: Iterable[str]) -> frozenset[str]:
+    # A str is iterable too, but as its letters: allowed_hosts="localhost" would let in
+    # Host "l" and keep out localhost.
+    if isinstance(hosts, str | bytes) or not isinstance(hosts, Iterable):
+        raise ConfigurationError(
+            "allowed_hosts must be a collection of host names, such as {'localhost'}, "
+            f"not {type(hosts).__name__}"
+        )
+    found = list(hosts)
+    for host in found:
+        if not isinstance(host, str):
+            raise ConfigurationError(
+                f"allowed_hosts must hold host names as str, got {type(host).__name__}"
+            )
+    # Compared with host_name(), which lower-cases the request's Host.
+    return frozenset(host.strip().lower() for host in found)
+
+
 def _basic_pair(value: tuple[str, str] | str | None) -> tuple[str, str] | None:
     if value is None:
         return None
@@ -139,7 +165,16 @@ def _basic_pair(value: tuple[str, str] | str | None) -> tuple[str, str] | None:
         if not sep:
             raise ConfigurationError("basic_auth must be (user, password) or 'user:password'")
         value = (user, password)
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise ConfigurationError(
+            f"basic_auth must be (user, password) or 'user:password', got {type(value).__name__}"
+        )
     user, password = value
+    if not isinstance(user, str) or not isinstance(password, str):
+        raise ConfigurationError(
+            "basic_auth's user and password must be str, got "
+            f"({type(user).__name__}, {type(password).__name__})"
+        )
     if not user or not password or ":" in user:
         raise ConfigurationError("basic_auth needs a user (without ':') and a non-empty password")
     return user, password

@@ -125,7 +125,7 @@ SELECT TOP (:limit) j.id, j.ref_id, j.request_type, j.command, j.request, j.work
        j.retry_limit, j.error_code, j.state,
        p.state AS parent_state,
        -- still ahead by the clock the claim judges it by
-       CASE WHEN j.run_after > SYSUTCDATETIME() THEN 1 ELSE 0 END AS delayed,
+       CASE WHEN j.run_after > SYSUTCDATETIME() THEN 1 ELSE 0 END AS is_delayed,
        (SELECT MIN(r.id) FROM background_job AS r
         WHERE j.worker IS NOT NULL AND r.worker = j.worker
           AND r.state IN ('Started', 'Executed')) AS worker_running_id,
@@ -223,15 +223,17 @@ ORDER BY id;
 -- name: admin_job_live
 -- A running job's progress and the log text past :log_offset characters, for the live panel.
 -- DATALENGTH / 2 counts UTF-16 code units, as SUBSTRING does; LEN would drop trailing spaces.
+-- The start is counted in BIGINT: an int offset of 2**31-1 plus one would overflow.
 SELECT id, state, progress, status, attempts, started_date, last_activity_date,
        cancel_requested, DATALENGTH(logs) / 2 AS log_length,
-       SUBSTRING(logs, :log_offset + 1, 2147483647) AS log_tail
+       SUBSTRING(logs, CAST(:log_offset AS BIGINT) + 1, 2147483647) AS log_tail
 FROM background_job
 WHERE id = :id;
 
 -- name: admin_scheduled_tasks
--- Recurring tasks with the state of the last job each enqueued.
-SELECT t.id, t.name, t.schedule, t.request_type, t.command, t.request, t.enabled,
+-- Recurring tasks with the state of the last job each enqueued (options tell whether the admin
+-- can run one now).
+SELECT t.id, t.name, t.schedule, t.request_type, t.command, t.request, t.options, t.enabled,
        t.last_run, t.next_run, t.last_job_id, t.created_date, t.modified_date,
        s.state AS last_job_state, s.duration_ms AS last_job_duration_ms
 FROM scheduled_task AS t

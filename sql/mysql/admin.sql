@@ -124,8 +124,8 @@ SELECT j.id, j.ref_id, j.request_type, j.command, j.request, j.worker, j.tag, j.
        j.created_date, j.run_after, j.depends_on, j.priority, j.attempts, j.retry_limit,
        j.error_code, j.state,
        p.state AS parent_state,
-       -- still ahead by the clock the claim judges it by
-       COALESCE(j.run_after > UTC_TIMESTAMP(6), 0) AS delayed,
+       -- still ahead by the clock the claim judges it by ("delayed" is a reserved word here)
+       COALESCE(j.run_after > UTC_TIMESTAMP(6), 0) AS is_delayed,
        (SELECT MIN(r.id) FROM background_job r
         WHERE j.worker IS NOT NULL AND r.worker = j.worker
           AND r.state IN ('Started', 'Executed')) AS worker_running_id,
@@ -228,8 +228,9 @@ FROM background_job
 WHERE id = :id;
 
 -- name: admin_scheduled_tasks
--- Recurring tasks with the state of the last job each enqueued.
-SELECT t.id, t.name, t.schedule, t.request_type, t.command, t.request, t.enabled,
+-- Recurring tasks with the state of the last job each enqueued (options tell whether the admin
+-- can run one now).
+SELECT t.id, t.name, t.schedule, t.request_type, t.command, t.request, t.options, t.enabled,
        t.last_run, t.next_run, t.last_job_id, t.created_date, t.modified_date,
        s.state AS last_job_state, s.duration_ms AS last_job_duration_ms
 FROM scheduled_task t

@@ -91,7 +91,7 @@ SELECT j.id, j.ref_id, j.request_type, j.command, j.request, j.worker, j.tag, j.
        j.error_code, j.state,
        p.state AS parent_state,
        -- still ahead by the clock the claim judges it by
-       COALESCE(j.run_after > now(), false) AS delayed,
+       COALESCE(j.run_after > now(), false) AS is_delayed,
        (SELECT MIN(r.id) FROM background_job r
         WHERE j.worker IS NOT NULL AND r.worker = j.worker
           AND r.state IN ('Started', 'Executed')) AS worker_running_id,
@@ -188,15 +188,18 @@ LIMIT 100;
 
 -- name: admin_job_live
 -- A running job's progress and the log text past :log_offset characters, for the live panel.
+-- substr takes an integer: the start is counted in bigint (an offset of 2**31-1 plus one would
+-- overflow integer) and capped, which cuts nothing: a text value holds at most 1 GB.
 SELECT id, state, progress, status, attempts, started_date, last_activity_date,
        cancel_requested, length(logs) AS log_length,
-       substr(logs, :log_offset::integer + 1) AS log_tail
+       substr(logs, least(:log_offset::bigint + 1, 2147483647)::integer) AS log_tail
 FROM background_job
 WHERE id = :id;
 
 -- name: admin_scheduled_tasks
--- Recurring tasks with the state of the last job each enqueued.
-SELECT t.id, t.name, t.schedule, t.request_type, t.command, t.request, t.enabled,
+-- Recurring tasks with the state of the last job each enqueued (options tell whether the admin
+-- can run one now).
+SELECT t.id, t.name, t.schedule, t.request_type, t.command, t.request, t.options, t.enabled,
        t.last_run, t.next_run, t.last_job_id, t.created_date, t.modified_date,
        s.state AS last_job_state, s.duration_ms AS last_job_duration_ms
 FROM scheduled_task t

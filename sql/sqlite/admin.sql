@@ -4,6 +4,12 @@
 -- '!'), limit, offset. The dashboard looks at jobs created since :since (the last 24 hours),
 -- which the created_date index bounds.
 
+-- Differs from the others: SQLite's LIKE (and LOWER) fold ASCII letters only. The search tries
+-- the plain LIKE first; text with other characters (fewer characters than bytes) is then
+-- matched folded by unicode_lower(), Python's str.lower as for :q, which the dialect registers
+-- on its connection. Only that text pays for a call into Python: calling it for every row and
+-- column would make a search twice as slow.
+
 -- name: admin_active_counts
 -- The live queue by state; delayed = queued jobs whose run_after is still ahead.
 SELECT state, COUNT(*) AS total,
@@ -122,7 +128,7 @@ SELECT j.id, j.ref_id, j.request_type, j.command, j.request, j.worker, j.tag, j.
        j.error_code, j.state,
        p.state AS parent_state,
        -- still ahead by the clock the claim judges it by
-       COALESCE(j.run_after > strftime('%Y-%m-%d %H:%M:%f000', 'now'), 0) AS delayed,
+       COALESCE(j.run_after > strftime('%Y-%m-%d %H:%M:%f000', 'now'), 0) AS is_delayed,
        (SELECT MIN(r.id) FROM background_job r
         WHERE j.worker IS NOT NULL AND r.worker = j.worker
           AND r.state IN ('Started', 'Executed')) AS worker_running_id,
@@ -152,9 +158,22 @@ WHERE (:state IS NULL OR state = :state)
   AND (:user_id IS NULL OR user_id = :user_id)
   AND (:from_date IS NULL OR created_date >= :from_date)
   AND (:to_date IS NULL OR created_date < :to_date)
-  AND (:q IS NULL OR LOWER(ref_id) LIKE :q ESCAPE '!' OR LOWER(command) LIKE :q ESCAPE '!'
-       OR LOWER(request) LIKE :q ESCAPE '!' OR LOWER(tag) LIKE :q ESCAPE '!'
-       OR LOWER(batch_id) LIKE :q ESCAPE '!' OR LOWER(error_message) LIKE :q ESCAPE '!')
+  AND (:q IS NULL
+       OR ref_id LIKE :q ESCAPE '!' OR command LIKE :q ESCAPE '!' OR request LIKE :q ESCAPE '!'
+       OR tag LIKE :q ESCAPE '!' OR batch_id LIKE :q ESCAPE '!'
+       OR error_message LIKE :q ESCAPE '!'
+       OR (length(ref_id) < length(CAST(ref_id AS BLOB))
+           AND unicode_lower(ref_id) LIKE :q ESCAPE '!')
+       OR (length(command) < length(CAST(command AS BLOB))
+           AND unicode_lower(command) LIKE :q ESCAPE '!')
+       OR (length(request) < length(CAST(request AS BLOB))
+           AND unicode_lower(request) LIKE :q ESCAPE '!')
+       OR (length(tag) < length(CAST(tag AS BLOB))
+           AND unicode_lower(tag) LIKE :q ESCAPE '!')
+       OR (length(batch_id) < length(CAST(batch_id AS BLOB))
+           AND unicode_lower(batch_id) LIKE :q ESCAPE '!')
+       OR (length(error_message) < length(CAST(error_message AS BLOB))
+           AND unicode_lower(error_message) LIKE :q ESCAPE '!'))
 ORDER BY id DESC
 LIMIT :limit OFFSET :offset;
 
@@ -176,9 +195,21 @@ WHERE (:state IS NULL OR state = :state)
   AND (:user_id IS NULL OR user_id = :user_id)
   AND (:from_date IS NULL OR created_date >= :from_date)
   AND (:to_date IS NULL OR created_date < :to_date)
-  AND (:q IS NULL OR LOWER(ref_id) LIKE :q ESCAPE '!' OR LOWER(command) LIKE :q ESCAPE '!'
-       OR LOWER(request) LIKE :q ESCAPE '!' OR LOWER(tag) LIKE :q ESCAPE '!'
-       OR LOWER(batch_id) LIKE :q ESCAPE '!' OR LOWER(request_body) LIKE :q ESCAPE '!')
+  AND (:q IS NULL
+       OR ref_id LIKE :q ESCAPE '!' OR command LIKE :q ESCAPE '!' OR request LIKE :q ESCAPE '!'
+       OR tag LIKE :q ESCAPE '!' OR batch_id LIKE :q ESCAPE '!' OR request_body LIKE :q ESCAPE '!'
+       OR (length(ref_id) < length(CAST(ref_id AS BLOB))
+           AND unicode_lower(ref_id) LIKE :q ESCAPE '!')
+       OR (length(command) < length(CAST(command AS BLOB))
+           AND unicode_lower(command) LIKE :q ESCAPE '!')
+       OR (length(request) < length(CAST(request AS BLOB))
+           AND unicode_lower(request) LIKE :q ESCAPE '!')
+       OR (length(tag) < length(CAST(tag AS BLOB))
+           AND unicode_lower(tag) LIKE :q ESCAPE '!')
+       OR (length(batch_id) < length(CAST(batch_id AS BLOB))
+           AND unicode_lower(batch_id) LIKE :q ESCAPE '!')
+       OR (length(request_body) < length(CAST(request_body AS BLOB))
+           AND unicode_lower(request_body) LIKE :q ESCAPE '!'))
 ORDER BY id DESC
 LIMIT :limit OFFSET :offset;
 
@@ -200,10 +231,25 @@ WHERE (:state IS NULL OR state = :state)
   AND (:user_id IS NULL OR user_id = :user_id)
   AND (:from_date IS NULL OR created_date >= :from_date)
   AND (:to_date IS NULL OR created_date < :to_date)
-  AND (:q IS NULL OR LOWER(ref_id) LIKE :q ESCAPE '!' OR LOWER(command) LIKE :q ESCAPE '!'
-       OR LOWER(request) LIKE :q ESCAPE '!' OR LOWER(tag) LIKE :q ESCAPE '!'
-       OR LOWER(batch_id) LIKE :q ESCAPE '!' OR LOWER(request_body) LIKE :q ESCAPE '!'
-       OR LOWER(json_extract(error, '$.message')) LIKE :q ESCAPE '!')
+  AND (:q IS NULL
+       OR ref_id LIKE :q ESCAPE '!' OR command LIKE :q ESCAPE '!' OR request LIKE :q ESCAPE '!'
+       OR tag LIKE :q ESCAPE '!' OR batch_id LIKE :q ESCAPE '!' OR request_body LIKE :q ESCAPE '!'
+       OR json_extract(error, '$.message') LIKE :q ESCAPE '!'
+       OR (length(ref_id) < length(CAST(ref_id AS BLOB))
+           AND unicode_lower(ref_id) LIKE :q ESCAPE '!')
+       OR (length(command) < length(CAST(command AS BLOB))
+           AND unicode_lower(command) LIKE :q ESCAPE '!')
+       OR (length(request) < length(CAST(request AS BLOB))
+           AND unicode_lower(request) LIKE :q ESCAPE '!')
+       OR (length(tag) < length(CAST(tag AS BLOB))
+           AND unicode_lower(tag) LIKE :q ESCAPE '!')
+       OR (length(batch_id) < length(CAST(batch_id AS BLOB))
+           AND unicode_lower(batch_id) LIKE :q ESCAPE '!')
+       OR (length(request_body) < length(CAST(request_body AS BLOB))
+           AND unicode_lower(request_body) LIKE :q ESCAPE '!')
+       OR (length(json_extract(error, '$.message'))
+               < length(CAST(json_extract(error, '$.message') AS BLOB))
+           AND unicode_lower(json_extract(error, '$.message')) LIKE :q ESCAPE '!'))
 ORDER BY id DESC
 LIMIT :limit OFFSET :offset;
 
@@ -225,8 +271,9 @@ FROM background_job
 WHERE id = :id;
 
 -- name: admin_scheduled_tasks
--- Recurring tasks with the state of the last job each enqueued.
-SELECT t.id, t.name, t.schedule, t.request_type, t.command, t.request, t.enabled,
+-- Recurring tasks with the state of the last job each enqueued (options tell whether the admin
+-- can run one now).
+SELECT t.id, t.name, t.schedule, t.request_type, t.command, t.request, t.options, t.enabled,
        t.last_run, t.next_run, t.last_job_id, t.created_date, t.modified_date,
        s.state AS last_job_state, s.duration_ms AS last_job_duration_ms
 FROM scheduled_task t

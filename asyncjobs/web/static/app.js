@@ -575,8 +575,11 @@
           return;
         }
         for (const task of data.tasks) {
-          const run = h("button", { class: "btn small", type: "button", disabled: !data.can_run_now,
-            title: data.can_run_now ? "Enqueue this task now" : "Not supported by this runtime",
+          // A runtime without per-task flags leaves them out: each task then goes by the whole.
+          const runnable = data.can_run_now && task.can_run_now !== false;
+          const run = h("button", { class: "btn small", type: "button", disabled: !runnable,
+            title: runnable ? "Enqueue this task now"
+              : task.cannot_run_now || "Not supported by this runtime",
             onclick: async () => {
               await act(`api/scheduled/${encodeURIComponent(task.name)}/run`, {}, (r) => `Enqueued ${task.name}${r.job_id ? ` as job #${r.job_id}` : ""}`);
             } }, "Run now");
