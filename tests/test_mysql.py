@@ -796,7 +796,7 @@ async def test_what_is_over_the_servers_packet_limit_is_refused_and_holds_up_not
         with pytest.raises(StatementTooLargeError, match="max_allowed_packet"):
             await jobs.enqueue_command(NestedCommand, Nested("n" * (limit + 10)))
         with pytest.raises(StatementTooLargeError):
-            await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(tag="t" * limit))
+            await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(args={"a": "t" * limit}))
         part = "n" * (limit // 10)
         with pytest.raises(StatementTooLargeError, match="smaller parts"):
             await jobs.enqueue_many((NestedCommand, Nested(part)) for _ in range(20))
