@@ -39,6 +39,9 @@ _MAX_TIMEOUT = timedelta(days=366)
 #: the longest name (ref id, worker, tag, task name, ...) every database holds: MySQL's columns
 #: for them are VARCHAR(255), so the same limit applies on every dialect
 MAX_NAME_CHARS = 255
+#: the longest reply_to: a URL, which HTTP servers refuse long before this (MySQL's column is
+#: TEXT, 65 535 bytes, which this many characters fit in whatever their UTF-8 length)
+MAX_REPLY_TO_CHARS = 8192
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -194,8 +197,8 @@ class JobOptions:
             value = getattr(self, name)
             if value is not None:
                 check_name(name, value)
-        if self.reply_to is not None:  # a URL, in a column without a width limit
-            check_text("reply_to", self.reply_to)
+        if self.reply_to is not None:
+            check_text("reply_to", self.reply_to, max_chars=MAX_REPLY_TO_CHARS)
         for key, value in (self.args or {}).items():
             check_text("args", key, empty_ok=True)
             check_text("args", value, empty_ok=True)

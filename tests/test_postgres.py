@@ -23,7 +23,7 @@ import pytest
 from asyncjobs import BackgroundJobs, JobOptions, JobState
 from asyncjobs.dialects import create_dialect
 from asyncjobs.dialects.postgres import PostgresDialect, _asyncpg_dsn
-from asyncjobs.exceptions import ConfigurationError
+from asyncjobs.exceptions import ConfigurationError, InvalidDsnError
 from asyncjobs.runtime import NOTIFY_CHANNEL
 from asyncjobs.store import month_key
 from tests import db_postgres
@@ -523,6 +523,30 @@ def test_dsn_options_configure_the_dialect() -> None:
         create_dialect("postgresql://h/db?min_size=5&max_size=2")
     with pytest.raises(ConfigurationError, match="either a dsn or a pool"):
         PostgresDialect()
+    # One connection would be the reads' own, leaving transactions none: they waited forever.
+    with pytest.raises(ConfigurationError, match=r"max_size must be an int within 2\.\."):
+        create_dialect("postgresql://h/db?max_size=1")
+    with pytest.raises(InvalidDsnError, match="invalid pool setting"):
+        create_dialect("postgresql://h/db?min_size=abc")
+    with pytest.raises(InvalidDsnError, match="invalid pool setting"):
+        create_dialect("postgresql://h/db?connect_timeout=soon")
+    timed = create_dialect("postgresql://h/db?connect_timeout=2.5")
+    assert isinstance(timed, PostgresDialect) and timed._connect_timeout == 2.5
+    assert _asyncpg_dsn(timed._dsn or "") == "postgresql://h/db"  # not sent as a setting
+
+
+@pytest.mark.parametrize(
+    ("option", "refused"),
+    [("max_sise=20", "max_sise"), ("sslmode=bogus", "sslmode")],
+)
+async def test_options_postgresql_refuses_are_a_dsn_error_when_it_opens(
+    option: str, refused: str
+) -> None:
+    """A typo goes to the server as a setting, which it does not know; an option asyncpg
+    cannot use fails in asyncpg: either is the DSN's fault, and says so."""
+    dialect = create_dialect(f"{SERVER}?{option}")
+    with pytest.raises(InvalidDsnError, match=refused):
+        await dialect.open()
 
 
 def test_driver_errors_are_classified() -> None:

@@ -53,6 +53,8 @@ def test_public_names_include_the_spec_and_resolve() -> None:
     [
         ("sqlite:///jobs.db", "sqlite", "jobs.db", None, None, None),
         ("sqlite:////var/lib/jobs.db", "sqlite", "/var/lib/jobs.db", None, None, None),
+        # percent-escapes are decoded, as in the other URLs
+        ("sqlite:///my%20jobs%3F.db", "sqlite", "my jobs?.db", None, None, None),
         ("postgresql://u:p%40ss@db.local:5433/app", "postgres", "app", "db.local", 5433, "u"),
         ("postgres://db/app?schema=jobs", "postgres", "app", "db", None, None),
         ("mysql://root@127.0.0.1:3306/test", "mysql", "test", "127.0.0.1", 3306, "root"),
@@ -78,6 +80,7 @@ def test_dsn_parsing(
         ("jobs.db", "expected a URL"),
         ("sqlite://jobs.db", "write sqlite:///relative.db"),
         ("sqlite:///", "no database file"),
+        ("sqlite:///%ff.db", "not UTF-8 once decoded"),
         ("postgresql://host:notaport/db", "invalid DSN"),
     ],
 )
@@ -341,6 +344,7 @@ def _circular() -> list[Any]:
         *(({name: "w "}, f"{name} must not end with a space") for name in _NAME_OPTIONS),
         ({"reply_to": 5}, "reply_to must be a non-empty string"),
         ({"reply_to": ""}, "reply_to must be a non-empty string"),
+        ({"reply_to": "https://x.invalid/" + "x" * 8192}, "reply_to must be at most 8192"),
     ],
 )
 def test_bad_options_fail_where_they_are_made(options: dict[str, Any], message: str) -> None:
@@ -361,14 +365,16 @@ async def test_the_longest_names_and_any_meta_without_nul_are_stored(
 ) -> None:
     # A backslash before "u0000" is no NUL; a set is stored as a list.
     meta = {"path": "C:\\u0000", "tags": {"a"}, "note": _Note("b")}
-    options = JobOptions(**_LONGEST_NAMES, reply_to="https://example.invalid/" + "x" * 300,
-                         meta=meta)  # fmt: skip
+    # The longest reply_to, of 4-byte characters: MySQL's TEXT holds it
+    reply_to = "https://example.invalid/" + "\U0001f600" * (8192 - 24)
+    options = JobOptions(**_LONGEST_NAMES, reply_to=reply_to, meta=meta)
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         ref = await jobs.enqueue_command(AddCommand, Add(1, 2), options)
         found = await jobs.get_job(ref.id)
     assert found is not None and found.job is not None
     assert {name: getattr(found.job, name) for name in _LONGEST_NAMES} == _LONGEST_NAMES
     assert found.job.meta == {"path": "C:\\u0000", "tags": ["a"], "note": {"text": "b"}}
+    assert found.job.reply_to == reply_to
 
 
 def test_a_pydantic_request_that_does_not_serialize_is_a_serialization_error() -> None:

@@ -58,7 +58,10 @@ def parse_dsn(dsn: str) -> Dsn:
             raise InvalidDsnError(
                 f"invalid SQLite DSN {dsn!r}: write sqlite:///relative.db or sqlite:////abs/path.db"
             )
-        database = path[1:]
+        try:  # percent-escapes, as in the other dialects' URLs ("%20" for a space, "%3F": "?")
+            database = unquote(path[1:], errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidDsnError(f"invalid SQLite DSN {dsn!r}: not UTF-8 once decoded") from None
         if not database:
             raise InvalidDsnError(f"invalid SQLite DSN {dsn!r}: no database file")
         return Dsn(scheme, dialect, database=database, options=dict(parse_qsl(query)), raw=dsn)

@@ -6,7 +6,9 @@ connection. Claims use ``FOR UPDATE SKIP LOCKED``; archives are monthly partitio
 processes are woken with LISTEN/NOTIFY on a channel named after the schema.
 
 Settings (keyword arguments or DSN query options): ``schema`` (tables live there; created if
-missing; ``search_path`` of every connection), ``min_size`` and ``max_size`` (the pool).
+missing; ``search_path`` of every connection), ``min_size`` and ``max_size`` (the pool; two
+connections at least), ``connect_timeout`` (seconds, default 60). Other DSN options go to
+asyncpg (``sslmode``, ...), which sends those it does not know to the server as settings.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import anyio.abc
 import asyncpg
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._settings import check_int
+from .._settings import check_int, check_seconds
 from .._sql import Queries, convert_params, load_queries
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, InvalidDsnError
 from ._base import (
     CLEANUP_SECONDS,
     Capabilities,
@@ -46,7 +48,7 @@ T = TypeVar("T")
 
 _SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 #: DSN query options read by this dialect; the rest go to asyncpg (sslmode, ...)
-_OPTIONS = ("schema", "min_size", "max_size")
+_OPTIONS = ("schema", "min_size", "max_size", "connect_timeout")
 #: SQLSTATEs meaning the server went away or refuses connections for now: connection
 #: exceptions (class 08), shutdowns (57P01-57P03) and too many connections (53300)
 _DISCONNECT_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
@@ -161,15 +163,19 @@ class PostgresDialect(Dialect):
         schema: str | None = None,
         min_size: int = 1,
         max_size: int = 10,
+        connect_timeout: float = 60,
     ) -> None:
         if (dsn is None) == (pool is None):
             raise ConfigurationError("PostgresDialect needs either a dsn or a pool, not both")
         if schema is not None and not (isinstance(schema, str) and _SCHEMA.match(schema)):
             raise ConfigurationError(f"schema {schema!r} is not a valid PostgreSQL identifier")
         check_int("min_size", min_size, 0, 10_000)
-        check_int("max_size", max_size, 1, 10_000)
+        # Two at least: reads keep one connection of their own (the lane, see connection()),
+        # and transactions need another.
+        check_int("max_size", max_size, 2, 10_000)
         if min_size > max_size:
             raise ConfigurationError(f"min_size ({min_size}) must not exceed max_size ({max_size})")
+        self._connect_timeout = check_seconds("connect_timeout", connect_timeout, 0.001)
         self.queries: Queries = load_queries("postgres")
         self.schema = schema
         self._dsn = dsn
@@ -226,13 +232,19 @@ class PostgresDialect(Dialect):
 
     async def open(self) -> None:
         if self._owns_pool:
-            self._pool = await asyncpg.create_pool(
-                dsn=self._connect_dsn(),
-                min_size=self._min_size,
-                max_size=self._max_size,
-                server_settings=self._server_settings(),
-                reset=_keep_session,
-            )
+            try:
+                self._pool = await asyncpg.create_pool(
+                    dsn=self._connect_dsn(),
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    timeout=self._connect_timeout,
+                    server_settings=self._server_settings(),
+                    reset=_keep_session,
+                )
+            except (asyncpg.ClientConfigurationError, asyncpg.UndefinedObjectError) as exc:
+                # An option asyncpg cannot use, or one it sent the server as a setting and the
+                # server does not know (a typo, say).
+                raise InvalidDsnError(f"PostgreSQL refused the DSN's options: {exc}") from exc
         try:
             async with self._acquire() as conn:
                 if self.schema is not None:
@@ -497,7 +509,9 @@ class PostgresDialect(Dialect):
                 yield conn
             return
         conn = await asyncpg.connect(
-            dsn=self._connect_dsn(), server_settings=self._server_settings()
+            dsn=self._connect_dsn(),
+            timeout=self._connect_timeout,
+            server_settings=self._server_settings(),
         )
         try:
             yield conn
@@ -600,6 +614,8 @@ def create(dsn: Dsn, **settings: Any) -> PostgresDialect:
         for size in ("min_size", "max_size"):
             if size in options:
                 options[size] = int(options[size])
+        if "connect_timeout" in options:  # as libpq spells it; asyncpg's own is timeout=
+            options["connect_timeout"] = float(options["connect_timeout"])
     except ValueError as exc:
-        raise ConfigurationError(f"invalid pool size in {dsn.raw!r}: {exc}") from None
+        raise InvalidDsnError(f"invalid pool setting in {dsn.raw!r}: {exc}") from None
     return PostgresDialect(dsn.raw, **{**options, **settings})
