@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import anyio
 
-from .exceptions import ConfigurationError, MissingDriverError
-from .runtime import BackgroundJobs
+from .exceptions import ConfigurationError, DatabaseError, MissingDriverError
+from .runtime import BackgroundJobs, open_database
 
 
 def load_app(path: str) -> BackgroundJobs:
@@ -59,7 +59,7 @@ async def run_worker(jobs: BackgroundJobs) -> None:
 
 
 async def run_migrate(jobs: BackgroundJobs) -> None:
-    await jobs.dialect.open()
+    await open_database(jobs.dialect)
     try:
         version = await jobs.store.migrate()
         print(f"schema at version {version}")
@@ -112,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigurationError, MissingDriverError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DatabaseError as exc:  # the DSN is well-formed; the database is not there
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,6 +5,7 @@ each job runs in its own cancel scope, and a finisher writes many outcomes per t
 from __future__ import annotations
 
 import contextvars
+import inspect
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ from .dialects._base import NoAnswerError
 from .exceptions import (
     AsyncJobsError,
     ConfigurationError,
+    DatabaseError,
     InvalidOptionsError,
     JobCancelledError,
     JobFailedError,
@@ -79,7 +81,7 @@ log = logging.getLogger("asyncjobs")
 _NO_OPTIONS = JobOptions()
 #: errors that another attempt cannot fix
 _PERMANENT_ERRORS = (SerializationError, RegistrationError)
-UserResolver = Callable[[str], Awaitable[Any]]
+UserResolver = Callable[[str], Awaitable[Any]] | Callable[[str], Any]
 #: the first poll after a claim that found work (polls then back off up to poll_interval)
 _FAST_POLL = 0.05
 #: a claim made while every unnamed slot is busy looks for up to this many named-worker jobs
@@ -194,19 +196,22 @@ class BackgroundJobs:
         check_duration("lease_duration", lease_duration, at_least_1ms, timedelta(days=1))
         if default_timeout is not None:
             check_duration("default_timeout", default_timeout, timedelta(microseconds=1))
-        if services is not None and not isinstance(services, Mapping):
+        if services is not None and not (
+            isinstance(services, Mapping) and all(isinstance(key, type) for key in services)
+        ):
+            raise ConfigurationError(f"services must map types to instances, got {services!r}")
+        if isinstance(reply_to_env, str) or not (
+            isinstance(reply_to_env, Iterable)
+            and all(isinstance(name, str) for name in reply_to_env)
+        ):
             raise ConfigurationError(
-                f"services must map types to instances, got {type(services).__name__}"
-            )
-        if isinstance(reply_to_env, str):
-            raise ConfigurationError(
-                "reply_to_env must be a collection of variable names, not a string"
+                f"reply_to_env must be a collection of variable names, got {reply_to_env!r}"
             )
         check_bool("execute", execute)
         check_bool("notifications", notifications)
         if user_resolver is not None and not callable(user_resolver):
             raise ConfigurationError(
-                f"user_resolver must be an async function, got {user_resolver!r}"
+                f"user_resolver must be a function (async or not), got {user_resolver!r}"
             )
         if clock is not None and not (
             callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep_until", None))
@@ -332,7 +337,7 @@ class BackgroundJobs:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            await self.dialect.open()
+            await open_database(self.dialect)
             stack.push_async_callback(self._close_dialect)
             await self.store.migrate()
             await self.store.ensure_archives(utcnow())
@@ -1526,7 +1531,10 @@ class BackgroundJobs:
             parent = await self.store.get_job(job.depends_on)
             job.parent_job = parent.job if parent is not None else None
         if job.user_id is not None and self.user_resolver is not None:
-            job.user = await self.user_resolver(job.user_id)
+            user = self.user_resolver(job.user_id)
+            # An async resolver, or a plain function (which runs on the event loop: keep it
+            # quick)
+            job.user = await user if inspect.isawaitable(user) else user
 
     async def _invoke(self, job: BackgroundJob, context: JobContext) -> Any:
         """Run the job's command or API handler with its request; returns the result."""
@@ -1968,6 +1976,17 @@ def _storable_id(job_id: object) -> bool:
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise InvalidOptionsError(f"a job id is an int, got {job_id!r}")
     return -(2**63) <= job_id < 2**63
+
+
+async def open_database(dialect: Dialect) -> None:
+    """Open the dialect; a database that is not there (unreachable, unknown, a refused login)
+    is a DatabaseError, the driver's error its cause."""
+    try:
+        await dialect.open()
+    except Exception as exc:
+        if isinstance(exc, AsyncJobsError):
+            raise
+        raise DatabaseError(f"cannot open the {dialect.name} database: {exc!r}") from exc
 
 
 def _raised_by_the_job(exc: BaseException) -> bool:

@@ -13,7 +13,7 @@ from quart import Quart, jsonify, request
 from quart.typing import ResponseReturnValue
 
 import asyncjobs.web
-from asyncjobs import AsyncCommandWithResult, BackgroundJobs, update_status
+from asyncjobs import AsyncCommandWithResult, BackgroundJobs, JobNotFoundError, update_status
 from asyncjobs.web import AdminRequest
 
 
@@ -66,7 +66,10 @@ def create_app(dsn: str | None = None) -> Quart:
 
     @app.get("/reports/<int:job_id>")
     async def report(job_id: int) -> ResponseReturnValue:
-        result = await jobs.wait_for_job(job_id)
+        try:
+            result = await jobs.wait_for_job(job_id)
+        except JobNotFoundError:
+            return jsonify({"error": f"no report job {job_id}"}), 404
         job = result.job
         return jsonify({"state": str(result.state), "result": job.response_body if job else None})
 

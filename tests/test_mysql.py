@@ -25,7 +25,12 @@ from asyncjobs import AsyncCommandWithResult, BackgroundJobs, JobOptions, JobSta
 from asyncjobs.dialects import parse_dsn
 from asyncjobs.dialects._base import BaselineRead, WatchedIds
 from asyncjobs.dialects.mysql import MysqlDialect, create
-from asyncjobs.exceptions import ConfigurationError, InvalidDsnError, StatementTooLargeError
+from asyncjobs.exceptions import (
+    ConfigurationError,
+    DatabaseError,
+    InvalidDsnError,
+    StatementTooLargeError,
+)
 from asyncjobs.store import MIGRATIONS, month_key
 from tests import db_mysql
 from tests.commands import ALL_COMMANDS, Add, AddCommand, Nested, NestedCommand, Sleep, SleepCommand
@@ -474,9 +479,10 @@ async def test_an_unreachable_server_fails(monkeypatch: pytest.MonkeyPatch) -> N
         async for _ in db_mysql.isolated_dsn():
             pass
     jobs = BackgroundJobs("mysql://root@127.0.0.1:1/test", connect_timeout=2)
-    with pytest.raises(aiomysql.OperationalError):
+    with pytest.raises(DatabaseError, match="cannot open the mysql database") as failed:
         async with jobs:
             pass
+    assert isinstance(failed.value.__cause__, aiomysql.OperationalError)
 
 
 # -- the change watch -----------------------------------------------------------------------

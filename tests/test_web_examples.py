@@ -42,6 +42,7 @@ async def test_quart_example_mounts_the_admin(tmp_path: Path) -> None:
         async with httpx.AsyncClient(transport=local, base_url="http://localhost") as client:
             job_id = (await client.post("/reports", params={"name": "q3"})).json()["job_id"]
             assert (await client.get(f"/reports/{job_id}")).json()["state"] == "Completed"
+            assert (await client.get("/reports/999")).status_code == 404  # no such job
             page = await client.get("/admin/jobs/")
             assert page.status_code == 200 and "static/app.js" in page.text
             redirect = await client.get("/admin/jobs")

@@ -45,6 +45,7 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_a_job(tmp_path: Path) -> None:
     (wheel,) = dist.glob("asyncjobs-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "asyncjobs/sql/sqlite/jobs.sql" in names
+    assert "asyncjobs/py.typed" in names  # users' type checkers read the annotations
     assert "asyncjobs/sql/postgres/jobs.sql" in names and "asyncjobs/sql/mysql/jobs.sql" in names
     assert "asyncjobs/web/static/app.js" in names  # the admin UI ships too
     env_dir = tmp_path / "venv"

@@ -239,17 +239,23 @@ async def test_user_and_job_fields_are_visible_to_the_command(make_jobs: Factory
     async def resolve(user_id: str) -> User:
         return User(user_id, "Ada")
 
+    def resolve_at_once(user_id: str) -> User:  # a plain function will do too
+        return User(user_id, "Ada")
+
     options = JobOptions(
         user_id="u7", args={"lang": "en"}, reply_to="https://example.invalid/cb", tag="t1",
         batch_id="b1", created_by="admin",
     )  # fmt: skip
-    async with make_jobs(commands=[WhoAmI], user_resolver=resolve) as jobs:
-        ref = await jobs.enqueue_command(WhoAmI, Add(0, 0), options)
-        await jobs.wait_for_job(ref.id)
-    assert seen == {
-        "user": User("u7", "Ada"), "args": {"lang": "en"}, "reply_to": "https://example.invalid/cb",
-        "tag": "t1", "batch_id": "b1", "created_by": "admin", "attempts": 1,
-    }  # fmt: skip
+    for resolver in (resolve, resolve_at_once):
+        seen.clear()
+        async with make_jobs(commands=[WhoAmI], user_resolver=resolver) as jobs:
+            ref = await jobs.enqueue_command(WhoAmI, Add(0, 0), options)
+            await jobs.wait_for_job(ref.id)
+        assert seen == {
+            "user": User("u7", "Ada"), "args": {"lang": "en"},
+            "reply_to": "https://example.invalid/cb", "tag": "t1", "batch_id": "b1",
+            "created_by": "admin", "attempts": 1,
+        }  # fmt: skip
 
 
 class PatientSync(SyncCommand[Add]):
