@@ -112,6 +112,9 @@ class _Running:
     abandoned: bool = False
     #: the job's code began (so its attempt counts, however it ends)
     began: bool = False
+    #: the job claimed here again while this run, stopped when the lease lapsed, goes on: it
+    #: starts when this run ends (see _start)
+    next_attempt: BackgroundJob | None = None
 
 
 @types.coroutine
@@ -1382,6 +1385,15 @@ class BackgroundJobs:
 
     def _start(self, job: BackgroundJob) -> None:
         assert self._tg is not None
+        previous = self._running.get(job.id)
+        if previous is not None:
+            # Stopped when this node's lease lapsed (a sync command that does not look, say),
+            # the run goes on, and the job, taken back meanwhile, was claimed here again. One
+            # run of a job at a time here: the new attempt waits for the old run's end, in its
+            # slot, and the old run's outcome is dropped then (see _job_ended).
+            previous.next_attempt = job
+            self._stats["claimed"] += 1
+            return
         running = _Running(job, JobContext(job, reply_to_env=self.reply_to_env))
         if job.logs:  # an earlier attempt's
             running.logs_stored = self.dialect.text_length(job.logs)
@@ -1498,8 +1510,15 @@ class BackgroundJobs:
         """Hand a job's outcome to the finisher; no outcome (cancelled from outside, or never
         run) gives the job back to the queue."""
         job = running.job
+        if running.next_attempt is not None:
+            # The database counts the newer attempt: this run's outcome belongs to none.
+            log.warning("job %s: a run stopped earlier ended; its next attempt starts", job.id)
+            self._forget_running(running)
+            if not running.abandoned:
+                self._start_next_attempt(running.next_attempt)
+            return
         if running.abandoned:  # left leased to this node, with no outcome (see _shutdown)
-            self._forget_running(job)
+            self._forget_running(running)
             return
         if outcome is None:
             outcome = Outcome(
@@ -1516,9 +1535,26 @@ class BackgroundJobs:
             outcome.logs = None
         self._outcomes.append(outcome)
         self._outcome_ready.set()
-        self._forget_running(job)
+        self._forget_running(running)
 
-    def _forget_running(self, job: BackgroundJob) -> None:
+    def _start_next_attempt(self, job: BackgroundJob) -> None:
+        """Start an attempt that waited for an earlier run of its job here; once the runtime
+        is stopping, give it back unused, as a shutdown does with jobs not yet begun."""
+        if not self._dispatch_scope.cancel_called:
+            self._start(job)
+            return
+        self._outcomes.append(
+            Outcome(
+                job, JobState.QUEUED, error=JobError("interrupted by a shutdown; requeued",
+                "Shutdown"), error_code="Shutdown", attempt_unused=True,
+            )
+        )  # fmt: skip
+        self._outcome_ready.set()
+
+    def _forget_running(self, running: _Running) -> None:
+        job = running.job
+        if self._running.get(job.id) is not running:
+            return
         del self._running[job.id]
         if job.worker is None:
             self._running_unnamed -= 1

@@ -16,6 +16,8 @@ from asyncjobs import BackgroundJobs, JobOptions, JobState
 from tests.commands import (
     ALL_COMMANDS,
     EVENTS,
+    Add,
+    AddCommand,
     BlocksItsLoopFirstCommand,
     CallbackHangsFirstCommand,
     EchoSleepCommand,
@@ -23,6 +25,7 @@ from tests.commands import (
     NoResultCallbackHangsFirstCommand,
     Sleep,
     SleepCommand,
+    Sum,
     SyncIgnoresCancelFirstCommand,
 )
 from tests.processes import event_lines, start_worker, stop_worker, wait_for
@@ -275,4 +278,38 @@ async def test_a_process_that_missed_its_lease_stops_the_job_taken_over_from_it(
     assert result.state is JobState.COMPLETED and result.summary.attempts == 2
     assert [(x[0], x[1]) for x in event_lines(log_file)] == [
         ("start", "slow#1"), ("start", "slow#2"), ("end", "slow#2"),
+    ]  # fmt: skip
+
+
+async def test_a_job_back_on_the_node_whose_stopped_run_goes_on_waits_for_that_run(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This node alone loses the database for longer than its lease: its sync job, whose
+    command never looks at the stop request, runs on while another process takes the job
+    back. Reachable again, the node claims the job anew: the new attempt starts once the old
+    run has ended, never beside it, and the node goes on running jobs."""
+    EVENTS.clear()
+    async with make_jobs(commands=ALL_COMMANDS, execute=False) as other:
+        jobs = make_jobs(commands=ALL_COMMANDS, lease_duration=anyio_seconds(1))
+        async with jobs:
+            ref = await jobs.enqueue_command(SyncIgnoresCancelFirstCommand, Sleep(3, "held"))
+            with anyio.fail_after(10):
+                while not EVENTS:
+                    await anyio.sleep(0.01)
+            renew = jobs.store.renew_node
+
+            async def unreachable(*args: object, **kwargs: object) -> None:
+                raise ConnectionResetError("the database is out of this node's reach")
+
+            monkeypatch.setattr(jobs.store, "renew_node", unreachable)
+            await anyio.sleep(1.3)  # its lease lapses, here and in the database
+            _final, requeued = await other.store.recover_orphans()
+            assert requeued == [ref.id]
+            monkeypatch.setattr(jobs.store, "renew_node", renew)
+            with anyio.fail_after(20):
+                result = await jobs.wait_for_job(ref.id)
+            assert await jobs.run_command_async(AddCommand, Add(1, 1)) == Sum(2)
+    assert result.state is JobState.COMPLETED and result.summary.attempts == 2
+    assert [(event, label) for event, label, _ in EVENTS] == [
+        ("start", "held"), ("end", "held"), ("start", "held"), ("end", "held"),
     ]  # fmt: skip
