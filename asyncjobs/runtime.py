@@ -442,6 +442,19 @@ class BackgroundJobs:
                 # elsewhere once its lease lapses, as after a crash, and not while the
                 # threads surely still run.
                 return
+            if self._unsure_claims:
+                # A claim whose reply was lost may have left jobs Started under this node:
+                # given back now, unused; released with the node, they would wait out its
+                # lease and lose an attempt they never had.
+                try:
+                    with anyio.fail_after(db_bound):
+                        await self._requeue_unknown_jobs()
+                except Exception as exc:
+                    log.warning(
+                        "could not give back the jobs of a claim that failed (%r): they are "
+                        "taken back once this node's lease runs out", exc,
+                    )  # fmt: skip
+                    return
             try:
                 with anyio.fail_after(db_bound):
                     await self.store.delete_node(self.node_id)

@@ -181,6 +181,28 @@ async def test_a_cancel_asked_while_an_attempt_fails_is_not_lost_to_the_retry(
     assert starts("asked") == 1
 
 
+async def test_jobs_of_a_claim_whose_reply_was_lost_go_back_unused_if_a_shutdown_comes_first(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process stops (a deploy) right after a claim's reply was lost: the claimed jobs
+    are given back before the node goes, not left Started to wait out its lease and lose an
+    attempt they never had."""
+    job_ids = await enqueue_labelled(make_jobs, SleepCommand, ["unsure"])
+    jobs = make_jobs(commands=COMMANDS)
+    lost = lose_first_reply(monkeypatch, jobs.store, "claim", lambda claim: bool(claim.jobs))
+    async with jobs:
+        with anyio.fail_after(10):
+            while not lost:
+                await anyio.sleep(0.001)
+    async with make_jobs(commands=COMMANDS, execute=False) as probe:
+        result = await probe.get_job(job_ids[0])
+    assert result is not None
+    # (had the dispatcher given it back first, it may have run before the exit)
+    assert (result.state, result.summary.attempts) in [
+        (JobState.QUEUED, 0), (JobState.COMPLETED, 1),
+    ]  # fmt: skip
+
+
 async def test_a_cancel_asked_while_a_claims_reply_is_lost_is_not_lost_to_its_requeue(
     make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
