@@ -254,7 +254,7 @@ class BackgroundJobs:
         self.clock: Clock = clock or SystemClock()
         self.schedule_refresh = schedule_refresh
         self.scheduler: Scheduler | None = None
-        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.node_id = _new_node_id()
 
         self._max_sync_threads = max_sync_threads
         self._exit_stack: AsyncExitStack | None = None
@@ -280,6 +280,10 @@ class BackgroundJobs:
     def _new_runtime_state(self) -> None:
         """Synchronisation objects belong to an event loop, so they are made on entry (the
         object itself may be built at import time, e.g. for ``--app module:attr``)."""
+        # A node of its own each time: jobs an earlier run left leased to its node (abandoned
+        # threads, a claim whose reply was lost) are taken back once that node's lease runs
+        # out, which renewing it here would put off for good.
+        self.node_id = _new_node_id()
         self._loops_scope = anyio.CancelScope()
         self._dispatch_scope = anyio.CancelScope()
         # Until a claim finds the queue drained, enqueued jobs wait their turn (no start at once).
@@ -2025,6 +2029,10 @@ def _storable_id(job_id: object) -> bool:
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise InvalidOptionsError(f"a job id is an int, got {job_id!r}")
     return -(2**63) <= job_id < 2**63
+
+
+def _new_node_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 async def open_database(dialect: Dialect) -> None:

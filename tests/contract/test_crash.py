@@ -313,3 +313,24 @@ async def test_a_job_back_on_the_node_whose_stopped_run_goes_on_waits_for_that_r
     assert [(event, label) for event, label, _ in EVENTS] == [
         ("start", "held"), ("end", "held"), ("start", "held"), ("end", "held"),
     ]  # fmt: skip
+
+
+async def test_a_job_whose_thread_a_shutdown_left_runs_again_when_the_runtime_comes_back(
+    make_jobs: Factory,
+) -> None:
+    """A shutdown leaves behind a sync command that does not stop: its job stays leased to
+    that run's node, to be taken back when its lease runs out. The same object entered again
+    (an app's lifespan restarted in the process) is a new node, so the lease does run out."""
+    EVENTS.clear()
+    jobs = make_jobs(
+        commands=ALL_COMMANDS, shutdown_grace=anyio_seconds(0), lease_duration=anyio_seconds(1)
+    )
+    async with jobs:
+        ref = await jobs.enqueue_command(SyncIgnoresCancelFirstCommand, Sleep(2, "left"))
+        with anyio.fail_after(10):
+            while not EVENTS:
+                await anyio.sleep(0.01)
+    async with jobs:
+        with anyio.fail_after(20):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED and result.summary.attempts == 2
