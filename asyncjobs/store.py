@@ -617,7 +617,8 @@ class Store:
                 payload = _dumps(
                     [
                         {
-                            "id": o.job.id, "duration_ms": o.duration_ms,
+                            "id": o.job.id, "attempts": o.job.attempts,
+                            "duration_ms": o.duration_ms,
                             "response": o.response, "response_body": o.response_body,
                             "status": o.status, "logs": o.logs,
                             "notified_date": None
@@ -667,7 +668,8 @@ class Store:
                     "set_outcome",
                     [
                         {
-                            "id": o.job.id, "node": node, "state": str(o.state), "now": now,
+                            "id": o.job.id, "node": node, "attempts": o.job.attempts,
+                            "state": str(o.state), "now": now,
                             "duration_ms": o.duration_ms, "response": o.response,
                             "response_body": o.response_body, "error": _error_json(o.error),
                             "error_code": o.error_code,
@@ -756,8 +758,8 @@ class Store:
         async with self.dialect.transaction() as tx:
             await tx.execute(
                 "mark_executed",
-                {"id": outcome.job.id, "node": node, "now": utcnow(),
-                 "response": response, "response_body": outcome.response_body},
+                {"id": outcome.job.id, "node": node, "attempts": outcome.job.attempts,
+                 "now": utcnow(), "response": response, "response_body": outcome.response_body},
             )  # fmt: skip
             await tx.execute("mark_summaries", {"ids": json.dumps([outcome.job.id])})
 

@@ -179,7 +179,7 @@ def test_single_statement_parameters_become_markers(dialect: MssqlDialect) -> No
     assert ":" not in sql.replace("::", "")
     assert sql.count("?") == len(names)
     assert names.count("logs") == 2 and names.count("now") == 2
-    assert names[-2:] == ("id", "node")
+    assert names[-3:] == ("id", "node", "attempts")
 
 
 def test_templates_and_batches(dialect: MssqlDialect) -> None:

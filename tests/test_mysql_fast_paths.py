@@ -35,10 +35,10 @@ def dialect_of(jobs: BackgroundJobs) -> MysqlDialect:
     return jobs.dialect
 
 
-def outcome(job_id: int) -> dict[str, Any]:
+def outcome(job_id: int, attempts: int = 1) -> dict[str, Any]:
     return {
-        "id": job_id, "duration_ms": 7, "response": "Add", "response_body": '{"total": 2}',
-        "status": "done", "logs": None, "notified_date": None,
+        "id": job_id, "attempts": attempts, "duration_ms": 7, "response": "Add",
+        "response_body": '{"total": 2}', "status": "done", "logs": None, "notified_date": None,
     }  # fmt: skip
 
 

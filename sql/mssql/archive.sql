@@ -203,10 +203,12 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 --
 -- Completing: each job this node still holds gets its outcome, is copied into the month's
 -- archive, has its summary updated and leaves the queue. A job missing from done_ids was taken
--- over by another node (its lease ran out). :outcomes is a JSON array of {id, duration_ms,
+-- over by another node (its lease ran out). :outcomes is a JSON array of {id, attempts, duration_ms,
 -- response, response_body, status, logs, notified_date}. The UPDATE waits for rows another
 -- transaction holds (a cancel request, briefly); it is the first statement of the transaction,
 -- so a deadlock there is retried by the dialect.
+-- An outcome counts for the attempt it ended only (its attempts): written late, after the
+-- job came back to this node and was claimed again, it is dropped (the job is not in done_ids).
 --
 -- Claiming: up to :limit runnable jobs in priority-then-age order, their summaries marked
 -- Started. A job with a named worker is runnable only when no job of that worker is running and
@@ -248,6 +250,7 @@ DECLARE @limit int = :limit;
 DECLARE @named_only bit = :named_only;
 DECLARE @outcome TABLE (
     id bigint NOT NULL PRIMARY KEY,
+    attempts int NOT NULL,
     duration_ms bigint NULL,
     response nvarchar(max) NULL,
     response_body nvarchar(max) NULL,
@@ -260,10 +263,13 @@ DECLARE @idle TABLE (name nvarchar(255) COLLATE Latin1_General_100_BIN2 NOT NULL
 DECLARE @locked TABLE (name nvarchar(255) COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY);
 DECLARE @candidate TABLE (id bigint NOT NULL PRIMARY KEY, priority int NOT NULL);
 DECLARE @chosen TABLE (id bigint NOT NULL PRIMARY KEY);
-INSERT INTO @outcome (id, duration_ms, response, response_body, status, logs, notified_date)
-SELECT id, duration_ms, response, response_body, status, logs, notified_date
+INSERT INTO @outcome (
+    id, attempts, duration_ms, response, response_body, status, logs, notified_date
+)
+SELECT id, attempts, duration_ms, response, response_body, status, logs, notified_date
 FROM OPENJSON(:outcomes) WITH (
     id bigint '$.id',
+    attempts int '$.attempts',
     duration_ms bigint '$.duration_ms',
     response nvarchar(max) '$.response',
     response_body nvarchar(max) '$.response_body',
@@ -281,7 +287,7 @@ SET state = 'Completed', completed_date = @now, last_activity_date = @now,
 OUTPUT inserted.id INTO @done
 FROM @outcome AS o
 JOIN background_job AS b ON b.id = o.id
-WHERE b.lease_owner = @node AND b.state IN ('Started', 'Executed');
+WHERE b.lease_owner = @node AND b.attempts = o.attempts AND b.state IN ('Started', 'Executed');
 INSERT INTO completed_job_{month} (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, response, response_body,

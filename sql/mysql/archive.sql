@@ -191,8 +191,10 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 -- briefly); it is the transaction's first statement that locks, so a deadlock there is
 -- retried by the dialect. The claim takes every lock with SKIP LOCKED and never waits.
 -- Completion: each job this node still holds gets its outcome, is copied into the archive, has
--- its summary updated and leaves the queue. :outcomes is a JSON array of {id, duration_ms,
+-- its summary updated and leaves the queue. :outcomes is a JSON array of {id, attempts, duration_ms,
 -- response, response_body, status, logs, notified_date}.
+-- An outcome counts for the attempt it ended only (its attempts): written late, after the
+-- job came back to this node and was claimed again, it is dropped (the job is not in done_ids).
 -- No DELETE ... RETURNING into an INSERT here: 1. the jobs still held are locked and their
 -- ids kept in a session variable (with those whose summary shows an earlier attempt's error,
 -- and whether a queued job depends on one), 2. copied into the archive with their outcome,
@@ -218,9 +220,10 @@ SET @asyncjobs_done = NULL, @asyncjobs_errors = NULL, @asyncjobs_dependents = 0,
 INTO @asyncjobs_done, @asyncjobs_errors, @asyncjobs_dependents
 FROM (
     SELECT b.id, b.error_code IS NULL AND b.error IS NULL AS clean
-    FROM JSON_TABLE(:outcomes, '$[*]' COLUMNS (id BIGINT PATH '$.id')) AS i
+    FROM JSON_TABLE(:outcomes, '$[*]' COLUMNS (
+        id BIGINT PATH '$.id', attempts INT PATH '$.attempts')) AS i
     STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
-    WHERE b.lease_owner = :node
+    WHERE b.lease_owner = :node AND b.attempts = i.attempts
     FOR UPDATE
 ) AS c;
 /* only if :outcomes */ INSERT INTO completed_job (

@@ -164,14 +164,14 @@ SET state = :state, completed_date = :now, last_activity_date = :now, duration_m
     error_code = :error_code, progress = COALESCE(:progress, progress),
     status = COALESCE(:status, status), notified_date = COALESCE(:notified_date, notified_date),
     logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(COALESCE(logs, ''), :logs) END
-WHERE id = :id AND lease_owner = :node;
+WHERE id = :id AND lease_owner = :node AND attempts = :attempts;
 
 -- name: mark_executed
 -- The command succeeded and its callback runs next; the result is kept meanwhile.
 UPDATE background_job
 SET state = 'Executed', response = :response, response_body = :response_body,
     last_activity_date = :now
-WHERE id = :id AND lease_owner = :node;
+WHERE id = :id AND lease_owner = :node AND attempts = :attempts;
 
 -- name: requeue_job
 -- Put a job back in the queue after a failed attempt or a shutdown. A retry waits out its

@@ -73,7 +73,9 @@ WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
 -- always true of a held job, lets the plan (generic: the number of ids is unknown) find the
 -- jobs through the small ix_background_job_lease; without it, a queue of a few thousand rows
 -- was read whole instead, 0.2 ms per statement. :outcomes is a JSON
--- array of {id, duration_ms, response, response_body, status, logs, notified_date}.
+-- array of {id, attempts, duration_ms, response, response_body, status, logs, notified_date}.
+-- An outcome counts for the attempt it ended only (its attempts): written late, after the
+-- job came back to this node and was claimed again, it is dropped (the job is not in done_ids).
 --
 -- Claiming: up to :limit runnable jobs in priority-then-age order, their summaries marked
 -- Started. A job with a named worker is runnable only when no job of that worker is running and
@@ -106,12 +108,13 @@ WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
 -- jobs come from ix_background_job_claim in claim order.
 WITH RECURSIVE outcome AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(:outcomes::jsonb) AS o(
-        id bigint, duration_ms bigint, response text, response_body text, status text,
-        logs text, notified_date timestamptz)
+        id bigint, attempts integer, duration_ms bigint, response text, response_body text,
+        status text, logs text, notified_date timestamptz)
 ),
 done AS (
     DELETE FROM background_job b
     WHERE b.id = ANY (ARRAY(SELECT id FROM outcome)) AND b.lease_owner = :node
+      AND b.attempts = (SELECT o.attempts FROM outcome o WHERE o.id = b.id)
       AND b.state IN ('Started', 'Executed')
     RETURNING b.*
 ),

@@ -161,14 +161,14 @@ SET state = :state, completed_date = :now, last_activity_date = :now, duration_m
     status = COALESCE(:status::text, status),
     notified_date = COALESCE(:notified_date::timestamptz, notified_date),
     logs = CASE WHEN :logs::text IS NULL THEN logs ELSE COALESCE(logs, '') || :logs::text END
-WHERE id = :id AND lease_owner = :node;
+WHERE id = :id AND lease_owner = :node AND attempts = :attempts;
 
 -- name: mark_executed
 -- The command succeeded and its callback runs next; the result is kept meanwhile.
 UPDATE background_job
 SET state = 'Executed', response = :response, response_body = :response_body,
     last_activity_date = :now
-WHERE id = :id AND lease_owner = :node;
+WHERE id = :id AND lease_owner = :node AND attempts = :attempts;
 
 -- name: requeue_job
 -- Put a job back in the queue after a failed attempt or a shutdown. A retry waits out its

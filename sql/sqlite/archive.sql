@@ -129,10 +129,12 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('Failed', 'Cancell
 --
 -- Completing: each job this node still holds gets its outcome, is copied into the month's
 -- archive, has its summary updated and leaves the queue. A job missing from done_ids was taken
--- over by another node (its lease ran out). :outcomes is a JSON array of {id, duration_ms,
+-- over by another node (its lease ran out). :outcomes is a JSON array of {id, attempts, duration_ms,
 -- response, response_body, status, logs, notified_date}. The outcomes are read from the JSON
 -- once (a materialized CTE): joined directly, json_each would be parsed again for every row of
 -- the queue it is compared with.
+-- An outcome counts for the attempt it ended only (its attempts): written late, after the
+-- job came back to this node and was claimed again, it is dropped (the job is not in done_ids).
 --
 -- Claiming: up to :limit runnable jobs in priority-then-age order, their summaries marked
 -- Started. A job with a named worker is runnable only when no job of that worker is running and
@@ -152,6 +154,7 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('Failed', 'Cancell
 -- time (:now, as above).
 WITH o AS MATERIALIZED (
     SELECT json_extract(value, '$.id') AS id,
+           json_extract(value, '$.attempts') AS attempts,
            json_extract(value, '$.duration_ms') AS duration_ms,
            json_extract(value, '$.response') AS response,
            json_extract(value, '$.response_body') AS response_body,
@@ -176,7 +179,7 @@ SELECT
     CASE WHEN o.logs IS NULL THEN b.logs ELSE COALESCE(b.logs, '') || o.logs END,
     :now, b.reply_to, NULL, NULL, b.args, b.meta, b.priority
 FROM o JOIN background_job b ON b.id = o.id
-WHERE b.lease_owner = :node AND b.state IN ('Started', 'Executed');
+WHERE b.lease_owner = :node AND b.attempts = o.attempts AND b.state IN ('Started', 'Executed');
 UPDATE job_summary
 SET state = 'Completed', started_date = a.started_date, completed_date = :now,
     duration_ms = a.duration_ms, attempts = a.attempts, error_code = NULL, error_message = NULL
@@ -185,6 +188,8 @@ WHERE a.id = job_summary.id AND a.id IN (SELECT json_extract(value, '$.id') FROM
   AND a.completed_date = :now;
 DELETE FROM background_job
 WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
+  AND (id, attempts) IN (SELECT json_extract(value, '$.id'), json_extract(value, '$.attempts')
+                         FROM json_each(:outcomes))
   AND lease_owner = :node AND state IN ('Started', 'Executed');
 WITH RECURSIVE workers(name) AS (
     -- every named worker with jobs, one index probe each (a loose scan of

@@ -228,3 +228,29 @@ async def test_claims_go_on_while_the_finisher_cannot_write(
         with anyio.fail_after(10):
             for ref in (first, second):
                 assert (await jobs.wait_for_job(ref.id)).state is JobState.COMPLETED
+
+
+async def test_an_outcome_counts_only_for_the_attempt_it_ended(make_jobs: Factory) -> None:
+    """The job was taken back from this node (its lease lapsed) and claimed by it again: an
+    outcome of the earlier attempt, written late, is dropped, whatever its kind; the newer
+    attempt's own outcome counts."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        (first,) = (await jobs.store.claim(NODE, 1)).jobs  # NODE holds no lease: it is dead
+        child = await jobs.enqueue_command(AddCommand, Add(2, 2), JobOptions(depends_on=ref.id))
+        _final, requeued = await jobs.store.recover_orphans()
+        assert requeued == [ref.id]
+        (second,) = (await jobs.store.claim(NODE, 1)).jobs
+        assert (first.attempts, second.attempts) == (1, 2)
+        late = await jobs.store.complete_and_claim(NODE, completed(first), 0)
+        assert late.final == {} and late.lost == [ref.id]
+        failed = Outcome(first, JobState.FAILED, error_code="Boom")
+        report = await jobs.store.finish(NODE, [failed])
+        assert report.final.get(ref.id) is None and ref.id in report.lost
+        result = await jobs.get_job(ref.id)
+        assert result is not None and result.state is JobState.STARTED
+        assert result.summary.attempts == 2
+        waiting = await jobs.get_job(child.id)  # its parent did not fail: it waits on
+        assert waiting is not None and waiting.state is JobState.QUEUED
+        done = await jobs.store.complete_and_claim(NODE, completed(second), 0)
+        assert done.final == {ref.id: JobState.COMPLETED}
