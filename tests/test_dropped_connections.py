@@ -34,7 +34,9 @@ async def proxied(dsn: str, size: int) -> AsyncIterator[tuple[Dialect, Proxy]]:
     assert parts.hostname is not None and parts.port is not None
     async with proxy(parts.hostname, parts.port) as link:
         netloc = parts.netloc.replace(f":{parts.port}", f":{link.port}")
-        dialect = create_dialect(parts._replace(netloc=netloc).geturl(), min_size=1, max_size=size)
+        # (PostgreSQL's pool holds two at least: the second is never opened here)
+        url = parts._replace(netloc=netloc).geturl()
+        dialect = create_dialect(url, min_size=1, max_size=max(size, 2))
         await dialect.open()
         try:
             all_out = anyio.Event()

@@ -473,5 +473,5 @@ async def test_a_job_reads_the_environment_variables_its_app_allows(
         with pytest.raises(ReplyToError, match="not in allowed_env"):
             await other.run_command_async(_ReplyWithSum, Result(3, []), options)
     assert len(server.received) == 2
-    with pytest.raises(ConfigurationError, match="not a string"):
+    with pytest.raises(ConfigurationError, match="collection of variable names"):
         BackgroundJobs("sqlite:///:memory:", reply_to_env="ASYNCJOBS_TEST_TOKEN")
