@@ -88,6 +88,8 @@ _FAST_POLL = 0.05
 _NAMED_ONLY_CLAIM = 8
 #: how often a shutdown names the stopped jobs it still waits for (see _until_stopped_jobs_end)
 _STUCK_JOB_REPORT_EVERY = 10.0
+#: the least time a database call of the runtime's loops waits for its answer (see _db_shield)
+_LEAST_ANSWER_BOUND = 10.0
 #: why jobs stop when this node's lease may have run out (see _lease_loop)
 _LEASE_LAPSED = "may no longer be this node's (its lease was not renewed in time)"
 #: the notification channel a dialect with notifications uses for "work arrived" / "cancel:<id>"
@@ -245,6 +247,9 @@ class BackgroundJobs:
         self.max_concurrency = max_concurrency
         self.poll_interval = poll_interval
         self.lease_duration = lease_duration
+        #: how long a database call of the runtime's loops may go unanswered: past a lease,
+        #: this node's jobs are taken back anyway (never under a floor, for a slow database)
+        self._answer_bound = max(lease_duration.total_seconds(), _LEAST_ANSWER_BOUND)
         self.shutdown_grace = shutdown_grace
         self.retention_months = retention_months
         self.execute = execute
@@ -515,10 +520,12 @@ class BackgroundJobs:
     @contextmanager
     def _db_shield(self) -> Iterator[None]:
         """Shield a database call whose answer must be seen (a claim's jobs must start, a
-        flush's report be read): cancellation from outside waits for it. A shutdown gives it
-        a deadline (see _bound_db_waits): one that gets no answer by then, from a database
-        that stopped answering without closing the connection, raises NoAnswerError."""
-        scope = anyio.CancelScope(shield=True, deadline=self._shield_deadline)
+        flush's report be read): cancellation from outside waits for it. It has a deadline,
+        which a shutdown brings forward (see _bound_db_waits): a call that gets no answer by
+        then, from a database that stopped answering without closing the connection (its
+        host gone), raises NoAnswerError, and is retried as when a connection drops."""
+        deadline = min(self._shield_deadline, anyio.current_time() + self._answer_bound)
+        scope = anyio.CancelScope(shield=True, deadline=deadline)
         self._shields.add(scope)
         try:
             with scope:
@@ -526,7 +533,7 @@ class BackgroundJobs:
         finally:
             self._shields.discard(scope)
         if scope.cancelled_caught:
-            raise NoAnswerError("the database did not answer before the shutdown's deadline")
+            raise NoAnswerError("the database did not answer in time")
 
     def _bound_db_waits(self, seconds: float) -> None:
         """Shutdown: shielded database calls, those running and those to come, end within
@@ -1848,23 +1855,26 @@ class BackgroundJobs:
                 await self._check_cancels.wait()
             self._check_cancels = anyio.Event()
             try:
-                now = anyio.current_time()
-                if now - self._lease_renewed_at >= lease / 3:
-                    await self._renew_lease()
-                if self._running:
-                    running = list(self._running)  # (a job started during the read is not)
-                    held = await self.store.held_jobs(self.node_id)
-                    for job_id, cancel_asked in held.items():
-                        if cancel_asked:
-                            self._cancel_local(job_id)
-                    taken = [i for i in running if i not in held]
-                    self._stop_unleased(taken, "was taken over by another process")
-                if now - last_recover >= lease / 2:
-                    final, requeued = await self.store.recover_orphans()
-                    last_recover = now
-                    self._resolve(final)
-                    if requeued:
-                        self._wake_dispatcher()
+                # Bounded, as the shielded calls are: a query the database never answers
+                # (its host gone) fails, and the next round takes a new connection.
+                with anyio.fail_after(self._answer_bound):
+                    now = anyio.current_time()
+                    if now - self._lease_renewed_at >= lease / 3:
+                        await self._renew_lease()
+                    if self._running:
+                        running = list(self._running)  # (a job started during the read is not)
+                        held = await self.store.held_jobs(self.node_id)
+                        for job_id, cancel_asked in held.items():
+                            if cancel_asked:
+                                self._cancel_local(job_id)
+                        taken = [i for i in running if i not in held]
+                        self._stop_unleased(taken, "was taken over by another process")
+                    if now - last_recover >= lease / 2:
+                        final, requeued = await self.store.recover_orphans()
+                        last_recover = now
+                        self._resolve(final)
+                        if requeued:
+                            self._wake_dispatcher()
                 failures = 0
             except Exception as exc:
                 failures += 1

@@ -19,6 +19,8 @@ class _Link:
     server: anyio.abc.SocketStream
     replies: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     cut: bool = False
+    #: its replies go nowhere (see Proxy.lose_open_links)
+    lost: bool = False
 
 
 class Proxy:
@@ -53,6 +55,13 @@ class Proxy:
     def thaw(self) -> None:
         self._thawed.set()
 
+    def lose_open_links(self) -> None:
+        """The server's host vanishes with the open links (a failover that moves its address,
+        a machine that is gone): what they carry reaches the server, but no reply, nor a reset,
+        ever comes back on them. New links work."""
+        for link in self._links:
+            link.lost = True
+
     async def _serve(self, client: anyio.abc.SocketStream) -> None:
         await self._thawed.wait()
         async with client, await anyio.connect_tcp(*self._target) as server:
@@ -82,6 +91,8 @@ class Proxy:
         with link.replies:
             try:
                 async for data in link.server:
+                    if link.lost:
+                        await anyio.sleep_forever()
                     await self._thawed.wait()
                     await link.client.send(data)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):

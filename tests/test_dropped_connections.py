@@ -155,6 +155,38 @@ async def test_a_database_that_stops_answering_does_not_hold_the_shutdown(
     assert [result.state for result in results] == [JobState.COMPLETED] * 20
 
 
+# Without the bounds the node waits forever on calls that get no answer: a thread ends it.
+@pytest.mark.timeout(120, method="thread")
+async def test_a_node_whose_queries_in_flight_never_get_an_answer_gets_going_again(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """The database's host vanishes with queries in flight (a failover that moves its address):
+    their connections never get an answer, nor a reset, while new connections work. The
+    node's claim and lease renewal give up on them in time, and it runs jobs again."""
+    async with make_jobs(commands=[SleepCommand], execute=False):
+        pass
+    parts = urlsplit(dsn)
+    assert parts.hostname is not None and parts.port is not None
+    async with proxy(parts.hostname, parts.port) as link:
+        netloc = parts.netloc.replace(f":{parts.port}", f":{link.port}")
+        node = BackgroundJobs(
+            parts._replace(netloc=netloc).geturl(),
+            commands=[SleepCommand],
+            lease_duration=timedelta(seconds=2),
+            poll_interval=timedelta(milliseconds=100),
+            shutdown_grace=timedelta(milliseconds=200),
+            notifications=False,
+        )
+        async with node:
+            link.lose_open_links()
+            await anyio.sleep(1.0)  # the next poll's claim and renewal go out on them
+            async with make_jobs(commands=[SleepCommand], execute=False) as producer:
+                ref = await producer.enqueue_command(SleepCommand, Sleep(0, "after"))
+            with anyio.fail_after(40):  # the bound is 10 s
+                result = await node.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED
+
+
 class HoldsCommand(AsyncCommand[Sleep]):
     """Sleeps, and tells when it is stopped."""
 
