@@ -27,15 +27,21 @@ NODE = {"node": "n1", "host": "h", "pid": 1, "now": NOW, "lease_seconds": 0.0}
 
 
 @asynccontextmanager
-async def proxied(dsn: str, size: int) -> AsyncIterator[tuple[Dialect, Proxy]]:
-    """A dialect whose pool holds ``size`` idle connections, all through a proxy, and the
-    proxy; the database's schema is made first."""
+async def through_a_proxy(dsn: str) -> AsyncIterator[tuple[str, Proxy]]:
+    """``dsn`` made to reach its server through a proxy, and the proxy."""
     parts = urlsplit(dsn)
     assert parts.hostname is not None and parts.port is not None
     async with proxy(parts.hostname, parts.port) as link:
         netloc = parts.netloc.replace(f":{parts.port}", f":{link.port}")
+        yield parts._replace(netloc=netloc).geturl(), link
+
+
+@asynccontextmanager
+async def proxied(dsn: str, size: int) -> AsyncIterator[tuple[Dialect, Proxy]]:
+    """A dialect whose pool holds ``size`` idle connections, all through a proxy, and the
+    proxy; the database's schema is made first."""
+    async with through_a_proxy(dsn) as (url, link):
         # (PostgreSQL's pool holds two at least: the second is never opened here)
-        url = parts._replace(netloc=netloc).geturl()
         dialect = create_dialect(url, min_size=1, max_size=max(size, 2))
         await dialect.open()
         try:
@@ -130,12 +136,9 @@ async def test_a_database_that_stops_answering_does_not_hold_the_shutdown(
     once the node's lease lapses: nothing is lost."""
     async with make_jobs(commands=[SleepCommand], execute=False):
         pass
-    parts = urlsplit(dsn)
-    assert parts.hostname is not None and parts.port is not None
-    async with proxy(parts.hostname, parts.port) as link:
-        netloc = parts.netloc.replace(f":{parts.port}", f":{link.port}")
+    async with through_a_proxy(dsn) as (url, link):
         jobs = BackgroundJobs(
-            parts._replace(netloc=netloc).geturl(),
+            url,
             commands=[SleepCommand],
             shutdown_grace=timedelta(milliseconds=500),
             lease_duration=timedelta(seconds=2),
@@ -165,12 +168,9 @@ async def test_a_node_whose_queries_in_flight_never_get_an_answer_gets_going_aga
     node's claim and lease renewal give up on them in time, and it runs jobs again."""
     async with make_jobs(commands=[SleepCommand], execute=False):
         pass
-    parts = urlsplit(dsn)
-    assert parts.hostname is not None and parts.port is not None
-    async with proxy(parts.hostname, parts.port) as link:
-        netloc = parts.netloc.replace(f":{parts.port}", f":{link.port}")
+    async with through_a_proxy(dsn) as (url, link):
         node = BackgroundJobs(
-            parts._replace(netloc=netloc).geturl(),
+            url,
             commands=[SleepCommand],
             lease_duration=timedelta(seconds=2),
             poll_interval=timedelta(milliseconds=100),
@@ -210,13 +210,10 @@ async def test_a_process_cut_off_from_the_database_stops_its_jobs_before_they_ru
     EVENTS.clear()
     async with make_jobs(commands=[HoldsCommand], execute=False):
         pass
-    parts = urlsplit(dsn)
-    assert parts.hostname is not None and parts.port is not None
     lease = timedelta(seconds=1)
-    async with proxy(parts.hostname, parts.port) as link:
-        netloc = parts.netloc.replace(f":{parts.port}", f":{link.port}")
+    async with through_a_proxy(dsn) as (url, link):
         cut_off = BackgroundJobs(
-            parts._replace(netloc=netloc).geturl(),
+            url,
             commands=[HoldsCommand],
             lease_duration=lease,
             poll_interval=timedelta(milliseconds=50),
