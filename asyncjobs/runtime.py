@@ -1520,13 +1520,7 @@ class BackgroundJobs:
                     error_code="Cancelled",
                 )
             elif running.stop_reason == "shutdown" and running.scope.cancelled_caught:
-                outcome = Outcome(
-                    job,
-                    JobState.QUEUED,
-                    error=JobError("interrupted by a shutdown; requeued", "Shutdown"),
-                    error_code="Shutdown",
-                    attempt_unused=not running.began,
-                )
+                outcome = _requeued_by_shutdown(job, unused=not running.began)
         finally:
             self._job_ended(running, outcome, started)
 
@@ -1567,12 +1561,7 @@ class BackgroundJobs:
         if not self._dispatch_scope.cancel_called:
             self._start(job)
             return
-        self._outcomes.append(
-            Outcome(
-                job, JobState.QUEUED, error=JobError("interrupted by a shutdown; requeued",
-                "Shutdown"), error_code="Shutdown", attempt_unused=True,
-            )
-        )  # fmt: skip
+        self._outcomes.append(_requeued_by_shutdown(job, unused=True))
         self._outcome_ready.set()
 
     def _forget_running(self, running: _Running) -> None:
@@ -2039,6 +2028,18 @@ def _storable_id(job_id: object) -> bool:
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise InvalidOptionsError(f"a job id is an int, got {job_id!r}")
     return -(2**63) <= job_id < 2**63
+
+
+def _requeued_by_shutdown(job: BackgroundJob, *, unused: bool) -> Outcome:
+    """A job a shutdown gives back to the queue; ``unused``: its code never began, so the
+    claim's count of the attempt is taken back."""
+    return Outcome(
+        job,
+        JobState.QUEUED,
+        error=JobError("interrupted by a shutdown; requeued", "Shutdown"),
+        error_code="Shutdown",
+        attempt_unused=unused,
+    )
 
 
 def _new_node_id() -> str:
