@@ -21,7 +21,7 @@ _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
 #: a group written out once per row of a list parameter, in the files' style or in pyformat
 _EACH = re.compile(r"/\* each (?::(\w+)|%\((\w+)\)s) \*/\s*\(")
 _TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,63}$")  # a part of an identifier
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_]{1,63}\Z")  # a part of an identifier
 
 
 def sql_root() -> Path:

@@ -129,6 +129,7 @@ def test_dialect_settings_come_from_the_dsn_and_stay_out_of_the_odbc_string() ->
         ("mssql://u:p@host/db?server=other", "conflicts with the DSN's host"),
         ("mssql://u:p@host/db?PWD=x", "conflicts with the DSN's host"),
         ("mssql://u:p@host/db?bad%3Bkey=1", "invalid ODBC keyword"),
+        ("mssql://u:p@host/db?Encrypt%0A=1", "invalid ODBC keyword"),
         ("mssql://u:p@host/db?driver=%20", "driver is empty"),
         ("mssql://u:p@host:notaport/db", "invalid DSN"),
     ],

@@ -517,6 +517,8 @@ def test_dsn_options_configure_the_dialect() -> None:
     assert isinstance(other, PostgresDialect) and other.schema == "s1"
     with pytest.raises(ConfigurationError, match="not a valid PostgreSQL identifier"):
         create_dialect("postgresql://h/db?schema=bad-name")
+    with pytest.raises(ConfigurationError, match="not a valid PostgreSQL identifier"):
+        create_dialect("postgresql://h/db?schema=jobs%0A")  # `$` would let the newline by
     with pytest.raises(ConfigurationError, match="unknown PostgreSQL settings"):
         create_dialect("postgresql://h/db", pool_size=3)
     with pytest.raises(ConfigurationError, match="min_size"):

@@ -76,7 +76,7 @@ _FLOAT_OPTIONS = ("pool_recycle", "connect_timeout")
 _SETTINGS = (*_OPTIONS, "change_poll_interval")
 #: ODBC connection-string keys this dialect writes itself from the DSN's parts
 _RESERVED_KEYS = frozenset({"server", "database", "uid", "pwd", "address", "addr"})
-_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9 _-]*$")
+_KEY = re.compile(r"[A-Za-z][A-Za-z0-9 _-]*\Z")
 _DEADLOCK = 1205
 _UNIQUE = frozenset({2627, 2601})  # unique constraint, unique index
 #: a native error number as pyodbc writes it: "message (2627) (SQLExecDirectW)", and for the

@@ -46,7 +46,7 @@ from ._dsn import Dsn
 log = logging.getLogger("asyncjobs.postgres")
 T = TypeVar("T")
 
-_SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_SCHEMA = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 #: DSN query options read by this dialect; the rest go to asyncpg (sslmode, ...)
 _OPTIONS = ("schema", "min_size", "max_size", "connect_timeout")
 #: SQLSTATEs meaning the server went away or refuses connections for now: connection

@@ -125,7 +125,7 @@ class AdminApp:
             (r"/api/scheduled/(?P<name>.+)/run", self._run_task),
         ]
         self._routes = [
-            (re.compile(pattern + "$"), method, handler)
+            (re.compile(pattern + r"\Z"), method, handler)
             for routes, method in ((actions, "POST"), (read, "GET"))
             for pattern, handler in routes
         ]

@@ -18,7 +18,7 @@ MAX_ID = 2**63 - 1
 MAX_TEXT = 500
 MAX_LIMIT = 500
 MAX_IDS = 1000
-_MONTH = re.compile(r"^(\d{4})-?(\d{2})$")
+_MONTH = re.compile(r"([0-9]{4})-?([0-9]{2})\Z")
 
 #: the filters of ``GET api/jobs``, besides view, month, limit and offset
 LIST_FILTERS = (
