@@ -1938,7 +1938,10 @@ class BackgroundJobs:
                 if not updates:
                     continue
                 try:
-                    await self.store.update_progress(updates)
+                    # Bounded as the finisher's calls are: a write whose connection never
+                    # answers (its host gone) would hold the finisher back for good.
+                    with anyio.fail_after(self._answer_bound):
+                        await self.store.update_progress(updates)
                 except BaseException as exc:
                     for running, logs in taken:
                         self._give_back(running, logs, now)

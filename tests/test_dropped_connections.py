@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import anyio
 import pytest
 
-from asyncjobs import AsyncCommand, BackgroundJobs, JobState
+from asyncjobs import AsyncCommand, BackgroundJobs, JobState, update_status
 from asyncjobs.dialects import Dialect, create_dialect
 from tests.commands import EVENTS, Add, AddCommand, Sleep, SleepCommand
 from tests.proxy import Proxy, proxy
@@ -254,3 +254,40 @@ async def test_a_commit_that_gets_no_answer_ends_and_says_so(make_jobs: Factory,
         link.thaw()
         async with dialect.connection() as conn:  # the pool goes on, with a new connection
             assert await conn.execute("delete_node", {"node": "n0"}) == 0
+
+
+class ReportsCommand(AsyncCommand[Sleep]):
+    """Reports its progress every few milliseconds, then ends."""
+
+    async def run(self, request: Sleep) -> None:
+        deadline = time.monotonic() + request.seconds
+        while time.monotonic() < deadline:
+            update_status(progress=0.5, status=request.label)
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.timeout(120, method="thread")
+async def test_a_progress_write_that_gets_no_answer_does_not_hold_up_outcomes(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """The progress writer holds the finisher back while it writes (see _progress_loop): a write
+    that never gets an answer, its connection's host gone, gives up in time, and the outcomes
+    of jobs that ended meanwhile are recorded."""
+    async with make_jobs(commands=[ReportsCommand], execute=False):
+        pass
+    async with through_a_proxy(dsn) as (url, link):
+        node = BackgroundJobs(
+            url,
+            commands=[ReportsCommand],
+            lease_duration=timedelta(seconds=2),
+            poll_interval=timedelta(milliseconds=100),
+            shutdown_grace=timedelta(milliseconds=200),
+        )
+        async with node:
+            refs = [await node.enqueue_command(ReportsCommand, Sleep(3, "busy")) for _ in range(3)]
+            await anyio.sleep(1.2)  # progress writes go out every 0.5 s
+            link.lose_open_links()
+            async with make_jobs(commands=[ReportsCommand], execute=False) as reader:
+                with anyio.fail_after(40):  # the bound is 10 s
+                    results = [await reader.wait_for_job(ref.id) for ref in refs]
+    assert [result.state for result in results] == [JobState.COMPLETED] * 3
