@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from .exceptions import InvalidOptionsError
+from .exceptions import InvalidOptionsError, ReplyToError
 
 
 class JobState(StrEnum):
@@ -199,6 +199,12 @@ class JobOptions:
                 check_name(name, value)
         if self.reply_to is not None:
             check_text("reply_to", self.reply_to, max_chars=MAX_REPLY_TO_CHARS)
+            from .replyto import check_reply_to  # (replyto reads the job context: no cycle)
+
+            try:
+                check_reply_to(self.reply_to)
+            except ReplyToError as exc:
+                raise InvalidOptionsError(f"reply_to: {exc}") from exc
         for key, value in (self.args or {}).items():
             check_text("args", key, empty_ok=True)
             check_text("args", value, empty_ok=True)

@@ -56,6 +56,7 @@ from .exceptions import (
     JobFailedError,
     JobNotFoundError,
     RegistrationError,
+    ReplyToError,
     SerializationError,
     StatementTooLargeError,
 )
@@ -80,7 +81,8 @@ log = logging.getLogger("asyncjobs")
 #: the options of a job enqueued without any (frozen, so one instance serves every job)
 _NO_OPTIONS = JobOptions()
 #: errors that another attempt cannot fix
-_PERMANENT_ERRORS = (SerializationError, RegistrationError)
+#: (a malformed ReplyTo, or one naming a variable this process does not allow, stays so)
+_PERMANENT_ERRORS = (SerializationError, RegistrationError, ReplyToError)
 UserResolver = Callable[[str], Awaitable[Any]] | Callable[[str], Any]
 #: the first poll after a claim that found work (polls then back off up to poll_interval)
 _FAST_POLL = 0.05

@@ -475,3 +475,18 @@ async def test_a_job_reads_the_environment_variables_its_app_allows(
     assert len(server.received) == 2
     with pytest.raises(ConfigurationError, match="collection of variable names"):
         BackgroundJobs("sqlite:///:memory:", reply_to_env="ASYNCJOBS_TEST_TOKEN")
+
+
+@pytest.mark.anyio
+async def test_a_reply_to_naming_a_variable_the_app_does_not_allow_fails_the_job_once(
+    server: Server, tmp_path: Path
+) -> None:
+    """The variable is read by the process that sends (so enqueue takes the name), and another
+    attempt in that process would fail alike: the job fails at once, its work done once."""
+    options = JobOptions(reply_to=f"$ASYNCJOBS_TEST_UNLISTED@{server.base}/cb", retry_limit=3)
+    app = BackgroundJobs(f"sqlite:///{tmp_path / 'jobs.db'}", commands=[_ReplyWithSum])
+    async with app:
+        ref = await app.enqueue_command(_ReplyWithSum, Result(1, ["2"]), options)
+        result = await app.wait_for_job(ref.id)
+    assert result.state is JobState.FAILED and result.summary.attempts == 1
+    assert result.summary.error_code == "ReplyToError" and server.received == []

@@ -345,6 +345,11 @@ def _circular() -> list[Any]:
         ({"reply_to": 5}, "reply_to must be a non-empty string"),
         ({"reply_to": ""}, "reply_to must be a non-empty string"),
         ({"reply_to": "https://x.invalid/" + "x" * 8192}, "reply_to must be at most 8192"),
+        # A ReplyTo that could never be sent is refused before the job is stored
+        ({"reply_to": "not a url"}, "reply_to: ReplyTo contains whitespace"),
+        ({"reply_to": "ftp://x.invalid/cb"}, "reply_to: ReplyTo URL has an unknown scheme"),
+        ({"reply_to": "https://u:p@x.invalid/cb"}, "reply_to: ReplyTo URL contains credentials"),
+        ({"reply_to": "$1TOKEN@https://x.invalid/cb"}, "invalid environment variable"),
     ],
 )
 def test_bad_options_fail_where_they_are_made(options: dict[str, Any], message: str) -> None:
