@@ -313,11 +313,12 @@ class Store:
 
     async def drop_months_before(self, keep_from: str) -> list[str]:
         """Retention: drop whole archive months older than ``keep_from`` (YYYYMM), but none
-        from the month of the oldest job still queued or running on."""
+        from the month of the oldest job still queued or running on, or of the oldest parent
+        a queued job depends on."""
         async with self.dialect.connection() as conn:
             oldest = await conn.fetch("oldest_active_created")
-        if oldest:
-            keep_from = min(keep_from, month_key(oldest[0]["created_date"]))
+        for row in oldest:
+            keep_from = min(keep_from, month_key(row["created_date"]))
         dropped = [m for m in await self.archive_months() if m < keep_from]
         async with self.dialect.transaction() as tx:
             for key in dropped:

@@ -296,9 +296,15 @@ DELETE FROM archive_month WHERE month = '{month}';
 
 -- name: oldest_active_created
 -- Retention keeps the month of the oldest job still in the queue: it is archived there when it
--- ends (and other processes, which know the month exists, would find its table gone). Ids grow
--- with creation, so the first by key is the oldest, found without a scan.
-SELECT created_date FROM background_job ORDER BY id LIMIT 1;
+-- ends (and other processes, which know the month exists, would find its table gone); and the
+-- month of the oldest parent a job in the queue depends on: that job runs once the parent's
+-- summary says Completed, and reads the parent's archived row. Ids grow with creation, so the
+-- first by key is the oldest, and the least depends_on the oldest parent, both found without a
+-- scan. One row for each (none for what does not exist); the caller takes the older.
+SELECT created_date FROM (SELECT created_date FROM background_job ORDER BY id LIMIT 1)
+UNION ALL
+SELECT created_date FROM job_summary
+WHERE id = (SELECT MIN(depends_on) FROM background_job WHERE depends_on IS NOT NULL);
 
 -- name: delete_old_summaries
 -- Retention: summaries of finished jobs created before the oldest kept month.

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
-from asyncjobs import BackgroundJobs, JobState
+from asyncjobs import AsyncCommand, BackgroundJobs, JobOptions, JobState, current_job
 from asyncjobs.store import add_months, month_key
 from asyncjobs.web._admin_store import AdminStore, JobFilter
 from tests.commands import Add, AddCommand, Fail, FailCommand
@@ -98,3 +98,36 @@ async def test_retention_keeps_the_month_of_a_job_still_queued(make_jobs: Factor
         with anyio.fail_after(10):
             result = await runner.wait_for_job(job_id)
     assert result.completed is not None and result.completed.response_body == '{"total":5}'
+
+
+async def test_retention_keeps_the_month_of_a_parent_a_queued_job_depends_on(
+    make_jobs: Factory,
+) -> None:
+    """A parent created in an old month completed; a job that depends on it waits in the queue
+    (for its run_after, its worker, a busy node). Retention keeps the parent's month, whose
+    summary lets the dependent run and whose archived row it reads; the months before go."""
+    now = datetime.now(UTC)
+    old = month_start_of(add_months(month_key(now), -6))
+    seen: list[str | None] = []
+
+    class Child(AsyncCommand[Add]):
+        async def run(self, request: Add) -> None:
+            parent = current_job().parent_job
+            seen.append(parent and parent.response_body)
+
+    async with make_jobs(commands=[AddCommand], default_retry_limit=0) as runner:
+        await runner.store.ensure_archives(month_start_of(add_months(month_key(old), -1)), 3)
+        parent_job = runner._command_job(AddCommand, Add(2, 3), None, old + timedelta(days=2))
+        ((parent_id, _),) = await runner.store.enqueue([parent_job])
+        with anyio.fail_after(10):
+            assert (await runner.wait_for_job(parent_id)).state is JobState.COMPLETED
+    async with make_jobs(commands=[Child], retention_months=3, execute=False) as jobs:
+        child = await jobs.enqueue_command(Child, Add(0, 0), JobOptions(depends_on=parent_id))
+        dropped = await jobs.drop_expired_archives(now)
+        after = await jobs.store.archive_months()
+    assert dropped == [add_months(month_key(old), -1)]
+    assert month_key(old) in after
+    async with make_jobs(commands=[Child]) as runner:
+        with anyio.fail_after(10):
+            result = await runner.wait_for_job(child.id)
+    assert result.state is JobState.COMPLETED and seen == ['{"total":5}']
