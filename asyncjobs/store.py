@@ -851,6 +851,10 @@ class Store:
             )
             if failed and failed[0]["depends_on"] is not None:
                 await self._check_parent_can_complete(tx, job_id, failed[0]["depends_on"])
+            meanwhile = InvalidJobStateError(
+                f"job {job_id} was requeued meanwhile; only failed or cancelled jobs can be "
+                "requeued"
+            )
             try:
                 moved = await tx.execute(
                     "requeue_failed", {"id": job_id, "now": utcnow()}, **templates
@@ -859,12 +863,17 @@ class Store:
                 # Another requeue of the job committed after the state was read above (the
                 # read takes no lock): its insert holds the id.
                 if self.dialect.is_unique_violation(exc):
-                    raise InvalidJobStateError(
-                        f"job {job_id} was requeued meanwhile; only failed or cancelled jobs "
-                        "can be requeued"
-                    ) from exc
+                    raise meanwhile from exc
                 raise
             if moved != 1:
+                # Another requeue moved the archived row first: the summary, read again (each
+                # statement reads what was committed before it), no longer says failed.
+                again = await tx.fetch("get_summary", {"id": job_id})
+                if again and JobState(again[0]["state"]) not in (
+                    JobState.FAILED,
+                    JobState.CANCELLED,
+                ):
+                    raise meanwhile
                 raise JobNotFoundError(f"job {job_id} is not in the failed archive")
             await tx.execute("delete_failed", {"id": job_id}, **templates)
             await tx.execute("mark_summaries", {"ids": json.dumps([job_id])})
