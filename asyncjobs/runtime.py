@@ -119,6 +119,8 @@ class _Running:
     #: the job claimed here again while this run, stopped when the lease lapsed, goes on: it
     #: starts when this run ends (see _start)
     next_attempt: BackgroundJob | None = None
+    #: a transient job's failure, for run_command_async to raise
+    failure: BaseException | None = None
 
 
 @types.coroutine
@@ -1167,12 +1169,15 @@ class BackgroundJobs:
             return job.result
         if job.state is JobState.CANCELLED:
             raise JobCancelledError(f"transient job {job.ref_id} was cancelled")
-        error = job.meta.get("_exception") if job.meta else None
+        error = running.failure
+        message = job.error.message if job.error else repr(error)
+        if job.error is not None and job.error.message.startswith("callback "):
+            # The command succeeded: its caller must not take the callback's error for its.
+            raise JobFailedError(message) from error
         if isinstance(error, Exception):
             raise error
-        if isinstance(error, BaseException):  # not for the caller to stop on (SystemExit, ...)
-            raise JobFailedError(job.error.message if job.error else repr(error)) from error
-        raise JobFailedError(job.error.message if job.error else "the command failed")
+        # (not for the caller to stop on: SystemExit, ...)
+        raise JobFailedError(message) from error
 
     def _register_transient(self, job: BackgroundJob) -> _Running:
         running = _Running(job, JobContext(job, reply_to_env=self.reply_to_env))
@@ -1213,8 +1218,7 @@ class BackgroundJobs:
                         job.state = JobState.EXECUTED
                         scope.deadline = math.inf  # the timeout bounds the command only
                         callback = self.registry.command(job.callback)
-                        args = () if callback.request_type is None else (job.result,)
-                        await self._call(callback, args)
+                        await self._call(callback, _callback_args(callback, job.result))
                 except BaseException as exc:
                     if not _raised_by_the_job(exc):
                         raise
@@ -1231,7 +1235,9 @@ class BackgroundJobs:
                 message = f"callback {job.callback} failed: {error.message}"
                 error = JobError(message, error.type, error.traceback)
             job.state, job.error = JobState.FAILED, error
-            job.meta = {**(job.meta or {}), "_exception": failure}
+            running.failure = failure
+            # Stored jobs' failures are logged as they are recorded; this one is not recorded.
+            log.warning("transient job %s (%s) failed: %s", job.ref_id, job.command, error.message)
         else:
             job.state = JobState.COMPLETED
             job.progress = 1.0
@@ -1616,13 +1622,15 @@ class BackgroundJobs:
         The callback is retried like a job; if it keeps failing, the job fails."""
         try:
             info = self.registry.command(job.callback or "")
-        except RegistrationError as exc:
-            # Not registered in this process (or renamed since the job was queued): the job
-            # fails, as with a callback that fails; another attempt here would not find it.
+            args = _callback_args(info, job.result)
+        except (RegistrationError, SerializationError) as exc:
+            # Not registered in this process (or renamed since the job was queued), or the
+            # result does not load as its request: the job fails, as with a callback that
+            # fails; another attempt here would fare no better.
             return Outcome(
                 job, JobState.FAILED, response=outcome.response,
                 response_body=outcome.response_body,
-                error=JobError(f"callback failed: {exc}", "RegistrationError"),
+                error=JobError(f"callback failed: {exc}", type(exc).__name__),
                 error_code="CallbackFailed",
             )  # fmt: skip
         try:
@@ -1636,7 +1644,7 @@ class BackgroundJobs:
         last_error: BaseException | None = None
         for attempt in range(1, job.retry_limit + 2):
             try:
-                await self._call(info, () if info.request_type is None else (job.result,))
+                await self._call(info, args)
             except BaseException as exc:
                 if not _raised_by_the_job(exc):
                     raise
@@ -2060,6 +2068,21 @@ async def open_database(dialect: Dialect) -> None:
         if isinstance(exc, AsyncJobsError):
             raise
         raise DatabaseError(f"cannot open the {dialect.name} database: {exc!r}") from exc
+
+
+def _callback_args(callback: CommandInfo, result: Any) -> tuple[Any, ...]:
+    """The callback's request: the job's result, as the callback's request type. A result of
+    another type (a dict an API handler returned, say) is loaded as that type from its JSON, as
+    when the callback runs again after its process stopped and reads the stored result (see
+    _command_succeeded_before): the callback gets the same request either way."""
+    request_type = callback.request_type
+    if request_type is None:
+        return ()
+    try:
+        same_type = result is None or isinstance(result, request_type)
+    except TypeError:  # Any, a generic: no class to test against
+        same_type = False
+    return (result,) if same_type else (decode(encode(result), request_type),)
 
 
 def _raised_by_the_job(exc: BaseException) -> bool:

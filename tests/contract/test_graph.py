@@ -22,6 +22,7 @@ from asyncjobs.exceptions import (
     ConfigurationError,
     InvalidJobStateError,
     InvalidOptionsError,
+    JobFailedError,
     JobNotFoundError,
 )
 from tests.commands import (
@@ -392,7 +393,9 @@ async def test_a_transient_job_is_bounded_by_its_timeout(make_jobs: Factory) -> 
     assert job.error.type == "TimeoutError"
 
 
-async def test_a_transient_job_runs_its_callback_with_its_result(make_jobs: Factory) -> None:
+async def test_a_transient_job_runs_its_callback_with_its_result(
+    make_jobs: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
     received: list[Sum] = []
 
     class KeepSum(AsyncCommand[Sum]):
@@ -407,15 +410,61 @@ async def test_a_transient_job_runs_its_callback_with_its_result(make_jobs: Fact
     async with make_jobs(commands=[AddCommand, KeepSum, RefuseSum]) as jobs:
         total = await jobs.run_command_async(AddCommand, Add(1, 2), JobOptions(callback="KeepSum"))
         assert total == Sum(3) and received == [Sum(3)]
-        with pytest.raises(RuntimeError, match="no room for 7"):
+        # The command succeeded: the caller is not handed the callback's error as if it were
+        # the command's own.
+        with pytest.raises(JobFailedError, match="callback RefuseSum failed: no room for 7") as e:
             await jobs.run_command_async(AddCommand, Add(3, 4), JobOptions(callback="RefuseSum"))
-        job = await jobs.run_command(AddCommand, Add(5, 5), JobOptions(callback="RefuseSum"))
+        assert isinstance(e.value.__cause__, RuntimeError)
+        options = JobOptions(callback="RefuseSum", meta={"order": 7})
+        job = await jobs.run_command(AddCommand, Add(5, 5), options)
         with anyio.fail_after(3):
             while not job.state.is_final:
                 await anyio.sleep(0.02)
     assert job.state is JobState.FAILED and job.error is not None
     assert job.error.message == "callback RefuseSum failed: no room for 10"
-    assert job.result == Sum(10)
+    assert job.result == Sum(10) and job.meta == {"order": 7}  # the caller's, as given
+    # Nothing is stored of a transient job: its failure is logged, as a stored job's is.
+    assert f"transient job {job.ref_id} (AddCommand) failed: callback RefuseSum failed" in (
+        caplog.text
+    )
+
+
+async def test_a_callback_gets_its_request_type_whatever_the_result_was(
+    make_jobs: Factory,
+) -> None:
+    """An API handler returns a dict; the callback declares a request type: it gets the
+    result loaded as that type (as it would after a restart, from the stored result), stored
+    or transient."""
+    received: list[Sum] = []
+
+    class KeepSum(AsyncCommand[Sum]):
+        async def run(self, request: Sum) -> None:
+            received.append(request)
+
+    class Total(AsyncCommandWithResult[Add, dict[str, int]]):
+        async def run(self, request: Add) -> dict[str, int]:
+            return {"total": request.a + request.b}
+
+    async def total(request: Add) -> dict[str, int]:
+        return {"total": request.a + request.b}
+
+    class Wrong(AsyncCommandWithResult[Add, dict[str, int]]):
+        async def run(self, request: Add) -> dict[str, int]:
+            return {"sum": request.a + request.b}
+
+    async with make_jobs(commands=[KeepSum, Total, Wrong]) as jobs:
+        jobs.register_api(Add, total)
+        ref = await jobs.enqueue_api(Add(1, 2), JobOptions(callback="KeepSum"))
+        assert (await jobs.wait_for_job(ref.id)).state is JobState.COMPLETED
+        await jobs.run_command_async(Total, Add(3, 4), JobOptions(callback="KeepSum"))
+        # A result that does not load as the callback's request fails the job, at once
+        options = JobOptions(callback="KeepSum", retry_limit=3)
+        wrong = await jobs.enqueue_command(Wrong, Add(5, 6), options)
+        failed = await jobs.wait_for_job(wrong.id)
+    assert received == [Sum(3), Sum(7)]
+    assert failed.state is JobState.FAILED and failed.summary.attempts == 1
+    assert failed.summary.error_code == "CallbackFailed"
+    assert failed.job is not None and failed.job.response_body == '{"sum":11}'
 
 
 async def test_a_transient_job_can_be_cancelled(make_jobs: Factory) -> None:
