@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -279,9 +280,16 @@ class Registry:
 
 def instantiate(cls: type[Any], services: Mapping[type[Any], Any]) -> Any:
     """Create a command, passing constructor arguments from ``services`` by type annotation."""
+    return cls(**constructor_args(cls, services))
+
+
+def constructor_args(cls: type[Any], services: Mapping[type[Any], Any]) -> dict[str, Any]:
+    """The services a command's constructor takes, by type annotation (an optional one,
+    ``Mailer | None``, gets the service when there is one); `RegistrationError` if one it needs
+    is missing."""
     init = cls.__init__
     if init is object.__init__:
-        return cls()
+        return {}
     try:
         hints = typing.get_type_hints(init)
     except Exception as exc:
@@ -293,11 +301,15 @@ def instantiate(cls: type[Any], services: Mapping[type[Any], Any]) -> Any:
         if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         wanted = hints.get(name)
-        if wanted is not None and wanted in services:
-            kwargs[name] = services[wanted]
+        candidates = (wanted,)
+        if typing.get_origin(wanted) in (typing.Union, types.UnionType):
+            candidates = tuple(t for t in typing.get_args(wanted) if t is not type(None))
+        found = [t for t in candidates if t is not None and t in services]
+        if found:
+            kwargs[name] = services[found[0]]
         elif param.default is param.empty:
             raise RegistrationError(
                 f"{cls.__name__} needs a {type_name(wanted)} for {name!r}; pass it in "
                 f"BackgroundJobs(services={{{type_name(wanted)}: ...}})"
             )
-    return cls(**kwargs)
+    return kwargs

@@ -43,7 +43,14 @@ from ._serialization import check_encodable, check_loads, decode, encode, type_n
 from ._settings import check_bool, check_duration, check_int
 from ._threads import SyncThreads
 from .clock import Clock, SystemClock
-from .commands import NO_RESULT, CommandInfo, Registry, instantiate, result_type
+from .commands import (
+    NO_RESULT,
+    CommandInfo,
+    Registry,
+    constructor_args,
+    instantiate,
+    result_type,
+)
 from .context import JobContext, _current
 from .dialects import Dialect, create_dialect
 from .dialects._base import NoAnswerError
@@ -349,6 +356,10 @@ class BackgroundJobs:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        if self.execute:
+            # A command whose service is missing would fail each of its jobs; say so now.
+            for info in self.registry.commands.values():
+                constructor_args(info.cls, self.services)
         self._new_runtime_state()
         stack = AsyncExitStack()
         await stack.__aenter__()

@@ -125,15 +125,36 @@ class SendEmail(AsyncCommand[Email]):
         self.mailer.sent.append(request.to)
 
 
+class MaybeSendEmail(AsyncCommand[Email]):
+    def __init__(self, mailer: Mailer | None = None) -> None:
+        self.mailer = mailer
+
+    async def run(self, request: Email) -> None:
+        if self.mailer is not None:
+            self.mailer.sent.append(request.to)
+
+
 async def test_constructor_injection_by_type(make_jobs: Factory) -> None:
     mailer = Mailer([])
-    async with make_jobs(commands=[SendEmail], services={Mailer: mailer}) as jobs:
+    commands = [SendEmail, MaybeSendEmail]
+    async with make_jobs(commands=commands, services={Mailer: mailer}) as jobs:
         await _run(jobs, SendEmail, Email("a@b.c"))
-    assert mailer.sent == ["a@b.c"]
+        await _run(jobs, MaybeSendEmail, Email("d@e.f"))  # an optional service, there
+    async with make_jobs(commands=[MaybeSendEmail]) as jobs:
+        await _run(jobs, MaybeSendEmail, Email("g@h.i"))  # and not
+    assert mailer.sent == ["a@b.c", "d@e.f"]
 
 
-async def test_missing_service_fails_the_job_without_retrying(make_jobs: Factory) -> None:
-    async with make_jobs(commands=[SendEmail]) as jobs:
+async def test_a_missing_service_is_refused_at_start_and_fails_jobs_without_retrying(
+    make_jobs: Factory,
+) -> None:
+    with pytest.raises(RegistrationError, match="SendEmail needs a Mailer for 'mailer'"):
+        async with make_jobs(commands=[SendEmail]):
+            pass
+    async with make_jobs(commands=[SendEmail], execute=False) as producer:  # runs none: needs none
+        await producer.enqueue_command(SendEmail, Email("a@b.c"))
+    async with make_jobs(commands=[SendEmail], services={Mailer: Mailer([])}) as jobs:
+        jobs.services.clear()  # (an application may change them after the start)
         ref = await jobs.enqueue_command(SendEmail, Email("a@b.c"))
         result = await jobs.wait_for_job(ref.id)
     assert result.failed is not None and result.failed.attempts == 1
