@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -162,15 +163,32 @@ class JobLogger(logging.LoggerAdapter[logging.Logger]):
         context = _current.get()
         # The job's own log keeps INFO and above even when the app's logging is quieter.
         if context is not None and (level >= logging.INFO or self.isEnabledFor(level)):
-            record = self.logger.makeRecord(self.logger.name, level, "(job)", 0, msg, args, None)
+            exc_info = _exc_info(kwargs.get("exc_info"))  # .exception(): the traceback too
+            record = self.logger.makeRecord(
+                self.logger.name, level, "(job)", 0, msg, args, exc_info
+            )
             try:
                 line = _formatter.format(record)
             except Exception:  # a message and arguments that do not format: as logging does,
                 line = f"{msg!r} % {args!r} (could not be formatted)"  # report, go on
             context.append_log(line)
         kwargs.setdefault("extra", {}).update(self.extra or {})
+        # The record names the job's code, not this method (logging's own frames are skipped).
+        kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
         if self.logger.isEnabledFor(level):
             self.logger.log(level, msg, *args, **kwargs)
+
+
+def _exc_info(value: Any) -> Any:
+    """An ``exc_info`` argument as the (type, value, traceback) a record holds, as logging
+    reads it."""
+    if isinstance(value, BaseException):
+        return (type(value), value, value.__traceback__)
+    if isinstance(value, tuple):
+        return value
+    if value:
+        return sys.exc_info()
+    return None
 
 
 def job_logger() -> logging.LoggerAdapter[logging.Logger]:

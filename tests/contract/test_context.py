@@ -75,6 +75,28 @@ async def test_job_logger_writes_to_logging_and_job_logs_in_batches(
     assert 1 <= writes < 10  # written as it ran, batched: far fewer writes than lines
 
 
+class LogsAFailure(AsyncCommand[Add]):
+    async def run(self, request: Add) -> None:
+        try:
+            {}["missing"]
+        except KeyError:
+            job_logger().exception("lookup failed")
+
+
+async def test_job_logger_records_name_the_job_and_keep_the_traceback(
+    make_jobs: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with make_jobs(commands=[LogsAFailure]) as jobs:
+        with caplog.at_level(logging.INFO, logger="asyncjobs.job"):
+            ref = await jobs.enqueue_command(LogsAFailure, Add(0, 0))
+            result = await jobs.wait_for_job(ref.id)
+    [record] = [r for r in caplog.records if r.getMessage() == "lookup failed"]
+    assert (record.filename, record.funcName) == ("test_context.py", "run")
+    assert result.completed is not None and result.completed.logs is not None
+    assert "ERROR lookup failed\nTraceback (most recent call last):" in result.completed.logs
+    assert "KeyError: 'missing'" in result.completed.logs
+
+
 class LogsThenWaits(AsyncCommand[Add]):
     """Logs ``a`` lines, then waits until ``released`` (so a progress write falls between)."""
 
