@@ -2010,7 +2010,7 @@ class BackgroundJobs:
                 average = sum(durations) / len(durations) if durations else None
                 cached = self._durations[key] = (average, time.monotonic())
             average_ms = cached[0]
-            if not average_ms:
+            if not average_ms or context.progress_reported:  # (reported during the read)
                 continue
             elapsed_ms = (now - job.started_date).total_seconds() * 1000
             job.progress = round(min(0.99, elapsed_ms / average_ms), 3)

@@ -241,6 +241,44 @@ async def test_progress_is_estimated_from_earlier_durations(make_jobs: Factory) 
     assert seen == sorted(seen)
 
 
+async def test_progress_a_job_reports_is_never_replaced_by_an_estimate(make_jobs: Factory) -> None:
+    """The estimate's durations are read from the database: progress the job reports during
+    that read is the job's, and stays."""
+    reading, reported, estimated = anyio.Event(), anyio.Event(), anyio.Event()
+    release = anyio.Event()
+    seen: list[float | None] = []
+
+    class Reporter(AsyncCommand[Add]):
+        async def run(self, request: Add) -> None:
+            await reading.wait()
+            update_status(progress=0.9)
+            reported.set()
+            await estimated.wait()
+            await anyio.sleep(0.01)  # the estimate is made
+            seen.append(current_job().progress)
+            await release.wait()
+
+    async with make_jobs(commands=[Reporter]) as jobs:
+
+        async def slow_durations(command: str, worker: str | None) -> list[int]:
+            reading.set()
+            await reported.wait()  # the job reports while this read is under way
+            estimated.set()
+            return [1000]
+
+        jobs.store.recent_durations = slow_durations  # type: ignore[method-assign]
+        ref = await jobs.enqueue_command(Reporter, Add(0, 0))
+        with anyio.fail_after(5):
+            while not seen:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.6)  # a progress write
+        running = await jobs.get_job(ref.id)
+        release.set()
+        await jobs.wait_for_job(ref.id)
+    assert seen == [0.9]
+    assert running is not None and running.queued is not None and running.queued.progress == 0.9
+
+
 @dataclass
 class User:
     id: str
