@@ -1565,7 +1565,7 @@ class BackgroundJobs:
                 attempt_unused=not running.began,
             )
         outcome.duration_ms = int((time.monotonic() - started) * 1000)
-        outcome.logs, _progress, outcome.status = running.context.take_pending()
+        outcome.logs, outcome.progress, outcome.status = running.context.take_pending()
         if running.logs_in_doubt and outcome.logs:
             # An outcome appends its lines as they are: these go at their offset first.
             self._write_before_outcomes(running, outcome.logs, utcnow())

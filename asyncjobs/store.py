@@ -138,6 +138,7 @@ class Outcome:
     logs: str | None = None
     notified_date: datetime | None = None  # when the callback succeeded
     status: str | None = None  # the last status line the job reported
+    progress: float | None = None  # the last progress it reported (a completed job's is 1)
     #: requeued before its code ran (its runner was cancelled first): the claim's count of
     #: the attempt is given back
     attempt_unused: bool = False
@@ -674,7 +675,7 @@ class Store:
                             "duration_ms": o.duration_ms, "response": o.response,
                             "response_body": o.response_body, "error": _error_json(o.error),
                             "error_code": o.error_code,
-                            "progress": 1.0 if o.state is JobState.COMPLETED else None,
+                            "progress": 1.0 if o.state is JobState.COMPLETED else o.progress,
                             "status": o.status, "logs": o.logs,
                             "notified_date": o.notified_date,
                         }

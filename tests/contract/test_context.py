@@ -217,6 +217,19 @@ async def test_progress_and_status_are_visible_while_running(make_jobs: Factory)
     assert final.completed is not None and final.completed.progress == 1.0
 
 
+async def test_a_failed_job_keeps_the_progress_it_reported_last(make_jobs: Factory) -> None:
+    class GivesUp(AsyncCommand[Add]):
+        async def run(self, request: Add) -> None:
+            update_status(progress=0.7, status="70% done")
+            raise RuntimeError("gave up")
+
+    async with make_jobs(commands=[GivesUp], default_retry_limit=0) as jobs:
+        ref = await jobs.enqueue_command(GivesUp, Add(0, 0))
+        result = await jobs.wait_for_job(ref.id)
+    assert result.failed is not None
+    assert (result.failed.progress, result.failed.status) == (0.7, "70% done")
+
+
 async def test_progress_is_estimated_from_earlier_durations(make_jobs: Factory) -> None:
     class Steady(AsyncCommand[Add]):
         async def run(self, request: Add) -> None:
