@@ -33,7 +33,7 @@ DELETE FROM job_node WHERE lease_expires < DATEADD(day, -1, SYSUTCDATETIME());
 UPDATE j
 SET state = 'Failed', completed_date = :now, last_activity_date = :now, lease_owner = NULL,
     error_code = 'LeaseExpired',
-    error = N'{"message":"the process running the job stopped and no retries are left","type":"LeaseExpired","traceback":null}'
+    error = N'{"message":"the process running the job stopped or lost its lease, and no retries are left","type":"LeaseExpired","traceback":null}'
 OUTPUT inserted.id
 FROM background_job AS j WITH (READPAST)
 WHERE j.state IN ('Started', 'Executed') AND j.attempts > j.retry_limit
@@ -46,7 +46,7 @@ WHERE j.state IN ('Started', 'Executed') AND j.attempts > j.retry_limit
 UPDATE j
 SET state = 'Queued', lease_owner = NULL, last_activity_date = :now,
     error_code = 'LeaseExpired',
-    error = N'{"message":"the process running the job stopped; retrying","type":"LeaseExpired","traceback":null}'
+    error = N'{"message":"the process running the job stopped or lost its lease; retrying","type":"LeaseExpired","traceback":null}'
 OUTPUT inserted.id
 FROM background_job AS j WITH (READPAST)
 WHERE j.state IN ('Started', 'Executed')

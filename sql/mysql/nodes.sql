@@ -38,7 +38,7 @@ UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 SET b.state = 'Failed', b.completed_date = :now, b.last_activity_date = :now,
     b.lease_owner = NULL, b.error_code = 'LeaseExpired',
-    b.error = JSON_OBJECT('message', 'the process running the job stopped and no retries are left',
+    b.error = JSON_OBJECT('message', 'the process running the job stopped or lost its lease, and no retries are left',
                           'type', 'LeaseExpired', 'traceback', NULL);
 SELECT i.id FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i;
 
@@ -56,7 +56,7 @@ UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
 SET b.state = 'Queued', b.lease_owner = NULL, b.last_activity_date = :now,
     b.error_code = 'LeaseExpired',
-    b.error = JSON_OBJECT('message', 'the process running the job stopped; retrying',
+    b.error = JSON_OBJECT('message', 'the process running the job stopped or lost its lease; retrying',
                           'type', 'LeaseExpired', 'traceback', NULL);
 SELECT i.id FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i;
 

@@ -25,7 +25,7 @@ UPDATE background_job j
 SET state = 'Failed', completed_date = :now, last_activity_date = :now, lease_owner = NULL,
     error_code = 'LeaseExpired',
     error = jsonb_build_object(
-        'message', 'the process running the job stopped and no retries are left',
+        'message', 'the process running the job stopped or lost its lease, and no retries are left',
         'type', 'LeaseExpired', 'traceback', NULL)
 WHERE j.state IN ('Started', 'Executed') AND j.attempts > j.retry_limit
   AND NOT j.cancel_requested
@@ -36,7 +36,7 @@ RETURNING j.id;
 -- Jobs held by a dead node go back to the queue; the next claim counts an attempt.
 UPDATE background_job j
 SET state = 'Queued', lease_owner = NULL, last_activity_date = :now, error_code = 'LeaseExpired',
-    error = jsonb_build_object('message', 'the process running the job stopped; retrying',
+    error = jsonb_build_object('message', 'the process running the job stopped or lost its lease; retrying',
                                'type', 'LeaseExpired', 'traceback', NULL)
 WHERE j.state IN ('Started', 'Executed')
   AND NOT EXISTS (SELECT 1 FROM job_node n WHERE n.id = j.lease_owner AND n.lease_expires > now())

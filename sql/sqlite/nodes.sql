@@ -23,7 +23,7 @@ DELETE FROM job_node WHERE lease_expires < strftime('%Y-%m-%d %H:%M:%f000', 'now
 UPDATE background_job
 SET state = 'Failed', completed_date = :now, last_activity_date = :now, lease_owner = NULL,
     error_code = 'LeaseExpired',
-    error = json_object('message', 'the process running the job stopped and no retries are left',
+    error = json_object('message', 'the process running the job stopped or lost its lease, and no retries are left',
                         'type', 'LeaseExpired', 'traceback', NULL)
 WHERE state IN ('Started', 'Executed') AND attempts > retry_limit AND cancel_requested = 0
   AND (lease_owner IS NULL
@@ -34,7 +34,7 @@ RETURNING id;
 -- Jobs held by a dead node go back to the queue; the next claim counts an attempt.
 UPDATE background_job
 SET state = 'Queued', lease_owner = NULL, last_activity_date = :now, error_code = 'LeaseExpired',
-    error = json_object('message', 'the process running the job stopped; retrying',
+    error = json_object('message', 'the process running the job stopped or lost its lease; retrying',
                         'type', 'LeaseExpired', 'traceback', NULL)
 WHERE state IN ('Started', 'Executed')
   AND (lease_owner IS NULL

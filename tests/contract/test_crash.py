@@ -305,6 +305,11 @@ async def test_a_job_back_on_the_node_whose_stopped_run_goes_on_waits_for_that_r
             await anyio.sleep(1.3)  # its lease lapses, here and in the database
             _final, requeued = await other.store.recover_orphans()
             assert requeued == [ref.id]
+            taken = await other.get_job(ref.id)
+            assert taken is not None and taken.queued is not None
+            assert taken.queued.error is not None and taken.queued.error.message == (
+                "the process running the job stopped or lost its lease; retrying"
+            )  # (this process lives: it lost its lease)
             monkeypatch.setattr(jobs.store, "renew_node", renew)
             with anyio.fail_after(20):
                 result = await jobs.wait_for_job(ref.id)
