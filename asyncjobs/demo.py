@@ -17,6 +17,7 @@ from . import (
     current_job,
     job_logger,
 )
+from .dialects._dsn import redact_dsn
 from .models import JobResult
 
 
@@ -83,7 +84,7 @@ def describe(name: str, result: JobResult) -> str:
 async def run_demo(dsn: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         dsn = dsn or f"sqlite:///{Path(folder) / 'demo.db'}"
-        print(f"asyncjobs demo on {dsn}\n")
+        print(f"asyncjobs demo on {redact_dsn(dsn)}\n")
         jobs = BackgroundJobs(
             dsn,
             commands=[ChargeCard, FlakyWebhook, SendReceipt, PrintLabel],

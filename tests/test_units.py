@@ -82,11 +82,15 @@ def test_dsn_parsing(
         ("sqlite:///", "no database file"),
         ("sqlite:///%ff.db", "not UTF-8 once decoded"),
         ("postgresql://host:notaport/db", "invalid DSN"),
+        # Errors end up in logs: never with a password
+        ("postgresql://u:s3cret@host:notaport/db", r"'postgresql://u:\*\*\*@host:notaport/db'"),
+        ("oracle://u:s3cret@x/y?password=s3cret", r"'oracle://u:\*\*\*@x/y\?password=\*\*\*'"),
     ],
 )
 def test_bad_dsn_is_a_clear_error(dsn: str, message: str) -> None:
-    with pytest.raises(InvalidDsnError, match=message):
+    with pytest.raises(InvalidDsnError, match=message) as info:
         BackgroundJobs(dsn)
+    assert "s3cret" not in str(info.value)
 
 
 def test_missing_driver_names_the_pip_extra() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -38,18 +39,32 @@ class Dsn:
     raw: str = field(default="", repr=False)
 
 
+#: the password of a URL's user part (scheme://user:password@host)
+_PASSWORD = re.compile(r"^([^:/?#]+://[^:@/?#]*:)[^@/?#]*@")
+#: a password given as a query option (PostgreSQL's ?password=)
+_PASSWORD_OPTION = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN as errors and logs may show it: its password, if any, replaced by ``***``."""
+    return _PASSWORD_OPTION.sub(r"\1***", _PASSWORD.sub(r"\1***@", dsn))
+
+
 def parse_dsn(dsn: str) -> Dsn:
     """Parse ``sqlite:///path``, ``postgresql://``, ``mysql://`` or ``mssql://`` URLs."""
     if not isinstance(dsn, str) or "://" not in dsn:
         raise InvalidDsnError(
-            f"invalid DSN {dsn!r}: expected a URL such as sqlite:///jobs.db or "
+            f"invalid DSN {redact_dsn(dsn) if isinstance(dsn, str) else dsn!r}: expected a URL "
+            "such as sqlite:///jobs.db or "
             "postgresql://user@host/db"
         )
     scheme = dsn.split("://", 1)[0].lower()
     base_scheme = scheme.split("+", 1)[0]
     if base_scheme not in _SCHEMES:
         known = ", ".join(sorted(_SCHEMES))
-        raise InvalidDsnError(f"unknown DSN scheme {scheme!r} in {dsn!r}; known schemes: {known}")
+        raise InvalidDsnError(
+            f"unknown DSN scheme {scheme!r} in {redact_dsn(dsn)!r}; known schemes: {known}"
+        )
     dialect = _SCHEMES[base_scheme][0]
     if dialect == "sqlite":
         rest = dsn.split("://", 1)[1]
@@ -69,7 +84,7 @@ def parse_dsn(dsn: str) -> Dsn:
         parts = urlsplit(dsn)
         port = parts.port
     except ValueError as exc:
-        raise InvalidDsnError(f"invalid DSN {dsn!r}: {exc}") from None
+        raise InvalidDsnError(f"invalid DSN {redact_dsn(dsn)!r}: {exc}") from None
     return Dsn(
         scheme,
         dialect,

@@ -41,7 +41,7 @@ from ._base import (
     answered_in_time,
     deliver,
 )
-from ._dsn import Dsn
+from ._dsn import Dsn, redact_dsn
 
 log = logging.getLogger("asyncjobs.postgres")
 T = TypeVar("T")
@@ -617,5 +617,5 @@ def create(dsn: Dsn, **settings: Any) -> PostgresDialect:
         if "connect_timeout" in options:  # as libpq spells it; asyncpg's own is timeout=
             options["connect_timeout"] = float(options["connect_timeout"])
     except ValueError as exc:
-        raise InvalidDsnError(f"invalid pool setting in {dsn.raw!r}: {exc}") from None
+        raise InvalidDsnError(f"invalid pool setting in {redact_dsn(dsn.raw)!r}: {exc}") from None
     return PostgresDialect(dsn.raw, **{**options, **settings})
