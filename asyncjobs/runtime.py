@@ -357,9 +357,13 @@ class BackgroundJobs:
 
     async def __aenter__(self) -> Self:
         if self.execute:
-            # A command whose service is missing would fail each of its jobs; say so now.
+            # A command whose service is missing would fail each of its jobs: say so now. (Not
+            # refused: an application may add services later, e.g. the runtime itself.)
             for info in self.registry.commands.values():
-                constructor_args(info.cls, self.services)
+                try:
+                    constructor_args(info.cls, self.services)
+                except RegistrationError as exc:
+                    log.warning("%s; until then its jobs fail", exc)
         self._new_runtime_state()
         stack = AsyncExitStack()
         await stack.__aenter__()
