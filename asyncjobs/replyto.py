@@ -57,7 +57,7 @@ import msgspec
 from asyncjobs.context import _current
 from asyncjobs.exceptions import ReplyToError, SerializationError
 
-__all__ = ["ReplyTo", "check_reply_to", "send_json_callback"]
+__all__ = ["ReplyTo", "check_reply_to", "mask_reply_to", "send_json_callback"]
 
 _METHOD_RE = re.compile(r"([A-Z]+) ")
 _SCHEME_RE = re.compile(r"https?://", re.IGNORECASE)
@@ -66,6 +66,7 @@ _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # RFC 9110 "token": the characters allowed in a header field name.
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_URL_USERINFO_RE = re.compile(r"^(https?://)[^/?#@]*@", re.IGNORECASE)
 _VISIBLE_ASCII = frozenset(string.printable) - frozenset(string.whitespace)
 # Headers that describe the message framing or routing; letting a ReplyTo set
 # them would produce a corrupt or misdirected request.
@@ -174,6 +175,32 @@ def _check_url(url: str) -> None:
             "ReplyTo URL contains credentials; put them before the scheme: "
             "user:pass@https://host/path"
         )
+
+
+def mask_reply_to(text: str) -> str:
+    """``text`` as it may be shown (in the admin, say): the literal secret of its prefix (a
+    password, a token, a header value) replaced by ``***``; a ``$NAME`` stays, being no
+    secret. Text that does not read as a ReplyTo loses its whole prefix."""
+    method = ""
+    if match := _METHOD_RE.match(text):
+        method, text = text[: match.end()], text[match.end() :]
+    if _SCHEME_RE.match(text) or "@" not in text:
+        return method + _URL_USERINFO_RE.sub(r"\1***@", text)  # (refused, but stored before)
+    prefix, url = text.split("@", 1)
+    url = _URL_USERINFO_RE.sub(r"\1***@", url)
+    if not _SCHEME_RE.match(url):
+        return method + "***@" + url
+    if prefix.startswith(_HEADER_PREFIX) and ":" in prefix:
+        name, value = prefix.split(":", 1)
+        return f"{method}{name}:{_mask_secret(value)}@{url}"
+    if ":" in prefix:
+        user, password = prefix.split(":", 1)
+        return f"{method}{user}:{_mask_secret(password)}@{url}"
+    return f"{method}{_mask_secret(prefix)}@{url}"
+
+
+def _mask_secret(raw: str) -> str:
+    return raw if raw.startswith("$") and _ENV_NAME_RE.fullmatch(raw[1:]) else "***"
 
 
 def check_reply_to(text: str) -> None:

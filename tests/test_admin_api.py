@@ -213,6 +213,25 @@ async def test_job_detail_shows_callback_and_logs(admin: Admin) -> None:
     assert "switch logs" in (await admin.get(f"/api/jobs/{switch.id}"))["job"]["logs"]
 
 
+async def test_job_detail_hides_reply_to_credentials(admin: Admin) -> None:
+    shown = {}
+    for reply_to in (
+        "alice:S3cret@https://hooks.example/a",
+        "PUT tok_LIVE@https://hooks.example/b",
+        "http.X-Api-Key:KEY-987@https://hooks.example/c",
+        "bot:$HOOK_PASSWORD@https://hooks.example/d",  # a variable's name is no secret
+    ):
+        options = JobOptions(reply_to=reply_to)
+        ref = await admin.jobs.enqueue_command(AddCommand, Add(1, 1), options)
+        shown[reply_to] = (await admin.get(f"/api/jobs/{ref.id}"))["job"]["reply_to"]
+    assert list(shown.values()) == [
+        "alice:***@https://hooks.example/a",
+        "PUT ***@https://hooks.example/b",
+        "http.X-Api-Key:***@https://hooks.example/c",
+        "bot:$HOOK_PASSWORD@https://hooks.example/d",
+    ]
+
+
 async def test_live_progress_and_log_tail(admin: Admin) -> None:
     ref = await admin.jobs.enqueue_command(ProgressCommand, Steps(6, 0.25))
     await wait_state(admin.jobs, ref.id, "Started")

@@ -25,6 +25,7 @@ from ..exceptions import (
 )
 from ..models import FINAL_STATES, BackgroundJob, JobResult, JobState, JobSummary
 from ..schedule import Schedule
+from ..replyto import mask_reply_to
 from ..scheduler import row_to_task
 from ..store import utcnow
 from ._admin_store import AdminStore, JobFilter
@@ -84,6 +85,8 @@ class TTLCache:
 
 def job_dict(job: BackgroundJob) -> dict[str, Any]:
     data = {name: getattr(job, name) for name in _JOB_FIELDS}
+    if job.reply_to is not None:  # its credentials are not for the admin's readers
+        data["reply_to"] = mask_reply_to(job.reply_to)
     error = job.error
     data["error"] = (
         None
