@@ -24,8 +24,8 @@ from ..exceptions import (
     SerializationError,
 )
 from ..models import FINAL_STATES, BackgroundJob, JobResult, JobState, JobSummary
-from ..schedule import Schedule
 from ..replyto import mask_reply_to
+from ..schedule import Schedule
 from ..scheduler import row_to_task
 from ..store import utcnow
 from ._admin_store import AdminStore, JobFilter
