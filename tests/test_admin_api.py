@@ -208,9 +208,14 @@ async def test_job_detail_shows_callback_and_logs(admin: Admin) -> None:
     await wait_state(admin.jobs, ref.id, "Completed")
     job = (await admin.get(f"/api/jobs/{ref.id}"))["job"]
     assert job["callback"] == "RecordSum" and job["notified_date"] is not None
-    switch = await admin.jobs.enqueue_command(SwitchCommand, Switch("logs"))
+    switch = await admin.jobs.enqueue_command(SwitchCommand, Switch("logs \U0001f680"))
     await wait_state(admin.jobs, switch.id, "Completed")
-    assert "switch logs" in (await admin.get(f"/api/jobs/{switch.id}"))["job"]["logs"]
+    detail = await admin.get(f"/api/jobs/{switch.id}")
+    logs = detail["job"]["logs"]
+    assert "switch logs \U0001f680" in logs
+    # Where the page's live tail starts: the database's count of the log (characters here),
+    # which the page cannot take from a JS string's length (UTF-16 units)
+    assert detail["log_length"] == admin.jobs.dialect.text_length(logs) == len(logs)
 
 
 async def test_job_detail_hides_reply_to_credentials(admin: Admin) -> None:
@@ -643,9 +648,14 @@ async def test_actions_refuse_cross_site_requests(admin: Admin) -> None:
         headers={**ACTION, "content-type": "application/x-www-form-urlencoded"},
     )
     assert form.status_code == 415
-    get = await client.get("/api/jobs/1/cancel")
-    assert get.status_code == 405 and get.headers["allow"] == "POST"
+    for path in ("/api/jobs/1/cancel", "/api/jobs/cancel", "/api/jobs/requeue"):
+        get = await client.get(path)  # (not a job "cancel" of GET /api/jobs/{id})
+        assert (get.status_code, get.headers.get("allow")) == (405, "POST"), path
     assert (await client.post("/api/overview", headers=ACTION)).status_code == 405
+    # Nested past the parser's stack: a bad body, not a server error
+    json_type = {**ACTION, "content-type": "application/json"}
+    deep = await client.post(url, content=b"[" * 3000 + b"]" * 3000, headers=json_type)
+    assert deep.status_code == 400 and "must be a JSON object" in deep.text
 
 
 @pytest.mark.parametrize(

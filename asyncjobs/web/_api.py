@@ -302,6 +302,9 @@ class AdminApi:
             "children": [
                 r for r in related if r["parent_id"] == summary.id and r["depends_on"] != summary.id
             ],
+            # Where the live log tail starts, in the database's own count (MySQL counts
+            # characters, SQL Server UTF-16 units): the page cannot tell.
+            "log_length": self.jobs.dialect.text_length(job.logs) if job and job.logs else 0,
             "can_cancel": state in ACTIVE_STATES,
             "can_requeue": state in (JobState.FAILED, JobState.CANCELLED) and location == "failed",
         }

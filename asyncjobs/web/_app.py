@@ -156,13 +156,19 @@ class AdminApp:
 
     def _route(self, request: AdminRequest) -> tuple[Handler, re.Match[str]]:
         allowed: list[str] = []
+        literal = False
         for pattern, method, handler in self._routes:
             match = pattern.match(request.path)
             if match is None:
                 continue
+            if literal and pattern.groups:
+                # A literal route of this path (api/jobs/cancel) was found: the path is not
+                # also a job id of a route with parameters (api/jobs/{id}).
+                continue
             if request.method == method or (request.method == "HEAD" and method == "GET"):
                 return handler, match
             allowed.append(method)
+            literal = literal or not pattern.groups
         if allowed:
             methods = ", ".join(sorted(set(allowed)))
             raise HTTPError(

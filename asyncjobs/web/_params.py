@@ -160,7 +160,7 @@ def parse_body(body: bytes) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (nested beyond the stack)
         raise bad("the body must be a JSON object") from None
     if not isinstance(value, dict):
         raise bad("the body must be a JSON object")

@@ -828,7 +828,7 @@
       }
       const logs = h("pre", { class: "code logs", dataset: { logs: id } }, job.logs || "");
       logEl = logs;
-      logOffset = (job.logs || "").length;
+      logOffset = d.log_length;  // the server's count: a JS string's length counts UTF-16 units
       const logSection = () => section("Logs", job.logs || ACTIVE.has(d.state) ? logs : h("p", { class: "muted" }, "No log lines."));
       if (ACTIVE.has(d.state)) logSection();
       section("Details", h("dl", { class: "props" }, props.map(([k, v]) => [h("dt", null, k), h("dd", null, v)])));
