@@ -81,6 +81,9 @@ def storable(text: str, name: str) -> str:
     return text
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def parse_datetime(text: str, name: str, *, end_of_day: bool = False) -> datetime | None:
     """An ISO 8601 date or date-time; a time without a zone is UTC. A date alone is midnight
     UTC at its start, or (``end_of_day``, for an inclusive "to") at its end."""
@@ -90,9 +93,13 @@ def parse_datetime(text: str, name: str, *, end_of_day: bool = False) -> datetim
     try:
         if len(text) == 10:
             day = datetime.combine(date.fromisoformat(text), time(), UTC)
-            return day + timedelta(days=1) if end_of_day else day
-        value = datetime.fromisoformat(text)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+            value = day + timedelta(days=1) if end_of_day else day
+        else:
+            value = datetime.fromisoformat(text)
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        # No job is older: and the years before 1000 are not four digits in the text SQLite
+        # compares, nor in MySQL's DATETIME range.
+        return max(value, _EPOCH)
     except (ValueError, OverflowError):  # OverflowError: past year 9999 once in UTC
         raise bad(
             f"{name} must be an ISO 8601 date or date-time (2026-11-05 or "
