@@ -267,12 +267,13 @@ WHERE b.state = 'Queued';
 
 -- name: request_cancel
 -- Flag running jobs for cancellation; the node running each is told (or polls) and stops it.
+-- Only those not flagged yet: a job counts as cancelled once, however often it is asked.
 UPDATE b
 SET cancel_requested = 1
 OUTPUT inserted.id, inserted.lease_owner
 FROM OPENJSON(:ids) WITH (id bigint '$') AS i
 JOIN background_job AS b ON b.id = i.id
-WHERE b.state IN ('Started', 'Executed');
+WHERE b.state IN ('Started', 'Executed') AND b.cancel_requested = 0;
 
 -- name: held_jobs
 -- The jobs leased to this node, and whether another process asked to cancel each: the node

@@ -224,11 +224,12 @@ SELECT i.id FROM JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$'))
 
 -- name: request_cancel
 -- Flag running jobs for cancellation; the node running each is told (or polls) and stops it.
+-- Only those not flagged yet: a job counts as cancelled once, however often it is asked.
 -- No UPDATE ... RETURNING in MySQL: lock, flag, then read the flagged rows.
 SELECT JSON_ARRAYAGG(r.id) INTO @asyncjobs_ids FROM (
     SELECT b.id FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
     STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
-    WHERE b.state IN ('Started', 'Executed')
+    WHERE b.state IN ('Started', 'Executed') AND b.cancel_requested = 0
     FOR UPDATE
 ) AS r;
 UPDATE JSON_TABLE(@asyncjobs_ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i

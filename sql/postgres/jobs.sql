@@ -213,9 +213,10 @@ RETURNING id;
 
 -- name: request_cancel
 -- Flag running jobs for cancellation; the node running each is told (or polls) and stops it.
+-- Only those not flagged yet: a job counts as cancelled once, however often it is asked.
 UPDATE background_job SET cancel_requested = true
 WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
-  AND state IN ('Started', 'Executed')
+  AND state IN ('Started', 'Executed') AND NOT cancel_requested
 RETURNING id, lease_owner;
 
 -- name: held_jobs

@@ -189,8 +189,10 @@ RETURNING id;
 
 -- name: request_cancel
 -- Flag running jobs for cancellation; the node running each is told (or polls) and stops it.
+-- Only those not flagged yet: a job counts as cancelled once, however often it is asked.
 UPDATE background_job SET cancel_requested = 1
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN ('Started', 'Executed')
+  AND cancel_requested = 0
 RETURNING id, lease_owner;
 
 -- name: held_jobs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -265,6 +266,36 @@ async def test_cancel_running_job_is_not_retried(make_jobs: Factory) -> None:
     assert result.state is JobState.CANCELLED
     assert result.failed is not None and result.failed.attempts == 1
     assert result.failed.error_code == "Cancelled"
+
+
+async def test_a_running_job_counts_as_cancelled_once_however_often_asked(
+    make_jobs: Factory,
+) -> None:
+    """A sync command ends only when it returns: its cancel stays pending meanwhile, and
+    cancelling it again (a second click, a bulk cancel) cancels nothing more."""
+    from asyncjobs import SyncCommand, cancellation_requested
+
+    started = threading.Event()
+
+    class Slow(SyncCommand[Add]):
+        def run(self, request: Add) -> None:
+            started.set()
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:  # looks only at the end
+                time.sleep(0.01)
+            assert cancellation_requested()
+
+    async with make_jobs(commands=[Slow]) as jobs:
+        ref = await jobs.enqueue_command(Slow, Add(0, 0))
+        with anyio.fail_after(10):
+            while not started.is_set():
+                await anyio.sleep(0.01)
+        assert await jobs.cancel_job(ref.id) is True
+        assert await jobs.cancel_job(ref.id) is False
+        assert await jobs.cancel_jobs(state=JobState.STARTED) == 0
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.CANCELLED
 
 
 async def test_cancel_jobs_by_worker_and_state(make_jobs: Factory) -> None:
