@@ -248,6 +248,14 @@ def test_disconnects(dialect: MssqlDialect) -> None:
         _pyodbc_error("ProgrammingError", "Attempt to use a closed connection.")
     )
     assert dialect.is_disconnect(ConnectionResetError())
+    # The host unreachable: every new connection times out logging in
+    login = _pyodbc_error(
+        "OperationalError",
+        "HYT00",
+        "[HYT00] [Microsoft][ODBC Driver 18 for SQL Server]Login timeout expired (0) "
+        "(SQLDriverConnect)",
+    )
+    assert dialect.is_disconnect(login)
     syntax = _pyodbc_error(
         "ProgrammingError", "42000", "[42000] [SQL Server]Incorrect syntax. (102) (SQLExecDirectW)"
     )

@@ -538,7 +538,9 @@ class MssqlDialect(WatchesNewJobIds, Dialect):
             state, message = error
             # 08xxx: connection exceptions (08S01 link failure, 08001 cannot connect); HYT00 on
             # login and HYT01: timeouts; the rest: used after the connection was closed.
-            if state.startswith("08") or state in ("HYT01",):
+            if state.startswith("08") or state == "HYT01":
+                return True
+            if state == "HYT00" and "login timeout" in message.lower():  # not a query's
                 return True
             return "closed connection" in message or "Cursor is closed" in message
         return isinstance(exc, OSError | ConnectionError | EOFError)
