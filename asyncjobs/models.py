@@ -75,11 +75,20 @@ def check_text(
 
 def check_name(name: str, value: object) -> None:
     """A name (ref id, worker, tag, task name, ...) every database stores and compares alike:
-    text of at most MAX_NAME_CHARS characters, not ending with a space (MySQL's collations
-    compare text without its trailing spaces: "w " and "w" would be one worker there and two
-    elsewhere)."""
+    text of at most MAX_NAME_CHARS characters, a character past U+FFFF (an emoji, say)
+    counting two (SQL Server's nvarchar counts UTF-16 units), not ending with a space (MySQL's
+    collations compare text without its trailing spaces: "w " and "w" would be one worker
+    there and two elsewhere)."""
     check_text(name, value, max_chars=MAX_NAME_CHARS)
-    if isinstance(value, str) and value.endswith(" "):
+    assert isinstance(value, str)
+    if len(value) > MAX_NAME_CHARS // 2:  # (shorter text is short enough however written)
+        units = len(value.encode("utf-16-le")) // 2
+        if units > MAX_NAME_CHARS:
+            raise InvalidOptionsError(
+                f"{name} must be at most {MAX_NAME_CHARS} characters, a character past U+FFFF "
+                f"(an emoji, say) counting two, got {units}: {value[:40]!r}..."
+            )
+    if value.endswith(" "):
         raise InvalidOptionsError(f"{name} must not end with a space, got {value!r}")
 
 

@@ -344,6 +344,11 @@ def _circular() -> list[Any]:
             ({name: "x" * 256}, f"{name} must be at most 255 characters, got 256")
             for name in _NAME_OPTIONS
         ),
+        # 228 characters, 256 UTF-16 units: SQL Server's nvarchar(255) would not hold it
+        *(
+            ({name: "x" * 200 + "\U0001f600" * 28}, f"{name} must be at most 255 characters, a")
+            for name in _NAME_OPTIONS
+        ),
         # MySQL would take "w " for "w"
         *(({name: "w "}, f"{name} must not end with a space") for name in _NAME_OPTIONS),
         ({"reply_to": 5}, "reply_to must be a non-empty string"),
@@ -361,9 +366,10 @@ def test_bad_options_fail_where_they_are_made(options: dict[str, Any], message: 
         JobOptions(**options)
 
 
-#: the longest names every database holds, in 4-byte characters (MySQL's VARCHAR counts them)
+#: the longest names every database holds, with 4-byte characters (MySQL's VARCHAR counts
+#: characters, SQL Server's nvarchar UTF-16 units: two for each of these)
 _LONGEST_NAMES = {
-    name: name[0] * 200 + "\U0001f600" * 55
+    name: name[0] * 145 + "\U0001f600" * 55
     for name in ("worker", "tag", "batch_id", "ref_id", "created_by", "user_id")
 }
 
