@@ -17,6 +17,7 @@ from sqlglot import exp
 from asyncjobs._sql import convert_params, load_queries, split_statements
 from asyncjobs.dialects._dsn import create_dialect, parse_dsn
 from asyncjobs.dialects.mssql import (
+    MssqlConnection,
     MssqlDialect,
     create,
     native_errors,
@@ -268,3 +269,53 @@ def test_log_offsets_count_as_nvarchar_does(dialect: MssqlDialect) -> None:
     assert dialect.text_length("line\n") == 5
     assert dialect.text_length("é😀\n") == 4
     assert create_dialect("sqlite:///x.db").text_length("é😀\n") == 3
+
+
+class _RecordingConnection:
+    """Stands in for an aioodbc connection: records each batch sent, answers with no rows.
+    (What the server does with a batch is not tested here: no server runs; what is sent is.)"""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def cursor(self) -> _RecordingConnection:
+        return self
+
+    async def execute(self, sql: str, *values: object) -> None:
+        self.sent.append(sql)
+
+    description = None
+    rowcount = 1
+
+    async def nextset(self) -> bool:
+        return False
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_batch_in_the_applications_transaction_is_all_or_nothing(
+    dialect: MssqlDialect,
+) -> None:
+    """The application's session may run with XACT_ABORT OFF, where a failed statement (a
+    duplicate ref id) ends only itself: a batch of several statements goes to it under a
+    savepoint that undoes them all, the error raised again. A single statement, and batches on
+    the dialect's own sessions (XACT_ABORT ON), go as they are."""
+    adopted = _RecordingConnection()
+    conn = MssqlConnection(dialect, adopted, in_transaction=True, own=False)
+    params = {"id": 1, "node": "n", "attempts": 1, "now": datetime.now(UTC)}
+    await conn.fetch("insert_job", dict.fromkeys(dialect.batch("insert_job", {})[1], None))
+    await conn.execute("mark_executed", {**params, "response": None, "response_body": None})
+    batch, _, multi = dialect.batch("insert_job", {})
+    assert multi and adopted.sent[0] == (
+        f"SAVE TRANSACTION asyncjobs_batch;\nBEGIN TRY\n{batch};\nEND TRY\nBEGIN CATCH\n"
+        "IF XACT_STATE() = 1 ROLLBACK TRANSACTION asyncjobs_batch;\nTHROW;\nEND CATCH;"
+    )
+    assert adopted.sent[1] == dialect.batch("mark_executed", {})[0]
+    own = _RecordingConnection()
+    await MssqlConnection(dialect, own, in_transaction=True, own=True).fetch(
+        "insert_job", dict.fromkeys(dialect.batch("insert_job", {})[1], None)
+    )
+    assert own.sent == [batch]

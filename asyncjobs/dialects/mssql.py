@@ -1,8 +1,10 @@
 """SQL Server 2019+ (and Azure SQL) on aioodbc, through Microsoft's ODBC driver.
 
 A pool of autocommitting connections; ``transaction()`` runs ``BEGIN TRANSACTION`` on one and
-commits or rolls it back. Every session runs with ``XACT_ABORT ON``, so a failed statement rolls
-back its whole transaction rather than leaving part of it applied. Datetimes are stored as naive
+commits or rolls it back. Every pooled session runs with ``XACT_ABORT ON``, so a failed
+statement rolls back its whole transaction rather than leaving part of it applied; in the
+application's own transaction (``adopt``) a batch of several statements runs under a savepoint
+instead (see ``_all_or_nothing``). Datetimes are stored as naive
 UTC in datetime2(6) and read back as aware UTC datetimes. Archives are monthly tables, as on
 SQLite (see ``sql/mssql/archive.sql``).
 
@@ -179,6 +181,8 @@ class MssqlConnection:
         self._dialect = dialect
         self._conn = conn
         self._in_transaction = in_transaction
+        #: the session is ours (pooled, set up with _SESSION), not the application's
+        self._own = own
         #: nothing has run yet in this transaction, so a deadlock may be retried
         self._fresh = own
         #: the transaction's state is unknown (a script failed half-way)
@@ -235,6 +239,8 @@ class MssqlConnection:
         sql, names, multi = self._dialect.batch(query, templates)
         if multi and not self._in_transaction:
             sql = f"{_BEGIN};\n{sql};\n{_COMMIT};"
+        elif multi and not self._own:
+            sql = _all_or_nothing(sql)
         values = [_convert(params[name]) for name in names]
         cur = await self._conn.cursor()
         try:
@@ -262,6 +268,18 @@ class MssqlConnection:
         # The deadlock victim's transaction is rolled back already: open a new one.
         if self._in_transaction:
             await _statement(self._conn, _BEGIN)
+
+
+def _all_or_nothing(batch: str) -> str:
+    """A batch of several statements for the application's own transaction, whose session may
+    run with XACT_ABORT OFF (the default): there a failed statement (a duplicate ref id, say)
+    ends only itself, and the batch goes on, leaving the statements before it applied (a job
+    without its summary, which a commit would keep). A savepoint undoes them, and the error is
+    raised again as it was; a transaction the error doomed is the application's to roll back."""
+    return (
+        f"SAVE TRANSACTION asyncjobs_batch;\nBEGIN TRY\n{batch};\nEND TRY\nBEGIN CATCH\n"
+        "IF XACT_STATE() = 1 ROLLBACK TRANSACTION asyncjobs_batch;\nTHROW;\nEND CATCH;"
+    )
 
 
 async def _drain(cur: Any) -> tuple[list[Row], int]:
