@@ -37,6 +37,18 @@ async def through_a_proxy(dsn: str) -> AsyncIterator[tuple[str, Proxy]]:
 
 
 @asynccontextmanager
+async def a_node_through_a_proxy(
+    make_jobs: Factory, dsn: str, command: type[Any], **settings: Any
+) -> AsyncIterator[tuple[BackgroundJobs, Proxy]]:
+    """A runtime (not entered yet) running ``command``, whose every connection goes through a
+    proxy, and the proxy; the database's schema is made first, directly."""
+    async with make_jobs(commands=[command], execute=False):
+        pass
+    async with through_a_proxy(dsn) as (url, link):
+        yield BackgroundJobs(url, commands=[command], **settings), link
+
+
+@asynccontextmanager
 async def proxied(dsn: str, size: int) -> AsyncIterator[tuple[Dialect, Proxy]]:
     """A dialect whose pool holds ``size`` idle connections, all through a proxy, and the
     proxy; the database's schema is made first."""
@@ -134,16 +146,14 @@ async def test_a_database_that_stops_answering_does_not_hold_the_shutdown(
     comes back. The shutdown still ends (each shielded wait for the database is bounded), and
     leaves the jobs it could not record leased to its node, which another process takes over
     once the node's lease lapses: nothing is lost."""
-    async with make_jobs(commands=[SleepCommand], execute=False):
-        pass
-    async with through_a_proxy(dsn) as (url, link):
-        jobs = BackgroundJobs(
-            url,
-            commands=[SleepCommand],
-            shutdown_grace=timedelta(milliseconds=500),
-            lease_duration=timedelta(seconds=2),
-            poll_interval=timedelta(milliseconds=50),
-        )
+    async with a_node_through_a_proxy(
+        make_jobs,
+        dsn,
+        SleepCommand,
+        shutdown_grace=timedelta(milliseconds=500),
+        lease_duration=timedelta(seconds=2),
+        poll_interval=timedelta(milliseconds=50),
+    ) as (jobs, link):
         async with jobs:
             refs = await jobs.enqueue_many([(SleepCommand, Sleep(0.2)) for _ in range(20)])
             with anyio.fail_after(10):
@@ -166,24 +176,24 @@ async def test_a_node_whose_queries_in_flight_never_get_an_answer_gets_going_aga
     """The database's host vanishes with queries in flight (a failover that moves its address):
     their connections never get an answer, nor a reset, while new connections work. The
     node's claim and lease renewal give up on them in time, and it runs jobs again."""
-    async with make_jobs(commands=[SleepCommand], execute=False):
-        pass
-    async with through_a_proxy(dsn) as (url, link):
-        node = BackgroundJobs(
-            url,
-            commands=[SleepCommand],
+    async with (
+        a_node_through_a_proxy(
+            make_jobs,
+            dsn,
+            SleepCommand,
             lease_duration=timedelta(seconds=2),
             poll_interval=timedelta(milliseconds=100),
             shutdown_grace=timedelta(milliseconds=200),
             notifications=False,
-        )
-        async with node:
-            link.lose_open_links()
-            await anyio.sleep(1.0)  # the next poll's claim and renewal go out on them
-            async with make_jobs(commands=[SleepCommand], execute=False) as producer:
-                ref = await producer.enqueue_command(SleepCommand, Sleep(0, "after"))
-            with anyio.fail_after(40):  # the bound is 10 s
-                result = await node.wait_for_job(ref.id)
+        ) as (node, link),
+        node,
+    ):
+        link.lose_open_links()
+        await anyio.sleep(1.0)  # the next poll's claim and renewal go out on them
+        async with make_jobs(commands=[SleepCommand], execute=False) as producer:
+            ref = await producer.enqueue_command(SleepCommand, Sleep(0, "after"))
+        with anyio.fail_after(40):  # the bound is 10 s
+            result = await node.wait_for_job(ref.id)
     assert result.state is JobState.COMPLETED
 
 
@@ -208,27 +218,27 @@ async def test_a_process_cut_off_from_the_database_stops_its_jobs_before_they_ru
     process stopped its own run before that, rather than running the job beside the other
     until it could reach the database again."""
     EVENTS.clear()
-    async with make_jobs(commands=[HoldsCommand], execute=False):
-        pass
     lease = timedelta(seconds=1)
-    async with through_a_proxy(dsn) as (url, link):
-        cut_off = BackgroundJobs(
-            url,
-            commands=[HoldsCommand],
+    async with (
+        a_node_through_a_proxy(
+            make_jobs,
+            dsn,
+            HoldsCommand,
             lease_duration=lease,
             poll_interval=timedelta(milliseconds=50),
             shutdown_grace=timedelta(milliseconds=200),
-        )
-        async with cut_off:
-            ref = await cut_off.enqueue_command(HoldsCommand, Sleep(4, label="held"))
-            with anyio.fail_after(10):
-                while not EVENTS:
-                    await anyio.sleep(0.01)
-            link.freeze()
-            async with make_jobs(commands=[HoldsCommand], lease_duration=lease) as other:
-                with anyio.fail_after(20):
-                    result = await other.wait_for_job(ref.id)
-            link.thaw()
+        ) as (cut_off, link),
+        cut_off,
+    ):
+        ref = await cut_off.enqueue_command(HoldsCommand, Sleep(4, label="held"))
+        with anyio.fail_after(10):
+            while not EVENTS:
+                await anyio.sleep(0.01)
+        link.freeze()
+        async with make_jobs(commands=[HoldsCommand], lease_duration=lease) as other:
+            with anyio.fail_after(20):
+                result = await other.wait_for_job(ref.id)
+        link.thaw()
     assert result.state is JobState.COMPLETED and result.summary.attempts == 2
     # The first run stopped before the second started, which ran through.
     assert [event for event, _, _ in EVENTS] == ["start", "stopped", "start", "end"]
@@ -273,21 +283,21 @@ async def test_a_progress_write_that_gets_no_answer_does_not_hold_up_outcomes(
     """The progress writer holds the finisher back while it writes (see _progress_loop): a write
     that never gets an answer, its connection's host gone, gives up in time, and the outcomes
     of jobs that ended meanwhile are recorded."""
-    async with make_jobs(commands=[ReportsCommand], execute=False):
-        pass
-    async with through_a_proxy(dsn) as (url, link):
-        node = BackgroundJobs(
-            url,
-            commands=[ReportsCommand],
+    async with (
+        a_node_through_a_proxy(
+            make_jobs,
+            dsn,
+            ReportsCommand,
             lease_duration=timedelta(seconds=2),
             poll_interval=timedelta(milliseconds=100),
             shutdown_grace=timedelta(milliseconds=200),
-        )
-        async with node:
-            refs = [await node.enqueue_command(ReportsCommand, Sleep(3, "busy")) for _ in range(3)]
-            await anyio.sleep(1.2)  # progress writes go out every 0.5 s
-            link.lose_open_links()
-            async with make_jobs(commands=[ReportsCommand], execute=False) as reader:
-                with anyio.fail_after(40):  # the bound is 10 s
-                    results = [await reader.wait_for_job(ref.id) for ref in refs]
+        ) as (node, link),
+        node,
+    ):
+        refs = [await node.enqueue_command(ReportsCommand, Sleep(3, "busy")) for _ in range(3)]
+        await anyio.sleep(1.2)  # progress writes go out every 0.5 s
+        link.lose_open_links()
+        async with make_jobs(commands=[ReportsCommand], execute=False) as reader:
+            with anyio.fail_after(40):  # the bound is 10 s
+                results = [await reader.wait_for_job(ref.id) for ref in refs]
     assert [result.state for result in results] == [JobState.COMPLETED] * 3
