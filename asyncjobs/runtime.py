@@ -126,8 +126,10 @@ class _Running:
     #: the job claimed here again while this run, stopped when the lease lapsed, goes on: it
     #: starts when this run ends (see _start)
     next_attempt: BackgroundJob | None = None
-    #: a transient job's failure, for run_command_async to raise
+    #: a transient job's failure, for run_command_async to raise, and whether its callback
+    #: failed (its command succeeded)
     failure: BaseException | None = None
+    callback_failed: bool = False
 
 
 @types.coroutine
@@ -1186,7 +1188,7 @@ class BackgroundJobs:
             raise JobCancelledError(f"transient job {job.ref_id} was cancelled")
         error = running.failure
         message = job.error.message if job.error else repr(error)
-        if job.error is not None and job.error.message.startswith("callback "):
+        if running.callback_failed:
             # The command succeeded: its caller must not take the callback's error for its.
             raise JobFailedError(message) from error
         if isinstance(error, Exception):
@@ -1249,6 +1251,7 @@ class BackgroundJobs:
             if job.state is JobState.EXECUTED:
                 message = f"callback {job.callback} failed: {error.message}"
                 error = JobError(message, error.type, error.traceback)
+                running.callback_failed = True
             job.state, job.error = JobState.FAILED, error
             running.failure = failure
             # Stored jobs' failures are logged as they are recorded; this one is not recorded.

@@ -407,7 +407,11 @@ async def test_a_transient_job_runs_its_callback_with_its_result(
         async def run(self, request: Sum) -> None:
             raise RuntimeError(f"no room for {request.total}")
 
-    async with make_jobs(commands=[AddCommand, KeepSum, RefuseSum]) as jobs:
+    class SaysCallback(AsyncCommandWithResult[Add, Sum]):
+        async def run(self, request: Add) -> Sum:
+            raise ValueError("callback URL unreachable")
+
+    async with make_jobs(commands=[AddCommand, KeepSum, RefuseSum, SaysCallback]) as jobs:
         total = await jobs.run_command_async(AddCommand, Add(1, 2), JobOptions(callback="KeepSum"))
         assert total == Sum(3) and received == [Sum(3)]
         # The command succeeded: the caller is not handed the callback's error as if it were
@@ -415,6 +419,9 @@ async def test_a_transient_job_runs_its_callback_with_its_result(
         with pytest.raises(JobFailedError, match="callback RefuseSum failed: no room for 7") as e:
             await jobs.run_command_async(AddCommand, Add(3, 4), JobOptions(callback="RefuseSum"))
         assert isinstance(e.value.__cause__, RuntimeError)
+        # The command's own error, whatever its words
+        with pytest.raises(ValueError, match="callback "):
+            await jobs.run_command_async(SaysCallback, Add(0, 0), JobOptions(callback="KeepSum"))
         options = JobOptions(callback="RefuseSum", meta={"order": 7})
         job = await jobs.run_command(AddCommand, Add(5, 5), options)
         with anyio.fail_after(3):
