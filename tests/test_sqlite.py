@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import sqlite3
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from asyncjobs import BackgroundJobs
-from asyncjobs.dialects.sqlite import SqliteDialect
+from asyncjobs.dialects.sqlite import SqliteDialect, connect
 from asyncjobs.exceptions import ConfigurationError, InvalidDsnError
 
 pytestmark = pytest.mark.anyio
@@ -82,3 +86,28 @@ async def test_connection_folds_case_as_python_does(tmp_path: Path) -> None:
     finally:
         await dialect.close()
     assert folded == ("Ärger Öl", "ärger öl", None, 7)
+
+
+def _open_at(path: str, start: float) -> str:
+    """In another process: open ``path`` as the dialect does, at ``start`` (wall clock)."""
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        connect(path, 30.0).close()
+    except sqlite3.Error as exc:
+        return repr(exc)
+    return "ok"
+
+
+def test_processes_opening_a_new_file_together_all_open_it(tmp_path: Path) -> None:
+    """Replicas started together on a new database file race to switch it to WAL, and SQLite
+    tells the losers "locked" at once, without waiting out the busy timeout: they try again
+    rather than fail to start. (Four processes, forty new files: without the retry about one
+    open in fifteen failed.)"""
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_open_at, [str(tmp_path / "warm.db")] * 4, [0.0] * 4))  # started
+        results = []
+        for round_ in range(40):
+            path = str(tmp_path / f"new-{round_}.db")
+            start = time.time() + 0.05
+            results += pool.map(_open_at, [path] * 4, [start] * 4)
+    assert results == ["ok"] * 160

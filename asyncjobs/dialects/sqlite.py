@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -216,31 +217,8 @@ class SqliteDialect(Dialect):
                     f"cannot make the directory of SQLite database {self.path!r}: {exc}"
                 ) from exc
 
-        def connect() -> sqlite3.Connection:
-            db = sqlite3.connect(
-                self.path,
-                timeout=self._busy_timeout,
-                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-                check_same_thread=False,  # used from one worker thread at a time, under a lock
-            )
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL is durable against a process crash (the failure this library guards
-            # against); only a power loss can drop the last commits.
-            db.execute("PRAGMA synchronous=NORMAL")
-            # A checkpoint copies every page the WAL holds into the database, once however
-            # often the page changed since the last one. The queue's hot pages (the claim
-            # index, the newest summaries) change with every commit, so checkpointing every
-            # 10 000 pages rather than SQLite's 1 000 writes far fewer pages in all: a drain
-            # commits in half the time. The WAL file is cut back after each checkpoint.
-            db.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
-            db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
-            # SQLite's LOWER and LIKE fold ASCII letters only: the admin's search folds the
-            # others with this, as Python folds the search text (see sql/sqlite/admin.sql).
-            db.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
-            return db
-
         try:
-            self._db = await anyio.to_thread.run_sync(connect)
+            self._db = await anyio.to_thread.run_sync(connect, self.path, self._busy_timeout)
         except (sqlite3.DatabaseError, ValueError) as exc:
             # Not a database file, a directory, a path with NUL in it, ...
             raise ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
@@ -309,6 +287,50 @@ class SqliteDialect(Dialect):
 
     def is_disconnect(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """The dialect's connection to ``path``, set up (in a worker thread: it may wait)."""
+    db = sqlite3.connect(
+        path,
+        timeout=busy_timeout,
+        isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+        check_same_thread=False,  # used from one worker thread at a time, under a lock
+    )
+    try:
+        _enable_wal(db, busy_timeout)
+        # NORMAL is durable against a process crash (the failure this library guards
+        # against); only a power loss can drop the last commits.
+        db.execute("PRAGMA synchronous=NORMAL")
+        # A checkpoint copies every page the WAL holds into the database, once however
+        # often the page changed since the last one. The queue's hot pages (the claim
+        # index, the newest summaries) change with every commit, so checkpointing every
+        # 10 000 pages rather than SQLite's 1 000 writes far fewer pages in all: a drain
+        # commits in half the time. The WAL file is cut back after each checkpoint.
+        db.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+    except BaseException:
+        db.close()
+        raise
+    # SQLite's LOWER and LIKE fold ASCII letters only: the admin's search folds the
+    # others with this, as Python folds the search text (see sql/sqlite/admin.sql).
+    db.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
+    return db
+
+
+def _enable_wal(db: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch a new database file to WAL. Processes that open a new file together race for
+    it, and the losers are told "locked" at once, without the busy timeout's wait: they try
+    again, for as long as that timeout."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 async def _read_data_version(db: sqlite3.Connection) -> object:
