@@ -88,5 +88,10 @@ class DatabaseError(AsyncJobsError):
     """A database error the store could not recover from."""
 
 
+class DatabaseBusyError(DatabaseError):
+    """The database stayed locked by another connection for the whole busy timeout (SQLite,
+    which has one writer at a time): nothing was written; the call may be made again."""
+
+
 class NoCurrentJobError(AsyncJobsError, LookupError):
     """``current_job()`` or ``job_logger()`` was called outside a running job."""

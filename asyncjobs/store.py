@@ -18,7 +18,12 @@ from typing import Any, TypeVar
 import msgspec
 
 from .dialects import Connection, Dialect, Row
-from .exceptions import DuplicateRefIdError, InvalidJobStateError, JobNotFoundError
+from .exceptions import (
+    DatabaseBusyError,
+    DuplicateRefIdError,
+    InvalidJobStateError,
+    JobNotFoundError,
+)
 from .models import (
     _JOB_FIELDS,
     _SUMMARY_FIELDS,
@@ -368,7 +373,9 @@ class Store:
         try:
             return await insert()
         except Exception as exc:
-            if not self.dialect.is_disconnect(exc):
+            # (A database locked past its busy timeout wrote nothing, and would only make the
+            # caller wait as long again.)
+            if not self.dialect.is_disconnect(exc) or isinstance(exc, DatabaseBusyError):
                 raise
             log.warning("connection lost during an enqueue; sending it again: %r", exc)
         try:

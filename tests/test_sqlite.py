@@ -12,7 +12,8 @@ import pytest
 
 from asyncjobs import BackgroundJobs
 from asyncjobs.dialects.sqlite import SqliteDialect, connect
-from asyncjobs.exceptions import ConfigurationError, InvalidDsnError
+from asyncjobs.exceptions import ConfigurationError, DatabaseBusyError, InvalidDsnError
+from tests.commands import Add, AddCommand
 
 pytestmark = pytest.mark.anyio
 
@@ -111,3 +112,27 @@ def test_processes_opening_a_new_file_together_all_open_it(tmp_path: Path) -> No
             start = time.time() + 0.05
             results += pool.map(_open_at, [path] * 4, [start] * 4)
     assert results == ["ok"] * 160
+
+
+@pytest.mark.anyio
+async def test_a_database_another_process_keeps_locked_is_a_busy_error_after_one_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another connection holds the write lock past the busy timeout: the enqueue fails with
+    DatabaseBusyError once that timeout is out (sent once: nothing was written, so nothing was
+    lost either), and works once the lock is let go."""
+    path = tmp_path / "jobs.db"
+    jobs = BackgroundJobs(f"sqlite:///{path}", commands=[AddCommand], busy_timeout=0.3)
+    async with jobs:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(DatabaseBusyError, match="stayed locked by another connection"):
+            await jobs.enqueue_command(AddCommand, Add(1, 2))
+        waited = time.monotonic() - started
+        other.execute("ROLLBACK")
+        other.close()
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 2))
+        assert (await jobs.wait_for_job(ref.id)).state.value == "Completed"
+    assert 0.3 <= waited < 0.6  # one busy timeout, not two
+    assert "connection lost" not in caplog.text

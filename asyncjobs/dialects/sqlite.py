@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from .._settings import check_duration, check_seconds
 from .._sql import Queries, load_queries, split_statements
-from ..exceptions import ConfigurationError, InvalidDsnError
+from ..exceptions import ConfigurationError, DatabaseBusyError, InvalidDsnError
 from ._base import Capabilities, ChangeWatch, Connection, Dialect, Params, Row, no_listen
 from ._dsn import Dsn
 
@@ -234,7 +234,15 @@ class SqliteDialect(Dialect):
         db = self._db
         if db is None:
             raise RuntimeError("the SQLite dialect is not open")
-        return await anyio.to_thread.run_sync(lambda: fn(db), limiter=self._thread_limiter)
+        try:
+            return await anyio.to_thread.run_sync(lambda: fn(db), limiter=self._thread_limiter)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            raise DatabaseBusyError(
+                f"the SQLite database {self.path!r} stayed locked by another connection for "
+                f"the busy timeout ({self._busy_timeout:g} s): {exc}"
+            ) from exc
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -286,7 +294,8 @@ class SqliteDialect(Dialect):
         )
 
     def is_disconnect(self, exc: BaseException) -> bool:
-        return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+        # (Locked by another process for the busy timeout: not refused, to be tried again.)
+        return isinstance(exc, DatabaseBusyError)
 
 
 def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
