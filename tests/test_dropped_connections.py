@@ -36,6 +36,14 @@ async def through_a_proxy(dsn: str) -> AsyncIterator[tuple[str, Proxy]]:
         yield parts._replace(netloc=netloc).geturl(), link
 
 
+#: a node that notices soon that the database stopped answering, and stops soon
+QUICK_TO_NOTICE: dict[str, Any] = {
+    "lease_duration": timedelta(seconds=2),
+    "poll_interval": timedelta(milliseconds=100),
+    "shutdown_grace": timedelta(milliseconds=200),
+}
+
+
 @asynccontextmanager
 async def a_node_through_a_proxy(
     make_jobs: Factory, dsn: str, command: type[Any], **settings: Any
@@ -183,9 +191,7 @@ async def test_a_node_whose_queries_in_flight_never_get_an_answer_gets_going_aga
             make_jobs,
             dsn,
             SleepCommand,
-            lease_duration=timedelta(seconds=2),
-            poll_interval=timedelta(milliseconds=100),
-            shutdown_grace=timedelta(milliseconds=200),
+            **QUICK_TO_NOTICE,
             notifications=False,
         ) as (node, link),
         node,
@@ -290,9 +296,7 @@ async def test_a_progress_write_that_gets_no_answer_does_not_hold_up_outcomes(
             make_jobs,
             dsn,
             ReportsCommand,
-            lease_duration=timedelta(seconds=2),
-            poll_interval=timedelta(milliseconds=100),
-            shutdown_grace=timedelta(milliseconds=200),
+            **QUICK_TO_NOTICE,
         ) as (node, link),
         node,
     ):
