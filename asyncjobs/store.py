@@ -292,6 +292,15 @@ class Store:
                 await tx.script(name)
                 await tx.execute("set_schema_version", {"version": number, "now": utcnow()})
                 version = number
+        if version > len(MIGRATIONS):
+            # A newer version of asyncjobs migrated it (a rolling upgrade half done, say): this
+            # one goes on, but it may not know all it finds there.
+            log.warning(
+                "the database's schema is at version %d, newer than this asyncjobs knows (%d): "
+                "upgrade this process",
+                version,
+                len(MIGRATIONS),
+            )
         return version
 
     async def ensure_archives(self, now: datetime, months_ahead: int = 1) -> None:

@@ -948,3 +948,21 @@ async def test_no_transient_job_starts_once_the_shutdown_began(make_jobs: Factor
     assert ticks_since == []
     assert [str(exc) for exc in late] == ["the jobs runtime is shutting down"]
     assert ("start", "late") not in [(e[0], e[1]) for e in EVENTS]
+
+
+async def test_a_schema_newer_than_this_version_is_named_at_start(
+    make_jobs: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newer asyncjobs migrated the database (a rolling upgrade half done): an older process
+    goes on, and says it should be upgraded."""
+    from asyncjobs.store import MIGRATIONS, utcnow
+
+    async with make_jobs(execute=False) as jobs, jobs.dialect.transaction() as tx:
+        newer = {"version": len(MIGRATIONS) + 1, "now": utcnow()}
+        await tx.execute("set_schema_version", newer)
+    assert "newer than this asyncjobs knows" not in caplog.text
+    async with make_jobs(execute=False):
+        pass
+    assert f"schema is at version {len(MIGRATIONS) + 1}, newer than this asyncjobs knows" in (
+        caplog.text
+    )
