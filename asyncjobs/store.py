@@ -38,7 +38,14 @@ from .models import (
 log = logging.getLogger("asyncjobs.store")
 T = TypeVar("T")
 
-MIGRATIONS = ("migration_1", "migration_2", "migration_3", "migration_4", "migration_5")
+MIGRATIONS = (
+    "migration_1",
+    "migration_2",
+    "migration_3",
+    "migration_4",
+    "migration_5",
+    "migration_6",
+)
 
 
 def utcnow() -> datetime:

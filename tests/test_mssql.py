@@ -75,7 +75,7 @@ def test_every_query_is_checked() -> None:
 
 def test_claims_lock_with_readpast_and_return_with_output() -> None:
     claim = QUERIES["complete_and_claim_jobs"].sql
-    assert claim.count("WITH (UPDLOCK, READPAST, ROWLOCK") == 3
+    assert claim.count("WITH (UPDLOCK, READPAST, ROWLOCK") == 4
     assert "OUTPUT inserted.id INTO @done" in claim
     assert "OPENJSON(:outcomes)" in claim
     for name in ("cancel_queued", "request_cancel", "cancel_dependents", "fail_orphans"):

@@ -591,3 +591,40 @@ async def test_a_dependent_committed_after_its_parent_was_cancelled_is_cancelled
             result = await jobs.wait_for_job(child.id)
     assert result.failed is not None and result.failed.state is JobState.CANCELLED
     assert result.failed.error_code == "DependencyFailed"
+
+
+async def test_a_backlog_of_delayed_jobs_costs_the_claim_nothing(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """Jobs not due yet (delayed, or retries waiting out their backoff) are in no index the
+    claim walks: with 3 000 of them queued ahead of the ready jobs, the claim's plan passes
+    over none of them (it read, and filtered out, every one of them before)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        later = JobOptions(run_after=datetime.now(UTC) + timedelta(hours=1))
+        for _ in range(3):
+            await jobs.enqueue_many((AddCommand, Add(i, i), later) for i in range(1000))
+        await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(100))
+        sql, order = _pg(jobs).statement("complete_and_claim_jobs", {})
+        values = {
+            "now": datetime.now(UTC), "node": "n", "limit": 50, "named_only": 0, "outcomes": "[]"
+        }  # fmt: skip
+        conn = await _connect(dsn)
+        try:
+            async with conn.transaction():
+                raw = await conn.fetchval(
+                    "EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *[values[name] for name in order]
+                )
+                raise _RolledBack
+        except _RolledBack:
+            pass
+        finally:
+            await conn.close()
+    nodes = list(_plan_nodes(json.loads(raw)[0]["Plan"]))
+    passed_over = sum(n.get("Rows Removed by Filter", 0) for n in nodes)
+    assert passed_over < 50, nodes
+    claimed = [n for n in nodes if n.get("Relation Name") == "background_job"]
+    assert claimed and max(n["Actual Rows"] for n in claimed) <= 100, nodes
+
+
+class _RolledBack(Exception):
+    """Leaves a transaction by rolling it back."""

@@ -6,13 +6,15 @@ import multiprocessing
 import sqlite3
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from asyncjobs import BackgroundJobs
+from asyncjobs import BackgroundJobs, JobOptions
 from asyncjobs.dialects.sqlite import SqliteDialect, connect
 from asyncjobs.exceptions import ConfigurationError, DatabaseBusyError, InvalidDsnError
+from asyncjobs.store import month_key, utcnow
 from tests.commands import Add, AddCommand
 
 pytestmark = pytest.mark.anyio
@@ -136,3 +138,56 @@ async def test_a_database_another_process_keeps_locked_is_a_busy_error_after_one
         assert (await jobs.wait_for_job(ref.id)).state.value == "Completed"
     assert 0.3 <= waited < 0.6  # one busy timeout, not two
     assert "connection lost" not in caplog.text
+
+
+async def _claim_steps(path: Path, delayed: int) -> int:
+    """SQLite's virtual-machine steps for one claim of 50 ready jobs that were enqueued after
+    ``delayed`` jobs not due for an hour (the claim run on its own connection, rolled back)."""
+    dsn = f"sqlite:///{path}"
+    async with BackgroundJobs(dsn, commands=[AddCommand], execute=False) as jobs:
+        later = JobOptions(run_after=datetime.now(UTC) + timedelta(hours=1))
+        for start in range(0, delayed, 1000):
+            count = min(1000, delayed - start)
+            await jobs.enqueue_many((AddCommand, Add(i, i), later) for i in range(count))
+        await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(100))
+        assert isinstance(jobs.dialect, SqliteDialect)
+        statements = jobs.dialect.statements(
+            "complete_and_claim_jobs", {"month": month_key(utcnow())}
+        )
+    params = {
+        "now": utcnow().strftime("%Y-%m-%d %H:%M:%S.%f"),  # as the dialect stores datetimes
+        "node": "n",
+        "limit": 50,
+        "named_only": 0,
+        "outcomes": "[]",
+    }
+    conn = sqlite3.connect(path, isolation_level=None)
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.set_progress_handler(count, 100)
+        claimed = 0
+        for sql in statements:
+            cursor = conn.execute(sql, {k: v for k, v in params.items() if f":{k}" in sql})
+            claimed = max(claimed, cursor.rowcount)
+        conn.set_progress_handler(None, 0)
+        assert claimed == 50
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+    return steps
+
+
+async def test_a_backlog_of_delayed_jobs_costs_the_claim_nothing(tmp_path: Path) -> None:
+    """Jobs not due yet (delayed, or retries waiting out their backoff) are in no index the
+    claim walks: with 3 000 of them queued ahead of the ready jobs, a claim does about the work
+    it does without them (it read every one of them before)."""
+    without = await _claim_steps(tmp_path / "empty.db", 0)
+    behind = await _claim_steps(tmp_path / "delayed.db", 3000)
+    assert behind < without * 1.5, (without, behind)

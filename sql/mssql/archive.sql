@@ -241,9 +241,12 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 --    so the head cannot become stale before commit. The head is read WITH (UPDLOCK, READPAST):
 --    skipped rows are uncommitted enqueues (not yet queued, as on the other databases) or jobs
 --    being cancelled; nothing else locks a queued job of a named worker, because the claim of
---    jobs without a worker reads only ix_background_job_claim, which holds no others.
--- 4. Jobs without a worker are taken from ix_background_job_claim in claim order, with
---    UPDLOCK, READPAST: concurrent claims take different rows without waiting.
+--    jobs without a worker reads only ix_background_job_claim and ix_background_job_due.
+-- 4. Jobs without a worker are taken with UPDLOCK, READPAST (concurrent claims take different
+--    rows without waiting): those never delayed from ix_background_job_claim in claim order,
+--    and delayed ones that are due from ix_background_job_due in due order. Neither index
+--    holds a job not yet due, so a backlog of delayed jobs and retries costs the claim
+--    nothing (of more than :limit that come due together, the first due go first).
 -- 5. The best :limit candidates are marked Started (the rest stay Queued and are free at
 --    commit), with their summaries, and returned.
 -- Claims never wait on each other's locks; background_job never escalates to a table lock (see
@@ -353,11 +356,18 @@ WHERE NOT EXISTS (SELECT 1 FROM background_job AS r
 INSERT INTO @candidate (id, priority)
 SELECT TOP (@limit) j.id, j.priority
 FROM background_job AS j WITH (UPDLOCK, READPAST, ROWLOCK, INDEX (ix_background_job_claim))
-WHERE j.state = 'Queued' AND j.worker IS NULL AND @named_only = 0
-  AND (j.run_after IS NULL OR j.run_after <= @due_by)
+WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NULL AND @named_only = 0
   AND (j.depends_on IS NULL
        OR (SELECT p.state FROM job_summary AS p WHERE p.id = j.depends_on) = 'Completed')
 ORDER BY j.priority DESC, j.id;
+INSERT INTO @candidate (id, priority)
+SELECT TOP (@limit) j.id, j.priority
+FROM background_job AS j WITH (UPDLOCK, READPAST, ROWLOCK, INDEX (ix_background_job_due))
+WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NOT NULL
+  AND j.run_after <= @due_by AND @named_only = 0
+  AND (j.depends_on IS NULL
+       OR (SELECT p.state FROM job_summary AS p WHERE p.id = j.depends_on) = 'Completed')
+ORDER BY j.run_after;
 -- 5.
 INSERT INTO @chosen (id)
 SELECT TOP (@limit) id FROM @candidate ORDER BY priority DESC, id;

@@ -297,9 +297,12 @@ STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
 -- 2. Pick and lock the candidates, skipping rows other transactions hold: for each locked
 --    worker still idle, its head, found by one probe of ix_background_job_worker (worker, state,
 --    id), and runnable if due and its parent completed (a head that is not runnable holds its
---    worker's later jobs back); and the jobs without a worker, in order from
---    ix_background_job_claim (state, worker, priority DESC, id), which holds them together
---    (worker IS NULL), so no named job is walked. The better :limit of both are claimed; the
+--    worker's later jobs back); and the jobs without a worker from ix_background_job_claim
+--    (state, worker, run_after, priority DESC, id), which holds them together (worker IS
+--    NULL), so no named job is walked: those never delayed (run_after IS NULL) in claim
+--    order, and the delayed ones due by now in due order, so no job not yet due is walked
+--    either (of more than :limit that come due together, the first due go first). The
+--    better :limit of all are claimed; the
 --    few locked but not chosen stay Queued and are free again at commit. A queue of one
 --    worker's jobs thus costs one probe per claim however long it is. The attempt number is
 --    read here, under the row lock.
@@ -364,7 +367,7 @@ FROM (
          FROM (
              (SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
               WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-                AND (j.run_after IS NULL OR j.run_after <= @asyncjobs_due_by)
+                AND j.run_after IS NULL
                 AND (j.depends_on IS NULL
                      OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
               ORDER BY j.priority DESC, j.id
@@ -372,15 +375,28 @@ FROM (
              UNION ALL
              (SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
               WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-                AND (j.run_after IS NULL OR j.run_after <= @asyncjobs_due_by)
+                AND j.run_after IS NULL
                 AND (j.depends_on IS NULL
                      OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
               ORDER BY j.priority DESC, j.id
               LIMIT :limit, :limit)
          ) AS cw
          STRAIGHT_JOIN background_job cj FORCE INDEX (PRIMARY) ON cj.id = cw.id
-         WHERE cj.state = 'Queued' AND cj.worker IS NULL
-           AND (cj.run_after IS NULL OR cj.run_after <= @asyncjobs_due_by)
+         WHERE cj.state = 'Queued' AND cj.worker IS NULL AND cj.run_after IS NULL
+         LIMIT :limit
+         FOR UPDATE SKIP LOCKED)
+        UNION ALL
+        (SELECT dj.id, dj.priority, dj.attempts + 1 AS attempts
+         FROM (SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
+               WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
+                 AND j.run_after IS NOT NULL AND j.run_after <= @asyncjobs_due_by
+                 AND (j.depends_on IS NULL
+                      OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on)
+                         = 'Completed')
+               ORDER BY j.run_after
+               LIMIT :limit) AS dw
+         STRAIGHT_JOIN background_job dj FORCE INDEX (PRIMARY) ON dj.id = dw.id
+         WHERE dj.state = 'Queued' AND dj.worker IS NULL AND dj.run_after <= @asyncjobs_due_by
          LIMIT :limit
          FOR UPDATE SKIP LOCKED)
     ) AS u

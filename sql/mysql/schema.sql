@@ -242,3 +242,14 @@ CREATE TABLE IF NOT EXISTS job_requeues (
     total BIGINT NOT NULL
 ) ENGINE=InnoDB;
 INSERT INTO job_requeues (id, total) VALUES (1, 0) ON DUPLICATE KEY UPDATE total = total;
+
+-- name: migration_6
+-- The claim walks queued jobs without a worker in priority-then-age order, and a job it passes
+-- over costs a read: delayed jobs not yet due (and retries waiting out their backoff, which
+-- keep their old ids) sat among them ahead of new work, so 100k of them made every claim read
+-- 100k rows. With run_after in the index before the order, jobs never delayed
+-- (run_after IS NULL) are one range in claim order, and delayed ones another, in due order,
+-- read only up to now. One ALTER, so it is atomic, and safe to run again.
+ALTER TABLE background_job
+    DROP INDEX ix_background_job_claim,
+    ADD INDEX ix_background_job_claim (state, worker, run_after, priority DESC, id);

@@ -105,7 +105,11 @@ WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
 --
 -- Heads are found with a loose index scan of ix_background_job_worker_queue: one probe per
 -- worker with queued jobs, so a long queue of one worker costs one probe, not a scan. Unnamed
--- jobs come from ix_background_job_claim in claim order.
+-- jobs never delayed come from ix_background_job_claim in claim order, and delayed ones that
+-- are due from ix_background_job_due in due order (neither index holds a job not yet due, so
+-- a backlog of delayed jobs and retries costs the claim nothing); the better :limit of all
+-- candidates are claimed. (Of more than :limit delayed jobs that come due together, the first
+-- due go first.)
 WITH RECURSIVE outcome AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(:outcomes::jsonb) AS o(
         id bigint, attempts integer, duration_ms bigint, response text, response_body text,
@@ -176,18 +180,28 @@ named AS MATERIALIZED (
 ),
 unnamed AS MATERIALIZED (
     SELECT j.id, j.priority FROM background_job j
-    WHERE j.state = 'Queued' AND j.worker IS NULL AND :named_only = 0
-      AND (j.run_after IS NULL OR j.run_after <= now())
+    WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NULL AND :named_only = 0
       AND (j.depends_on IS NULL
            OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
     ORDER BY j.priority DESC, j.id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
 ),
--- Both candidate sets are locked as they are read, so SKIP LOCKED moves past rows another claim
+due AS MATERIALIZED (
+    SELECT j.id, j.priority FROM background_job j
+    WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NOT NULL
+      AND j.run_after <= now() AND :named_only = 0
+      AND (j.depends_on IS NULL
+           OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
+    ORDER BY j.run_after
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+),
+-- The candidate sets are locked as they are read, so SKIP LOCKED moves past rows another claim
 -- holds; the few locked here but not chosen stay Queued and are free again at commit.
 chosen AS (
-    SELECT c.id FROM (SELECT id, priority FROM named UNION ALL SELECT id, priority FROM unnamed) c
+    SELECT c.id FROM (SELECT id, priority FROM named UNION ALL SELECT id, priority FROM unnamed
+                      UNION ALL SELECT id, priority FROM due) c
     ORDER BY c.priority DESC, c.id
     LIMIT :limit
 ),

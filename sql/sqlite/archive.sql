@@ -215,13 +215,26 @@ candidates(id, priority) AS (
             SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
     UNION ALL
     SELECT * FROM (
-        -- jobs without a worker, straight from ix_background_job_claim in claim order
+        -- jobs without a worker never delayed, straight from ix_background_job_claim in claim
+        -- order
         SELECT j.id, j.priority FROM background_job j
-        WHERE j.state = 'Queued' AND j.worker IS NULL AND :named_only = 0
-          AND (j.run_after IS NULL OR j.run_after <= :now)
+        WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NULL AND :named_only = 0
           AND (j.depends_on IS NULL OR EXISTS (
                 SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
         ORDER BY j.priority DESC, j.id
+        LIMIT :limit
+    )
+    UNION ALL
+    SELECT * FROM (
+        -- delayed ones (and retries) that are due, from ix_background_job_due in due order:
+        -- neither index holds a job not yet due, so a backlog of them costs the claim nothing
+        -- (of more than :limit that come due together, the first due go first)
+        SELECT j.id, j.priority FROM background_job j
+        WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NOT NULL
+          AND j.run_after <= :now AND :named_only = 0
+          AND (j.depends_on IS NULL OR EXISTS (
+                SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
+        ORDER BY j.run_after
         LIMIT :limit
     )
 )

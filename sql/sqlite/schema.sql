@@ -138,3 +138,15 @@ SELECT 1;
 -- index, not a walk of the queue), and only delayed jobs are in it.
 CREATE INDEX ix_background_job_run_after ON background_job (run_after)
     WHERE state = 'Queued' AND run_after IS NOT NULL;
+
+-- name: migration_6
+-- The claim walks ix_background_job_claim in priority-then-age order, and a job it passes over
+-- costs a read: delayed jobs not yet due (and retries waiting out their backoff, which keep
+-- their old ids) sat in it ahead of new work, so 100k of them made every claim read 100k
+-- rows. It now holds only jobs never delayed; delayed jobs without a worker come from
+-- ix_background_job_due, by due time, once due.
+DROP INDEX IF EXISTS ix_background_job_claim;
+CREATE INDEX ix_background_job_claim ON background_job (priority DESC, id)
+    WHERE state = 'Queued' AND worker IS NULL AND run_after IS NULL;
+CREATE INDEX IF NOT EXISTS ix_background_job_due ON background_job (run_after)
+    WHERE state = 'Queued' AND worker IS NULL AND run_after IS NOT NULL;

@@ -254,3 +254,33 @@ async def test_an_outcome_counts_only_for_the_attempt_it_ended(make_jobs: Factor
         assert waiting is not None and waiting.state is JobState.QUEUED
         done = await jobs.store.complete_and_claim(NODE, completed(second), 0)
         assert done.final == {ref.id: JobState.COMPLETED}
+
+
+async def test_due_delayed_jobs_and_retries_are_claimed_with_the_rest_by_priority(
+    make_jobs: Factory,
+) -> None:
+    """Jobs never delayed, delayed jobs now due and retries whose backoff ended are one queue
+    in priority-then-age order; jobs not yet due stay queued."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        retried_ref = await jobs.enqueue_command(AddCommand, Add(0, 0))
+        (retried,) = (await jobs.store.claim(NODE, 1)).jobs
+        retry = Outcome(retried, JobState.QUEUED, retry_in=timedelta(milliseconds=1))
+        await jobs.store.finish(NODE, [retry])
+        past, future = (
+            datetime.now(UTC) - timedelta(seconds=1),
+            datetime.now(UTC) + timedelta(hours=1),
+        )
+        later = await jobs.enqueue_command(
+            AddCommand, Add(1, 1), JobOptions(run_after=future, priority=9)
+        )
+        plain = await jobs.enqueue_command(AddCommand, Add(2, 2))
+        due = await jobs.enqueue_command(
+            AddCommand, Add(3, 3), JobOptions(run_after=past, priority=1)
+        )
+        urgent = await jobs.enqueue_command(AddCommand, Add(4, 4), JobOptions(priority=2))
+        await anyio.sleep(0.05)  # the retry's backoff ends
+        first = (await jobs.store.claim(NODE, 2)).jobs
+        assert [j.id for j in first] == [urgent.id, due.id]
+        rest = (await jobs.store.claim(NODE, 10)).jobs
+        assert [j.id for j in rest] == [retried_ref.id, plain.id]
+        assert await jobs.store.select_job_ids(JobState.QUEUED, None) == [later.id]
