@@ -907,12 +907,17 @@ class BackgroundJobs:
         final, running = await self.store.cancel(ids, reason)
         self._stats["cancelled"] += len(final)
         self._resolve(final)
+        stopped = 0
         for job_id, node in running:
             if node == self.node_id:
-                self._cancel_local(job_id)
-            elif self.notifications:
-                await self.dialect.notify(NOTIFY_CHANNEL, f"cancel:{job_id}")
-        return len(final) + len(running)
+                # A job here whose command has returned (its outcome not written yet) ends
+                # as it ended: not counted as cancelled.
+                stopped += self._cancel_local(job_id)
+            else:
+                stopped += 1
+                if self.notifications:
+                    await self.dialect.notify(NOTIFY_CHANNEL, f"cancel:{job_id}")
+        return len(final) + stopped
 
     def _stop_unleased(self, job_ids: Sequence[int], why: str) -> None:
         """Jobs running here that are no longer (or may no longer be) leased to this node: it
@@ -928,10 +933,16 @@ class BackgroundJobs:
                 running.context.cancel_event.set()
                 running.scope.cancel()
 
-    def _cancel_local(self, job_id: int) -> None:
+    def _cancel_local(self, job_id: int) -> bool:
+        """Stop a job running here; whether the request cancels it. One whose command has
+        returned, its outcome not written yet, ends as it ended, but for a retry: the request
+        cancels that (see cancel_requested_among)."""
         running = self._running.get(job_id)
         if running is not None:
             self._stop(running)
+            return True
+        pending = [o for o in (*self._outcomes, *self._flushing) if o.job.id == job_id]
+        return not pending or pending[0].state is JobState.QUEUED
 
     @staticmethod
     def _stop(running: _Running) -> None:
@@ -1063,7 +1074,7 @@ class BackgroundJobs:
         task = row_to_task(rows[0])
         if task.options.run_command:
             self._require_running()
-            await self._run_task_transient(task)
+            await self._run_task_transient(task, self.clock.now())
             return None
         new = self._task_job(task, self.clock.now())
         job_id = await self.store.run_task_now(name, new)
@@ -1078,7 +1089,7 @@ class BackgroundJobs:
             class_worker=None if known is None else known.worker,
         )  # fmt: skip
 
-    async def _run_task_transient(self, task: ScheduledTask) -> None:
+    async def _run_task_transient(self, task: ScheduledTask, fire_time: datetime) -> None:
         if task.command is not None:
             info = self.registry.command(task.command)
             request = None
@@ -1088,6 +1099,10 @@ class BackgroundJobs:
         else:
             request = decode(task.request_body, self.registry.api(task.request).request_type)
             new = self._api_job(request, task.options)
+        # Which task and occurrence, as a stored occurrence's meta says.
+        new.meta = {
+            **(new.meta or {}), "scheduled_task": task.name, "fire_time": fire_time.isoformat()
+        }  # fmt: skip
         job = self._transient_job(new, request)
         tg = self._started_group()
         scheduler = self.scheduler
@@ -1209,6 +1224,11 @@ class BackgroundJobs:
         try:
             await self._run_transient_locked(running)
         finally:
+            job = running.job
+            if not job.state.is_final:
+                # Cancelled from outside (its caller's scope, or the runtime's, left without
+                # a graceful stop): it did not run to its end.
+                job.state, job.completed_date = JobState.CANCELLED, utcnow()
             del self._transient[running.job.id]
             if not self._transient:
                 self._transient_idle.set()

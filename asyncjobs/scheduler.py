@@ -99,7 +99,7 @@ class Scheduler:
         *,
         refresh: timedelta,
         make_job: Callable[[ScheduledTask, datetime], NewJob],
-        run_transient: Callable[[ScheduledTask], Awaitable[None]],
+        run_transient: Callable[[ScheduledTask, datetime], Awaitable[None]],
         on_enqueued: Callable[[], None],
     ) -> None:
         self.store = store
@@ -111,6 +111,8 @@ class Scheduler:
         self.changed = anyio.Event()
         self.fired = 0
         self.skipped = 0
+        #: tasks whose last fire here failed, by name: when to try again, and failures in a row
+        self._retry: dict[str, tuple[datetime, int]] = {}
         #: runs of transient tasks going on in this process, by task name
         self._transient_running: Counter[str] = Counter()
 
@@ -122,36 +124,51 @@ class Scheduler:
         while True:
             self.changed = anyio.Event()
             now = self.clock.now()
-            unreadable: set[str] = set()
-            unfired: Exception | None = None
+            #: due tasks left for later: unreadable ones (looked at again at the next refresh)
+            #: and those waiting out a pause after their fire failed
+            held: set[str] = set()
             try:
-                for row in await self.store.due_tasks(now):
+                rows = await self.store.due_tasks(now)
+                self._retry = {
+                    r["name"]: self._retry[r["name"]] for r in rows if r["name"] in self._retry
+                }
+                for row in rows:
+                    retry = self._retry.get(row["name"])
+                    if retry is not None and retry[0] > now:
+                        held.add(row["name"])
+                        continue
                     try:
                         task = row_to_task(row)
                     except AsyncJobsError as exc:
                         # Stored by another version, or by hand: the other tasks go on.
                         log.error("recurring task %s cannot be read: %r", row["name"], exc)
-                        unreadable.add(row["name"])
+                        held.add(row["name"])
                         continue
                     try:
                         await self.fire(task, now)
                     except Exception as exc:
-                        # Perhaps a value the database refuses: the tasks due after it still
-                        # fire, and it is tried again after the pause below.
+                        # Perhaps a value the database refuses: it pauses, growing to 5 s,
+                        # and the other tasks fire on time meanwhile.
+                        count = 1 if retry is None else retry[1] + 1
+                        pause = timedelta(seconds=min(0.1 * 2 ** min(count, 10), 5.0))
+                        self._retry[task.name] = (now + pause, count)
+                        held.add(task.name)
                         log.error("recurring task %s could not fire: %r", task.name, exc)
-                        unfired = unfired or exc
-                if unfired is not None:
-                    raise unfired
-                if unreadable:
-                    # They stay due (looked at again at the next refresh): the wake-up comes
-                    # from the others, due before then.
+                    else:
+                        self._retry.pop(task.name, None)
+                if held:
+                    # They stay due: the wake-up comes from the others, due before the next
+                    # refresh, and from the end of a pause.
                     next_due = min(
                         (
-                            row["next_run"]
-                            for row in await self.store.due_tasks(now + self.refresh)
-                            if row["name"] not in unreadable
-                            and isinstance(row["next_run"], datetime)
-                            and row["next_run"] > now
+                            *(
+                                row["next_run"]
+                                for row in await self.store.due_tasks(now + self.refresh)
+                                if row["name"] not in held
+                                and isinstance(row["next_run"], datetime)
+                                and row["next_run"] > now
+                            ),
+                            *(at for name, (at, _) in self._retry.items() if name in held),
                         ),
                         default=None,
                     )
@@ -200,7 +217,7 @@ class Scheduler:
             if taken:
                 self.fired += 1
                 try:
-                    await self.run_transient(task)
+                    await self.run_transient(task, expected)
                 except AsyncJobsError as exc:
                     log.error("recurring task %s could not run at %s: %r", task.name, expected, exc)
             return

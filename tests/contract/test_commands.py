@@ -348,3 +348,13 @@ async def test_text_no_database_takes_is_stored_replaced_and_holds_up_nothing(
     assert done.completed.logs is not None and done.completed.logs.endswith(f"line {tidy}\n")
     assert failed.failed is not None and failed.failed.error is not None
     assert failed.failed.error.message == tidy and failed.failed.status == tidy
+
+
+async def test_a_transient_job_cut_off_from_outside_ends_cancelled(make_jobs: Factory) -> None:
+    """The application leaves `async with jobs` by a cancel of its own (no graceful stop): a
+    transient job cut off there ends Cancelled, not Started for ever."""
+    with anyio.move_on_after(0.5):
+        async with make_jobs(commands=[SleepCommand]) as jobs:
+            job = await jobs.run_command(SleepCommand, Sleep(30))
+            await anyio.sleep(30)
+    assert job.state is JobState.CANCELLED and job.completed_date is not None

@@ -966,3 +966,28 @@ async def test_a_schema_newer_than_this_version_is_named_at_start(
     assert f"schema is at version {len(MIGRATIONS) + 1}, newer than this asyncjobs knows" in (
         caplog.text
     )
+
+
+async def test_a_cancel_that_comes_after_the_command_returned_is_not_counted(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command has returned and its outcome waits to be written: the job ends Completed,
+    so the cancel that came meanwhile cancelled nothing and says so (it said True)."""
+    entered, release = anyio.Event(), anyio.Event()
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        complete_and_claim = jobs.store.complete_and_claim
+
+        async def held(node: str, outcomes: Any, *args: Any, **kwargs: Any) -> Any:
+            if outcomes:  # the finisher's write (a claim passes none)
+                entered.set()
+                await release.wait()
+            return await complete_and_claim(node, outcomes, *args, **kwargs)
+
+        monkeypatch.setattr(jobs.store, "complete_and_claim", held)
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 2))
+        with anyio.fail_after(5):
+            await entered.wait()
+        assert await jobs.cancel_job(ref.id) is False
+        release.set()
+        final = await jobs.wait_for_job(ref.id)
+    assert final.state is JobState.COMPLETED

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from asyncjobs import BackgroundJobs, JobOptions, Schedule
+from asyncjobs import BackgroundJobs, JobOptions, Schedule, current_job
 from asyncjobs.exceptions import ConfigurationError, InvalidOptionsError
 from asyncjobs.models import ScheduledTask
 from tests.clocks import FakeClock
@@ -178,8 +178,11 @@ async def test_a_transient_api_task_runs_its_api(make_jobs: Factory) -> None:
     clock = FakeClock(T0)
     products: list[int] = []
 
+    metas: list[dict[str, Any] | None] = []
+
     async def multiply_and_keep(request: Add) -> int:
         products.append(request.a * request.b)
+        metas.append(current_job().meta)
         return products[-1]
 
     async with make_jobs(clock=clock) as jobs:
@@ -196,6 +199,11 @@ async def test_a_transient_api_task_runs_its_api(make_jobs: Factory) -> None:
             while products != [42, 42]:
                 await anyio.sleep(0.01)
         assert await jobs.store.select_job_ids(None, None) == []
+    # Which task and occurrence, as a stored occurrence's meta says (run now: the time it ran).
+    assert metas == [
+        {"scheduled_task": "Add", "fire_time": T0.isoformat()},
+        {"scheduled_task": "Add", "fire_time": datetime(2026, 3, 28, 7, tzinfo=UTC).isoformat()},
+    ]
 
 
 async def test_a_task_runs_on_its_commands_named_worker(make_jobs: Factory) -> None:
@@ -376,3 +384,34 @@ async def test_a_transient_task_is_running_until_its_last_run_here_ends(
         assert await scheduler._still_running(task)
         scheduler.transient_finished(task.name)
         assert not await scheduler._still_running(task)
+
+
+async def test_a_task_that_cannot_fire_pauses_alone_and_the_others_keep_time(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task whose job the database refuses pauses, growing to 5 s, and is tried again; the
+    others fire on time meanwhile, occurrence after occurrence (the whole scheduler used to
+    pause, so they came ever later)."""
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[AddCommand], clock=clock) as jobs:
+        every_minute = Schedule.interval(timedelta(minutes=1))
+        await jobs.recurring_command(AddCommand, every_minute, Add(1, 1), name="refused")
+        await jobs.recurring_command(AddCommand, every_minute, Add(2, 2), name="healthy")
+        fire_task = jobs.store.fire_task
+        refused: list[datetime] = []
+
+        async def refusing(name: str, expected: datetime, *args: Any) -> Any:
+            if name == "refused":
+                refused.append(clock.now())
+                raise RuntimeError("the database refuses this job")
+            return await fire_task(name, expected, *args)
+
+        monkeypatch.setattr(jobs.store, "fire_task", refusing)
+        for occurrence in range(1, 8):
+            clock.advance(timedelta(minutes=1))
+            with anyio.fail_after(1):
+                while (await _task(jobs, "healthy")).last_run != T0 + timedelta(minutes=occurrence):
+                    await anyio.sleep(0.01)
+        assert (await _task(jobs, "refused")).last_run is None
+    # Tried again at each of its occurrences (its pause is over by then), not in between.
+    assert refused == [T0 + timedelta(minutes=n) for n in range(1, 8)]
