@@ -189,6 +189,8 @@ async def test_claim_reads_by_index_only(make_jobs: Factory, dsn: str) -> None:
             assert row["type"] == "eq_ref", (row, plan)
         if row["table"] in ("h", "q", "r", "x"):
             assert row["type"] == "ref", (row, plan)
+        if row["table"] == "k":  # the workers with jobs: one probe each
+            assert "Using index for group-by" in (row["Extra"] or ""), plan
     for name in ("w", "h", "q", "r", "x", "j", "cj", "n", "p", "np", "b", "s"):
         assert tables[name]["type"] != "ALL", (name, plan)
 
@@ -877,3 +879,27 @@ async def test_a_backlog_of_delayed_jobs_costs_the_claim_nothing(make_jobs: Fact
 
 class _RolledBack(Exception):
     """Leaves a transaction by rolling it back."""
+
+
+async def test_worker_names_no_job_uses_any_more_cost_the_claim_nothing(
+    make_jobs: Factory,
+) -> None:
+    """job_worker keeps every worker name ever used; the claim looks only at the workers that
+    have jobs (it walked every row of job_worker, and probed the queue for each)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        once = [(AddCommand, Add(i, i), JobOptions(worker=f"tenant-{i}")) for i in range(2000)]
+        await jobs.enqueue_many(once)
+        assert await jobs.cancel_jobs() == 2000
+        await jobs.enqueue_many((AddCommand, Add(i, i), JobOptions(worker="w")) for i in range(3))
+        await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(100))
+        try:
+            async with dialect_of(jobs).transaction() as tx:
+                await tx.fetch("held_jobs", {"node": NODE})  # the transaction's connection
+                before = await _rows_read(tx)
+                claimed = await claim(jobs, tx, 50)
+                read = await _rows_read(tx) - before
+                raise _RolledBack
+        except _RolledBack:
+            pass
+    assert len(claimed) == 50
+    assert read < 1000, read

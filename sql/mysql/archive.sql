@@ -292,8 +292,10 @@ STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
 --    new statement with a new read view, sees every claim committed before the lock was taken
 --    (REPEATABLE READ would keep the snapshot of statement 1, taken before the lock; for the
 --    same reason the checks cannot move into statement 1, whose view predates its own locks).
---    This walks job_worker and looks each worker up by key: its cost follows the number of
---    workers, not the length of the queue.
+--    The workers are the distinct names in ix_background_job_worker (a loose index scan, one
+--    probe per worker that has a job), each looked up in job_worker by key: its cost follows
+--    the number of workers with jobs, not the length of the queue, nor every name job_worker
+--    ever took (its rows are never deleted: 10k names used once made each claim walk them).
 -- 2. Pick and lock the candidates, skipping rows other transactions hold: for each locked
 --    worker still idle, its head, found by one probe of ix_background_job_worker (worker, state,
 --    id), and runnable if due and its parent completed (a head that is not runnable holds its
@@ -325,7 +327,10 @@ STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
 -- Every lock here is taken with SKIP LOCKED, so a claim never waits and claims cannot deadlock
 -- with each other.
 /* only if :limit */ SELECT JSON_ARRAYAGG(l.name) INTO @asyncjobs_workers FROM (
-    SELECT w.name FROM job_worker w
+    SELECT w.name
+    FROM (SELECT DISTINCT k.worker FROM background_job k FORCE INDEX (ix_background_job_worker)
+          WHERE k.worker IS NOT NULL AND :limit > 0) AS kw
+    STRAIGHT_JOIN job_worker w FORCE INDEX (PRIMARY) ON w.name = kw.worker
     WHERE :limit > 0
       AND EXISTS (SELECT 1 FROM background_job q FORCE INDEX (ix_background_job_worker)
                   WHERE q.worker = w.name AND q.state = 'Queued')
