@@ -42,7 +42,7 @@ from ._retry import retry_backoff
 from ._serialization import check_encodable, check_loads, decode, encode, type_name
 from ._settings import check_bool, check_duration, check_int
 from ._threads import SyncThreads
-from .clock import Clock, SystemClock
+from .clock import Clock, DatabaseClock
 from .commands import (
     NO_RESULT,
     CommandInfo,
@@ -269,7 +269,7 @@ class BackgroundJobs:
         self.notifications = notifications and self.dialect.capabilities.notifications
         self.user_resolver = user_resolver
         self.reply_to_env = frozenset(reply_to_env)
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or DatabaseClock()
         self.schedule_refresh = schedule_refresh
         self.scheduler: Scheduler | None = None
         self.node_id = _new_node_id()
@@ -374,6 +374,7 @@ class BackgroundJobs:
             stack.push_async_callback(self._close_dialect)
             await self.store.migrate()
             await self.store.ensure_archives(utcnow())
+            await self._sync_clock()
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._started = True
             if self.execute:
@@ -387,6 +388,7 @@ class BackgroundJobs:
                 self.scheduler = Scheduler(
                     self.store,
                     self.clock,
+                    sync_clock=self._sync_clock,
                     refresh=self.schedule_refresh,
                     make_job=self._task_job,
                     run_transient=self._run_task_transient,
@@ -579,6 +581,11 @@ class BackgroundJobs:
                 tg.start_soon(self._maintenance_loop)
                 if self.scheduler is not None:
                     tg.start_soon(self._run_scheduler, self.scheduler)
+
+    async def _sync_clock(self) -> None:
+        """Set the scheduler's clock to the database's (unless a clock was given)."""
+        if isinstance(self.clock, DatabaseClock):
+            await self.clock.sync(self.store.database_time)
 
     async def _run_scheduler(self, scheduler: Scheduler) -> None:
         with self._scheduler_scope:

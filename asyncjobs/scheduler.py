@@ -97,6 +97,7 @@ class Scheduler:
         store: Store,
         clock: Clock,
         *,
+        sync_clock: Callable[[], Awaitable[None]],
         refresh: timedelta,
         make_job: Callable[[ScheduledTask, datetime], NewJob],
         run_transient: Callable[[ScheduledTask, datetime], Awaitable[None]],
@@ -104,6 +105,7 @@ class Scheduler:
     ) -> None:
         self.store = store
         self.clock = clock
+        self.sync_clock = sync_clock
         self.refresh = refresh
         self.make_job = make_job
         self.run_transient = run_transient
@@ -123,11 +125,12 @@ class Scheduler:
         failures = 0
         while True:
             self.changed = anyio.Event()
-            now = self.clock.now()
             #: due tasks left for later: unreadable ones (looked at again at the next refresh)
             #: and those waiting out a pause after their fire failed
             held: set[str] = set()
             try:
+                await self.sync_clock()
+                now = self.clock.now()
                 rows = await self.store.due_tasks(now)
                 self._retry = {
                     r["name"]: self._retry[r["name"]] for r in rows if r["name"] in self._retry

@@ -540,6 +540,15 @@ class Store:
         async with self.dialect.connection() as conn:
             return await conn.fetch("list_tasks")
 
+    async def database_time(self) -> datetime:
+        """The database's clock now (UTC)."""
+        async with self.dialect.connection() as conn:
+            value = (await conn.fetch("database_time"))[0]["now"]
+        now = datetime.fromisoformat(value) if isinstance(value, str) else value  # SQLite: text
+        if not isinstance(now, datetime):
+            raise TypeError(f"the database's time came as {value!r}")
+        return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+
     async def due_tasks(self, now: datetime) -> list[Row]:
         async with self.dialect.connection() as conn:
             return await conn.fetch("due_tasks", {"now": now})

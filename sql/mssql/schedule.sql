@@ -46,3 +46,7 @@ WHERE name = :name AND next_run = :expected;
 
 -- name: set_task_job
 UPDATE scheduled_task SET last_job_id = :job_id WHERE name = :name;
+
+-- name: database_time
+-- The scheduler's time (see DatabaseClock): the server's clock, as leases and run_after go by.
+SELECT SYSUTCDATETIME() AS now;

@@ -43,3 +43,7 @@ WHERE name = :name AND next_run = :expected;
 
 -- name: set_task_job
 UPDATE scheduled_task SET last_job_id = :job_id WHERE name = :name;
+
+-- name: database_time
+-- The scheduler's time (see DatabaseClock): on SQLite every process reads this machine's clock.
+SELECT strftime('%Y-%m-%d %H:%M:%f', 'now') AS now;

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import anyio
 import pytest
 
 import asyncjobs.runtime
 import asyncjobs.store
-from asyncjobs import BackgroundJobs, JobOptions, JobState
+from asyncjobs import AsyncCommand, BackgroundJobs, JobOptions, JobState, Schedule, current_job
+from asyncjobs.clock import DatabaseClock
 from tests.commands import Add, AddCommand, Fail, FailCommand, Sleep, SleepCommand
 
 pytestmark = [pytest.mark.anyio, pytest.mark.dialects("postgres", "mysql", "mssql")]
@@ -107,3 +109,49 @@ async def test_a_retry_waits_out_its_backoff_by_the_database_clock(
         with anyio.fail_after(10):
             final = await jobs.wait_for_job(ref.id)
     assert final.completed is not None and final.completed.attempts == 2
+
+
+class _Ahead:
+    """This process's clock, running ``by`` ahead."""
+
+    def __init__(self, by: timedelta) -> None:
+        self.by = by
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.by
+
+    async def sleep_until(self, deadline: datetime) -> None:
+        await anyio.sleep(max(0.0, (deadline - self.now()).total_seconds()))
+
+
+_TICKS: list[tuple[datetime, datetime]] = []
+
+
+class _TickCommand(AsyncCommand[Add]):
+    """Notes its occurrence's fire time, and when it started by the true clock."""
+
+    async def run(self, request: Add) -> None:
+        meta = current_job().meta or {}
+        _TICKS.append((datetime.fromisoformat(meta["fire_time"]), datetime.now(UTC)))
+
+
+async def test_a_scheduler_whose_clock_runs_ahead_fires_each_occurrence_on_time(
+    make_jobs: Factory,
+) -> None:
+    """Two processes run an every-second task, one of them with a clock 3 s ahead: each
+    occurrence fires once, none is skipped and none is early, as both go by the database's
+    clock (the fast one fired the occurrences 3 s early, and took those between as missed)."""
+    _TICKS.clear()
+    ahead = DatabaseClock(_Ahead(timedelta(seconds=3)))
+    every_second = Schedule.cron("* * * * * *")
+    async with make_jobs(commands=[_TickCommand]) as jobs:
+        await jobs.recurring_command(_TickCommand, every_second, Add(1, 1), name="tick")
+        await anyio.sleep(1.5)
+        async with make_jobs(commands=[_TickCommand], clock=ahead):
+            await anyio.sleep(3.5)
+    fire_times = sorted(fire for fire, _ in _TICKS)
+    assert len(fire_times) >= 4, _TICKS
+    assert all(b - a == timedelta(seconds=1) for a, b in pairwise(fire_times)), fire_times
+    early = [(fire, started) for fire, started in _TICKS if started < fire - timedelta(seconds=0.1)]
+    assert not early, early
+    assert abs(ahead.offset + timedelta(seconds=3)) < timedelta(milliseconds=200), ahead.offset
