@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import anyio
 
@@ -49,13 +49,31 @@ async def run_worker(jobs: BackgroundJobs) -> None:
     if not jobs.execute:
         raise ConfigurationError("this BackgroundJobs has execute=False; a worker must execute")
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with jobs:
-            logging.getLogger("asyncjobs").info("worker %s running", jobs.node_id)
-            async for signum in signals:
-                logging.getLogger("asyncjobs").info(
-                    "received %s, shutting down", signal.Signals(signum).name
-                )
-                break
+        async with anyio.create_task_group() as watch:
+            async with jobs:
+                logging.getLogger("asyncjobs").info("worker %s running", jobs.node_id)
+                async for signum in signals:
+                    logging.getLogger("asyncjobs").info(
+                        "received %s, shutting down", signal.Signals(signum).name
+                    )
+                    break
+                watch.start_soon(_exit_on_another_signal, signals)
+            watch.cancel_scope.cancel()
+
+
+async def _exit_on_another_signal(signals: AsyncIterator[signal.Signals]) -> None:
+    """A second signal while the shutdown waits (for a job that ignores its stop, say) ends
+    the process at once, as a crash would: the jobs still running here keep their lease, and
+    run again elsewhere once it lapses."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        logging.getLogger("asyncjobs").warning(
+            "received %s again: exiting now; jobs still running here run again once their "
+            "lease lapses",
+            name,
+        )
+        logging.shutdown()
+        os._exit(128 + signum)
 
 
 async def run_migrate(jobs: BackgroundJobs) -> None:

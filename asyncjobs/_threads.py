@@ -49,7 +49,8 @@ class SyncThreads:
 
     def __init__(self, max_threads: int) -> None:
         self._limiter = anyio.CapacityLimiter(max_threads)
-        self._work: queue.SimpleQueue[tuple[Callable[[], None], Callable[[], object]]] = (
+        #: runs to make, and a None for each idle thread that is to end (see close)
+        self._work: queue.SimpleQueue[tuple[Callable[[], None], Callable[[], object]] | None] = (
             queue.SimpleQueue()
         )
         self._lock = threading.Lock()
@@ -109,6 +110,14 @@ class SyncThreads:
                 return
         threading.Thread(target=self._serve, name="asyncjobs sync command", daemon=True).start()
 
+    def close(self) -> None:
+        """The runtime stops: idle threads end now, not after IDLE_SECONDS (one still running
+        a command a shutdown left to it ends that long after it returns)."""
+        with self._lock:
+            idle, self._idle = self._idle, 0  # each is promised an end
+        for _ in range(idle):
+            self._work.put(None)
+
     def _serve(self) -> None:
         # A sync command may call async code with anyio.from_thread, as in anyio's threads.
         if _claim_worker_thread is not None and self._token is not None:
@@ -120,13 +129,16 @@ class SyncThreads:
     def _serve_work(self) -> None:
         while True:
             try:
-                work, notify = self._work.get(timeout=IDLE_SECONDS)
+                item = self._work.get(timeout=IDLE_SECONDS)
             except queue.Empty:
                 with self._lock:
                     if self._idle:  # no item is promised to this thread: it may end
                         self._idle -= 1
                         return
                 continue  # an item was promised to an idle thread just now: take it
+            if item is None:
+                return
+            work, notify = item
             work()
             # Idle before the job hears it ended: its next call finds this thread free.
             with self._lock:

@@ -468,6 +468,7 @@ class BackgroundJobs:
             if self._outcomes:
                 log.error("could not record %d finished jobs before exiting", len(self._outcomes))
             self._close_runners()
+            self._threads.close()
             self._loops_scope.cancel()
             if self._abandoned:
                 # Their jobs stay leased to this node, which is not released: they run again
@@ -1260,7 +1261,8 @@ class BackgroundJobs:
                     job.result = await self._invoke(job, context)
                     if job.callback:
                         job.state = JobState.EXECUTED
-                        scope.deadline = math.inf  # the timeout bounds the command only
+                        # The callback within the job's timeout too, from its start.
+                        scope.deadline = anyio.current_time() + timeout
                         callback = self.registry.command(job.callback)
                         await self._call(callback, _callback_args(callback, job.result))
                 except BaseException as exc:
@@ -1529,13 +1531,15 @@ class BackgroundJobs:
         started = time.monotonic()
         outcome: Outcome | None = None
         try:
-            async with self._worker_lock(job.worker):
-                # The job's own scope also carries its timeout (one cancel scope per job: they
-                # are not free). Cancelled with no stop_reason means the deadline passed.
-                scope = running.scope
-                timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
-                scope.deadline = anyio.current_time() + timeout
-                with scope:
+            # The job's own scope also carries its timeout (one cancel scope per job: they are
+            # not free). Cancelled with no stop_reason means the deadline passed. A cancel
+            # reaches a job still waiting for its named worker (a transient job of the worker
+            # holds it) too; its timeout starts once the worker is its own.
+            scope = running.scope
+            timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
+            with scope:
+                async with self._worker_lock(job.worker):
+                    scope.deadline = anyio.current_time() + timeout
                     try:
                         await anyio.lowlevel.checkpoint_if_cancelled()  # before it started
                         running.began = True
@@ -1552,18 +1556,19 @@ class BackgroundJobs:
                             job, exc, permanent=isinstance(exc, _PERMANENT_ERRORS)
                         )
                     if outcome is not None and job.callback and outcome.state is JobState.COMPLETED:
-                        scope.deadline = math.inf  # the timeout bounds the command only
+                        # The timeout bounds the command; each callback attempt has its own.
+                        scope.deadline = math.inf
                         # Interrupted meanwhile, the job has no outcome yet (it goes back to
                         # the queue, Executed, and only its callback runs again).
                         succeeded, outcome = outcome, None
                         outcome = await self._run_callback(job, succeeded)
-                # The deadline passed: a timeout, even if a sync command saw it (as a cancel
-                # request) and returned.
-                if scope.cancel_called and running.stop_reason is None:
-                    outcome = self._failure(
-                        job, TimeoutError(f"job timed out after {timeout:g}s"), permanent=False
-                    )
-                    outcome.error_code = "Timeout"
+            # The deadline passed: a timeout, even if a sync command saw it (as a cancel
+            # request) and returned.
+            if scope.cancel_called and running.stop_reason is None:
+                outcome = self._failure(
+                    job, TimeoutError(f"job timed out after {timeout:g}s"), permanent=False
+                )
+                outcome.error_code = "Timeout"
             # Asked to stop: Cancelled, even when a sync command saw the request and returned.
             if running.stop_reason == "cancelled":
                 outcome = Outcome(
@@ -1687,9 +1692,15 @@ class BackgroundJobs:
             log.warning("could not mark job %s Executed; running its callback: %r", job.id, exc)
         job.state = JobState.EXECUTED
         last_error: BaseException | None = None
+        timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
         for attempt in range(1, job.retry_limit + 2):
             try:
-                await self._call(info, args)
+                # Each attempt within the job's timeout, as its command was: a callback that
+                # hangs fails, rather than hold the job Executed (and its worker) for good.
+                with anyio.move_on_after(timeout) as bound:
+                    await self._call(info, args)
+                if bound.cancelled_caught:
+                    raise TimeoutError(f"callback timed out after {timeout:g}s")
             except BaseException as exc:
                 if not _raised_by_the_job(exc):
                     raise

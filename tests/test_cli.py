@@ -161,3 +161,70 @@ def test_demo_runs_and_reports_every_job(tmp_path: Path) -> None:
     assert any("webhook" in line and "attempts=2" in line for line in lines)
     assert "printer worker ran A then B without overlap: True" in result.stdout
     assert lines[-1] == "done."
+
+
+STUBBORN_APP = textwrap.dedent(
+    """
+    import os
+    from datetime import timedelta
+    from pathlib import Path
+    import anyio
+    from asyncjobs import AsyncNoRequestCommand, BackgroundJobs
+
+    class StubbornCommand(AsyncNoRequestCommand):
+        async def run(self) -> None:
+            Path(os.environ["STARTED_FILE"]).write_text("started")
+            while True:
+                try:
+                    await anyio.sleep(3600)
+                except anyio.get_cancelled_exc_class():
+                    pass  # ignores its stop: holds the shutdown
+
+    jobs = BackgroundJobs(
+        os.environ["JOBS_DSN"], commands=[StubbornCommand],
+        shutdown_grace=timedelta(seconds=0.2), poll_interval=timedelta(seconds=0.1),
+    )
+    """
+)
+
+
+def test_a_second_signal_ends_a_worker_held_up_by_a_job_that_ignores_its_stop(
+    tmp_path: Path,
+) -> None:
+    """The first SIGTERM starts the graceful shutdown, which waits for the job; the second
+    exits at once (the job's lease lapses, and it runs again elsewhere, as after a crash)."""
+    dsn = f"sqlite:///{tmp_path / 'jobs.db'}"
+    (tmp_path / "stubborn.py").write_text(STUBBORN_APP)
+    started = tmp_path / "started"
+    env = {**_env(tmp_path, dsn), "STARTED_FILE": str(started)}
+    enqueue = textwrap.dedent(
+        """
+        import anyio
+        from stubborn import StubbornCommand, jobs
+        async def main():
+            async with jobs.__class__(jobs.dsn, commands=[StubbornCommand], execute=False) as p:
+                await p.enqueue_command(StubbornCommand)
+        anyio.run(main)
+        """
+    )
+    subprocess.run([sys.executable, "-c", enqueue], env=env, cwd=tmp_path, check=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "asyncjobs", "worker", "--app", "stubborn:jobs"],
+        env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started.exists()
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert worker.poll() is None  # held up by the job
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=5)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == 128 + signal.SIGTERM
+    assert "received SIGTERM again: exiting now" in stderr

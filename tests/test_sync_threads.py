@@ -172,3 +172,26 @@ async def test_a_command_can_call_async_code_through_anyio_from_thread() -> None
         return anyio.from_thread.run(in_the_loop, 21)
 
     assert await threads.run(command, ()) == (42, loop_thread)
+
+
+async def test_closing_ends_the_idle_threads_at_once() -> None:
+    """The runtime closes its pool when it stops: its idle threads end then, not IDLE_SECONDS
+    later (an application that starts and stops runtimes piled them up), and a pool used
+    again starts new ones."""
+    before = set(_pool_threads())
+    threads = SyncThreads(3)
+
+    async def one(job_id: int) -> None:
+        _enter_job(job_id)
+        await threads.run(time.sleep, (0.05,))
+
+    async with anyio.create_task_group() as tg:
+        for job_id in range(3):
+            tg.start_soon(one, job_id)
+    assert len(set(_pool_threads()) - before) == 3
+    threads.close()
+    with anyio.fail_after(2):
+        while set(_pool_threads()) - before:
+            await anyio.sleep(0.02)
+    _enter_job()
+    assert await threads.run(lambda: "again", ()) == "again"

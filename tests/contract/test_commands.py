@@ -358,3 +358,15 @@ async def test_a_transient_job_cut_off_from_outside_ends_cancelled(make_jobs: Fa
             job = await jobs.run_command(SleepCommand, Sleep(30))
             await anyio.sleep(30)
     assert job.state is JobState.CANCELLED and job.completed_date is not None
+
+
+async def test_no_thread_of_the_runtime_outlives_it(make_jobs: Factory) -> None:
+    """The sync commands' threads end with the runtime (they waited out IDLE_SECONDS)."""
+    before = {t for t in threading.enumerate() if t.name == "asyncjobs sync command"}
+    async with make_jobs(commands=[SyncAddCommand]) as jobs:
+        refs = await jobs.enqueue_many((SyncAddCommand, Add(i, i)) for i in range(4))
+        for ref in refs:
+            assert (await jobs.wait_for_job(ref.id)).state is JobState.COMPLETED
+    with anyio.fail_after(2):
+        while {t for t in threading.enumerate() if t.name == "asyncjobs sync command"} - before:
+            await anyio.sleep(0.02)

@@ -645,3 +645,29 @@ async def test_a_job_cannot_wait_for_a_transient_job_on_its_own_worker(
             result = await jobs.wait_for_job(ref.id)
     assert result.failed is not None and result.failed.error is not None
     assert "cannot wait for a transient job on the same worker" in result.failed.error.message
+
+
+class _HangsCommand(AsyncCommand[Sum]):
+    """A callback that never returns."""
+
+    async def run(self, request: Sum) -> None:
+        await anyio.sleep(3600)
+
+
+async def test_a_callback_that_hangs_times_out_like_its_command(make_jobs: Factory) -> None:
+    """Each callback attempt has the job's timeout: one that hangs fails the job (after its
+    retries), rather than hold it Executed, and its named worker, for good; a transient job's
+    callback too."""
+    options = JobOptions(
+        callback="_HangsCommand", timeout=timedelta(seconds=0.3), retry_limit=1, worker="w"
+    )
+    async with make_jobs(commands=[AddCommand, _HangsCommand]) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 2), options)
+        after = await jobs.enqueue_command(AddCommand, Add(3, 4), JobOptions(worker="w"))
+        with anyio.fail_after(10):
+            final = await jobs.wait_for_job(ref.id)
+            assert (await jobs.wait_for_job(after.id)).state is JobState.COMPLETED
+        with anyio.fail_after(10), pytest.raises(JobFailedError, match=r"timed out after 0\.3s"):
+            await jobs.run_command_async(AddCommand, Add(1, 2), options)
+    assert final.state is JobState.FAILED and final.summary.error_code == "CallbackFailed"
+    assert "timed out after 0.3s" in (final.summary.error_message or "")

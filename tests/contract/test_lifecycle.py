@@ -991,3 +991,24 @@ async def test_a_cancel_that_comes_after_the_command_returned_is_not_counted(
         release.set()
         final = await jobs.wait_for_job(ref.id)
     assert final.state is JobState.COMPLETED
+
+
+async def test_a_cancel_reaches_a_job_waiting_for_its_named_worker(make_jobs: Factory) -> None:
+    """A stored job claimed while a transient job of its named worker runs here waits for
+    the worker; a cancel ends it at once, not when the worker is free."""
+    async with make_jobs(commands=[SleepCommand]) as jobs:
+        on_w = JobOptions(worker="w")
+        transient = await jobs.run_command(SleepCommand, Sleep(30, label="transient"), on_w)
+        ref = await jobs.enqueue_command(SleepCommand, Sleep(0, label="stored"), on_w)
+        with anyio.fail_after(5):
+            while (result := await jobs.get_job(ref.id)) is None or result.state is not (
+                JobState.STARTED
+            ):
+                await anyio.sleep(0.02)
+        assert await jobs.cancel_job(ref.id) is True
+        with anyio.fail_after(2):
+            final = await jobs.wait_for_job(ref.id)
+        assert final.state is JobState.CANCELLED
+        assert ("start", "stored") not in [(e[0], e[1]) for e in EVENTS]
+        assert transient.state is JobState.STARTED
+        assert await jobs.cancel_job(transient.id) is True
