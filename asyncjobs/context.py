@@ -39,6 +39,11 @@ class CancelFlag:
         if self._event is not None:
             self._event.set()
 
+    def clear(self) -> None:
+        self._set = False
+        if self._event is not None:
+            self._event.clear()
+
     def is_set(self) -> bool:
         return self._set
 

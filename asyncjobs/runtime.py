@@ -1561,7 +1561,7 @@ class BackgroundJobs:
                         # Interrupted meanwhile, the job has no outcome yet (it goes back to
                         # the queue, Executed, and only its callback runs again).
                         succeeded, outcome = outcome, None
-                        outcome = await self._run_callback(job, succeeded)
+                        outcome = await self._run_callback(running, succeeded)
             # The deadline passed: a timeout, even if a sync command saw it (as a cancel
             # request) and returned.
             if scope.cancel_called and running.stop_reason is None:
@@ -1667,9 +1667,10 @@ class BackgroundJobs:
             return await instance.run(*args)
         return await self._threads.run(instance.run, args)
 
-    async def _run_callback(self, job: BackgroundJob, outcome: Outcome) -> Outcome:
+    async def _run_callback(self, running: _Running, outcome: Outcome) -> Outcome:
         """The job succeeded: it is Executed while its callback command runs with the result.
         The callback is retried like a job; if it keeps failing, the job fails."""
+        job = running.job
         try:
             info = self.registry.command(job.callback or "")
             args = _callback_args(info, job.result)
@@ -1700,6 +1701,10 @@ class BackgroundJobs:
                 with anyio.move_on_after(timeout) as bound:
                     await self._call(info, args)
                 if bound.cancelled_caught:
+                    if running.stop_reason is None:
+                        # The timeout raised the flag a sync callback looks at: the next
+                        # attempt starts with it down.
+                        running.context.cancel_event.clear()
                     raise TimeoutError(f"callback timed out after {timeout:g}s")
             except BaseException as exc:
                 if not _raised_by_the_job(exc):

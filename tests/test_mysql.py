@@ -148,6 +148,18 @@ async def test_open_claims_take_disjoint_batches(make_jobs: Factory) -> None:
         assert a == list(range(1, 6)) and b == list(range(6, 11))  # priority, then age
 
 
+async def test_open_claims_take_disjoint_batches_of_due_delayed_jobs(make_jobs: Factory) -> None:
+    """The same for delayed jobs now due: their window is twice the limit too."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        due = JobOptions(run_after=datetime.now(UTC) - timedelta(seconds=5))
+        await jobs.enqueue_many((AddCommand, Add(i, i), due) for i in range(10))
+        dialect = dialect_of(jobs)
+        async with dialect.transaction() as first, dialect.transaction() as second:
+            a = await claim(jobs, first, 3)
+            b = await claim(jobs, second, 3)
+        assert a == [1, 2, 3] and b == [4, 5, 6]
+
+
 async def test_claim_reads_by_index_only(make_jobs: Factory, dsn: str) -> None:
     """Check the plan: jobs without a worker are read from ix_background_job_claim in order (no
     sort, and no named job walked), then locked by key; each named worker's head is one probe

@@ -246,7 +246,9 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 --    rows without waiting): those never delayed from ix_background_job_claim in claim order,
 --    and delayed ones that are due from ix_background_job_due in due order. Neither index
 --    holds a job not yet due, so a backlog of delayed jobs and retries costs the claim
---    nothing (of more than :limit that come due together, the first due go first).
+--    nothing. The due ones are taken by priority among the 1 000 that came due first (read
+--    plainly: a bound, so that a claim behind an outage's worth of due retries reads 1 000
+--    rows), twice :limit of them locked at most.
 -- 5. The best :limit candidates are marked Started (the rest stay Queued and are free at
 --    commit), with their summaries, and returned.
 -- Claims never wait on each other's locks; background_job never escalates to a table lock (see
@@ -271,6 +273,7 @@ DECLARE @done TABLE (id bigint NOT NULL PRIMARY KEY);
 DECLARE @idle TABLE (name nvarchar(255) COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY);
 DECLARE @locked TABLE (name nvarchar(255) COLLATE Latin1_General_100_BIN2 NOT NULL PRIMARY KEY);
 DECLARE @candidate TABLE (id bigint NOT NULL PRIMARY KEY, priority int NOT NULL);
+DECLARE @due TABLE (id bigint NOT NULL PRIMARY KEY, priority int NOT NULL);
 DECLARE @chosen TABLE (id bigint NOT NULL PRIMARY KEY);
 INSERT INTO @outcome (
     id, attempts, duration_ms, response, response_body, status, logs, notified_date
@@ -360,14 +363,24 @@ WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NULL AND @named
   AND (j.depends_on IS NULL
        OR (SELECT p.state FROM job_summary AS p WHERE p.id = j.depends_on) = 'Completed')
 ORDER BY j.priority DESC, j.id;
+INSERT INTO @due (id, priority)
+SELECT TOP (2 * @limit) w.id, w.priority
+FROM (
+    SELECT TOP (1000) d.id, d.priority
+    FROM background_job AS d WITH (READPAST, INDEX (ix_background_job_due))
+    WHERE d.state = 'Queued' AND d.worker IS NULL AND d.run_after IS NOT NULL
+      AND d.run_after <= @due_by AND @named_only = 0
+      AND (d.depends_on IS NULL
+           OR (SELECT p.state FROM job_summary AS p WHERE p.id = d.depends_on) = 'Completed')
+    ORDER BY d.run_after
+) AS w
+ORDER BY w.priority DESC, w.id;
 INSERT INTO @candidate (id, priority)
 SELECT TOP (@limit) j.id, j.priority
-FROM background_job AS j WITH (UPDLOCK, READPAST, ROWLOCK, INDEX (ix_background_job_due))
-WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NOT NULL
-  AND j.run_after <= @due_by AND @named_only = 0
-  AND (j.depends_on IS NULL
-       OR (SELECT p.state FROM job_summary AS p WHERE p.id = j.depends_on) = 'Completed')
-ORDER BY j.run_after;
+FROM @due AS w
+JOIN background_job AS j WITH (UPDLOCK, READPAST, ROWLOCK) ON j.id = w.id
+WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after <= @due_by
+ORDER BY w.priority DESC, w.id;
 -- 5.
 INSERT INTO @chosen (id)
 SELECT TOP (@limit) id FROM @candidate ORDER BY priority DESC, id;

@@ -108,8 +108,9 @@ WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
 -- jobs never delayed come from ix_background_job_claim in claim order, and delayed ones that
 -- are due from ix_background_job_due in due order (neither index holds a job not yet due, so
 -- a backlog of delayed jobs and retries costs the claim nothing); the better :limit of all
--- candidates are claimed. (Of more than :limit delayed jobs that come due together, the first
--- due go first.)
+-- candidates are claimed. The due ones are taken by priority among the 1 000 that came due
+-- first (a plain read; only those claimed are locked): a bound, so that a claim behind an
+-- outage's worth of due retries reads 1 000 rows, not all of them.
 WITH RECURSIVE outcome AS MATERIALIZED (
     SELECT * FROM jsonb_to_recordset(:outcomes::jsonb) AS o(
         id bigint, attempts integer, duration_ms bigint, response text, response_body text,
@@ -187,13 +188,20 @@ unnamed AS MATERIALIZED (
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
 ),
-due AS MATERIALIZED (
-    SELECT j.id, j.priority FROM background_job j
+due_window AS (
+    SELECT j.id FROM background_job j
     WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NOT NULL
       AND j.run_after <= now() AND :named_only = 0
       AND (j.depends_on IS NULL
            OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
     ORDER BY j.run_after
+    LIMIT 1000
+),
+due AS MATERIALIZED (
+    SELECT j.id, j.priority FROM background_job j
+    WHERE j.id = ANY (ARRAY(SELECT id FROM due_window))
+      AND j.state = 'Queued' AND j.worker IS NULL AND j.run_after <= now()
+    ORDER BY j.priority DESC, j.id
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
 ),

@@ -227,14 +227,20 @@ candidates(id, priority) AS (
     UNION ALL
     SELECT * FROM (
         -- delayed ones (and retries) that are due, from ix_background_job_due in due order:
-        -- neither index holds a job not yet due, so a backlog of them costs the claim nothing
-        -- (of more than :limit that come due together, the first due go first)
-        SELECT j.id, j.priority FROM background_job j
-        WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NOT NULL
-          AND j.run_after <= :now AND :named_only = 0
-          AND (j.depends_on IS NULL OR EXISTS (
-                SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
-        ORDER BY j.run_after
+        -- neither index holds a job not yet due, so a backlog of them costs the claim nothing;
+        -- by priority among the 1 000 that came due first (a bound: a claim behind an outage's
+        -- worth of due retries reads 1 000 rows, not all of them)
+        SELECT w.id, w.priority FROM (
+            SELECT j.id, j.priority FROM background_job j
+            WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NOT NULL
+              AND j.run_after <= :now AND :named_only = 0
+              AND (j.depends_on IS NULL OR EXISTS (
+                    SELECT 1 FROM job_summary p
+                    WHERE p.id = j.depends_on AND p.state = 'Completed'))
+            ORDER BY j.run_after
+            LIMIT 1000
+        ) AS w
+        ORDER BY w.priority DESC, w.id
         LIMIT :limit
     )
 )

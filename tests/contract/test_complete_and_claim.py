@@ -284,3 +284,20 @@ async def test_due_delayed_jobs_and_retries_are_claimed_with_the_rest_by_priorit
         rest = (await jobs.store.claim(NODE, 10)).jobs
         assert [j.id for j in rest] == [retried_ref.id, plain.id]
         assert await jobs.store.select_job_ids(JobState.QUEUED, None) == [later.id]
+
+
+async def test_due_delayed_jobs_go_by_priority_not_by_when_they_came_due(
+    make_jobs: Factory,
+) -> None:
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        now = datetime.now(UTC)
+        refs = [
+            await jobs.enqueue_command(
+                AddCommand,
+                Add(i, i),
+                JobOptions(run_after=now - timedelta(seconds=due), priority=p),
+            )
+            for i, (due, p) in enumerate(((30, 0), (20, 0), (10, 10)))
+        ]
+        claimed = [(await jobs.store.claim(NODE, 1)).jobs for _ in refs]
+    assert [[j.id for j in c] for c in claimed] == [[refs[2].id], [refs[0].id], [refs[1].id]]

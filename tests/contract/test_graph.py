@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import pytest
@@ -16,6 +17,8 @@ from asyncjobs import (
     BackgroundJobs,
     JobOptions,
     JobState,
+    SyncCommand,
+    cancellation_requested,
     current_job,
 )
 from asyncjobs.exceptions import (
@@ -671,3 +674,34 @@ async def test_a_callback_that_hangs_times_out_like_its_command(make_jobs: Facto
             await jobs.run_command_async(AddCommand, Add(1, 2), options)
     assert final.state is JobState.FAILED and final.summary.error_code == "CallbackFailed"
     assert "timed out after 0.3s" in (final.summary.error_message or "")
+
+
+class _SyncCallbackSlowAtFirst(SyncCommand[Sum]):
+    """A sync callback that overruns its first attempt (returning once asked to stop, as a
+    sync command should) and returns at once on later ones; notes whether each attempt began
+    with the stop request already made."""
+
+    flags: ClassVar[list[bool]] = []
+
+    def run(self, request: Sum) -> None:
+        self.flags.append(cancellation_requested())
+        if len(self.flags) == 1:
+            while not cancellation_requested():
+                time.sleep(0.01)
+
+
+async def test_a_callback_attempt_after_a_timed_out_one_starts_afresh(make_jobs: Factory) -> None:
+    """The first attempt's timeout asked it to stop; the next attempt is not asked to (it
+    began with the request made, and a callback that honours it failed the job)."""
+    _SyncCallbackSlowAtFirst.flags.clear()
+    options = JobOptions(
+        callback="_SyncCallbackSlowAtFirst", timeout=timedelta(seconds=0.3), retry_limit=2
+    )
+    async with make_jobs(
+        commands=[AddCommand, _SyncCallbackSlowAtFirst], retry_delay=timedelta(0)
+    ) as jobs:
+        ref = await jobs.enqueue_command(AddCommand, Add(1, 2), options)
+        with anyio.fail_after(10):
+            final = await jobs.wait_for_job(ref.id)
+    assert _SyncCallbackSlowAtFirst.flags == [False, False]
+    assert final.state is JobState.COMPLETED
