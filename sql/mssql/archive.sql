@@ -241,9 +241,9 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 --    so the head cannot become stale before commit. The head is read WITH (UPDLOCK, READPAST):
 --    skipped rows are uncommitted enqueues (not yet queued, as on the other databases) or jobs
 --    being cancelled; nothing else locks a queued job of a named worker, because the claim of
---    jobs without a worker reads only ix_background_job_claim and ix_background_job_due.
+--    jobs without a worker reads only ix_background_job_ready and ix_background_job_due.
 -- 4. Jobs without a worker are taken with UPDLOCK, READPAST (concurrent claims take different
---    rows without waiting): those never delayed from ix_background_job_claim in claim order,
+--    rows without waiting): those never delayed from ix_background_job_ready in claim order,
 --    and delayed ones that are due from ix_background_job_due in due order. Neither index
 --    holds a job not yet due, so a backlog of delayed jobs and retries costs the claim
 --    nothing. The due ones are taken by priority among the 1 000 that came due first (read
@@ -358,7 +358,7 @@ WHERE NOT EXISTS (SELECT 1 FROM background_job AS r
 -- 4.
 INSERT INTO @candidate (id, priority)
 SELECT TOP (@limit) j.id, j.priority
-FROM background_job AS j WITH (UPDLOCK, READPAST, ROWLOCK, INDEX (ix_background_job_claim))
+FROM background_job AS j WITH (UPDLOCK, READPAST, ROWLOCK, INDEX (ix_background_job_ready))
 WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NULL AND @named_only = 0
   AND (j.depends_on IS NULL
        OR (SELECT p.state FROM job_summary AS p WHERE p.id = j.depends_on) = 'Completed')

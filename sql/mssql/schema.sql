@@ -182,13 +182,15 @@ CREATE TABLE job_requeues (
 INSERT INTO job_requeues (id, total) VALUES (1, 0);
 
 -- name: migration_6
--- The claim walks ix_background_job_claim in priority-then-age order, and a job it passes over
--- costs a read: delayed jobs not yet due (and retries waiting out their backoff, which keep
--- their old ids) sat in it ahead of new work, so 100k of them made every claim read 100k
--- rows. It now holds only jobs never delayed; delayed jobs without a worker come from
--- ix_background_job_due, by due time, once due.
-DROP INDEX ix_background_job_claim ON background_job;
-CREATE INDEX ix_background_job_claim ON background_job (priority DESC, id)
+-- The claim walked ix_background_job_claim in priority-then-age order, and a job it passes
+-- over costs a read: delayed jobs not yet due (and retries waiting out their backoff, which
+-- keep their old ids) sat in it ahead of new work, so 100k of them made every claim read 100k
+-- rows. It now walks ix_background_job_ready, which holds only jobs never delayed; delayed
+-- jobs without a worker come from ix_background_job_due, by due time, once due.
+-- ix_background_job_claim stays while processes of the version before may run: their claim
+-- names it in an INDEX hint, which SQL Server refuses (8622) for a filtered index whose
+-- filter the query does not imply, as a narrowed one's would not be.
+CREATE INDEX ix_background_job_ready ON background_job (priority DESC, id)
     INCLUDE (depends_on)
     WHERE state = 'Queued' AND worker IS NULL AND run_after IS NULL;
 CREATE INDEX ix_background_job_due ON background_job (run_after)
