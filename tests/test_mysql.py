@@ -867,6 +867,20 @@ async def _rows_read(tx: Any) -> int:
     return sum(int(value) for name, value in rows if name != "Handler_read_rnd_next")
 
 
+async def _claim_counting_reads(jobs: BackgroundJobs, limit: int) -> tuple[list[int], int]:
+    """A claim, rolled back: the jobs it took and the rows it read."""
+    try:
+        async with dialect_of(jobs).transaction() as tx:
+            await tx.fetch("held_jobs", {"node": NODE})  # the transaction's connection
+            before = await _rows_read(tx)
+            claimed = await claim(jobs, tx, limit)
+            read = await _rows_read(tx) - before
+            raise _RolledBack
+    except _RolledBack:
+        pass
+    return claimed, read
+
+
 async def test_a_backlog_of_delayed_jobs_costs_the_claim_nothing(make_jobs: Factory) -> None:
     """Jobs not due yet (delayed, or retries waiting out their backoff) are walked by no read
     of the claim: with 3 000 of them queued ahead of the ready jobs, a claim of 50 reads a few
@@ -876,15 +890,7 @@ async def test_a_backlog_of_delayed_jobs_costs_the_claim_nothing(make_jobs: Fact
         for _ in range(3):
             await jobs.enqueue_many((AddCommand, Add(i, i), later) for i in range(1000))
         await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(100))
-        try:
-            async with dialect_of(jobs).transaction() as tx:
-                await tx.fetch("held_jobs", {"node": NODE})  # the transaction's connection
-                before = await _rows_read(tx)
-                claimed = await claim(jobs, tx, 50)
-                read = await _rows_read(tx) - before
-                raise _RolledBack
-        except _RolledBack:
-            pass
+        claimed, read = await _claim_counting_reads(jobs, 50)
     assert len(claimed) == 50
     assert read < 1000, read
 
@@ -904,14 +910,6 @@ async def test_worker_names_no_job_uses_any_more_cost_the_claim_nothing(
         assert await jobs.cancel_jobs() == 2000
         await jobs.enqueue_many((AddCommand, Add(i, i), JobOptions(worker="w")) for i in range(3))
         await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(100))
-        try:
-            async with dialect_of(jobs).transaction() as tx:
-                await tx.fetch("held_jobs", {"node": NODE})  # the transaction's connection
-                before = await _rows_read(tx)
-                claimed = await claim(jobs, tx, 50)
-                read = await _rows_read(tx) - before
-                raise _RolledBack
-        except _RolledBack:
-            pass
+        claimed, read = await _claim_counting_reads(jobs, 50)
     assert len(claimed) == 50
     assert read < 1000, read

@@ -39,6 +39,18 @@ def _pool_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "asyncjobs sync command"]
 
 
+async def _three_at_once(threads: SyncThreads) -> None:
+    """Three short commands at once: three threads, idle after."""
+
+    async def one(job_id: int) -> None:
+        _enter_job(job_id)
+        await threads.run(time.sleep, (0.05,))
+
+    async with anyio.create_task_group() as tg:
+        for job_id in range(3):
+            tg.start_soon(one, job_id)
+
+
 async def test_a_command_runs_in_a_daemon_thread_with_its_job_and_threads_are_reused() -> None:
     threads = SyncThreads(4)
     _enter_job(7)
@@ -98,14 +110,7 @@ async def test_idle_threads_end_and_new_work_still_runs(monkeypatch: pytest.Monk
     monkeypatch.setattr(_threads, "IDLE_SECONDS", 0.05)
     before = len(_pool_threads())
     threads = SyncThreads(3)
-
-    async def one(job_id: int) -> None:
-        _enter_job(job_id)
-        await threads.run(time.sleep, (0.05,))
-
-    async with anyio.create_task_group() as tg:
-        for job_id in range(3):
-            tg.start_soon(one, job_id)
+    await _three_at_once(threads)
     with anyio.fail_after(5):
         while len(_pool_threads()) > before:
             await anyio.sleep(0.02)
@@ -180,14 +185,7 @@ async def test_closing_ends_the_idle_threads_at_once() -> None:
     again starts new ones."""
     before = set(_pool_threads())
     threads = SyncThreads(3)
-
-    async def one(job_id: int) -> None:
-        _enter_job(job_id)
-        await threads.run(time.sleep, (0.05,))
-
-    async with anyio.create_task_group() as tg:
-        for job_id in range(3):
-            tg.start_soon(one, job_id)
+    await _three_at_once(threads)
     assert len(set(_pool_threads()) - before) == 3
     threads.close()
     with anyio.fail_after(2):
