@@ -149,15 +149,20 @@ async def test_open_claims_take_disjoint_batches(make_jobs: Factory) -> None:
 
 
 async def test_open_claims_take_disjoint_batches_of_due_delayed_jobs(make_jobs: Factory) -> None:
-    """The same for delayed jobs now due: their window is twice the limit too."""
+    """The same for delayed jobs now due."""
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         due = JobOptions(run_after=datetime.now(UTC) - timedelta(seconds=5))
-        await jobs.enqueue_many((AddCommand, Add(i, i), due) for i in range(10))
+        await jobs.enqueue_many((AddCommand, Add(i, i), due) for i in range(20))
         dialect = dialect_of(jobs)
         async with dialect.transaction() as first, dialect.transaction() as second:
             a = await claim(jobs, first, 3)
             b = await claim(jobs, second, 3)
         assert a == [1, 2, 3] and b == [4, 5, 6]
+        # Whatever their limits: one beside a larger claim still finds one.
+        async with dialect.transaction() as first, dialect.transaction() as second:
+            a = await claim(jobs, first, 5)
+            b = await claim(jobs, second, 1)
+        assert a == [7, 8, 9, 10, 11] and b == [12]
 
 
 async def test_claim_reads_by_index_only(make_jobs: Factory, dsn: str) -> None:

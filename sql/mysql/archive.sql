@@ -304,8 +304,10 @@ STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
 --    NULL), so no named job is walked: those never delayed (run_after IS NULL) in claim
 --    order, and the delayed ones due by now in due order, so no job not yet due is walked
 --    either; the due ones by priority among the 1 000 that came due first (a bound: a claim
---    behind an outage's worth of due retries reads 1 000 rows, not all of them), in a window
---    of twice :limit as well. The better :limit of all are claimed; the
+--    behind an outage's worth of due retries reads 1 000 rows, not all of them), the best
+--    200 of them locked in turn until :limit are (so claims beside each other, whatever
+--    their limits, find due jobs the others do not hold). The better :limit of all are
+--    claimed; the
 --    few locked but not chosen stay Queued and are free again at commit. A queue of one
 --    worker's jobs thus costs one probe per claim however long it is. The attempt number is
 --    read here, under the row lock.
@@ -394,29 +396,17 @@ FROM (
         UNION ALL
         (SELECT dj.id, dj.priority, dj.attempts + 1 AS attempts
          FROM (
-             (SELECT w.id FROM (
-                  SELECT j.id, j.priority FROM background_job j FORCE INDEX (ix_background_job_claim)
-                  WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-                    AND j.run_after IS NOT NULL AND j.run_after <= @asyncjobs_due_by
-                    AND (j.depends_on IS NULL
-                         OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on)
-                            = 'Completed')
-                  ORDER BY j.run_after
-                  LIMIT 1000) AS w
-              ORDER BY w.priority DESC, w.id
-              LIMIT :limit)
-             UNION ALL
-             (SELECT w.id FROM (
-                  SELECT j.id, j.priority FROM background_job j FORCE INDEX (ix_background_job_claim)
-                  WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-                    AND j.run_after IS NOT NULL AND j.run_after <= @asyncjobs_due_by
-                    AND (j.depends_on IS NULL
-                         OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on)
-                            = 'Completed')
-                  ORDER BY j.run_after
-                  LIMIT 1000) AS w
-              ORDER BY w.priority DESC, w.id
-              LIMIT :limit, :limit)
+             SELECT w.id FROM (
+                 SELECT j.id, j.priority FROM background_job j FORCE INDEX (ix_background_job_claim)
+                 WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
+                   AND j.run_after IS NOT NULL AND j.run_after <= @asyncjobs_due_by
+                   AND (j.depends_on IS NULL
+                        OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on)
+                           = 'Completed')
+                 ORDER BY j.run_after
+                 LIMIT 1000) AS w
+             ORDER BY w.priority DESC, w.id
+             LIMIT 200
          ) AS dw
          STRAIGHT_JOIN background_job dj FORCE INDEX (PRIMARY) ON dj.id = dw.id
          WHERE dj.state = 'Queued' AND dj.worker IS NULL AND dj.run_after <= @asyncjobs_due_by
