@@ -1243,7 +1243,7 @@ class BackgroundJobs:
 
     async def _run_transient_locked(self, running: _Running) -> None:
         job, context, scope = running.job, running.context, running.scope
-        timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
+        timeout = _timeout_of(job)
         failure: BaseException | None = None
         started = time.monotonic()
         # A cancel reaches a job still waiting for its named worker too; its timeout starts
@@ -1536,7 +1536,7 @@ class BackgroundJobs:
             # reaches a job still waiting for its named worker (a transient job of the worker
             # holds it) too; its timeout starts once the worker is its own.
             scope = running.scope
-            timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
+            timeout = _timeout_of(job)
             with scope:
                 async with self._worker_lock(job.worker):
                     scope.deadline = anyio.current_time() + timeout
@@ -1693,7 +1693,7 @@ class BackgroundJobs:
             log.warning("could not mark job %s Executed; running its callback: %r", job.id, exc)
         job.state = JobState.EXECUTED
         last_error: BaseException | None = None
-        timeout = job.timeout_secs if job.timeout_secs is not None else math.inf
+        timeout = _timeout_of(job)
         for attempt in range(1, job.retry_limit + 2):
             try:
                 # Each attempt within the job's timeout, as its command was: a callback that
@@ -2144,6 +2144,11 @@ def _callback_args(callback: CommandInfo, result: Any) -> tuple[Any, ...]:
     except TypeError:  # Any, a generic: no class to test against
         same_type = False
     return (result,) if same_type else (decode(encode(result), request_type),)
+
+
+def _timeout_of(job: BackgroundJob) -> float:
+    """The seconds the job's command (and each callback attempt) may take."""
+    return job.timeout_secs if job.timeout_secs is not None else math.inf
 
 
 def _raised_by_the_job(exc: BaseException) -> bool:

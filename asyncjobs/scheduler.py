@@ -89,6 +89,11 @@ def task_job(
     )  # fmt: skip
 
 
+def _pause_after(failures: int) -> float:
+    """Seconds to wait after ``failures`` in a row: 0.2 s, doubling, up to 5 s."""
+    return min(0.1 * 2.0 ** min(failures, 10), 5.0)
+
+
 class Scheduler:
     """Runs inside the runtime's task group while it executes jobs."""
 
@@ -153,7 +158,7 @@ class Scheduler:
                         # Perhaps a value the database refuses: it pauses, growing to 5 s,
                         # and the other tasks fire on time meanwhile.
                         count = 1 if retry is None else retry[1] + 1
-                        pause = timedelta(seconds=min(0.1 * 2 ** min(count, 10), 5.0))
+                        pause = timedelta(seconds=_pause_after(count))
                         self._retry[task.name] = (now + pause, count)
                         held.add(task.name)
                         log.error("recurring task %s could not fire: %r", task.name, exc)
@@ -180,7 +185,7 @@ class Scheduler:
                 failures = 0
             except Exception as exc:
                 failures += 1
-                delay = min(0.1 * 2 ** min(failures, 10), 5.0)
+                delay = _pause_after(failures)
                 log.warning("scheduler error (retrying in %.1fs): %r", delay, exc)
                 await anyio.sleep(delay)
                 continue
