@@ -391,7 +391,7 @@ class BackgroundJobs:
                     sync_clock=self._sync_clock,
                     refresh=self.schedule_refresh,
                     make_job=self._task_job,
-                    run_transient=self._run_task_transient,
+                    prepare_transient=self._task_transient,
                     on_enqueued=self._wake_dispatcher,
                 )
                 self._tg.start_soon(self._loops)
@@ -1082,7 +1082,7 @@ class BackgroundJobs:
         task = row_to_task(rows[0])
         if task.options.run_command:
             self._require_running()
-            await self._run_task_transient(task, self.clock.now())
+            self._task_transient(task, self.clock.now())()
             return None
         new = self._task_job(task, self.clock.now())
         job_id = await self.store.run_task_now(name, new)
@@ -1097,7 +1097,9 @@ class BackgroundJobs:
             class_worker=None if known is None else known.worker,
         )  # fmt: skip
 
-    async def _run_task_transient(self, task: ScheduledTask, fire_time: datetime) -> None:
+    def _task_transient(self, task: ScheduledTask, fire_time: datetime) -> Callable[[], None]:
+        """One occurrence of a transient task, ready to start: raises (RegistrationError,
+        SerializationError) if this process cannot run it."""
         if task.command is not None:
             info = self.registry.command(task.command)
             request = None
@@ -1124,7 +1126,10 @@ class BackgroundJobs:
                 if scheduler is not None:
                     scheduler.transient_finished(task.name)
 
-        tg.start_soon(run)
+        def start() -> None:
+            tg.start_soon(run)
+
+        return start
 
     # -- transient jobs -------------------------------------------------------------------
 

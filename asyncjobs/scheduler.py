@@ -89,6 +89,10 @@ def task_job(
     )  # fmt: skip
 
 
+class _CannotRunHere(Exception):
+    """A transient task's occurrence this process cannot run (the cause says why)."""
+
+
 def _pause_after(failures: int) -> float:
     """Seconds to wait after ``failures`` in a row: 0.2 s, doubling, up to 5 s."""
     return min(0.1 * 2.0 ** min(failures, 10), 5.0)
@@ -105,7 +109,7 @@ class Scheduler:
         sync_clock: Callable[[], Awaitable[None]],
         refresh: timedelta,
         make_job: Callable[[ScheduledTask, datetime], NewJob],
-        run_transient: Callable[[ScheduledTask, datetime], Awaitable[None]],
+        prepare_transient: Callable[[ScheduledTask, datetime], Callable[[], None]],
         on_enqueued: Callable[[], None],
     ) -> None:
         self.store = store
@@ -113,7 +117,7 @@ class Scheduler:
         self.sync_clock = sync_clock
         self.refresh = refresh
         self.make_job = make_job
-        self.run_transient = run_transient
+        self.prepare_transient = prepare_transient
         self.on_enqueued = on_enqueued
         self.changed = anyio.Event()
         self.fired = 0
@@ -122,6 +126,8 @@ class Scheduler:
         self._retry: dict[str, tuple[datetime, int]] = {}
         #: runs of transient tasks going on in this process, by task name
         self._transient_running: Counter[str] = Counter()
+        #: transient tasks this process cannot run, already logged (once each while due)
+        self._left_to_others: set[str] = set()
 
     def notify_changed(self) -> None:
         self.changed.set()
@@ -140,6 +146,7 @@ class Scheduler:
                 self._retry = {
                     r["name"]: self._retry[r["name"]] for r in rows if r["name"] in self._retry
                 }
+                self._left_to_others.intersection_update(r["name"] for r in rows)
                 for row in rows:
                     retry = self._retry.get(row["name"])
                     if retry is not None and retry[0] > now:
@@ -154,6 +161,16 @@ class Scheduler:
                         continue
                     try:
                         await self.fire(task, now)
+                    except _CannotRunHere as exc:
+                        # Another process, with its command, runs it; this one looks again
+                        # at the next refresh.
+                        held.add(task.name)
+                        if task.name not in self._left_to_others:
+                            self._left_to_others.add(task.name)
+                            log.warning(
+                                "recurring task %s is left to a process that can run it: %s",
+                                task.name, exc.__cause__,
+                            )  # fmt: skip
                     except Exception as exc:
                         # Perhaps a value the database refuses: it pauses, growing to 5 s,
                         # and the other tasks fire on time meanwhile.
@@ -214,20 +231,25 @@ class Scheduler:
         expected = task.next_run
         if expected is None:
             return
+        start_transient = None
+        if task.options.run_command:
+            # Made before the occurrence is taken: one this process cannot run (its command or
+            # API not registered here, its request unreadable) stays due for one that can.
+            try:
+                start_transient = self.prepare_transient(task, expected)
+            except AsyncJobsError as exc:
+                raise _CannotRunHere from exc
         next_run = task.schedule.next_after(max(now, expected))
         if task.skip_if_running and await self._still_running(task):
             if await self.store.skip_task(task.name, expected, next_run):
                 self.skipped += 1
                 log.info("skipped %s at %s: its previous run is still going", task.name, expected)
             return
-        if task.options.run_command:
+        if start_transient is not None:
             taken, _ = await self.store.fire_task(task.name, expected, expected, next_run, None)
             if taken:
                 self.fired += 1
-                try:
-                    await self.run_transient(task, expected)
-                except AsyncJobsError as exc:
-                    log.error("recurring task %s could not run at %s: %r", task.name, expected, exc)
+                start_transient()
             return
         taken, job_id = await self.store.fire_task(
             task.name, expected, expected, next_run, self.make_job(task, expected)

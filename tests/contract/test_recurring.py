@@ -155,6 +155,32 @@ async def test_transient_task_runs_without_a_stored_job(make_jobs: Factory) -> N
     assert task.last_job_id is None
 
 
+async def test_a_transient_task_is_left_to_a_process_that_can_run_it(
+    make_jobs: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process without a transient task's command leaves each occurrence due (and says so
+    once); a process with the command runs it."""
+    EVENTS.clear()
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[SleepCommand], execute=False, clock=clock) as registering:
+        await registering.recurring_command(
+            SleepCommand, Schedule.every_minute, Sleep(0, label="left"),
+            options=JobOptions(run_command=True),
+        )  # fmt: skip
+    async with make_jobs(clock=clock, schedule_refresh=timedelta(seconds=0.05)) as lacking:
+        clock.advance(timedelta(minutes=1))
+        await anyio.sleep(0.5)  # ten refreshes
+        assert (await _task(lacking, "SleepCommand")).last_run is None
+        async with make_jobs(commands=[SleepCommand], clock=clock):
+            with anyio.fail_after(5):
+                while ("end", "left") not in [(e[0], e[1]) for e in EVENTS]:
+                    await anyio.sleep(0.01)
+        task = await _task(lacking, "SleepCommand")
+    assert task.last_run == datetime(2026, 3, 28, 7, 0, tzinfo=UTC)
+    said = [r for r in caplog.records if "SleepCommand is left to a process" in r.getMessage()]
+    assert len(said) == 1 and "unknown command 'SleepCommand'" in said[0].getMessage()
+
+
 async def test_api_task_and_delete(make_jobs: Factory) -> None:
     clock = FakeClock(T0)
     async with make_jobs(clock=clock) as jobs:
