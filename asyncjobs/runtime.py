@@ -1936,9 +1936,10 @@ class BackgroundJobs:
                         self._stop_unleased(taken, "was taken over by another process")
                     if now - last_recover >= lease / 2:
                         final, requeued = await self.store.recover_orphans()
+                        released = await self.store.release_dependents()
                         last_recover = now
                         self._resolve(final)
-                        if requeued:
+                        if requeued or released:
                             self._wake_dispatcher()
                 failures = 0
             except Exception as exc:

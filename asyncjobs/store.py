@@ -45,6 +45,7 @@ MIGRATIONS = (
     "migration_4",
     "migration_5",
     "migration_6",
+    "migration_7",
 )
 
 
@@ -425,14 +426,25 @@ class Store:
         self, tx: Connection, jobs: Sequence[NewJob], *, committed_here: bool
     ) -> list[tuple[int, str]]:
         query, params = self._insert_query(jobs, "insert_job", "insert_jobs")
-        await self._check_parents(tx, jobs)
+        parents = await self._check_parents(tx, jobs)
         with self.dialect.inserting() if committed_here else nullcontext():
             try:
                 rows = await tx.fetch(query, params)
             except Exception as exc:
                 self._raise_duplicate(exc, jobs)
                 raise
-            if any(job.depends_on is not None for job in jobs):
+            if parents:
+                # Out of the claim's way until their parent completes (by the plain read
+                # above: a parent that completes before this commits is caught by
+                # release_dependents).
+                ids = {str(r["ref_id"]): int(r["id"]) for r in rows}
+                held = [
+                    ids[job.ref_id]
+                    for job in jobs
+                    if job.depends_on is not None and parents[job.depends_on] != "Completed"
+                ]
+                if held:
+                    await tx.execute("hold_dependents", {"ids": json.dumps(held)})
                 # A parent that already failed takes these dependents with it.
                 id_list = json.dumps(sorted(int(r["id"]) for r in rows))
                 dead = await tx.fetch("orphaned_dependents", {"ids": id_list})
@@ -446,19 +458,22 @@ class Store:
         return [(by_ref[job.ref_id], job.ref_id) for job in jobs]
 
     @staticmethod
-    async def _check_parents(tx: Connection, jobs: Sequence[NewJob]) -> None:
+    async def _check_parents(tx: Connection, jobs: Sequence[NewJob]) -> dict[int, str]:
         """Refuse jobs that depend on a job that does not exist: they would wait for it
         forever (and hold up their named worker). Checked before the insert, which may be
-        part of an application's transaction that goes on after the error."""
+        part of an application's transaction that goes on after the error. Returns the
+        parents' states."""
         parents = sorted({job.depends_on for job in jobs if job.depends_on is not None})
         if not parents:
-            return
+            return {}
         rows = await tx.fetch("get_summaries", {"ids": json.dumps(parents)})
-        missing = sorted(set(parents) - {int(row["id"]) for row in rows})
+        states = {int(row["id"]): str(row["state"]) for row in rows}
+        missing = sorted(set(parents) - set(states))
         if missing:
             raise JobNotFoundError(
                 f"depends_on names no job: no job with id {', '.join(map(str, missing))}"
             )
+        return states
 
     async def enqueue_started(self, jobs: Sequence[NewJob], node: str) -> list[BackgroundJob]:
         """Insert jobs already claimed by ``node``, which starts them at once: jobs with no
@@ -996,6 +1011,12 @@ class Store:
                 await tx.execute("mark_summaries", {"ids": json.dumps(requeued)})
                 await tx.execute("announce_requeued")
         return final, requeued
+
+    async def release_dependents(self) -> int:
+        """Let dependents run whose parent completed while their enqueue was not yet committed
+        (see hold_dependents); returns how many."""
+        async with self.dialect.transaction() as tx:
+            return await tx.execute("release_dependents")
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -28,6 +28,9 @@ NODE = "fast-node"
 
 #: the schema_version rows of a fully migrated database
 APPLIED = [(number,) for number in range(1, len(MIGRATIONS) + 1)]
+#: a schema version no migration has taken yet
+NEXT_VERSION = len(MIGRATIONS) + 1
+NEXT_VERSION_ROW = {"version": NEXT_VERSION, "now": datetime(2026, 1, 1, tzinfo=UTC)}
 
 
 def dialect_of(jobs: BackgroundJobs) -> MysqlDialect:
@@ -416,17 +419,17 @@ async def test_a_transaction_begins_with_its_first_query(
 
         async def fail_after_a_write() -> None:
             async with dialect.transaction() as tx:
-                await tx.execute("set_schema_version", {"version": 7, "now": datetime.now(UTC)})
+                await tx.execute("set_schema_version", NEXT_VERSION_ROW)
                 raise RuntimeError("the caller fails")
 
         with pytest.raises(RuntimeError):
             await fail_after_a_write()
         assert await query(dsn, "SELECT version FROM schema_version") == APPLIED
         async with dialect.transaction() as tx:
-            await tx.execute("set_schema_version", {"version": 7, "now": datetime.now(UTC)})
+            await tx.execute("set_schema_version", NEXT_VERSION_ROW)
             # isolated until commit
             assert await query(dsn, "SELECT version FROM schema_version") == APPLIED
-        assert await query(dsn, "SELECT version FROM schema_version") == [*APPLIED, (7,)]
+        assert await query(dsn, "SELECT version FROM schema_version") == [*APPLIED, (NEXT_VERSION,)]
 
 
 async def test_executemany_sends_updates_together(make_jobs: Factory, dsn: str) -> None:

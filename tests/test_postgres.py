@@ -593,14 +593,44 @@ async def test_a_dependent_committed_after_its_parent_was_cancelled_is_cancelled
     assert result.failed.error_code == "DependencyFailed"
 
 
-async def test_a_backlog_of_delayed_jobs_costs_the_claim_nothing(
+async def test_a_dependent_committed_after_its_parent_completed_runs(
     make_jobs: Factory, dsn: str
 ) -> None:
-    """Jobs not due yet (delayed, or retries waiting out their backoff) are in no index the
-    claim walks: with 3 000 of them queued ahead of the ready jobs, the claim's plan passes
-    over none of them (it read, and filtered out, every one of them before)."""
+    """Enqueued in the application's transaction while its parent was still queued, the
+    dependent is held out of the claim until the parent completes; it is committed after that
+    completion, which could not see it: the periodic recovery lets it run (else it waits
+    forever)."""
+    async with make_jobs(commands=ALL_COMMANDS, lease_duration=timedelta(seconds=1)) as jobs:
+        soon = JobOptions(run_after=datetime.now(UTC) + timedelta(seconds=0.5))
+        parent = await jobs.enqueue_command(AddCommand, Add(1, 1), soon)
+        conn = await asyncpg.connect(SERVER, server_settings={"search_path": _schema(dsn)})
+        try:
+            async with conn.transaction():
+                child = await jobs.enqueue_command(
+                    AddCommand, Add(2, 2), JobOptions(depends_on=parent.id), connection=conn
+                )
+                with anyio.fail_after(10):
+                    await jobs.wait_for_job(parent.id)  # its completion cannot see the child
+        finally:
+            await conn.close()
+        with anyio.fail_after(10):
+            result = await jobs.wait_for_job(child.id)
+    assert result.completed is not None and result.completed.response_body == '{"total":4}'
+
+
+@pytest.mark.parametrize("waiting", ["delayed", "dependents"])
+async def test_a_backlog_of_jobs_not_runnable_costs_the_claim_nothing(
+    make_jobs: Factory, dsn: str, waiting: str
+) -> None:
+    """Jobs not due yet (delayed, or retries waiting out their backoff), and dependents of a
+    job not completed, are in no index the claim walks: with 3 000 of them queued ahead of the
+    ready jobs, the claim's plan passes over none of them (it read, and filtered out, every
+    one of them before)."""
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         later = JobOptions(run_after=datetime.now(UTC) + timedelta(hours=1))
+        if waiting == "dependents":
+            parent = await jobs.enqueue_command(AddCommand, Add(0, 0), later)
+            later = JobOptions(depends_on=parent.id)
         for _ in range(3):
             await jobs.enqueue_many((AddCommand, Add(i, i), later) for i in range(1000))
         await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(100))

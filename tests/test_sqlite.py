@@ -140,12 +140,16 @@ async def test_a_database_another_process_keeps_locked_is_a_busy_error_after_one
     assert "connection lost" not in caplog.text
 
 
-async def _claim_steps(path: Path, delayed: int) -> int:
+async def _claim_steps(path: Path, delayed: int, *, dependents: bool = False) -> int:
     """SQLite's virtual-machine steps for one claim of 50 ready jobs that were enqueued after
-    ``delayed`` jobs not due for an hour (the claim run on its own connection, rolled back)."""
+    ``delayed`` jobs not due for an hour, or with ``dependents`` after as many jobs that depend
+    on such a job (the claim run on its own connection, rolled back)."""
     dsn = f"sqlite:///{path}"
     async with BackgroundJobs(dsn, commands=[AddCommand], execute=False) as jobs:
         later = JobOptions(run_after=datetime.now(UTC) + timedelta(hours=1))
+        if dependents:
+            parent = await jobs.enqueue_command(AddCommand, Add(0, 0), later)
+            later = JobOptions(depends_on=parent.id)
         for start in range(0, delayed, 1000):
             count = min(1000, delayed - start)
             await jobs.enqueue_many((AddCommand, Add(i, i), later) for i in range(count))
@@ -184,10 +188,14 @@ async def _claim_steps(path: Path, delayed: int) -> int:
     return steps
 
 
-async def test_a_backlog_of_delayed_jobs_costs_the_claim_nothing(tmp_path: Path) -> None:
-    """Jobs not due yet (delayed, or retries waiting out their backoff) are in no index the
-    claim walks: with 3 000 of them queued ahead of the ready jobs, a claim does about the work
-    it does without them (it read every one of them before)."""
+@pytest.mark.parametrize("dependents", [False, True], ids=["delayed", "dependents"])
+async def test_a_backlog_of_jobs_not_runnable_costs_the_claim_nothing(
+    tmp_path: Path, dependents: bool
+) -> None:
+    """Jobs not due yet (delayed, or retries waiting out their backoff), and dependents of a
+    job not completed, are in no index the claim walks: with 3 000 of them queued ahead of the
+    ready jobs, a claim does about the work it does without them (it read every one of them
+    before)."""
     without = await _claim_steps(tmp_path / "empty.db", 0)
-    behind = await _claim_steps(tmp_path / "delayed.db", 3000)
+    behind = await _claim_steps(tmp_path / "behind.db", 3000, dependents=dependents)
     assert behind < without * 1.5, (without, behind)

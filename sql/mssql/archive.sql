@@ -325,6 +325,11 @@ JOIN job_summary AS s ON s.id = d.id;
 DELETE b
 FROM @done AS d
 JOIN background_job AS b ON b.id = d.id;
+-- Their dependents held for them are released (see migration_7).
+UPDATE q SET parent_pending = 0
+FROM @done AS d
+JOIN background_job AS q ON q.depends_on = d.id
+WHERE q.depends_on IS NOT NULL AND q.parent_pending = 1;
 -- 1.
 INSERT INTO @idle (name)
 SELECT w.name

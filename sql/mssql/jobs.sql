@@ -323,6 +323,23 @@ SELECT DISTINCT j.depends_on AS id FROM background_job AS j
 JOIN job_summary AS p ON p.id = j.depends_on
 WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled');
 
+-- name: hold_dependents
+-- Dependents just enqueued whose parent had not completed when the enqueue read it (see
+-- migration_7). A list of ids (JSON array).
+UPDATE b SET parent_pending = 1
+FROM OPENJSON(:ids) WITH (id bigint '$') AS i
+JOIN background_job AS b ON b.id = i.id;
+
+-- name: release_dependents
+-- Dependents still held whose parent has completed: enqueued in a transaction that committed
+-- after the parent's completion, which could not see them (nor could the enqueue see the
+-- completion). The periodic recovery releases them; returns how many.
+UPDATE j SET parent_pending = 0
+FROM background_job AS j
+JOIN job_summary AS p ON p.id = j.depends_on
+WHERE j.depends_on IS NOT NULL AND j.parent_pending = 1 AND j.state = 'Queued'
+  AND p.state = 'Completed';
+
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).
 SELECT j.depends_on AS id

@@ -204,7 +204,8 @@ WHERE created_date < :before AND state IN ('Completed', 'Failed', 'Cancelled');
 -- No DELETE ... RETURNING into an INSERT here: 1. the jobs still held are locked and their
 -- ids kept in a session variable (with those whose summary shows an earlier attempt's error,
 -- and whether a queued job depends on one), 2. copied into the archive with their outcome,
--- 3. their summaries marked, 4. earlier errors cleared, 5. the jobs deleted from the queue.
+-- 3. their summaries marked, 4. earlier errors cleared, 5. the jobs deleted from the queue,
+-- 6. their dependents held for them released.
 -- The live row is never updated first: it is about to go, and an UPDATE would rewrite the
 -- state indexes for nothing. Every UPDATE here and in the claim joins a JSON list first, so
 -- MySQL keeps the new values in an internal temporary table, which goes to disk when a value is
@@ -274,6 +275,13 @@ WHERE @asyncjobs_errors IS NOT NULL;
 /* only if :outcomes */ DELETE b FROM JSON_TABLE(CONCAT('[', @asyncjobs_done, ']'), '$[*]'
                         COLUMNS (id BIGINT PATH '$')) AS d
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
+-- 6. Their dependents held for them may run now (the claim below sees them). The constant
+-- condition (no queued dependent, the usual case) lets MariaDB skip the statement.
+/* only if :outcomes */ UPDATE JSON_TABLE(CONCAT('[', @asyncjobs_done, ']'), '$[*]'
+                        COLUMNS (id BIGINT PATH '$')) AS d
+STRAIGHT_JOIN background_job q FORCE INDEX (ix_background_job_depends_on) ON q.depends_on = d.id
+SET q.parent_pending = 0
+WHERE q.parent_pending = 1 AND @asyncjobs_dependents = 1;
 -- The claim: up to :limit runnable jobs in priority-then-age order. A job with a named worker is
 -- runnable only when no job of that worker is running and it is the worker's oldest queued job
 -- (its head); a job with depends_on only when its parent completed. A job is due once its
@@ -300,8 +308,9 @@ STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
 --    worker still idle, its head, found by one probe of ix_background_job_worker (worker, state,
 --    id), and runnable if due and its parent completed (a head that is not runnable holds its
 --    worker's later jobs back); and the jobs without a worker from ix_background_job_claim
---    (state, worker, run_after, priority DESC, id), which holds them together (worker IS
---    NULL), so no named job is walked: those never delayed (run_after IS NULL) in claim
+--    (state, worker, parent_pending, run_after, priority DESC, id), which holds them together
+--    (worker IS NULL), so no named job is walked, nor a dependent whose parent has not
+--    completed (parent_pending = 1): those never delayed (run_after IS NULL) in claim
 --    order, and the delayed ones due by now in due order, so no job not yet due is walked
 --    either; the due ones by priority among the 1 000 that came due first (a bound: a claim
 --    behind an outage's worth of due retries reads 1 000 rows, not all of them), the best
@@ -375,7 +384,7 @@ FROM (
          FROM (
              (SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
               WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-                AND j.run_after IS NULL
+                AND j.parent_pending = 0 AND j.run_after IS NULL
                 AND (j.depends_on IS NULL
                      OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
               ORDER BY j.priority DESC, j.id
@@ -383,7 +392,7 @@ FROM (
              UNION ALL
              (SELECT j.id FROM background_job j FORCE INDEX (ix_background_job_claim)
               WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-                AND j.run_after IS NULL
+                AND j.parent_pending = 0 AND j.run_after IS NULL
                 AND (j.depends_on IS NULL
                      OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
               ORDER BY j.priority DESC, j.id
@@ -399,7 +408,8 @@ FROM (
              SELECT w.id FROM (
                  SELECT j.id, j.priority FROM background_job j FORCE INDEX (ix_background_job_claim)
                  WHERE :named_only = 0 AND j.state = 'Queued' AND j.worker IS NULL
-                   AND j.run_after IS NOT NULL AND j.run_after <= @asyncjobs_due_by
+                   AND j.parent_pending = 0 AND j.run_after IS NOT NULL
+                   AND j.run_after <= @asyncjobs_due_by
                    AND (j.depends_on IS NULL
                         OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on)
                            = 'Completed')

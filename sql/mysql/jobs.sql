@@ -291,6 +291,30 @@ FROM background_job j FORCE INDEX (ix_background_job_depends_on)
 STRAIGHT_JOIN job_summary p FORCE INDEX (PRIMARY) ON p.id = j.depends_on
 WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled');
 
+-- name: hold_dependents
+-- Dependents just enqueued whose parent had not completed when the enqueue read it: out of the
+-- claim's ranges until it does (see migration_7). A list of ids (JSON array), joined by key:
+-- in the application's transaction this locks only its own new rows.
+UPDATE JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
+SET b.parent_pending = 1;
+
+-- name: release_dependents
+-- Dependents still held whose parent has completed: enqueued in a transaction that committed
+-- after the parent's completion, which could not see them (nor could the enqueue see the
+-- completion). The periodic recovery lets them run; returns how many. Found by a plain read
+-- first, then changed by key (a single-table UPDATE with a subquery scans, and locks, the
+-- whole table), held and queued still.
+SELECT JSON_ARRAYAGG(j.id) INTO @asyncjobs_released
+FROM background_job j FORCE INDEX (ix_background_job_depends_on)
+STRAIGHT_JOIN job_summary p FORCE INDEX (PRIMARY) ON p.id = j.depends_on
+WHERE j.depends_on IS NOT NULL AND j.parent_pending = 1 AND j.state = 'Queued'
+  AND p.state = 'Completed';
+UPDATE JSON_TABLE(COALESCE(@asyncjobs_released, '[]'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
+SET b.parent_pending = 0
+WHERE b.parent_pending = 1 AND b.state = 'Queued';
+
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).
 SELECT j.depends_on AS id FROM JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i

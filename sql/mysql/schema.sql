@@ -253,3 +253,34 @@ INSERT INTO job_requeues (id, total) VALUES (1, 0) ON DUPLICATE KEY UPDATE total
 ALTER TABLE background_job
     DROP INDEX ix_background_job_claim,
     ADD INDEX ix_background_job_claim (state, worker, run_after, priority DESC, id);
+
+-- name: migration_7
+-- A dependent waits for its parent to complete, and until then sat among the queued jobs the
+-- claim walks, so 100k dependents of a parent still running made every claim read, and filter
+-- out, 100k rows. parent_pending (1) marks those enqueued while their parent had not completed
+-- (see hold_dependents); the parent's completion clears it (complete_and_claim_jobs), and the
+-- periodic recovery clears it for a dependent whose enqueue committed after that completion,
+-- which could not see it (release_dependents). In ix_background_job_claim before run_after,
+-- it keeps marked jobs out of the ranges the claim reads. One ALTER, so it is atomic; it runs
+-- only if the column is missing (MySQL has no ADD COLUMN IF NOT EXISTS), so the migration is
+-- safe to run again, as MySQL commits around the DDL, and under a named lock, so that
+-- processes starting together take turns (see archive.sql).
+DO GET_LOCK(CONCAT('asyncjobs.migration_7.', MD5(DATABASE())), 60);
+SET @asyncjobs_ddl = IF(
+    EXISTS (SELECT 1 FROM information_schema.columns
+            WHERE table_schema = DATABASE() AND table_name = 'background_job'
+              AND column_name = 'parent_pending'),
+    'DO 0',
+    'ALTER TABLE background_job
+         ADD COLUMN parent_pending TINYINT NOT NULL DEFAULT 0,
+         DROP INDEX ix_background_job_claim,
+         ADD INDEX ix_background_job_claim
+             (state, worker, parent_pending, run_after, priority DESC, id)');
+PREPARE asyncjobs_migration_7 FROM @asyncjobs_ddl;
+EXECUTE asyncjobs_migration_7;
+DEALLOCATE PREPARE asyncjobs_migration_7;
+DO RELEASE_LOCK(CONCAT('asyncjobs.migration_7.', MD5(DATABASE())));
+UPDATE background_job j
+LEFT JOIN job_summary p ON p.id = j.depends_on
+SET j.parent_pending = 1
+WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND NOT (p.state <=> 'Completed');

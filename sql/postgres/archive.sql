@@ -106,8 +106,8 @@ WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
 -- Heads are found with a loose index scan of ix_background_job_worker_queue: one probe per
 -- worker with queued jobs, so a long queue of one worker costs one probe, not a scan. Unnamed
 -- jobs never delayed come from ix_background_job_claim in claim order, and delayed ones that
--- are due from ix_background_job_due in due order (neither index holds a job not yet due, so
--- a backlog of delayed jobs and retries costs the claim nothing); the better :limit of all
+-- are due from ix_background_job_due in due order (neither index holds a job not yet due, nor
+-- a dependent whose parent has not completed, so a backlog of them costs the claim nothing); the better :limit of all
 -- candidates are claimed. The due ones are taken by priority among the 1 000 that came due
 -- first (a plain read; only those claimed are locked): a bound, so that a claim behind an
 -- outage's worth of due retries reads 1 000 rows, not all of them.
@@ -140,6 +140,13 @@ archived AS (
         CASE WHEN o.logs IS NULL THEN d.logs ELSE COALESCE(d.logs, '') || o.logs END,
         :now, d.reply_to, NULL, NULL, d.args, d.meta, d.priority
     FROM done d JOIN outcome o ON o.id = d.id
+),
+-- Their dependents held for them may run now: back in the claim's indexes for the next claim
+-- (this one reads the snapshot from before). One probe of ix_background_job_depends_on per job.
+released AS (
+    UPDATE background_job q SET parent_pending = false
+    FROM done d
+    WHERE q.depends_on = d.id AND q.depends_on IS NOT NULL AND q.parent_pending
 ),
 completed_summaries AS (
     UPDATE job_summary s
@@ -181,7 +188,8 @@ named AS MATERIALIZED (
 ),
 unnamed AS MATERIALIZED (
     SELECT j.id, j.priority FROM background_job j
-    WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NULL AND :named_only = 0
+    WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NULL AND NOT j.parent_pending
+      AND :named_only = 0
       AND (j.depends_on IS NULL
            OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
     ORDER BY j.priority DESC, j.id
@@ -191,7 +199,7 @@ unnamed AS MATERIALIZED (
 due_window AS (
     SELECT j.id FROM background_job j
     WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NOT NULL
-      AND j.run_after <= now() AND :named_only = 0
+      AND NOT j.parent_pending AND j.run_after <= now() AND :named_only = 0
       AND (j.depends_on IS NULL
            OR (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed')
     ORDER BY j.run_after

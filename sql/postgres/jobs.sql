@@ -262,6 +262,20 @@ SELECT DISTINCT j.depends_on AS id FROM background_job j
 JOIN job_summary p ON p.id = j.depends_on
 WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled');
 
+-- name: hold_dependents
+-- Dependents just enqueued whose parent had not completed when the enqueue read it: out of the
+-- claim's indexes until it does (see migration_7). A list of ids (JSON array).
+UPDATE background_job SET parent_pending = true
+WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint));
+
+-- name: release_dependents
+-- Dependents still held whose parent has completed: enqueued in a transaction that committed
+-- after the parent's completion, which could not see them (nor could the enqueue see the
+-- completion). The periodic recovery lets them run; returns how many.
+UPDATE background_job j SET parent_pending = false
+WHERE j.depends_on IS NOT NULL AND j.parent_pending AND j.state = 'Queued'
+  AND (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed';
+
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).
 SELECT j.depends_on AS id FROM background_job j

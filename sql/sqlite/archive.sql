@@ -191,6 +191,12 @@ WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
   AND (id, attempts) IN (SELECT json_extract(value, '$.id'), json_extract(value, '$.attempts')
                          FROM json_each(:outcomes))
   AND lease_owner = :node AND state IN ('Started', 'Executed');
+-- Their dependents held for them may run now, and the claim below takes them.
+UPDATE background_job SET parent_pending = 0
+WHERE depends_on IN (SELECT id FROM completed_job_{month}
+                     WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
+                       AND completed_date = :now)
+  AND parent_pending = 1;
 WITH RECURSIVE workers(name) AS (
     -- every named worker with jobs, one index probe each (a loose scan of
     -- ix_background_job_worker), never a walk of a worker's queue
@@ -218,7 +224,8 @@ candidates(id, priority) AS (
         -- jobs without a worker never delayed, straight from ix_background_job_claim in claim
         -- order
         SELECT j.id, j.priority FROM background_job j
-        WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NULL AND :named_only = 0
+        WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NULL
+          AND j.parent_pending = 0 AND :named_only = 0
           AND (j.depends_on IS NULL OR EXISTS (
                 SELECT 1 FROM job_summary p WHERE p.id = j.depends_on AND p.state = 'Completed'))
         ORDER BY j.priority DESC, j.id
@@ -227,13 +234,14 @@ candidates(id, priority) AS (
     UNION ALL
     SELECT * FROM (
         -- delayed ones (and retries) that are due, from ix_background_job_due in due order:
-        -- neither index holds a job not yet due, so a backlog of them costs the claim nothing;
+        -- neither index holds a job not yet due, nor a dependent whose parent has not
+        -- completed, so a backlog of them costs the claim nothing;
         -- by priority among the 1 000 that came due first (a bound: a claim behind an outage's
         -- worth of due retries reads 1 000 rows, not all of them)
         SELECT w.id, w.priority FROM (
             SELECT j.id, j.priority FROM background_job j
             WHERE j.state = 'Queued' AND j.worker IS NULL AND j.run_after IS NOT NULL
-              AND j.run_after <= :now AND :named_only = 0
+              AND j.parent_pending = 0 AND j.run_after <= :now AND :named_only = 0
               AND (j.depends_on IS NULL OR EXISTS (
                     SELECT 1 FROM job_summary p
                     WHERE p.id = j.depends_on AND p.state = 'Completed'))

@@ -233,6 +233,20 @@ SELECT DISTINCT j.depends_on AS id FROM background_job j
 JOIN job_summary p ON p.id = j.depends_on
 WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled');
 
+-- name: hold_dependents
+-- Dependents just enqueued whose parent had not completed: out of the claim's indexes until it
+-- does (see migration_7). A list of ids (JSON array).
+UPDATE background_job SET parent_pending = 1 WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: release_dependents
+-- Dependents still held whose parent has completed. SQLite lets one transaction write at a
+-- time, and refuses a write on a snapshot older than the last commit, so an enqueue cannot read
+-- its parent before a completion and commit after it: this finds none, and runs as on the other
+-- databases.
+UPDATE background_job SET parent_pending = 0
+WHERE depends_on IS NOT NULL AND parent_pending = 1 AND state = 'Queued'
+  AND (SELECT p.state FROM job_summary p WHERE p.id = background_job.depends_on) = 'Completed';
+
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).
 SELECT j.depends_on AS id FROM background_job j

@@ -150,3 +150,21 @@ CREATE INDEX ix_background_job_claim ON background_job (priority DESC, id)
     WHERE state = 'Queued' AND worker IS NULL AND run_after IS NULL;
 CREATE INDEX IF NOT EXISTS ix_background_job_due ON background_job (run_after)
     WHERE state = 'Queued' AND worker IS NULL AND run_after IS NOT NULL;
+
+-- name: migration_7
+-- A dependent waits for its parent to complete, and until then sat in the claim's indexes, so
+-- 100k dependents of a parent still running made every claim read, and filter out, 100k rows.
+-- parent_pending (1) marks those enqueued while their parent had not completed (see
+-- hold_dependents); the parent's completion clears it (complete_and_claim_jobs). The claim's
+-- indexes leave marked jobs out.
+ALTER TABLE background_job ADD COLUMN parent_pending INTEGER NOT NULL DEFAULT 0;
+UPDATE background_job SET parent_pending = 1
+WHERE depends_on IS NOT NULL AND state = 'Queued'
+  AND (SELECT p.state FROM job_summary p WHERE p.id = background_job.depends_on)
+      IS NOT 'Completed';
+DROP INDEX IF EXISTS ix_background_job_claim;
+CREATE INDEX ix_background_job_claim ON background_job (priority DESC, id)
+    WHERE state = 'Queued' AND worker IS NULL AND run_after IS NULL AND parent_pending = 0;
+DROP INDEX IF EXISTS ix_background_job_due;
+CREATE INDEX ix_background_job_due ON background_job (run_after)
+    WHERE state = 'Queued' AND worker IS NULL AND run_after IS NOT NULL AND parent_pending = 0;
