@@ -656,5 +656,38 @@ async def test_a_backlog_of_jobs_not_runnable_costs_the_claim_nothing(
     assert claimed and max(n["Actual Rows"] for n in claimed) <= 100, nodes
 
 
+async def test_the_periodic_recovery_reads_a_row_per_parent_not_per_dependent(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """The recovery's look for dependents a cascade or a completion missed reads each parent
+    that has dependents once: 3 000 dependents of one job cost a few rows (every one of them
+    was read before)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        later = JobOptions(run_after=datetime.now(UTC) + timedelta(hours=1))
+        parent = await jobs.enqueue_command(AddCommand, Add(0, 0), later)
+        for _ in range(3):
+            dependent = JobOptions(depends_on=parent.id)
+            await jobs.enqueue_many((AddCommand, Add(i, i), dependent) for i in range(1000))
+        queries = [
+            _pg(jobs).statement(name, {})[0] for name in ("stranded_parents", "release_dependents")
+        ]
+        conn = await _connect(dsn)
+        read = 0
+        try:
+            async with conn.transaction():
+                for sql in queries:
+                    raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
+                    for node in _plan_nodes(json.loads(raw)[0]["Plan"]):
+                        if node.get("Relation Name") == "background_job":
+                            read += node["Actual Rows"] * node["Actual Loops"]
+                            read += node.get("Rows Removed by Filter", 0)
+                raise _RolledBack
+        except _RolledBack:
+            pass
+        finally:
+            await conn.close()
+    assert read < 100, read
+
+
 class _RolledBack(Exception):
     """Leaves a transaction by rolling it back."""

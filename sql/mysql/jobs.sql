@@ -285,11 +285,19 @@ STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id;
 -- Failed or cancelled jobs that queued jobs still depend on. A dependent enqueued in a
 -- transaction that committed after its parent ended was missed by that parent's cascade,
 -- which could not see it yet (nor could the enqueue see the parent's end): the periodic
--- recovery cancels it then, as the cascade would have.
-SELECT DISTINCT j.depends_on AS id
-FROM background_job j FORCE INDEX (ix_background_job_depends_on)
-STRAIGHT_JOIN job_summary p FORCE INDEX (PRIMARY) ON p.id = j.depends_on
-WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled');
+-- recovery cancels it then, as the cascade would have. The parents are the distinct values of
+-- ix_background_job_depends_on, read by a loose index scan, one probe per parent that has
+-- dependents (100k dependents of one parent are one probe, not 100k).
+SELECT p.id
+FROM (SELECT DISTINCT k.depends_on AS id
+      FROM background_job k FORCE INDEX (ix_background_job_depends_on)
+      WHERE k.depends_on IS NOT NULL) AS p
+STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = p.id
+WHERE s.state IN ('Failed', 'Cancelled')
+  -- a scalar subquery, a probe per parent (as EXISTS, MariaDB may materialize every
+  -- dependent)
+  AND (SELECT 1 FROM background_job j FORCE INDEX (ix_background_job_depends_on)
+       WHERE j.depends_on = p.id AND j.state = 'Queued' LIMIT 1) IS NOT NULL;
 
 -- name: hold_dependents
 -- Dependents just enqueued whose parent had not completed when the enqueue read it: out of the
@@ -302,16 +310,18 @@ SET b.parent_pending = 1;
 -- name: release_dependents
 -- Dependents still held whose parent has completed: enqueued in a transaction that committed
 -- after the parent's completion, which could not see them (nor could the enqueue see the
--- completion). The periodic recovery lets them run; returns how many. Found by a plain read
--- first, then changed by key (a single-table UPDATE with a subquery scans, and locks, the
--- whole table), held and queued still.
-SELECT JSON_ARRAYAGG(j.id) INTO @asyncjobs_released
-FROM background_job j FORCE INDEX (ix_background_job_depends_on)
-STRAIGHT_JOIN job_summary p FORCE INDEX (PRIMARY) ON p.id = j.depends_on
-WHERE j.depends_on IS NOT NULL AND j.parent_pending = 1 AND j.state = 'Queued'
-  AND p.state = 'Completed';
-UPDATE JSON_TABLE(COALESCE(@asyncjobs_released, '[]'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
+-- completion). The periodic recovery lets them run; returns how many. The parents are found as
+-- in stranded_parents, one probe each, by a plain read; then their held dependents are changed
+-- (a single-table UPDATE with a subquery scans, and locks, the whole table).
+SELECT JSON_ARRAYAGG(p.id) INTO @asyncjobs_completed_parents
+FROM (SELECT DISTINCT k.depends_on AS id
+      FROM background_job k FORCE INDEX (ix_background_job_depends_on)
+      WHERE k.depends_on IS NOT NULL) AS p
+STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = p.id
+WHERE s.state = 'Completed';
+UPDATE JSON_TABLE(COALESCE(@asyncjobs_completed_parents, '[]'), '$[*]'
+                  COLUMNS (id BIGINT PATH '$')) AS i
+STRAIGHT_JOIN background_job b FORCE INDEX (ix_background_job_depends_on) ON b.depends_on = i.id
 SET b.parent_pending = 0
 WHERE b.parent_pending = 1 AND b.state = 'Queued';
 

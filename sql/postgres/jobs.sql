@@ -257,10 +257,22 @@ RETURNING b.id, b.created_date;
 -- Failed or cancelled jobs that queued jobs still depend on. A dependent enqueued in a
 -- transaction that committed after its parent ended was missed by that parent's cascade,
 -- which could not see it yet (nor could the enqueue see the parent's end): the periodic
--- recovery cancels it then, as the cascade would have.
-SELECT DISTINCT j.depends_on AS id FROM background_job j
-JOIN job_summary p ON p.id = j.depends_on
-WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled');
+-- recovery cancels it then, as the cascade would have. The parents are found by a loose scan
+-- of ix_background_job_depends_on, one probe per parent that has dependents (100k dependents
+-- of one parent are one probe, not 100k).
+WITH RECURSIVE parents(id) AS (
+    (SELECT depends_on FROM background_job WHERE depends_on IS NOT NULL
+     ORDER BY depends_on LIMIT 1)
+    UNION ALL
+    SELECT (SELECT b.depends_on FROM background_job b
+            WHERE b.depends_on IS NOT NULL AND b.depends_on > p.id
+            ORDER BY b.depends_on LIMIT 1)
+    FROM parents p WHERE p.id IS NOT NULL
+)
+SELECT p.id FROM parents p JOIN job_summary s ON s.id = p.id
+WHERE s.state IN ('Failed', 'Cancelled')
+  AND EXISTS (SELECT 1 FROM background_job j
+              WHERE j.depends_on = p.id AND j.depends_on IS NOT NULL AND j.state = 'Queued');
 
 -- name: hold_dependents
 -- Dependents just enqueued whose parent had not completed when the enqueue read it: out of the
@@ -271,10 +283,21 @@ WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint));
 -- name: release_dependents
 -- Dependents still held whose parent has completed: enqueued in a transaction that committed
 -- after the parent's completion, which could not see them (nor could the enqueue see the
--- completion). The periodic recovery lets them run; returns how many.
+-- completion). The periodic recovery lets them run; returns how many. The parents are found
+-- as in stranded_parents, one probe each.
+WITH RECURSIVE parents(id) AS (
+    (SELECT depends_on FROM background_job WHERE depends_on IS NOT NULL
+     ORDER BY depends_on LIMIT 1)
+    UNION ALL
+    SELECT (SELECT b.depends_on FROM background_job b
+            WHERE b.depends_on IS NOT NULL AND b.depends_on > p.id
+            ORDER BY b.depends_on LIMIT 1)
+    FROM parents p WHERE p.id IS NOT NULL
+)
 UPDATE background_job j SET parent_pending = false
-WHERE j.depends_on IS NOT NULL AND j.parent_pending AND j.state = 'Queued'
-  AND (SELECT p.state FROM job_summary p WHERE p.id = j.depends_on) = 'Completed';
+FROM parents p JOIN job_summary s ON s.id = p.id
+WHERE s.state = 'Completed' AND j.depends_on = p.id AND j.depends_on IS NOT NULL
+  AND j.parent_pending AND j.state = 'Queued';
 
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).

@@ -228,10 +228,19 @@ RETURNING id, created_date;
 -- Failed or cancelled jobs that queued jobs still depend on. A dependent enqueued in a
 -- transaction that committed after its parent ended was missed by that parent's cascade,
 -- which could not see it yet (nor could the enqueue see the parent's end): the periodic
--- recovery cancels it then, as the cascade would have.
-SELECT DISTINCT j.depends_on AS id FROM background_job j
-JOIN job_summary p ON p.id = j.depends_on
-WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled');
+-- recovery cancels it then, as the cascade would have. The parents are found by a loose scan
+-- of ix_background_job_depends_on, one probe per parent that has dependents (100k dependents
+-- of one parent are one probe, not 100k).
+WITH RECURSIVE parents(id) AS (
+    SELECT MIN(depends_on) FROM background_job WHERE depends_on IS NOT NULL
+    UNION ALL
+    SELECT (SELECT MIN(b.depends_on) FROM background_job b
+            WHERE b.depends_on IS NOT NULL AND b.depends_on > p.id)
+    FROM parents p WHERE p.id IS NOT NULL
+)
+SELECT p.id FROM parents p JOIN job_summary s ON s.id = p.id
+WHERE s.state IN ('Failed', 'Cancelled')
+  AND EXISTS (SELECT 1 FROM background_job j WHERE j.depends_on = p.id AND j.state = 'Queued');
 
 -- name: hold_dependents
 -- Dependents just enqueued whose parent had not completed: out of the claim's indexes until it
@@ -242,10 +251,18 @@ UPDATE background_job SET parent_pending = 1 WHERE id IN (SELECT value FROM json
 -- Dependents still held whose parent has completed. SQLite lets one transaction write at a
 -- time, and refuses a write on a snapshot older than the last commit, so an enqueue cannot read
 -- its parent before a completion and commit after it: this finds none, and runs as on the other
--- databases.
+-- databases. The parents are found as in stranded_parents, one probe each.
+WITH RECURSIVE parents(id) AS (
+    SELECT MIN(depends_on) FROM background_job WHERE depends_on IS NOT NULL
+    UNION ALL
+    SELECT (SELECT MIN(b.depends_on) FROM background_job b
+            WHERE b.depends_on IS NOT NULL AND b.depends_on > p.id)
+    FROM parents p WHERE p.id IS NOT NULL
+)
 UPDATE background_job SET parent_pending = 0
-WHERE depends_on IS NOT NULL AND parent_pending = 1 AND state = 'Queued'
-  AND (SELECT p.state FROM job_summary p WHERE p.id = background_job.depends_on) = 'Completed';
+WHERE depends_on IN (SELECT p.id FROM parents p JOIN job_summary s ON s.id = p.id
+                     WHERE s.state = 'Completed')
+  AND parent_pending = 1 AND state = 'Queued';
 
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).
