@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,8 +166,18 @@ async def _claim_steps(path: Path, delayed: int, *, dependents: bool = False) ->
         "named_only": 0,
         "outcomes": "[]",
     }
+    steps, claimed = _vm_steps(path, statements, params)
+    assert claimed == 50
+    return steps
+
+
+def _vm_steps(
+    path: Path, statements: list[str], params: dict[str, Any] | None = None
+) -> tuple[int, int]:
+    """Run ``statements`` on a connection of their own, in a transaction rolled back: SQLite's
+    virtual-machine steps (in hundreds), and the most rows one statement changed."""
     conn = sqlite3.connect(path, isolation_level=None)
-    steps = 0
+    steps = changed = 0
 
     def count() -> int:
         nonlocal steps
@@ -176,16 +187,15 @@ async def _claim_steps(path: Path, delayed: int, *, dependents: bool = False) ->
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.set_progress_handler(count, 100)
-        claimed = 0
         for sql in statements:
-            cursor = conn.execute(sql, {k: v for k, v in params.items() if f":{k}" in sql})
-            claimed = max(claimed, cursor.rowcount)
+            cursor = conn.execute(sql, {k: v for k, v in (params or {}).items() if f":{k}" in sql})
+            cursor.fetchall()
+            changed = max(changed, cursor.rowcount)
         conn.set_progress_handler(None, 0)
-        assert claimed == 50
         conn.execute("ROLLBACK")
     finally:
         conn.close()
-    return steps
+    return steps, changed
 
 
 @pytest.mark.parametrize("dependents", [False, True], ids=["delayed", "dependents"])
@@ -199,29 +209,6 @@ async def test_a_backlog_of_jobs_not_runnable_costs_the_claim_nothing(
     without = await _claim_steps(tmp_path / "empty.db", 0)
     behind = await _claim_steps(tmp_path / "behind.db", 3000, dependents=dependents)
     assert behind < without * 1.5, (without, behind)
-
-
-def _recovery_steps(path: Path, statements: list[str]) -> int:
-    """SQLite's virtual-machine steps for the recovery's look for dependents that a cascade
-    or a completion missed (``statements``)."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.set_progress_handler(count, 100)
-        for sql in statements:
-            conn.execute(sql).fetchall()
-        conn.set_progress_handler(None, 0)
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
-    return steps
 
 
 async def test_the_periodic_recovery_reads_a_row_per_parent_not_per_dependent(
@@ -248,5 +235,5 @@ async def test_the_periodic_recovery_reads_a_row_per_parent_not_per_dependent(
                 for name in ("stranded_parents", "release_dependents")
                 for sql in jobs.dialect.statements(name, {})
             ]
-        steps[dependents] = _recovery_steps(path, statements)
+        steps[dependents], _ = _vm_steps(path, statements)
     assert steps[3000] < steps[3] + 5, steps
