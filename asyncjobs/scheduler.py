@@ -11,13 +11,14 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from functools import partial
 
 import anyio
 
 from ._ref_ids import new_ref_id
 from .clock import Clock
 from .dialects import Row
-from .exceptions import AsyncJobsError, ConfigurationError
+from .exceptions import AsyncJobsError, ConfigurationError, RegistrationError
 from .models import JobOptions, ScheduledTask
 from .schedule import Schedule
 from .store import NewJob, Store, utcnow
@@ -158,13 +159,15 @@ class Scheduler:
                         # Stored by another version, or by hand: the other tasks go on.
                         log.error("recurring task %s cannot be read: %r", row["name"], exc)
                         held.add(row["name"])
+                        self._retry.pop(row["name"], None)
                         continue
                     try:
                         await self.fire(task, now)
                     except _CannotRunHere as exc:
                         # Another process, with its command, runs it; this one looks again
-                        # at the next refresh.
+                        # at the next refresh (not at the end of an earlier pause, gone by).
                         held.add(task.name)
+                        self._retry.pop(task.name, None)
                         if task.name not in self._left_to_others:
                             self._left_to_others.add(task.name)
                             log.warning(
@@ -233,12 +236,17 @@ class Scheduler:
             return
         start_transient = None
         if task.options.run_command:
-            # Made before the occurrence is taken: one this process cannot run (its command or
-            # API not registered here, its request unreadable) stays due for one that can.
+            # Made before the occurrence is taken: one whose command or API is not registered
+            # here stays due for a process that has it. One that runs nowhere (its request or
+            # options do not load) is taken and logged, as no process could run it.
             try:
                 start_transient = self.prepare_transient(task, expected)
-            except AsyncJobsError as exc:
+            except RegistrationError as exc:
                 raise _CannotRunHere from exc
+            except Exception as exc:
+                start_transient = partial(
+                    log.error, "recurring task %s could not run at %s: %r", task.name, expected, exc
+                )
         next_run = task.schedule.next_after(max(now, expected))
         if task.skip_if_running and await self._still_running(task):
             if await self.store.skip_task(task.name, expected, next_run):

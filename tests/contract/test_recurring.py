@@ -181,6 +181,73 @@ async def test_a_transient_task_is_left_to_a_process_that_can_run_it(
     assert len(said) == 1 and "unknown command 'SleepCommand'" in said[0].getMessage()
 
 
+async def test_a_transient_task_left_to_others_after_a_pause_does_not_spin(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task whose fire failed once (a pause of 0.2 s) and that is then left to another
+    process (registered again for a command this one lacks) waits for the next refresh: the
+    end of its old pause, gone by, was taken as the time to wake, again and again."""
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[SleepCommand, AddCommand], execute=False, clock=clock) as other:
+        await other.recurring_command(
+            SleepCommand, Schedule.every_minute, Sleep(0), name="t",
+            options=JobOptions(run_command=True),
+        )  # fmt: skip
+        async with make_jobs(commands=[SleepCommand], clock=clock) as jobs:
+            real_fire_task, real_due_tasks = jobs.store.fire_task, jobs.store.due_tasks
+            failed: list[str] = []
+            looks: list[datetime] = []
+
+            async def fails_once(name: str, *args: Any, **kwargs: Any) -> Any:
+                if not failed:
+                    failed.append(name)
+                    raise ConnectionError("connection reset")
+                return await real_fire_task(name, *args, **kwargs)
+
+            async def counted(now: datetime) -> Any:
+                looks.append(now)
+                return await real_due_tasks(now)
+
+            monkeypatch.setattr(jobs.store, "fire_task", fails_once)
+            monkeypatch.setattr(jobs.store, "due_tasks", counted)
+            clock.advance(timedelta(minutes=1))
+            with anyio.fail_after(5):
+                while not failed:
+                    await anyio.sleep(0.01)
+            await other.recurring_command(
+                AddCommand, Schedule.every_minute, Add(1, 2), name="t",
+                options=JobOptions(run_command=True),
+            )  # fmt: skip
+            clock.advance(timedelta(seconds=1))  # past the pause
+            await anyio.sleep(0.3)
+            before = len(looks)
+            await anyio.sleep(1)  # the clock stands still: nothing is due to wake for
+            woken = len(looks) - before
+    assert woken <= 2, woken
+
+
+async def test_a_transient_occurrence_whose_request_does_not_load_is_taken_and_logged(
+    make_jobs: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No process could run it (its stored request does not load as the command's request
+    type): each occurrence is taken and logged, not left due for ever."""
+    clock = FakeClock(T0)
+    async with make_jobs(commands=[AddCommand], clock=clock) as jobs:
+        await jobs.recurring_command(
+            AddCommand, Schedule.every_minute, Add(1, 2), options=JobOptions(run_command=True)
+        )
+        (row,) = await jobs.store.list_tasks()
+        keys = ("name", "schedule", "request_type", "command", "request", "options", "next_run")
+        await jobs.store.upsert_task({**{k: row[k] for k in keys}, "request_body": '{"a":"x"}'})
+        for fire_time in (T0 + timedelta(seconds=30), T0 + timedelta(seconds=90)):
+            clock.advance(timedelta(minutes=1))
+            with anyio.fail_after(5):
+                while (await _task(jobs, "AddCommand")).last_run != fire_time:
+                    await anyio.sleep(0.01)
+    said = [r for r in caplog.records if "AddCommand could not run at" in r.getMessage()]
+    assert len(said) == 2
+
+
 async def test_api_task_and_delete(make_jobs: Factory) -> None:
     clock = FakeClock(T0)
     async with make_jobs(clock=clock) as jobs:
