@@ -106,6 +106,9 @@ class NewJob(msgspec.Struct, omit_defaults=True):
     args: dict[str, str] | None = None
     meta: dict[str, Any] | None = None
     priority: int = 0
+    #: a dependent whose parent has not completed yet: out of the claim's indexes until it does
+    #: (set by the store from its read of the parent, see Store._insert)
+    parent_pending: bool = False
 
     def as_json(self, time_format: Any) -> dict[str, Any]:
         """The job as one object of an insert's JSON array parameter. Keys whose value is None
@@ -132,6 +135,8 @@ class NewJob(msgspec.Struct, omit_defaults=True):
             values["args"] = _json_text(self.args)
         if self.meta is not None:
             values["meta"] = _json_text(self.meta)
+        if self.parent_pending:
+            values["parent_pending"] = True
         return values
 
 
@@ -266,7 +271,7 @@ def _job_columns(new: NewJob) -> dict[str, Any]:
         "timeout_secs": new.timeout_secs, "reply_to": new.reply_to,
         "args": None if new.args is None else _json_text(new.args),
         "meta": None if new.meta is None else _json_text(new.meta),
-        "priority": new.priority,
+        "priority": new.priority, "parent_pending": new.parent_pending,
     }  # fmt: skip
 
 
@@ -425,8 +430,13 @@ class Store:
     async def _insert(
         self, tx: Connection, jobs: Sequence[NewJob], *, committed_here: bool
     ) -> list[tuple[int, str]]:
-        query, params = self._insert_query(jobs, "insert_job", "insert_jobs")
         parents = await self._check_parents(tx, jobs)
+        for job in jobs:
+            # Out of the claim's way until the parent completes, as this plain read finds it
+            # (one that completes before this commits is caught by release_dependents).
+            if job.depends_on is not None:
+                job.parent_pending = parents[job.depends_on] != "Completed"
+        query, params = self._insert_query(jobs, "insert_job", "insert_jobs")
         with self.dialect.inserting() if committed_here else nullcontext():
             try:
                 rows = await tx.fetch(query, params)
@@ -434,17 +444,6 @@ class Store:
                 self._raise_duplicate(exc, jobs)
                 raise
             if parents:
-                # Out of the claim's way until their parent completes (by the plain read
-                # above: a parent that completes before this commits is caught by
-                # release_dependents).
-                ids = {str(r["ref_id"]): int(r["id"]) for r in rows}
-                held = [
-                    ids[job.ref_id]
-                    for job in jobs
-                    if job.depends_on is not None and parents[job.depends_on] != "Completed"
-                ]
-                if held:
-                    await tx.execute("hold_dependents", {"ids": json.dumps(held)})
                 # A parent that already failed takes these dependents with it.
                 id_list = json.dumps(sorted(int(r["id"]) for r in rows))
                 dead = await tx.fetch("orphaned_dependents", {"ids": id_list})
@@ -1014,7 +1013,7 @@ class Store:
 
     async def release_dependents(self) -> int:
         """Let dependents run whose parent completed while their enqueue was not yet committed
-        (see hold_dependents); returns how many."""
+        (see Store._insert); returns how many."""
         async with self.dialect.transaction() as tx:
             return await tx.execute("release_dependents")
 

@@ -31,7 +31,7 @@ from asyncjobs.exceptions import (
     InvalidDsnError,
     StatementTooLargeError,
 )
-from asyncjobs.store import MIGRATIONS, month_key
+from asyncjobs.store import MIGRATIONS, Outcome, month_key
 from tests import db_mysql
 from tests.commands import ALL_COMMANDS, Add, AddCommand, Nested, NestedCommand, Sleep, SleepCommand
 from tests.db_mysql import connect, query
@@ -887,6 +887,38 @@ async def test_a_dependent_committed_after_its_parent_completed_runs(
         with anyio.fail_after(10):
             result = await jobs.wait_for_job(child.id)
     assert result.completed is not None and result.completed.response_body == '{"total":4}'
+
+
+@pytest.mark.parametrize("then", ["complete", "release"])
+async def test_an_uncommitted_dependent_holds_up_no_completion(
+    make_jobs: Factory, dsn: str, then: str
+) -> None:
+    """An application's transaction left open with a dependent of a job in it: the job's
+    completion, and the recovery's release of dependents, go on without waiting for it (they
+    waited for its lock, the completion's batch up to five lock timeouts, and the release in
+    the loop that renews the lease, so the lease could lapse)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        parent = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        await jobs.enqueue_command(AddCommand, Add(0, 0), JobOptions(depends_on=parent.id))
+        (job,) = (await jobs.store.claim(NODE, 1)).jobs
+        outcome = Outcome(job, JobState.COMPLETED, duration_ms=1)
+        if then == "release":
+            await jobs.store.complete_and_claim(NODE, [outcome], 0)
+        app = await connect(dsn, autocommit=False)
+        try:
+            await app.begin()
+            await jobs.enqueue_command(
+                AddCommand, Add(2, 2), JobOptions(depends_on=parent.id), connection=app
+            )
+            with anyio.fail_after(5):
+                if then == "complete":
+                    done = await jobs.store.complete_and_claim(NODE, [outcome], 0)
+                    assert done.final == {parent.id: JobState.COMPLETED}
+                else:
+                    assert await jobs.store.release_dependents() == 0
+        finally:
+            await app.rollback()
+            app.close()
 
 
 async def _rows_read(tx: Any) -> int:

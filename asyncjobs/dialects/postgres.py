@@ -221,7 +221,9 @@ class PostgresDialect(Dialect):
     # -- connections ----------------------------------------------------------------------
 
     def _server_settings(self) -> dict[str, str]:
-        settings = {"application_name": "asyncjobs", "timezone": "UTC"}
+        # No JIT: its compile time (seconds, for the claim's statement on a large queue whose
+        # estimated cost crosses jit_above_cost) dwarfs these short statements' run time.
+        settings = {"application_name": "asyncjobs", "timezone": "UTC", "jit": "off"}
         if self.schema is not None:
             settings["search_path"] = _quote(self.schema)
         return settings

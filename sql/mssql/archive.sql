@@ -325,10 +325,12 @@ JOIN job_summary AS s ON s.id = d.id;
 DELETE b
 FROM @done AS d
 JOIN background_job AS b ON b.id = d.id;
--- Their dependents held for them are released (see migration_7).
+-- Their dependents held for them are released (see migration_7). Rows another transaction
+-- holds (an application's uncommitted dependent; a cancel, which locks a dependent and then its
+-- parent, held here) are skipped, not waited for: release_dependents takes them later.
 UPDATE q SET parent_pending = 0
 FROM @done AS d
-JOIN background_job AS q ON q.depends_on = d.id
+JOIN background_job AS q WITH (READPAST) ON q.depends_on = d.id
 WHERE q.depends_on IS NOT NULL AND q.parent_pending = 1;
 -- 1.
 INSERT INTO @idle (name)

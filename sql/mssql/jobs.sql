@@ -26,14 +26,15 @@ DECLARE @new TABLE (
 INSERT INTO background_job (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, state, retry_limit,
-    timeout_secs, reply_to, args, meta, priority
+    timeout_secs, reply_to, args, meta, priority, parent_pending
 )
 OUTPUT inserted.id, inserted.ref_id INTO @new
 SELECT
     NEXT VALUE FOR background_job_id OVER (ORDER BY CAST(a.[key] AS int)),
     j.parent_id, j.ref_id, j.worker, j.tag, j.batch_id, j.callback, j.depends_on, j.run_after,
     j.created_date, j.created_by, j.request_type, j.command, j.request, j.request_body,
-    j.user_id, 'Queued', j.retry_limit, j.timeout_secs, j.reply_to, j.args, j.meta, j.priority
+    j.user_id, 'Queued', j.retry_limit, j.timeout_secs, j.reply_to, j.args, j.meta, j.priority,
+    COALESCE(j.parent_pending, 0)
 FROM OPENJSON(@jobs) AS a
 CROSS APPLY OPENJSON(a.[value]) WITH (
     parent_id bigint '$.parent_id',
@@ -56,7 +57,8 @@ CROSS APPLY OPENJSON(a.[value]) WITH (
     reply_to nvarchar(max) '$.reply_to',
     args nvarchar(max) '$.args',
     meta nvarchar(max) '$.meta',
-    priority int '$.priority'
+    priority int '$.priority',
+    parent_pending bit '$.parent_pending'
 ) AS j;
 INSERT INTO job_summary (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on,
@@ -83,12 +85,12 @@ DECLARE @worker nvarchar(255) = :worker;
 INSERT INTO background_job (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, state, retry_limit,
-    timeout_secs, reply_to, args, meta, priority
+    timeout_secs, reply_to, args, meta, priority, parent_pending
 )
 VALUES (
     @id, :parent_id, :ref_id, :worker, :tag, :batch_id, :callback, :depends_on, :run_after,
     :created_date, :created_by, :request_type, :command, :request, :request_body, :user_id,
-    'Queued', :retry_limit, :timeout_secs, :reply_to, :args, :meta, :priority
+    'Queued', :retry_limit, :timeout_secs, :reply_to, :args, :meta, :priority, :parent_pending
 );
 INSERT INTO job_summary (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date,
@@ -323,19 +325,14 @@ SELECT DISTINCT j.depends_on AS id FROM background_job AS j
 JOIN job_summary AS p ON p.id = j.depends_on
 WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND p.state IN ('Failed', 'Cancelled');
 
--- name: hold_dependents
--- Dependents just enqueued whose parent had not completed when the enqueue read it (see
--- migration_7). A list of ids (JSON array).
-UPDATE b SET parent_pending = 1
-FROM OPENJSON(:ids) WITH (id bigint '$') AS i
-JOIN background_job AS b ON b.id = i.id;
-
 -- name: release_dependents
 -- Dependents still held whose parent has completed: enqueued in a transaction that committed
 -- after the parent's completion, which could not see them (nor could the enqueue see the
--- completion). The periodic recovery releases them; returns how many.
+-- completion), or skipped by it as locked. The periodic recovery releases them; returns how
+-- many. Rows another transaction holds (an application's uncommitted dependent, a cancel) are
+-- skipped (READPAST), not waited for: they are left for the next time.
 UPDATE j SET parent_pending = 0
-FROM background_job AS j
+FROM background_job AS j WITH (READPAST)
 JOIN job_summary AS p ON p.id = j.depends_on
 WHERE j.depends_on IS NOT NULL AND j.parent_pending = 1 AND j.state = 'Queued'
   AND p.state = 'Completed';

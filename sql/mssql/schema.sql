@@ -199,7 +199,7 @@ CREATE INDEX ix_background_job_due ON background_job (run_after)
 
 -- name: migration_7
 -- A dependent waits for its parent to complete. parent_pending (1) marks those enqueued while
--- their parent had not completed (see hold_dependents); the parent's completion clears it
+-- their parent had not completed (the enqueue sets it); the parent's completion clears it
 -- (complete_and_claim_jobs), and the periodic recovery clears it for a dependent whose enqueue
 -- committed after that completion, which could not see it (release_dependents). The other
 -- databases leave marked jobs out of the claim's indexes. Here the claim's filtered indexes

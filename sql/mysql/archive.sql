@@ -275,13 +275,27 @@ WHERE @asyncjobs_errors IS NOT NULL;
 /* only if :outcomes */ DELETE b FROM JSON_TABLE(CONCAT('[', @asyncjobs_done, ']'), '$[*]'
                         COLUMNS (id BIGINT PATH '$')) AS d
 STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = d.id;
--- 6. Their dependents held for them may run now (the claim below sees them). The constant
--- condition (no queued dependent, the usual case) lets MariaDB skip the statement.
-/* only if :outcomes */ UPDATE JSON_TABLE(CONCAT('[', @asyncjobs_done, ']'), '$[*]'
-                        COLUMNS (id BIGINT PATH '$')) AS d
-STRAIGHT_JOIN background_job q FORCE INDEX (ix_background_job_depends_on) ON q.depends_on = d.id
+-- 6. Their dependents held for them may run now (the claim below sees them): found by a plain
+-- read (which never waits for an application's uncommitted dependent), locked by key skipping
+-- rows another transaction holds (a cancel locks a dependent, then its parent, which this
+-- transaction holds; the recovery's release_dependents takes what is skipped), then changed.
+-- The constant condition (no queued dependent, the usual case) lets MariaDB skip both.
+/* only if :outcomes */ SELECT JSON_ARRAYAGG(l.id) INTO @asyncjobs_released FROM (
+    SELECT b.id
+    FROM (SELECT q.id FROM JSON_TABLE(CONCAT('[', @asyncjobs_done, ']'), '$[*]'
+                                      COLUMNS (id BIGINT PATH '$')) AS d
+          STRAIGHT_JOIN background_job q FORCE INDEX (ix_background_job_depends_on)
+                ON q.depends_on = d.id AND q.parent_pending = 1
+          WHERE @asyncjobs_dependents = 1) AS h
+    STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = h.id
+    WHERE b.parent_pending = 1 AND @asyncjobs_dependents = 1
+    FOR UPDATE SKIP LOCKED
+) AS l;
+/* only if :outcomes */ UPDATE JSON_TABLE(@asyncjobs_released, '$[*]'
+                        COLUMNS (id BIGINT PATH '$')) AS r
+STRAIGHT_JOIN background_job q FORCE INDEX (PRIMARY) ON q.id = r.id
 SET q.parent_pending = 0
-WHERE q.parent_pending = 1 AND @asyncjobs_dependents = 1;
+WHERE @asyncjobs_released IS NOT NULL;
 -- The claim: up to :limit runnable jobs in priority-then-age order. A job with a named worker is
 -- runnable only when no job of that worker is running and it is the worker's oldest queued job
 -- (its head); a job with depends_on only when its parent completed. A job is due once its

@@ -29,12 +29,12 @@
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, state, retry_limit,
-    timeout_secs, reply_to, args, meta, priority
+    timeout_secs, reply_to, args, meta, priority, parent_pending
 )
 VALUES /* each :jobs */ (
     :parent_id, :ref_id, :worker, :tag, :batch_id, :callback, :depends_on, :run_after,
     :created_date, :created_by, :request_type, :command, :request, :request_body, :user_id,
-    'Queued', :retry_limit, :timeout_secs, :reply_to, :args, :meta, :priority
+    'Queued', :retry_limit, :timeout_secs, :reply_to, :args, :meta, :priority, :parent_pending
 );
 SELECT JSON_ARRAYAGG(n.name) INTO @asyncjobs_workers FROM (
     SELECT DISTINCT j.name
@@ -68,12 +68,12 @@ WHERE b.ref_id IN (/* each :jobs */ (:ref_id));
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, state, retry_limit,
-    timeout_secs, reply_to, args, meta, priority
+    timeout_secs, reply_to, args, meta, priority, parent_pending
 )
 VALUES (
     :parent_id, :ref_id, :worker, :tag, :batch_id, :callback, :depends_on, :run_after,
     :created_date, :created_by, :request_type, :command, :request, :request_body, :user_id,
-    'Queued', :retry_limit, :timeout_secs, :reply_to, :args, :meta, :priority
+    'Queued', :retry_limit, :timeout_secs, :reply_to, :args, :meta, :priority, :parent_pending
 );
 INSERT INTO job_summary (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, created_date,
@@ -299,31 +299,31 @@ WHERE s.state IN ('Failed', 'Cancelled')
   AND (SELECT 1 FROM background_job j FORCE INDEX (ix_background_job_depends_on)
        WHERE j.depends_on = p.id AND j.state = 'Queued' LIMIT 1) IS NOT NULL;
 
--- name: hold_dependents
--- Dependents just enqueued whose parent had not completed when the enqueue read it: out of the
--- claim's ranges until it does (see migration_7). A list of ids (JSON array), joined by key:
--- in the application's transaction this locks only its own new rows.
-UPDATE JSON_TABLE(:ids, '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
-STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
-SET b.parent_pending = 1;
-
 -- name: release_dependents
 -- Dependents still held whose parent has completed: enqueued in a transaction that committed
 -- after the parent's completion, which could not see them (nor could the enqueue see the
--- completion). The periodic recovery lets them run; returns how many. The parents are found as
--- in stranded_parents, one probe each, by a plain read; then their held dependents are changed
--- (a single-table UPDATE with a subquery scans, and locks, the whole table).
-SELECT JSON_ARRAYAGG(p.id) INTO @asyncjobs_completed_parents
-FROM (SELECT DISTINCT k.depends_on AS id
-      FROM background_job k FORCE INDEX (ix_background_job_depends_on)
-      WHERE k.depends_on IS NOT NULL) AS p
-STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = p.id
-WHERE s.state = 'Completed';
-UPDATE JSON_TABLE(COALESCE(@asyncjobs_completed_parents, '[]'), '$[*]'
-                  COLUMNS (id BIGINT PATH '$')) AS i
-STRAIGHT_JOIN background_job b FORCE INDEX (ix_background_job_depends_on) ON b.depends_on = i.id
-SET b.parent_pending = 0
-WHERE b.parent_pending = 1 AND b.state = 'Queued';
+-- completion), or skipped by it as locked. The periodic recovery lets them run; returns how
+-- many. The parents are found as in stranded_parents, one probe each, and their held
+-- dependents (ix_background_job_depends_on is (depends_on, parent_pending)) by a plain read,
+-- which never waits for an application's uncommitted dependent; then they are locked by key,
+-- skipping rows another transaction holds (left for the next time), and changed.
+SELECT JSON_ARRAYAGG(l.id) INTO @asyncjobs_released FROM (
+    SELECT b.id
+    FROM (SELECT h.id
+          FROM (SELECT DISTINCT k.depends_on AS id
+                FROM background_job k FORCE INDEX (ix_background_job_depends_on)
+                WHERE k.depends_on IS NOT NULL) AS p
+          STRAIGHT_JOIN job_summary s FORCE INDEX (PRIMARY) ON s.id = p.id
+          STRAIGHT_JOIN background_job h FORCE INDEX (ix_background_job_depends_on)
+                ON h.depends_on = p.id AND h.parent_pending = 1
+          WHERE s.state = 'Completed') AS r
+    STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = r.id
+    WHERE b.parent_pending = 1
+    FOR UPDATE SKIP LOCKED
+) AS l;
+UPDATE JSON_TABLE(COALESCE(@asyncjobs_released, '[]'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS i
+STRAIGHT_JOIN background_job b FORCE INDEX (PRIMARY) ON b.id = i.id
+SET b.parent_pending = 0;
 
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).

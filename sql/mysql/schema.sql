@@ -258,10 +258,12 @@ ALTER TABLE background_job
 -- A dependent waits for its parent to complete, and until then sat among the queued jobs the
 -- claim walks, so 100k dependents of a parent still running made every claim read, and filter
 -- out, 100k rows. parent_pending (1) marks those enqueued while their parent had not completed
--- (see hold_dependents); the parent's completion clears it (complete_and_claim_jobs), and the
--- periodic recovery clears it for a dependent whose enqueue committed after that completion,
--- which could not see it (release_dependents). In ix_background_job_claim before run_after,
--- it keeps marked jobs out of the ranges the claim reads. One ALTER, so it is atomic; it runs
+-- (the enqueue sets it, from its read of the parent); the parent's completion clears it
+-- (complete_and_claim_jobs), and the periodic recovery clears it for a dependent whose enqueue
+-- committed after that completion, which could not see it (release_dependents). In
+-- ix_background_job_claim before run_after, it keeps marked jobs out of the ranges the claim
+-- reads; after depends_on in ix_background_job_depends_on, it lets clearing the marks read
+-- the marked jobs of a parent only. One ALTER, so it is atomic; it runs
 -- only if the column is missing (MySQL has no ADD COLUMN IF NOT EXISTS), so the migration is
 -- safe to run again, as MySQL commits around the DDL, and under a named lock, so that
 -- processes starting together take turns (see archive.sql).
@@ -275,7 +277,9 @@ SET @asyncjobs_ddl = IF(
          ADD COLUMN parent_pending TINYINT NOT NULL DEFAULT 0,
          DROP INDEX ix_background_job_claim,
          ADD INDEX ix_background_job_claim
-             (state, worker, parent_pending, run_after, priority DESC, id)');
+             (state, worker, parent_pending, run_after, priority DESC, id),
+         DROP INDEX ix_background_job_depends_on,
+         ADD INDEX ix_background_job_depends_on (depends_on, parent_pending)');
 PREPARE asyncjobs_migration_7 FROM @asyncjobs_ddl;
 EXECUTE asyncjobs_migration_7;
 DEALLOCATE PREPARE asyncjobs_migration_7;

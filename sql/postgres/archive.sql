@@ -142,11 +142,23 @@ archived AS (
     FROM done d JOIN outcome o ON o.id = d.id
 ),
 -- Their dependents held for them may run now: back in the claim's indexes for the next claim
--- (this one reads the snapshot from before). One probe of ix_background_job_depends_on per job.
+-- (this one reads the snapshot from before). Found in ix_background_job_held, which holds only
+-- held jobs, so reading it for the completed ids costs less than any other plan (probed one by
+-- one, as EXISTS or LIMIT 1, a plan that took all of one parent's 100k dependents as matching
+-- every job scanned the table once per job). Rows another transaction holds are skipped, not
+-- waited for: a cancel locks a dependent, then its parent, which this statement holds; the
+-- recovery's release_dependents takes what is skipped here.
+held AS MATERIALIZED (
+    SELECT h.id FROM background_job h
+    WHERE h.parent_pending AND h.depends_on = ANY (ARRAY(SELECT id FROM done))
+    FOR UPDATE SKIP LOCKED
+),
+-- (found again through ix_background_job_held: by id alone, a plan for a queue not yet
+-- analyzed read the whole table)
 released AS (
     UPDATE background_job q SET parent_pending = false
-    FROM done d
-    WHERE q.depends_on = d.id AND q.depends_on IS NOT NULL AND q.parent_pending
+    WHERE q.parent_pending AND q.depends_on = ANY (ARRAY(SELECT id FROM done))
+      AND q.id = ANY (ARRAY(SELECT id FROM held))
 ),
 completed_summaries AS (
     UPDATE job_summary s
@@ -240,11 +252,9 @@ claimed_summaries AS (
 -- What the caller learns besides the claimed jobs: one row even when nothing was claimed.
 report AS (
     SELECT (SELECT json_agg(id) FROM done)::text AS done_ids,
-           -- one probe of the partial index per completed job (depends_on IS NOT NULL lets
-           -- the planner use it), never a scan of the queue
-           (EXISTS (SELECT 1 FROM done d
-                    JOIN background_job q ON q.depends_on = d.id AND q.depends_on IS NOT NULL
-                   ))::int AS dependents,
+           -- dependents released here, which the next claim can take (a dependent enqueued
+           -- by a version before migration 7 is not held: it waits for the next poll)
+           (EXISTS (SELECT 1 FROM held))::int AS dependents,
            -- seconds until the next delayed job is due, by the database's clock (as the
            -- claim above judges run_after), so the caller can wake for it: one probe of
            -- ix_background_job_run_after

@@ -15,23 +15,23 @@
 -- meta arrive as nested objects.
 WITH inserted AS (
 INSERT INTO background_job (
-    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority
+    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority, parent_pending
 )
 SELECT
     j.parent_id, j.ref_id, j.worker, j.tag, j.batch_id, j.callback, j.depends_on, j.run_after,
     j.created_date, j.created_by, j.request_type, j.command, j.request, j.request_body,
     j.user_id, 'Queued', j.retry_limit, j.timeout_secs, j.reply_to, j.args,
-    j.meta, COALESCE(j.priority, 0)
+    j.meta, COALESCE(j.priority, 0), COALESCE(j.parent_pending, false)
 FROM ROWS FROM (json_to_recordset(:jobs::json) AS (
     parent_id bigint, ref_id text, worker text, tag text, batch_id text, callback text,
     depends_on bigint, run_after timestamptz, created_date timestamptz, created_by text,
     request_type text, command text, request text, request_body text, user_id text,
     retry_limit integer, timeout_secs double precision, reply_to text, args jsonb, meta jsonb,
-    priority integer
+    priority integer, parent_pending boolean
 )) WITH ORDINALITY AS j(
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, retry_limit,
-    timeout_secs, reply_to, args, meta, priority, ord
+    timeout_secs, reply_to, args, meta, priority, parent_pending, ord
 )
 ORDER BY j.ord
 RETURNING *
@@ -57,12 +57,13 @@ WITH inserted AS (
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, state, retry_limit,
-    timeout_secs, reply_to, args, meta, priority
+    timeout_secs, reply_to, args, meta, priority, parent_pending
 )
 VALUES (
     :parent_id, :ref_id, :worker, :tag, :batch_id, :callback, :depends_on, :run_after,
     :created_date, :created_by, :request_type, :command, :request, :request_body, :user_id,
-    'Queued', :retry_limit, :timeout_secs, :reply_to, :args::jsonb, :meta::jsonb, :priority
+    'Queued', :retry_limit, :timeout_secs, :reply_to, :args::jsonb, :meta::jsonb, :priority,
+    :parent_pending
 )
 RETURNING *
 ),
@@ -269,35 +270,40 @@ WITH RECURSIVE parents(id) AS (
             ORDER BY b.depends_on LIMIT 1)
     FROM parents p WHERE p.id IS NOT NULL
 )
-SELECT p.id FROM parents p JOIN job_summary s ON s.id = p.id
-WHERE s.state IN ('Failed', 'Cancelled')
-  AND EXISTS (SELECT 1 FROM background_job j
-              WHERE j.depends_on = p.id AND j.depends_on IS NOT NULL AND j.state = 'Queued');
-
--- name: hold_dependents
--- Dependents just enqueued whose parent had not completed when the enqueue read it: out of the
--- claim's indexes until it does (see migration_7). A list of ids (JSON array).
-UPDATE background_job SET parent_pending = true
-WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint));
+-- (scalar subqueries, each a probe by key: joined, or as EXISTS, a plan for a table not yet
+-- analyzed may read it whole)
+SELECT p.id FROM parents p
+WHERE (SELECT s.state FROM job_summary s WHERE s.id = p.id) IN ('Failed', 'Cancelled')
+  AND (SELECT 1 FROM background_job j
+       WHERE j.depends_on = p.id AND j.depends_on IS NOT NULL AND j.state = 'Queued'
+       LIMIT 1) IS NOT NULL;
 
 -- name: release_dependents
 -- Dependents still held whose parent has completed: enqueued in a transaction that committed
 -- after the parent's completion, which could not see them (nor could the enqueue see the
--- completion). The periodic recovery lets them run; returns how many. The parents are found
--- as in stranded_parents, one probe each.
+-- completion), or skipped by it as locked. The periodic recovery lets them run; returns how
+-- many. The parents are found by a loose scan of ix_background_job_held (held jobs only), one
+-- probe per parent; rows another transaction holds are skipped, for the next time.
 WITH RECURSIVE parents(id) AS (
-    (SELECT depends_on FROM background_job WHERE depends_on IS NOT NULL
-     ORDER BY depends_on LIMIT 1)
+    (SELECT depends_on FROM background_job WHERE parent_pending ORDER BY depends_on LIMIT 1)
     UNION ALL
     SELECT (SELECT b.depends_on FROM background_job b
-            WHERE b.depends_on IS NOT NULL AND b.depends_on > p.id
+            WHERE b.parent_pending AND b.depends_on > p.id
             ORDER BY b.depends_on LIMIT 1)
     FROM parents p WHERE p.id IS NOT NULL
+),
+completed AS MATERIALIZED (
+    SELECT p.id FROM parents p
+    WHERE (SELECT s.state FROM job_summary s WHERE s.id = p.id) = 'Completed'
+),
+held AS MATERIALIZED (
+    SELECT h.id FROM background_job h
+    WHERE h.parent_pending AND h.depends_on = ANY (ARRAY(SELECT id FROM completed))
+    FOR UPDATE SKIP LOCKED
 )
 UPDATE background_job j SET parent_pending = false
-FROM parents p JOIN job_summary s ON s.id = p.id
-WHERE s.state = 'Completed' AND j.depends_on = p.id AND j.depends_on IS NOT NULL
-  AND j.parent_pending AND j.state = 'Queued';
+WHERE j.parent_pending AND j.depends_on = ANY (ARRAY(SELECT id FROM completed))
+  AND j.id = ANY (ARRAY(SELECT id FROM held));
 
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).

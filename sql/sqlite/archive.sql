@@ -191,12 +191,13 @@ WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
   AND (id, attempts) IN (SELECT json_extract(value, '$.id'), json_extract(value, '$.attempts')
                          FROM json_each(:outcomes))
   AND lease_owner = :node AND state IN ('Started', 'Executed');
--- Their dependents held for them may run now, and the claim below takes them.
+-- Their dependents held for them may run now, and the claim below takes them (found in
+-- ix_background_job_held, which holds only held jobs).
 UPDATE background_job SET parent_pending = 0
-WHERE depends_on IN (SELECT id FROM completed_job_{month}
+WHERE parent_pending = 1
+  AND depends_on IN (SELECT id FROM completed_job_{month}
                      WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
-                       AND completed_date = :now)
-  AND parent_pending = 1;
+                       AND completed_date = :now);
 WITH RECURSIVE workers(name) AS (
     -- every named worker with jobs, one index probe each (a loose scan of
     -- ix_background_job_worker), never a walk of a worker's queue

@@ -6,7 +6,7 @@
 -- follow the array's order. Two statements, run as one query by the dialect: the summaries are
 -- found by ref_id (unique); the rows of the first statement (its RETURNING) are returned.
 INSERT INTO background_job (
-    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority
+    parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date, created_by, request_type, command, request, request_body, user_id, state, retry_limit, timeout_secs, reply_to, args, meta, priority, parent_pending
 )
 SELECT
     json_extract(value, '$.parent_id'),
@@ -30,7 +30,8 @@ SELECT
     json_extract(value, '$.reply_to'),
     json_extract(value, '$.args'),
     json_extract(value, '$.meta'),
-    json_extract(value, '$.priority')
+    json_extract(value, '$.priority'),
+    COALESCE(json_extract(value, '$.parent_pending'), 0)
 FROM json_each(:jobs)
 ORDER BY key
 RETURNING id, ref_id;
@@ -44,12 +45,12 @@ FROM background_job WHERE ref_id IN (SELECT json_extract(value, '$.ref_id') FROM
 INSERT INTO background_job (
     parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, state, retry_limit,
-    timeout_secs, reply_to, args, meta, priority
+    timeout_secs, reply_to, args, meta, priority, parent_pending
 )
 VALUES (
     :parent_id, :ref_id, :worker, :tag, :batch_id, :callback, :depends_on, :run_after,
     :created_date, :created_by, :request_type, :command, :request, :request_body, :user_id,
-    'Queued', :retry_limit, :timeout_secs, :reply_to, :args, :meta, :priority
+    'Queued', :retry_limit, :timeout_secs, :reply_to, :args, :meta, :priority, :parent_pending
 )
 RETURNING id, ref_id;
 INSERT INTO job_summary (
@@ -242,27 +243,23 @@ SELECT p.id FROM parents p JOIN job_summary s ON s.id = p.id
 WHERE s.state IN ('Failed', 'Cancelled')
   AND EXISTS (SELECT 1 FROM background_job j WHERE j.depends_on = p.id AND j.state = 'Queued');
 
--- name: hold_dependents
--- Dependents just enqueued whose parent had not completed: out of the claim's indexes until it
--- does (see migration_7). A list of ids (JSON array).
-UPDATE background_job SET parent_pending = 1 WHERE id IN (SELECT value FROM json_each(:ids));
-
 -- name: release_dependents
 -- Dependents still held whose parent has completed. SQLite lets one transaction write at a
 -- time, and refuses a write on a snapshot older than the last commit, so an enqueue cannot read
 -- its parent before a completion and commit after it: this finds none, and runs as on the other
--- databases. The parents are found as in stranded_parents, one probe each.
+-- databases. The parents are found by a loose scan of ix_background_job_held (held jobs only),
+-- one probe per parent.
 WITH RECURSIVE parents(id) AS (
-    SELECT MIN(depends_on) FROM background_job WHERE depends_on IS NOT NULL
+    SELECT MIN(depends_on) FROM background_job WHERE parent_pending = 1
     UNION ALL
     SELECT (SELECT MIN(b.depends_on) FROM background_job b
-            WHERE b.depends_on IS NOT NULL AND b.depends_on > p.id)
+            WHERE b.parent_pending = 1 AND b.depends_on > p.id)
     FROM parents p WHERE p.id IS NOT NULL
 )
 UPDATE background_job SET parent_pending = 0
-WHERE depends_on IN (SELECT p.id FROM parents p JOIN job_summary s ON s.id = p.id
-                     WHERE s.state = 'Completed')
-  AND parent_pending = 1 AND state = 'Queued';
+WHERE parent_pending = 1
+  AND depends_on IN (SELECT p.id FROM parents p
+                     WHERE (SELECT s.state FROM job_summary s WHERE s.id = p.id) = 'Completed');
 
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).

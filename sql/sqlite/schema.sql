@@ -154,9 +154,10 @@ CREATE INDEX IF NOT EXISTS ix_background_job_due ON background_job (run_after)
 -- name: migration_7
 -- A dependent waits for its parent to complete, and until then sat in the claim's indexes, so
 -- 100k dependents of a parent still running made every claim read, and filter out, 100k rows.
--- parent_pending (1) marks those enqueued while their parent had not completed (see
--- hold_dependents); the parent's completion clears it (complete_and_claim_jobs). The claim's
--- indexes leave marked jobs out.
+-- parent_pending (1) marks those enqueued while their parent had not completed (the enqueue
+-- sets it, from its read of the parent); the parent's completion clears it
+-- (complete_and_claim_jobs). The claim's indexes leave marked jobs out; ix_background_job_held
+-- holds only them, so that clearing the marks reads the marked jobs of the parent only.
 ALTER TABLE background_job ADD COLUMN parent_pending INTEGER NOT NULL DEFAULT 0;
 UPDATE background_job SET parent_pending = 1
 WHERE depends_on IS NOT NULL AND state = 'Queued'
@@ -168,3 +169,4 @@ CREATE INDEX ix_background_job_claim ON background_job (priority DESC, id)
 DROP INDEX IF EXISTS ix_background_job_due;
 CREATE INDEX ix_background_job_due ON background_job (run_after)
     WHERE state = 'Queued' AND worker IS NULL AND run_after IS NOT NULL AND parent_pending = 0;
+CREATE INDEX ix_background_job_held ON background_job (depends_on) WHERE parent_pending = 1;
