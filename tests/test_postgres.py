@@ -25,7 +25,7 @@ from asyncjobs.dialects import create_dialect
 from asyncjobs.dialects.postgres import PostgresDialect, _asyncpg_dsn
 from asyncjobs.exceptions import ConfigurationError, InvalidDsnError
 from asyncjobs.runtime import NOTIFY_CHANNEL
-from asyncjobs.store import month_key
+from asyncjobs.store import Outcome, month_key, utcnow
 from tests import db_postgres
 from tests.commands import ALL_COMMANDS, Add, AddCommand, Sleep, SleepCommand
 from tests.conftest import FAST
@@ -616,6 +616,34 @@ async def test_a_dependent_committed_after_its_parent_completed_runs(
         with anyio.fail_after(10):
             result = await jobs.wait_for_job(child.id)
     assert result.completed is not None and result.completed.response_body == '{"total":4}'
+
+
+async def test_a_completion_beside_a_cancel_of_its_dependent_does_not_deadlock(
+    make_jobs: Factory,
+) -> None:
+    """A cancel of a held dependent and of its running parent locks the dependent, then the
+    parent; the parent's completion holds the parent and releases its dependents. It skips the
+    dependent locked by the cancel rather than wait for it (the two deadlocked, and the
+    completion failed)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        parent = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        child = await jobs.enqueue_command(AddCommand, Add(2, 2), JobOptions(depends_on=parent.id))
+        (job,) = (await jobs.store.claim("n1", 1)).jobs
+        ids = json.dumps([child.id, parent.id])
+        completed: list[Any] = []
+
+        async def complete() -> None:
+            outcome = Outcome(job, JobState.COMPLETED, duration_ms=1)
+            completed.append(await jobs.store.complete_and_claim("n1", [outcome], 0))
+
+        # Store.cancel's statements, in turn, with the completion between them
+        async with anyio.create_task_group() as tg, jobs.dialect.transaction() as tx:
+            await tx.fetch("cancel_queued", {"ids": ids, "now": utcnow(), "error": None})
+            tg.start_soon(complete)
+            await anyio.sleep(0.5)
+            running = await tx.fetch("request_cancel", {"ids": ids})
+    assert completed[0].final == {parent.id: JobState.COMPLETED}
+    assert running == []  # completed meanwhile: nothing left to stop
 
 
 @pytest.mark.parametrize("waiting", ["delayed", "dependents"])

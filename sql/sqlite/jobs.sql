@@ -248,18 +248,21 @@ WHERE s.state IN ('Failed', 'Cancelled')
 -- time, and refuses a write on a snapshot older than the last commit, so an enqueue cannot read
 -- its parent before a completion and commit after it: this finds none, and runs as on the other
 -- databases. The parents are found by a loose scan of ix_background_job_held (held jobs only),
--- one probe per parent.
-WITH RECURSIVE parents(id) AS (
-    SELECT MIN(depends_on) FROM background_job WHERE parent_pending = 1
-    UNION ALL
-    SELECT (SELECT MIN(b.depends_on) FROM background_job b
-            WHERE b.parent_pending = 1 AND b.depends_on > p.id)
-    FROM parents p WHERE p.id IS NOT NULL
-)
+-- one probe per parent. (The statement starts with UPDATE, not WITH, so that the driver
+-- reports how many rows it changed.)
 UPDATE background_job SET parent_pending = 0
 WHERE parent_pending = 1
-  AND depends_on IN (SELECT p.id FROM parents p
-                     WHERE (SELECT s.state FROM job_summary s WHERE s.id = p.id) = 'Completed');
+  AND depends_on IN (
+      WITH RECURSIVE parents(id) AS (
+          SELECT MIN(depends_on) FROM background_job WHERE parent_pending = 1
+          UNION ALL
+          SELECT (SELECT MIN(b.depends_on) FROM background_job b
+                  WHERE b.parent_pending = 1 AND b.depends_on > p.id)
+          FROM parents p WHERE p.id IS NOT NULL
+      )
+      SELECT p.id FROM parents p
+      WHERE (SELECT s.state FROM job_summary s WHERE s.id = p.id) = 'Completed'
+  );
 
 -- name: orphaned_dependents
 -- Queued jobs whose parent has already failed or been cancelled (enqueued after it ended).

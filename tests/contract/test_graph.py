@@ -186,6 +186,20 @@ async def test_dependent_runs_after_parent_and_sees_it(make_jobs: Factory) -> No
     assert first.completed.started_date >= parent_done.completed.completed_date
 
 
+async def test_the_recovery_releases_only_dependents_whose_parent_completed(
+    make_jobs: Factory,
+) -> None:
+    """The periodic recovery's release of held dependents says how many it released, and
+    releases none while their parent has not completed (a count it got wrong woke the
+    dispatcher at every recovery)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        later = JobOptions(run_after=datetime.now(UTC) + timedelta(hours=1))
+        parent = await jobs.enqueue_command(AddCommand, Add(1, 1), later)
+        await jobs.enqueue_many([(AddCommand, Add(2, 2), JobOptions(depends_on=parent.id))] * 3)
+        assert await jobs.store.release_dependents() == 0
+        assert (await jobs.store.claim("n1", 10)).jobs == []
+
+
 async def test_a_job_that_depends_on_no_job_is_refused(make_jobs: Factory) -> None:
     """It would wait forever, and hold up every later job of its named worker."""
     async with make_jobs(commands=[AddCommand]) as jobs:
