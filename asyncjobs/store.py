@@ -896,15 +896,20 @@ class Store:
                 {"id": job_id, "created_date": rows[0]["created_date"]},
                 **templates,
             )
+            parent_pending = False
             if failed and failed[0]["depends_on"] is not None:
-                await self._check_parent_can_complete(tx, job_id, failed[0]["depends_on"])
+                parent_pending = await self._check_parent_can_complete(
+                    tx, job_id, failed[0]["depends_on"]
+                )
             meanwhile = InvalidJobStateError(
                 f"job {job_id} was requeued meanwhile; only failed or cancelled jobs can be "
                 "requeued"
             )
             try:
                 moved = await tx.execute(
-                    "requeue_failed", {"id": job_id, "now": utcnow()}, **templates
+                    "requeue_failed",
+                    {"id": job_id, "now": utcnow(), "parent_pending": parent_pending},
+                    **templates,
                 )
             except Exception as exc:
                 # Another requeue of the job committed after the state was read above (the
@@ -926,9 +931,10 @@ class Store:
             await tx.execute("mark_summaries", {"ids": json.dumps([job_id])})
 
     @staticmethod
-    async def _check_parent_can_complete(tx: Connection, job_id: int, parent_id: int) -> None:
+    async def _check_parent_can_complete(tx: Connection, job_id: int, parent_id: int) -> bool:
         """A dependent runs once its parent completes: requeued while the parent is failed,
-        cancelled or forgotten, it would wait forever, and hold its named worker's queue."""
+        cancelled or forgotten, it would wait forever, and hold its named worker's queue.
+        Returns whether the parent has yet to complete (the requeued job is then held)."""
         parent = await tx.fetch("get_summary", {"id": parent_id})
         if not parent:
             raise InvalidJobStateError(
@@ -941,6 +947,7 @@ class Store:
                 f"job {job_id} depends on job {parent_id}, which is {state}: requeue job "
                 f"{parent_id} first"
             )
+        return state is not JobState.COMPLETED
 
     def _month_templates(self, created_date: datetime) -> dict[str, str]:
         if self.caps.monthly_archive_tables:

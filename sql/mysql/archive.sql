@@ -119,18 +119,20 @@ SELECT * FROM failed_job WHERE id = :id AND created_date = :created_date;
 -- name: requeue_failed
 -- Bring a failed or cancelled job back into the queue with the same id and a fresh retry budget.
 -- (Its worker's job_worker row exists: those rows are never deleted.)
+-- :parent_pending marks a dependent whose parent has not completed, as the enqueue does:
+-- it stays out of the claim's index until that completion (or the recovery) releases it.
 INSERT INTO background_job (
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, run_after, created_date,
     created_by, request_type, command, request, request_body, user_id, response, response_body,
     state, started_date, completed_date, notified_date, retry_limit, attempts, duration_ms,
     timeout_secs, progress, status, logs, last_activity_date, reply_to, error_code, error, args,
-    meta, priority
+    meta, priority, parent_pending
 )
 SELECT
     id, parent_id, ref_id, worker, tag, batch_id, callback, depends_on, NULL, created_date,
     created_by, request_type, command, request, request_body, user_id, NULL, NULL, 'Queued',
     NULL, NULL, NULL, retry_limit, 0, NULL, timeout_secs, NULL, NULL, logs, :now, reply_to,
-    error_code, error, args, meta, priority
+    error_code, error, args, meta, priority, :parent_pending
 FROM failed_job WHERE id = :id;
 
 -- name: delete_failed

@@ -28,6 +28,7 @@ from asyncjobs.exceptions import (
     JobFailedError,
     JobNotFoundError,
 )
+from asyncjobs.store import Outcome
 from tests.commands import (
     EVENTS,
     Add,
@@ -198,6 +199,42 @@ async def test_the_recovery_releases_only_dependents_whose_parent_completed(
         await jobs.enqueue_many([(AddCommand, Add(2, 2), JobOptions(depends_on=parent.id))] * 3)
         assert await jobs.store.release_dependents() == 0
         assert (await jobs.store.claim("n1", 10)).jobs == []
+
+
+async def test_a_requeued_dependent_is_held_for_its_parent_as_an_enqueued_one_is(
+    make_jobs: Factory,
+) -> None:
+    """Requeued while its parent has yet to complete, a dependent is marked held, as at its
+    enqueue, so that it stays out of the claim's index (it was left in it: a mass requeue of
+    such dependents cost every claim a read apiece); the parent's completion releases it. One
+    requeued after its parent completed is not held."""
+
+    async def held(job_id: int) -> bool:
+        async with jobs.dialect.connection() as conn:
+            (row,) = await conn.fetch("get_active_job", {"id": job_id})
+        return bool(row["parent_pending"])
+
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        parent = await jobs.enqueue_command(AddCommand, Add(1, 1))
+        dependent = await jobs.enqueue_command(
+            AddCommand, Add(2, 2), JobOptions(depends_on=parent.id)
+        )
+        assert await jobs.cancel_job(dependent.id)
+        await jobs.requeue_failed_job(dependent.id)
+        assert await held(dependent.id)
+        (running,) = (await jobs.store.claim("n1", 10)).jobs
+        assert running.id == parent.id
+        done = Outcome(job=running, state=JobState.COMPLETED, duration_ms=1)
+        claim = await jobs.store.complete_and_claim("n1", [done], 10)
+        # released here (the claim in the same statement on PostgreSQL sees them next time)
+        claimed = claim.jobs or (await jobs.store.claim("n1", 10)).jobs
+        assert [job.id for job in claimed] == [dependent.id]
+        assert not await held(dependent.id)
+
+        after = await jobs.enqueue_command(AddCommand, Add(3, 3), JobOptions(depends_on=parent.id))
+        assert await jobs.cancel_job(after.id)
+        await jobs.requeue_failed_job(after.id)
+        assert not await held(after.id)
 
 
 async def test_a_job_that_depends_on_no_job_is_refused(make_jobs: Factory) -> None:
