@@ -965,6 +965,32 @@ async def test_a_backlog_of_jobs_not_runnable_costs_the_claim_nothing(
     assert read < 1000, read
 
 
+async def test_named_workers_whose_head_waits_cost_the_claim_few_reads(
+    make_jobs: Factory,
+) -> None:
+    """A named worker whose head is not runnable (a retry waiting out its backoff, a dependent
+    of a job not completed) is passed over by the claim's first statement: it is not locked,
+    and the second statement does not look at it again. 300 such workers cost a claim of 50
+    about 6 reads each (14 before)."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        later = datetime.now(UTC) + timedelta(hours=1)
+        parent = await jobs.enqueue_command(AddCommand, Add(0, 0), JobOptions(run_after=later))
+        waiting = [
+            JobOptions(worker=f"w{i}", run_after=later)
+            if i % 2
+            else JobOptions(worker=f"w{i}", depends_on=parent.id)
+            for i in range(300)
+        ]
+        await jobs.enqueue_many(
+            (AddCommand, Add(i, i), options) for i, options in enumerate(waiting)
+        )
+        await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(100))
+        ready = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(worker="ready"))
+        claimed, read = await _claim_counting_reads(jobs, 50)
+    assert len(claimed) == 50 and ready.id not in claimed  # the unnamed jobs came first
+    assert read < 300 * 8, read
+
+
 async def test_the_periodic_recovery_reads_a_row_per_parent_not_per_dependent(
     make_jobs: Factory,
 ) -> None:

@@ -307,7 +307,7 @@ WHERE @asyncjobs_released IS NOT NULL;
 -- Unlike PostgreSQL (one UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING *),
 -- MySQL cannot return what an UPDATE changed, so the claim is four statements (sent together,
 -- one round trip, see the dialect):
--- 1. Lock the job_worker rows of named workers that have a queued job and nothing running,
+-- 1. Lock the job_worker rows of named workers with nothing running whose head looks runnable,
 --    skipping workers another claim holds. Without this the checks of statement 2, which read
 --    committed data only, could race: two processes could each see a worker idle (a claim of
 --    another of its jobs not yet committed, e.g. after enqueues committed out of id order) and
@@ -360,8 +360,17 @@ WHERE @asyncjobs_released IS NOT NULL;
           WHERE k.worker IS NOT NULL AND :limit > 0) AS kw
     STRAIGHT_JOIN job_worker w FORCE INDEX (PRIMARY) ON w.name = kw.worker
     WHERE :limit > 0
-      AND EXISTS (SELECT 1 FROM background_job q FORCE INDEX (ix_background_job_worker)
-                  WHERE q.worker = w.name AND q.state = 'Queued')
+      -- its head (oldest queued job) looks runnable: due, and not held for its parent. Only
+      -- a filter (statement 2 checks again under the lock): a worker whose head waits is
+      -- not kept locked, nor looked at again below, so 1 000 workers each with a retry
+      -- waiting out its backoff cost a claim about half what they did
+      AND EXISTS (SELECT 1 FROM background_job n FORCE INDEX (PRIMARY)
+                  WHERE n.id = (SELECT q.id FROM background_job q
+                                FORCE INDEX (ix_background_job_worker)
+                                WHERE q.worker = w.name AND q.state = 'Queued'
+                                ORDER BY q.id LIMIT 1)
+                    AND n.parent_pending = 0
+                    AND (n.run_after IS NULL OR n.run_after <= @asyncjobs_due_by))
       -- one probe per state: with state IN (...) the dependent subquery looks up the worker
       -- alone and reads every job it has queued
       AND NOT EXISTS (SELECT 1 FROM background_job r FORCE INDEX (ix_background_job_worker)
