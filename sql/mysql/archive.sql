@@ -9,7 +9,9 @@
 -- is safe to repeat: it reads information_schema and builds the one ALTER TABLE that is still
 -- needed (or DO 0), under a named lock so that processes starting together take turns. The
 -- lock is per session and survives the implicit commits; the dialect drops the connection if a
--- script fails half-way, which releases it.
+-- script fails half-way, which releases it. A process waits for it up to an hour: the split of
+-- a filled partition copies its rows, and a process that stopped waiting would check
+-- information_schema before that ALTER committed and run it a second time, which fails.
 
 -- name: create_archive
 -- One month's partitions, split off the partition that now holds the month's first day
@@ -17,7 +19,7 @@
 -- partition and copies its rows). The new partition reaches up to {end} from the bound of the
 -- partition below it, so no row is ever outside a partition. Nothing to do when that partition
 -- already ends within the month (it is p{month}, or was made by hand).
-DO GET_LOCK(CONCAT('asyncjobs.archive.', MD5(DATABASE())), 60);
+DO GET_LOCK(CONCAT('asyncjobs.archive.', MD5(DATABASE())), 3600);
 SELECT COALESCE((
     SELECT IF(p.bound <= TO_DAYS('{end}'), 'DO 0',
               CONCAT('ALTER TABLE completed_job REORGANIZE PARTITION ', p.name,
@@ -146,7 +148,7 @@ UPDATE job_requeues SET total = total + 1 WHERE id = 1;
 -- Retention: a month goes as a unit. Dropping a RANGE partition drops its rows; later rows of
 -- that range would fall into the partition above, which is newer. A no-op for a month without
 -- a partition.
-DO GET_LOCK(CONCAT('asyncjobs.archive.', MD5(DATABASE())), 60);
+DO GET_LOCK(CONCAT('asyncjobs.archive.', MD5(DATABASE())), 3600);
 SELECT IF(EXISTS (SELECT 1 FROM information_schema.partitions
                   WHERE table_schema = DATABASE() AND table_name = 'completed_job'
                     AND partition_name = 'p{month}'),

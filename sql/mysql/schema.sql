@@ -266,8 +266,9 @@ ALTER TABLE background_job
 -- the marked jobs of a parent only. One ALTER, so it is atomic; it runs
 -- only if the column is missing (MySQL has no ADD COLUMN IF NOT EXISTS), so the migration is
 -- safe to run again, as MySQL commits around the DDL, and under a named lock, so that
--- processes starting together take turns (see archive.sql).
-DO GET_LOCK(CONCAT('asyncjobs.migration_7.', MD5(DATABASE())), 60);
+-- processes starting together take turns, waiting up to an hour (the ALTER rebuilds the table;
+-- see archive.sql).
+DO GET_LOCK(CONCAT('asyncjobs.migration_7.', MD5(DATABASE())), 3600);
 SET @asyncjobs_ddl = IF(
     EXISTS (SELECT 1 FROM information_schema.columns
             WHERE table_schema = DATABASE() AND table_name = 'background_job'
