@@ -362,8 +362,8 @@ WHERE @asyncjobs_released IS NOT NULL;
           WHERE k.worker IS NOT NULL AND :limit > 0) AS kw
     STRAIGHT_JOIN job_worker w FORCE INDEX (PRIMARY) ON w.name = kw.worker
     WHERE :limit > 0
-      -- its head (oldest queued job) looks runnable: due, and not held for its parent. Only
-      -- a filter (statement 2 checks again under the lock): a worker whose head waits is
+      -- its head (oldest queued job) looks runnable: due, and its parent completed. Only a
+      -- filter (statement 2 checks the same again under the lock): a worker whose head waits is
       -- not kept locked, nor looked at again below, so 1 000 workers each with a retry
       -- waiting out its backoff cost a claim about half what they did
       AND EXISTS (SELECT 1 FROM background_job n FORCE INDEX (PRIMARY)
@@ -371,8 +371,10 @@ WHERE @asyncjobs_released IS NOT NULL;
                                 FORCE INDEX (ix_background_job_worker)
                                 WHERE q.worker = w.name AND q.state = 'Queued'
                                 ORDER BY q.id LIMIT 1)
-                    AND n.parent_pending = 0
-                    AND (n.run_after IS NULL OR n.run_after <= @asyncjobs_due_by))
+                    AND (n.run_after IS NULL OR n.run_after <= @asyncjobs_due_by)
+                    AND (n.depends_on IS NULL
+                         OR (SELECT np.state FROM job_summary np WHERE np.id = n.depends_on)
+                            = 'Completed'))
       -- one probe per state: with state IN (...) the dependent subquery looks up the worker
       -- alone and reads every job it has queued
       AND NOT EXISTS (SELECT 1 FROM background_job r FORCE INDEX (ix_background_job_worker)
