@@ -626,10 +626,18 @@ class Store:
     # -- claim and finish -----------------------------------------------------------------
 
     async def claim(
-        self, node: str, limit: int, *, named_only: bool = False, now: datetime | None = None
+        self,
+        node: str,
+        limit: int,
+        *,
+        named_only: bool = False,
+        skip_named: bool = False,
+        now: datetime | None = None,
     ) -> Claim:
         """Claim up to ``limit`` runnable jobs for this node, in priority-then-age order."""
-        return await self.complete_and_claim(node, (), limit, named_only=named_only, now=now)
+        return await self.complete_and_claim(
+            node, (), limit, named_only=named_only, skip_named=skip_named, now=now
+        )
 
     async def complete_and_claim(
         self,
@@ -638,6 +646,7 @@ class Store:
         limit: int,
         *,
         named_only: bool = False,
+        skip_named: bool = False,
         now: datetime | None = None,
     ) -> Claim:
         """Record successful executions and claim up to ``limit`` jobs, atomically.
@@ -646,7 +655,8 @@ class Store:
         their summaries, removes them from the queue and claims the next jobs (one statement and
         one round trip on PostgreSQL). A named worker whose job completes here can get its next
         job in the same call. With monthly archive tables, each month's jobs are one call (the
-        last one claims)."""
+        last one claims). ``named_only`` claims named workers' jobs alone, ``skip_named``
+        all but theirs (their heads are not looked at)."""
         now = now or utcnow()
         claim = Claim()
         monthly = self.caps.monthly_archive_tables
@@ -679,6 +689,7 @@ class Store:
                 params = {
                     "node": node, "now": now, "outcomes": payload,
                     "limit": limit if index == last else 0, "named_only": int(named_only),
+                    "skip_named": int(skip_named),
                 }  # fmt: skip
                 rows = await conn.fetch("complete_and_claim_jobs", params, **templates)
                 report = rows[0]

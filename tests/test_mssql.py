@@ -191,7 +191,7 @@ def test_templates_and_batches(dialect: MssqlDialect) -> None:
     sql, names, multi = dialect.batch("complete_and_claim_jobs", {"month": "202611"})
     assert multi
     # Scalars are declared once at the top of the batch, so each is sent once.
-    assert names == ("now", "node", "limit", "named_only", "outcomes")
+    assert names == ("now", "node", "limit", "named_only", "skip_named", "outcomes")
     assert sql.startswith("DECLARE @now datetime2(6) = ?;\n")
     assert "INSERT INTO completed_job_202611 (" in sql
     # A string literal holding a colon is not a parameter.

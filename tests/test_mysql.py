@@ -52,7 +52,8 @@ def dialect_of(jobs: BackgroundJobs) -> MysqlDialect:
 
 async def claim(jobs: BackgroundJobs, tx: Any, limit: int = 10) -> list[int]:
     params = {
-        "now": datetime.now(UTC), "node": NODE, "limit": limit, "named_only": 0, "outcomes": "[]"
+        "now": datetime.now(UTC), "node": NODE, "limit": limit, "named_only": 0, "skip_named": 0,
+        "outcomes": "[]",
     }  # fmt: skip
     rows = await tx.fetch("complete_and_claim_jobs", params)
     return sorted(int(r["id"]) for r in rows if r["id"] is not None)
@@ -185,7 +186,7 @@ async def test_claim_reads_by_index_only(make_jobs: Factory, dsn: str) -> None:
             statements = dialect_of(jobs).statements("complete_and_claim_jobs", {})
             params = {
                 "now": datetime.now(UTC).replace(tzinfo=None), "node": NODE, "limit": 10,
-                "named_only": 0, "outcomes": json.dumps(outcomes),
+                "named_only": 0, "skip_named": 0, "outcomes": json.dumps(outcomes),
             }  # fmt: skip
             conn = await connect(dsn)
             try:

@@ -50,7 +50,7 @@ async def complete_and_claim(
 ) -> list[Row]:
     params = {
         "outcomes": json.dumps([outcome(i) for i in done]), "node": node,
-        "now": datetime.now(UTC), "limit": limit, "named_only": named_only,
+        "now": datetime.now(UTC), "limit": limit, "named_only": named_only, "skip_named": 0,
     }  # fmt: skip
     async with jobs.dialect.connection() as conn:
         return await conn.fetch("complete_and_claim_jobs", params)
@@ -160,7 +160,7 @@ async def test_a_pure_claim_does_not_report_an_earlier_calls_completions(
     reads: they are reset first, or the report would repeat the last call's on the connection."""
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
-        params = {"node": NODE, "now": datetime.now(UTC), "named_only": 0}
+        params = {"node": NODE, "now": datetime.now(UTC), "named_only": 0, "skip_named": 0}
         async with jobs.dialect.connection() as conn:
             rows = await conn.fetch(
                 "complete_and_claim_jobs", {**params, "outcomes": "[]", "limit": 1}
@@ -225,6 +225,7 @@ async def test_a_serial_workers_claim_reads_a_few_rows_however_long_its_queue(
         params = {
             "outcomes": json.dumps([outcome(1)]), "node": NODE,
             "now": datetime.now(UTC).replace(tzinfo=None), "limit": 10, "named_only": 0,
+            "skip_named": 0,
         }  # fmt: skip
         conn = await connect(dsn, autocommit=False)
         try:

@@ -101,7 +101,7 @@ async def test_claim_uses_indexes_on_100k_queued_jobs(make_jobs: Factory, dsn: s
             sql, order = _pg(jobs).statement("complete_and_claim_jobs", {})
             for named_only, outcomes in ((0, "[]"), (1, "[]"), (0, '[{"id": 5}, {"id": 7}]')):
                 params = {"now": datetime.now(UTC), "node": "n", "limit": 50}
-                values = {**params, "named_only": named_only, "outcomes": outcomes}
+                values = {**params, "named_only": named_only, "skip_named": 0, "outcomes": outcomes}
                 args = [values[name] for name in order]
                 nodes = await _explain(conn, sql, *args)
                 assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
@@ -142,7 +142,7 @@ async def test_completion_plan_reads_no_small_queue_whole(make_jobs: Factory, ds
             await conn.execute("SET plan_cache_mode = force_generic_plan")
             sql, order = _pg(jobs).statement("complete_and_claim_jobs", {})
             values = {"now": datetime.now(UTC), "node": "n", "limit": 1, "named_only": 0,
-                      "outcomes": '[{"id": 1}]'}  # fmt: skip
+                      "skip_named": 0, "outcomes": '[{"id": 1}]'}  # fmt: skip
             nodes = await _explain(conn, sql, *[values[name] for name in order])
         finally:
             await conn.close()
@@ -664,7 +664,8 @@ async def test_a_backlog_of_jobs_not_runnable_costs_the_claim_nothing(
         await jobs.enqueue_many((AddCommand, Add(i, i)) for i in range(100))
         sql, order = _pg(jobs).statement("complete_and_claim_jobs", {})
         values = {
-            "now": datetime.now(UTC), "node": "n", "limit": 50, "named_only": 0, "outcomes": "[]"
+            "now": datetime.now(UTC), "node": "n", "limit": 50, "named_only": 0, "skip_named": 0,
+            "outcomes": "[]",
         }  # fmt: skip
         conn = await _connect(dsn)
         try:

@@ -164,6 +164,7 @@ async def _claim_steps(path: Path, delayed: int, *, dependents: bool = False) ->
         "node": "n",
         "limit": 50,
         "named_only": 0,
+        "skip_named": 0,
         "outcomes": "[]",
     }
     steps, claimed = _vm_steps(path, statements, params)

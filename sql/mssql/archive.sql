@@ -261,6 +261,7 @@ DECLARE @due_by datetime2(6) = SYSUTCDATETIME();
 DECLARE @node nvarchar(255) = :node;
 DECLARE @limit int = :limit;
 DECLARE @named_only bit = :named_only;
+DECLARE @skip_named bit = :skip_named;
 DECLARE @outcome TABLE (
     id bigint NOT NULL PRIMARY KEY,
     attempts int NOT NULL,
@@ -335,10 +336,12 @@ FROM @done AS d
 JOIN background_job AS q WITH (READPAST) ON q.depends_on = d.id
 WHERE q.depends_on IS NOT NULL AND q.parent_pending = 1;
 -- 1.
+-- :skip_named = 1 leaves named workers out: a worker process draining a backlog looks at
+-- their heads every so often, not at every claim (a look probes every worker with jobs).
 INSERT INTO @idle (name)
 SELECT w.name
 FROM job_worker AS w WITH (READPAST)
-WHERE @limit > 0
+WHERE @limit > 0 AND @skip_named = 0
   AND EXISTS (SELECT 1 FROM background_job AS q WITH (READPAST)
               WHERE q.worker = w.name AND q.state = 'Queued'
                 AND (q.run_after IS NULL OR q.run_after <= @due_by))

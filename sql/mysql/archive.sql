@@ -356,12 +356,14 @@ WHERE @asyncjobs_released IS NOT NULL;
 -- 4. Return them.
 -- Every lock here is taken with SKIP LOCKED, so a claim never waits and claims cannot deadlock
 -- with each other.
+-- :skip_named = 1 leaves named workers out: a worker process draining a backlog looks at
+-- their heads every so often, not at every claim (a look probes every worker with jobs).
 /* only if :limit */ SELECT JSON_ARRAYAGG(l.name) INTO @asyncjobs_workers FROM (
     SELECT w.name
     FROM (SELECT DISTINCT k.worker FROM background_job k FORCE INDEX (ix_background_job_worker)
-          WHERE k.worker IS NOT NULL AND :limit > 0) AS kw
+          WHERE k.worker IS NOT NULL AND :limit > 0 AND :skip_named = 0) AS kw
     STRAIGHT_JOIN job_worker w FORCE INDEX (PRIMARY) ON w.name = kw.worker
-    WHERE :limit > 0
+    WHERE :limit > 0 AND :skip_named = 0
       -- its head (oldest queued job) looks runnable: due, and its parent completed. Only a
       -- filter (statement 2 checks the same again under the lock): a worker whose head waits is
       -- not kept locked, nor looked at again below, so 1 000 workers each with a retry

@@ -169,8 +169,10 @@ completed_summaries AS (
     WHERE s.id = d.id AND s.id = ANY (ARRAY(SELECT id FROM done))
 ),
 heads(worker, id) AS (
+    -- :skip_named = 1 leaves named workers out: a worker process draining a backlog looks at
+    -- their heads every so often, not at every claim (a look probes every worker with jobs).
     (SELECT worker, id FROM background_job
-     WHERE state = 'Queued' AND worker IS NOT NULL AND :limit > 0
+     WHERE state = 'Queued' AND worker IS NOT NULL AND :limit > 0 AND :skip_named = 0
      ORDER BY worker, id LIMIT 1)
     UNION ALL
     SELECT next.worker, next.id

@@ -199,9 +199,12 @@ WHERE parent_pending = 1
                      WHERE id IN (SELECT json_extract(value, '$.id') FROM json_each(:outcomes))
                        AND completed_date = :now);
 WITH RECURSIVE workers(name) AS (
+    -- :skip_named = 1 leaves named workers out: a worker process draining a backlog looks at
+    -- their heads every so often, not at every claim (a look probes every worker with jobs).
     -- every named worker with jobs, one index probe each (a loose scan of
     -- ix_background_job_worker), never a walk of a worker's queue
-    SELECT MIN(worker) FROM background_job WHERE worker IS NOT NULL AND :limit > 0
+    SELECT MIN(worker) FROM background_job
+    WHERE worker IS NOT NULL AND :limit > 0 AND :skip_named = 0
     UNION ALL
     SELECT (SELECT MIN(b.worker) FROM background_job b WHERE b.worker > w.name)
     FROM workers w WHERE w.name IS NOT NULL

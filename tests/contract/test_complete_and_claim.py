@@ -49,6 +49,21 @@ async def test_completes_jobs_and_claims_the_freed_slots(make_jobs: Factory) -> 
         assert await jobs.store.select_job_ids(None, None) == [r.id for r in refs[2:]]
 
 
+async def test_a_claim_may_leave_named_workers_out(make_jobs: Factory) -> None:
+    """skip_named: the claim takes jobs without a worker only, and does not look at named
+    workers' heads; the completion in the same call is unchanged."""
+    async with make_jobs(commands=[AddCommand], execute=False) as jobs:
+        named = await jobs.enqueue_command(AddCommand, Add(0, 0), JobOptions(worker="w"))
+        unnamed = await jobs.enqueue_many((AddCommand, Add(i, 1)) for i in range(3))
+        first = (await jobs.store.claim(NODE, 1, skip_named=True)).jobs
+        assert [j.id for j in first] == [unnamed[0].id]
+        claim = await jobs.store.complete_and_claim(NODE, completed(*first), 5, skip_named=True)
+        assert claim.final == {unnamed[0].id: JobState.COMPLETED}
+        assert [j.id for j in claim.jobs] == [unnamed[1].id, unnamed[2].id]
+        assert (await jobs.store.claim(NODE, 5, skip_named=True)).jobs == []
+        assert [j.id for j in (await jobs.store.claim(NODE, 5)).jobs] == [named.id]
+
+
 async def test_a_claim_says_when_the_next_delayed_job_is_due(make_jobs: Factory) -> None:
     """By the database's clock, as it judges run_after: the soonest of the delayed jobs it
     did not claim, of any worker; nothing when none is delayed, or when the call claims
