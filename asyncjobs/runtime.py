@@ -1324,10 +1324,12 @@ class BackgroundJobs:
             self._dispatch_stopped.set()
 
     async def _dispatch(self, failures: int) -> None:
-        draining = False  # this claim follows one that filled its limit, without a sleep
+        draining = False  # the last claim filled its limit, and the loop went on at once
         with self._dispatch_scope:
             while True:
                 self._wake = anyio.Event()
+                # Only the claim right after it continues the drain (not one after a sleep).
+                continuing, draining = draining, False
                 if self._unsure_claims:
                     try:
                         await self._requeue_unknown_jobs()
@@ -1348,8 +1350,7 @@ class BackgroundJobs:
                     # (named workers' jobs included): a claim here would find nothing more.
                     await self._sleep_until_work()
                     continue
-                skip_named = not named_only and self._skip_named(draining)
-                draining = False
+                skip_named = not named_only and self._skip_named(continuing)
                 self._reserved += limit
                 try:
                     # Shielded: jobs a committed claim returned must be started, not dropped.
@@ -1387,8 +1388,10 @@ class BackgroundJobs:
     def _skip_named(self, draining: bool) -> bool:
         """Whether a claim may leave named workers' heads out: only one that continues a drain
         (the claim before it filled its limit), and only until _NAMED_LOOK_INTERVAL has passed
-        since a claim last looked at them. A claim woken for new work, a named worker's job
-        finishing, a due job or a poll always looks."""
+        since a claim last looked at them. The dispatcher's claim after a sleep (a wake, a due
+        job, a poll) and a claim after a named worker's job finished here look; a finisher's
+        claim made for the dispatcher (SQLite) may not, so a named job waits up to the
+        interval."""
         now = anyio.current_time()
         if draining and now - self._named_looked_at < _NAMED_LOOK_INTERVAL:
             return True
