@@ -1347,7 +1347,8 @@ class BackgroundJobs:
                 limit, named_only = self._claim_size()
                 if named_only and self._found_work:
                     # Every slot is busy and the finisher keeps claiming as slots free up
-                    # (named workers' jobs included): a claim here would find nothing more.
+                    # (named workers' jobs included, looked at every _NAMED_LOOK_INTERVAL at
+                    # least): a claim here would find nothing more.
                     await self._sleep_until_work()
                     continue
                 skip_named = not named_only and self._skip_named(continuing)
