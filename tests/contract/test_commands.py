@@ -353,9 +353,14 @@ async def test_text_no_database_takes_is_stored_replaced_and_holds_up_nothing(
 async def test_a_transient_job_cut_off_from_outside_ends_cancelled(make_jobs: Factory) -> None:
     """The application leaves `async with jobs` by a cancel of its own (no graceful stop): a
     transient job cut off there ends Cancelled, not Started for ever."""
-    with anyio.move_on_after(0.5):
+    with anyio.CancelScope() as application:
         async with make_jobs(commands=[SleepCommand]) as jobs:
             job = await jobs.run_command(SleepCommand, Sleep(30))
+            with anyio.fail_after(10):
+                while job.state is not JobState.STARTED:
+                    await anyio.sleep(0.01)
+            # Cut off only once it runs: a slow start-up must not end the test before it.
+            application.cancel()
             await anyio.sleep(30)
     assert job.state is JobState.CANCELLED and job.completed_date is not None
 
