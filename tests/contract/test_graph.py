@@ -130,12 +130,12 @@ async def test_slow_named_worker_blocks_neither_other_workers_nor_unnamed_jobs(
     EVENTS.clear()
     async with make_jobs(commands=[SleepCommand], max_concurrency=2) as jobs:
         slow = await jobs.enqueue_command(
-            SleepCommand, Sleep(2, label="slow"), JobOptions(worker="slowpoke")
+            SleepCommand, Sleep(30, label="slow"), JobOptions(worker="slowpoke")
         )
         await jobs.enqueue_command(
-            SleepCommand, Sleep(2, label="slow2"), JobOptions(worker="slowpoke")
+            SleepCommand, Sleep(30, label="slow2"), JobOptions(worker="slowpoke")
         )
-        with anyio.fail_after(1.5):
+        with anyio.fail_after(10):  # well before the slow job could end
             other = await jobs.enqueue_command(
                 SleepCommand, Sleep(0, label="other"), JobOptions(worker="fast")
             )
