@@ -127,7 +127,8 @@ async def test_dashboard_has_throughput_and_stats_by_command_and_worker(admin: A
 
 async def test_queue_shows_progress_and_why_jobs_wait(admin: Admin) -> None:
     jobs = admin.jobs
-    progress = await jobs.enqueue_command(ProgressCommand, Steps(40, 0.05))
+    # long enough to be seen running on a slow machine (the queue is cached for a second)
+    progress = await jobs.enqueue_command(ProgressCommand, Steps(400, 0.05))
     busy = await jobs.enqueue_command(SleepCommand, Sleep(30), JobOptions(worker="serial"))
     behind = await jobs.enqueue_command(SleepCommand, Sleep(0), JobOptions(worker="serial"))
     later = await jobs.enqueue_command(SleepCommand, Sleep(0), JobOptions(worker="serial"))
@@ -238,7 +239,7 @@ async def test_job_detail_hides_reply_to_credentials(admin: Admin) -> None:
 
 
 async def test_live_progress_and_log_tail(admin: Admin) -> None:
-    ref = await admin.jobs.enqueue_command(ProgressCommand, Steps(6, 0.25))
+    ref = await admin.jobs.enqueue_command(ProgressCommand, Steps(20, 0.25))
     await wait_state(admin.jobs, ref.id, "Started")
     offset, logs, seen = 0, "", []
     with anyio.fail_after(15):
@@ -255,7 +256,7 @@ async def test_live_progress_and_log_tail(admin: Admin) -> None:
     reported = [p for p in seen if p is not None]
     assert reported == sorted(reported) and len(set(reported)) >= 2  # it moved
     final = (await admin.get(f"/api/jobs/{ref.id}"))["job"]["logs"]
-    assert final.startswith(logs) and "finished step 1 of 6" in logs
+    assert final.startswith(logs) and "finished step 1 of 20" in logs
     tail = await admin.get(f"/api/jobs/{ref.id}/live", log_offset=10)
     assert tail["active"] is False
 

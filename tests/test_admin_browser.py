@@ -172,7 +172,8 @@ def test_dashboard_loads_with_data(page: Any, server: Server) -> None:
 
 
 def test_running_jobs_progress_bar_moves(page: Any, server: Server) -> None:
-    ref = server.call(server.jobs.enqueue_command, ProgressCommand, Steps(16, 0.3))
+    # long enough to be seen moving on a slow machine; cancelled at the end
+    ref = server.call(server.jobs.enqueue_command, ProgressCommand, Steps(100, 0.3))
     server.call(wait_state, server.jobs, ref.id, "Started")
     page.goto(server.url + "#/queue")
     bar = page.locator(f'tr[data-job="{ref.id}"] [role=progressbar]')
@@ -189,6 +190,7 @@ def test_running_jobs_progress_bar_moves(page: Any, server: Server) -> None:
     status = page.locator(f'tr[data-job="{ref.id}"] .status-line')
     playwright_api.expect(status).to_contain_text("step ")
     shot(page, "queue")
+    server.call(server.jobs.cancel_job, ref.id)
 
 
 def test_cancel_a_running_job_from_its_panel(page: Any, server: Server) -> None:

@@ -262,7 +262,13 @@ async def test_deadlock_in_the_first_query_is_retried_and_counted(
                 await cur.execute("SELECT id FROM background_job WHERE id = %s FOR UPDATE", (a.id,))
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(cancel_b_then_a)  # locks b, then waits for a
-                    await anyio.sleep(0.5)
+                    with anyio.fail_after(10):
+                        while not await query(
+                            dsn,
+                            "SELECT 1 FROM information_schema.innodb_trx "
+                            "WHERE trx_state = 'LOCK WAIT'",
+                        ):
+                            await anyio.sleep(0.01)
                     # b is held by the claim: a deadlock, which rolls the light side back
                     await cur.execute(
                         "SELECT id FROM background_job WHERE id = %s FOR UPDATE", (b.id,)
@@ -526,10 +532,7 @@ async def test_the_change_watch_hears_new_jobs_and_survives_a_killed_connection(
         dialect._watch_connect = recording_connect  # type: ignore[method-assign]
         calls: list[str] = []
         async with dialect.listen("any", calls.append):
-            with anyio.fail_after(5):
-                while not connections:
-                    await anyio.sleep(0.01)
-            await anyio.sleep(0.1)  # the first read, the baseline
+            await baseline_read(dialect)
             assert calls == []
             await producer.enqueue_command(AddCommand, Add(1, 1))
             with anyio.fail_after(5):
@@ -547,6 +550,14 @@ async def test_the_change_watch_hears_new_jobs_and_survives_a_killed_connection(
                     await anyio.sleep(0.01)
         assert calls == ["", ""]
         assert all(conn.closed for conn in connections)
+
+
+async def baseline_read(dialect: Any) -> None:
+    """Until the change watch's first read, the baseline its later reads are judged against (a
+    job committed before it is no news): its new connection may take a while on a busy server."""
+    with anyio.fail_after(10):
+        while dialect._new_job_ids.highest is None:
+            await anyio.sleep(0.01)
 
 
 def ids(*values: int) -> WatchedIds:
@@ -594,7 +605,7 @@ async def test_the_change_watch_hears_a_transaction_that_commits_after_a_newer_o
         first, second = await connect(dsn, autocommit=False), await connect(dsn, autocommit=False)
         try:
             async with dialect.listen("any", calls.append):
-                await anyio.sleep(0.2)  # the first read, the baseline
+                await baseline_read(dialect)
                 await first.begin()
                 await producer.enqueue_command(AddCommand, Add(1, 1), connection=first)
                 await second.begin()
@@ -624,7 +635,7 @@ async def test_a_process_hears_its_own_enqueue_when_the_applications_transaction
         app = await connect(dsn, autocommit=False)
         try:
             async with jobs.dialect.listen("any", calls.append):
-                await anyio.sleep(0.2)  # the first read, the baseline
+                await baseline_read(jobs.dialect)
                 await app.begin()
                 await jobs.enqueue_command(AddCommand, Add(1, 1), connection=app)
                 await anyio.sleep(0.2)

@@ -430,7 +430,7 @@ async def test_listen_connection_is_replaced_after_it_is_killed(
             await _kill_the_listen_connection(conn, consumer)
             await anyio.sleep(0.2)  # past the wake-up sent on reconnecting
             ref = await producer.enqueue_command(AddCommand, Add(1, 1))
-            with anyio.fail_after(2):  # well under the 10 s poll
+            with anyio.fail_after(5):  # well under the 10 s poll
                 assert (await consumer.wait_for_job(ref.id)).state is JobState.COMPLETED
     finally:
         await conn.close()
@@ -640,7 +640,9 @@ async def test_a_completion_beside_a_cancel_of_its_dependent_does_not_deadlock(
         async with anyio.create_task_group() as tg, jobs.dialect.transaction() as tx:
             await tx.fetch("cancel_queued", {"ids": ids, "now": utcnow(), "error": None})
             tg.start_soon(complete)
-            await anyio.sleep(0.5)
+            with anyio.fail_after(10):  # it waited for the dependent's lock, then deadlocked
+                while not completed:
+                    await anyio.sleep(0.01)
             running = await tx.fetch("request_cancel", {"ids": ids})
     assert completed[0].final == {parent.id: JobState.COMPLETED}
     assert running == []  # completed meanwhile: nothing left to stop

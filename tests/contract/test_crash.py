@@ -302,8 +302,10 @@ async def test_a_job_back_on_the_node_whose_stopped_run_goes_on_waits_for_that_r
                 raise ConnectionResetError("the database is out of this node's reach")
 
             monkeypatch.setattr(jobs.store, "renew_node", unreachable)
-            await anyio.sleep(1.3)  # its lease lapses, here and in the database
-            _final, requeued = await other.store.recover_orphans()
+            await anyio.sleep(1.0)
+            with anyio.fail_after(10):  # until its lease lapses in the database
+                while not (requeued := (await other.store.recover_orphans())[1]):
+                    await anyio.sleep(0.05)
             assert requeued == [ref.id]
             taken = await other.get_job(ref.id)
             assert taken is not None and taken.queued is not None

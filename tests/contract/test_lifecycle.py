@@ -228,7 +228,7 @@ async def test_default_timeout_applies(make_jobs: Factory) -> None:
 async def test_run_after_delays_a_job(make_jobs: Factory) -> None:
     async with make_jobs(commands=[AddCommand]) as jobs:
         start = datetime.now(UTC)
-        options = JobOptions(run_after=start + timedelta(milliseconds=600))
+        options = JobOptions(run_after=start + timedelta(seconds=2))
         ref = await jobs.enqueue_command(AddCommand, Add(1, 1), options)
         await anyio.sleep(0.3)
         early = await jobs.get_job(ref.id)
@@ -236,18 +236,20 @@ async def test_run_after_delays_a_job(make_jobs: Factory) -> None:
         with anyio.fail_after(10):
             result = await jobs.wait_for_job(ref.id)
     assert result.completed is not None and result.completed.started_date is not None
-    assert result.completed.started_date >= start + timedelta(milliseconds=600)
+    assert result.completed.started_date >= start + timedelta(seconds=2)
 
 
 async def test_cancel_queued_job_never_runs(make_jobs: Factory) -> None:
     EVENTS.clear()
     async with make_jobs(commands=[SleepCommand]) as jobs:
-        options = JobOptions(run_after=datetime.now(UTC) + timedelta(milliseconds=300))
-        ref = await jobs.enqueue_command(SleepCommand, Sleep(0, label="never"), options)
+        due = datetime.now(UTC) + timedelta(seconds=2)
+        ref = await jobs.enqueue_command(
+            SleepCommand, Sleep(0, label="never"), JobOptions(run_after=due)
+        )
         assert await jobs.cancel_job(ref.id) is True
         result = await jobs.wait_for_job(ref.id)
         assert result.state is JobState.CANCELLED
-        await anyio.sleep(0.5)
+        await anyio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() + 0.5))  # past due
         assert await jobs.cancel_job(ref.id) is False  # already final
     assert result.failed is not None and result.failed.attempts == 0
     assert [label for _, label, _ in EVENTS if label == "never"] == []
@@ -275,14 +277,12 @@ async def test_a_running_job_counts_as_cancelled_once_however_often_asked(
     cancelling it again (a second click, a bulk cancel) cancels nothing more."""
     from asyncjobs import SyncCommand, cancellation_requested
 
-    started = threading.Event()
+    started, asked = threading.Event(), threading.Event()
 
     class Slow(SyncCommand[Add]):
         def run(self, request: Add) -> None:
             started.set()
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:  # looks only at the end
-                time.sleep(0.01)
+            asked.wait(10)  # looks only at the end, once all three were asked
             assert cancellation_requested()
 
     async with make_jobs(commands=[Slow]) as jobs:
@@ -293,6 +293,7 @@ async def test_a_running_job_counts_as_cancelled_once_however_often_asked(
         assert await jobs.cancel_job(ref.id) is True
         assert await jobs.cancel_job(ref.id) is False
         assert await jobs.cancel_jobs(state=JobState.STARTED) == 0
+        asked.set()
         with anyio.fail_after(10):
             result = await jobs.wait_for_job(ref.id)
     assert result.state is JobState.CANCELLED
@@ -574,7 +575,7 @@ async def test_execute_false_only_enqueues(make_jobs: Factory) -> None:
 async def test_local_enqueue_starts_without_waiting_for_a_poll(make_jobs: Factory) -> None:
     async with make_jobs(commands=[AddCommand], poll_interval=timedelta(seconds=30)) as jobs:
         await anyio.sleep(0.1)  # the dispatcher is now asleep for 30 s
-        with anyio.fail_after(2):
+        with anyio.fail_after(10):  # (the poll is 30 s away)
             ref = await jobs.enqueue_command(AddCommand, Add(1, 1))
             result = await jobs.wait_for_job(ref.id)
     assert result.state is JobState.COMPLETED
@@ -633,7 +634,7 @@ async def test_a_job_started_at_once_sees_its_row_as_stored(make_jobs: Factory, 
     async with make_jobs(commands=[CaptureCommand], poll_interval=timedelta(seconds=30)) as jobs:
         await anyio.sleep(0.1)  # the dispatcher is asleep: only a start at once runs it soon
         refs = await jobs.enqueue_many([(CaptureCommand, Sleep(1.0), options)] * count)
-        with anyio.fail_after(2):
+        with anyio.fail_after(10):  # (the poll is 30 s away)
             while len(CAPTURED) < count:
                 await anyio.sleep(0.01)
         results = [await jobs.get_job(ref.id) for ref in refs]
@@ -1006,7 +1007,7 @@ async def test_a_cancel_reaches_a_job_waiting_for_its_named_worker(make_jobs: Fa
             ):
                 await anyio.sleep(0.02)
         assert await jobs.cancel_job(ref.id) is True
-        with anyio.fail_after(2):
+        with anyio.fail_after(10):  # (the transient job holding its worker runs for 30 s)
             final = await jobs.wait_for_job(ref.id)
         assert final.state is JobState.CANCELLED
         assert ("start", "stored") not in [(e[0], e[1]) for e in EVENTS]

@@ -158,23 +158,32 @@ async def test_a_cancel_asked_while_an_attempt_fails_is_not_lost_to_the_retry(
     """Another process asks to cancel a running job; the attempt fails before its node hears of
     the request (no notifications, a long poll): the job ends Cancelled, not retried."""
     EVENTS.clear()
+    asked = anyio.Event()
 
     class FailsLater(AsyncCommand[Sleep]):
         async def run(self, request: Sleep) -> None:
             EVENTS.append(("start", request.label, current_job().attempts))
-            await anyio.sleep(request.seconds)
-            raise RuntimeError("failed after a while")
+            with anyio.fail_after(request.seconds):
+                await asked.wait()
+            raise RuntimeError("failed after the cancel was asked")
 
-    slow_to_hear = {"notifications": False, "poll_interval": timedelta(seconds=30)}
+    # Nothing tells the node of the cancel soon: no notifications, a long poll, a heartbeat
+    # (which looks for cancels) every 10 s.
+    slow_to_hear = {
+        "notifications": False,
+        "poll_interval": timedelta(seconds=30),
+        "lease_duration": timedelta(seconds=30),
+    }
     async with (
         make_jobs(commands=[FailsLater], **slow_to_hear) as node,
         make_jobs(commands=[FailsLater], execute=False) as other,
     ):
-        ref = await node.enqueue_command(FailsLater, Sleep(0.5, "asked"))
+        ref = await node.enqueue_command(FailsLater, Sleep(10, "asked"))
         with anyio.fail_after(10):
             while starts("asked") < 1:
                 await anyio.sleep(0.01)
         assert await other.cancel_job(ref.id) is True
+        asked.set()
         with anyio.fail_after(20):
             result = await node.wait_for_job(ref.id)
     assert result.state is JobState.CANCELLED and result.summary.attempts == 1
