@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from asyncjobs import BackgroundJobs
 
 ALL_DIALECTS = ("sqlite", "postgres", "mysql")
+
+# No per-example deadline anywhere: on a machine the databases and the suite share, a stall says
+# nothing about the property under test.
+settings.register_profile("asyncjobs", deadline=None)
+settings.load_profile("asyncjobs")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
