@@ -37,11 +37,16 @@ Credentials inside the URL itself (``https://user:pass@host``) are rejected:
 use the prefix form, which keeps secrets out of ``ReplyTo.url`` and its repr.
 
 Error messages never repeat the text of a token, password or header value.
+
+The host a ReplyTo names is the job's choice, so what it may cost is bounded: the whole
+exchange takes at most ``timeout`` seconds (a host that answers a byte at a time does not
+hold the job), and at most ``max_response_bytes`` of its answer are kept.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import string
@@ -51,6 +56,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import anyio
 import httpx
 import msgspec
 
@@ -72,6 +78,11 @@ _VISIBLE_ASCII = frozenset(string.printable) - frozenset(string.whitespace)
 # them would produce a corrupt or misdirected request.
 _FORBIDDEN_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection"})
 _HEADER_PREFIX = "http."
+# A shared client's credentials, which a job-chosen host must not receive (its cookies too:
+# one set without a domain goes to every host).
+_CLIENT_CREDENTIALS = ("authorization", "proxy-authorization", "cookie")
+#: how much of a callback's answer is kept by default (only its status says it was taken)
+DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +201,18 @@ def mask_reply_to(text: str) -> str:
     url = _URL_USERINFO_RE.sub(r"\1***@", url)
     if not _SCHEME_RE.match(url):
         return method + "***@" + url
-    if prefix.startswith(_HEADER_PREFIX) and ":" in prefix:
+    if _is_header_prefix(prefix) and ":" in prefix:
         name, value = prefix.split(":", 1)
         return f"{method}{name}:{_mask_secret(value)}@{url}"
     if ":" in prefix:
         user, password = prefix.split(":", 1)
         return f"{method}{user}:{_mask_secret(password)}@{url}"
     return f"{method}{_mask_secret(prefix)}@{url}"
+
+
+def _is_header_prefix(prefix: str) -> bool:
+    """``http.Header-Name:value`` in any case (``HTTP.X-Api-Key:...`` is no user name)."""
+    return prefix[: len(_HEADER_PREFIX)].lower() == _HEADER_PREFIX
 
 
 def _mask_secret(raw: str) -> str:
@@ -221,7 +237,7 @@ def _parse_prefix(
     prefix: str, allowed_env: frozenset[str] | None, environ: Mapping[str, str]
 ) -> tuple[str, str]:
     """Turn the part before ``@`` into one header (name, value)."""
-    if prefix.startswith(_HEADER_PREFIX):
+    if _is_header_prefix(prefix):
         spec = prefix[len(_HEADER_PREFIX) :]
         if ":" not in spec:
             raise ReplyToError("ReplyTo header prefix must look like http.Header-Name:value")
@@ -288,7 +304,11 @@ def _secret(
     if not name:
         raise ReplyToError(f"ReplyTo {what} is a bare '$'; expected $ENV_VAR_NAME")
     if not _ENV_NAME_RE.fullmatch(name):
-        raise ReplyToError(f"ReplyTo {what} names an invalid environment variable {name!r}")
+        # Not echoed: it is likely a literal secret that forgot its %24.
+        raise ReplyToError(
+            f"ReplyTo {what} starts with '$' but is no environment variable name "
+            "(letters, digits, '_'); write a literal '$' as %24"
+        )
     if allowed_env is None:
         return "x"  # a stand-in that passes the checks made of the value
     if name not in allowed_env:
@@ -312,15 +332,18 @@ def _mask(name: str, value: str) -> str:
 
 
 def _encode_body(body: object) -> bytes:
-    payload: Any = body
-    # Pydantic models (instances, not the class itself) dump to JSON-safe data first.
-    dump = None if isinstance(body, type) else getattr(body, "model_dump", None)
-    if callable(dump):
-        payload = dump(mode="json")
+    """The body as JSON. Whatever stops that (a type msgspec cannot encode, a model whose dump
+    raises, a cycle or nesting past the recursion limit) is a SerializationError: another
+    attempt would fail alike, so a job does not redo its work for it."""
     try:
+        payload: Any = body
+        # Pydantic models (instances, not the class itself) dump to JSON-safe data first.
+        dump = None if isinstance(body, type) else getattr(body, "model_dump", None)
+        if callable(dump):
+            payload = dump(mode="json")
         return msgspec.json.encode(payload)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise SerializationError(f"ReplyTo body cannot be encoded as JSON: {exc}") from exc
+    except Exception as exc:
+        raise SerializationError(f"ReplyTo body cannot be encoded as JSON: {exc!r}") from exc
 
 
 async def send_json_callback(
@@ -329,9 +352,10 @@ async def send_json_callback(
     *,
     allowed_env: Collection[str] | None = None,
     client: httpx.AsyncClient | None = None,
-    # httpx's own per-phase timeout: it raises httpx.TimeoutException (a transport
-    # error the retry logic understands) instead of cancelling the caller's scope.
+    # Bounds the whole exchange; a timeout raises httpx.TimeoutException (a transport error
+    # the retry logic understands) instead of cancelling the caller's scope.
     timeout: float = 30.0,  # noqa: ASYNC109
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> httpx.Response:
     """Send ``body`` as JSON to ``reply_to`` and return the response.
 
@@ -341,14 +365,22 @@ async def send_json_callback(
     Raises `ReplyToError` for a malformed ``reply_to``, `SerializationError`
     if ``body`` is not JSON-able, and ``httpx.HTTPStatusError`` for any
     non-2xx response (redirects are not followed, so 3xx counts too).  The
-    status error, like ``httpx.TransportError`` for network failures, is
+    status error, like ``httpx.TransportError`` for network failures and
+    ``httpx.TimeoutException`` once ``timeout`` seconds have passed, is
     deliberately left unwrapped so a job's retry policy treats the callback
     as failed and tries again.
 
-    ``client`` is used as-is when given (its default headers and cookies still
-    apply, but its ``auth`` does not: credentials come only from the ReplyTo,
-    so a shared client's credentials are never sent to a job-chosen host).
-    Otherwise a client is opened and closed for this one request.
+    The response's body is kept when it is at most ``max_response_bytes``
+    long; a longer one is not read on (the status alone says the callback was
+    taken), and reading the returned response's content then raises
+    ``httpx.ResponseNotRead``.
+
+    ``client`` is used as-is when given (its default headers still apply), but
+    never with its credentials: its ``auth``, and any ``Authorization``,
+    ``Proxy-Authorization`` or ``Cookie`` it would add, are left out unless the
+    ReplyTo itself sets that header, so a shared client's credentials are never
+    sent to a job-chosen host. Otherwise a client is opened and closed for this
+    one request.
 
     ``allowed_env`` defaults to the ``reply_to_env`` of the ``BackgroundJobs`` running the
     current job (none outside a job).
@@ -366,21 +398,65 @@ async def send_json_callback(
     # Prefix headers win (case-insensitively, so no duplicates) so a ReplyTo can
     # pick e.g. a vendor JSON content type.
     headers.update(target.headers)
+    own = {name.lower() for name in target.headers}
 
     async def send(http: httpx.AsyncClient) -> httpx.Response:
-        response = await http.request(
-            target.method,
-            target.url,
-            content=content,
-            headers=headers,
-            auth=None,
-            # Custom headers such as X-Api-Key would follow a redirect to any host.
-            follow_redirects=False,
-            timeout=timeout,
+        request = http.build_request(
+            target.method, target.url, content=content, headers=headers, timeout=timeout
         )
+        for name in _CLIENT_CREDENTIALS:
+            if name not in own:
+                request.headers.pop(name, None)
+        try:
+            with anyio.fail_after(timeout):
+                # Custom headers such as X-Api-Key would follow a redirect to any host.
+                streamed = await http.send(request, auth=None, follow_redirects=False, stream=True)
+                try:
+                    raw = await _raw_body(streamed, max_response_bytes)
+                finally:
+                    await streamed.aclose()
+                response = streamed if raw is None else await _with_body(streamed, raw)
+        except TimeoutError:
+            raise httpx.TimeoutException(
+                f"the callback took longer than {timeout} s", request=request
+            ) from None
         return response.raise_for_status()
 
     if client is not None:
         return await send(client)
     async with httpx.AsyncClient() as own_client:
         return await send(own_client)
+
+
+async def _raw_body(response: httpx.Response, limit: int) -> bytes | None:
+    """The response's body as sent (before any decompression) if it is at most ``limit``
+    bytes long, else None (it is not read on)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _with_body(streamed: httpx.Response, raw: bytes) -> httpx.Response:
+    """``streamed`` (read and closed) as a response holding ``raw``, decoded as httpx decodes
+    a body it reads itself. A body that does not decode is left unread: the status stands."""
+    response = httpx.Response(
+        streamed.status_code,
+        headers=streamed.headers,
+        stream=httpx.ByteStream(raw),
+        request=streamed.request,
+        extensions=streamed.extensions,
+        history=streamed.history,
+        default_encoding=streamed.default_encoding,
+    )
+    response.elapsed = streamed.elapsed
+    with contextlib.suppress(httpx.DecodingError):
+        await response.aread()
+    return response

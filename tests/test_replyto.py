@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from urllib.parse import quote
 
+import anyio
 import httpx
 import pydantic
 import pytest
@@ -138,6 +139,15 @@ VALID = [
         id="password-env",
     ),
     pytest.param(
+        "HTTP.X-Api-Key:k3y@https://x",
+        (),
+        {},
+        "POST",
+        "https://x",
+        {"X-Api-Key": "k3y"},
+        id="header-prefix-any-case",
+    ),
+    pytest.param(
         "PATCH http.X-Api-Key:$KEY@https://x",
         {"KEY"},
         {"KEY": "k3y value"},
@@ -188,8 +198,12 @@ INVALID = [
     pytest.param("u:$@https://x", (), {}, "bare '$'", id="bare-dollar-password"),
     pytest.param("http.X-Key:$@https://x", (), {}, "bare '$'", id="bare-dollar-header"),
     pytest.param(
-        "$1BAD@https://x", ("1BAD",), {"1BAD": "v"}, "invalid environment", id="bad-env-name"
+        "$1BAD@https://x", ("1BAD",), {"1BAD": "v"}, "no environment variable", id="bad-env-name"
     ),
+    # A literal secret that forgot its %24 is not echoed back.
+    pytest.param("$my-s3cret!@https://x", (), {}, "%24", id="dollar-secret-token"),
+    pytest.param("u:$s3cret.pw@https://x", (), {}, "%24", id="dollar-secret-password"),
+    pytest.param("http.X-Key:$s3cret-v@https://x", (), {}, "%24", id="dollar-secret-header"),
     pytest.param(
         "$TOKEN@https://x", (), {"TOKEN": "s3cret"}, "not in allowed_env", id="env-not-allowed"
     ),
@@ -323,6 +337,19 @@ async def server(anyio_backend: str) -> AsyncIterator[Server]:
             return web.Response(status=500, text="boom")
         if request.path == "/redirect":
             return web.Response(status=307, headers={"Location": "/elsewhere"})
+        if request.path in ("/endless", "/trickle"):
+            # A body that would never end: fast, or a byte at a time.
+            streamed = web.StreamResponse()
+            await streamed.prepare(request)
+            fast = request.path == "/endless"
+            for _ in range(2_000):
+                await streamed.write(b"x" * 65_536 if fast else b"x")
+                await anyio.sleep(0 if fast else 0.2)
+            return streamed
+        if request.path == "/gzip":
+            compressed = web.json_response({"ok": "compressed"})
+            compressed.enable_compression(web.ContentCoding.gzip)
+            return compressed
         return web.json_response({"ok": True})
 
     app = web.Application()
@@ -432,6 +459,72 @@ async def test_bad_reply_to_sends_nothing(server: Server) -> None:
         await send_json_callback(f"$HOME@{server.base}/cb", {})
     with pytest.raises(SerializationError, match="cannot be encoded"):
         await send_json_callback(f"{server.base}/cb", {"x": object()})
+    assert server.received == []
+
+
+@pytest.mark.anyio
+async def test_a_body_that_never_ends_is_not_read_on(server: Server) -> None:
+    """The callback was taken (its status says so); what the host sends after that is no
+    reason to hold the job, nor its memory."""
+    with anyio.fail_after(20):
+        response = await send_json_callback(
+            f"{server.base}/endless", {"a": 1}, max_response_bytes=100_000
+        )
+    assert response.status_code == 200
+    with pytest.raises(httpx.ResponseNotRead):
+        response.content  # noqa: B018
+    assert [req.path for req in server.received] == ["/endless"]
+
+
+@pytest.mark.anyio
+async def test_timeout_bounds_the_whole_exchange(server: Server) -> None:
+    """A host that answers a byte at a time never lets one read time out; the timeout is the
+    whole exchange's, and a transport error the job may retry."""
+    with anyio.fail_after(20), pytest.raises(httpx.TimeoutException, match="longer than 1"):
+        await send_json_callback(f"{server.base}/trickle", {"a": 1}, timeout=1.0)
+
+
+@pytest.mark.anyio
+async def test_a_short_body_is_kept_and_decoded(server: Server) -> None:
+    response = await send_json_callback(f"{server.base}/gzip", {"a": 1})
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert response.json() == {"ok": "compressed"}
+    with pytest.raises(httpx.HTTPStatusError) as excinfo:
+        await send_json_callback(f"{server.base}/fail", {})
+    assert excinfo.value.response.text == "boom"
+
+
+@pytest.mark.anyio
+async def test_a_shared_clients_credentials_stay_home(server: Server) -> None:
+    """Default headers apply, but not the credentials a client would add: the host is the
+    job's choice. A ReplyTo's own credentials are sent."""
+    async with httpx.AsyncClient(
+        headers={"Authorization": "Bearer internal", "X-Trace": "t1"},
+        cookies={"session": "internal"},
+    ) as client:
+        await send_json_callback(f"{server.base}/plain", {}, client=client)
+        await send_json_callback(f"own-token@{server.base}/token", {}, client=client)
+        await send_json_callback(f"http.Cookie:c%3D1@{server.base}/cookie", {}, client=client)
+    plain, token, cookie = server.received
+    assert plain.headers["X-Trace"] == "t1"
+    assert "Authorization" not in plain.headers and "Cookie" not in plain.headers
+    assert token.headers["Authorization"] == "Bearer own-token"
+    assert cookie.headers["Cookie"] == "c=1"
+
+
+class _DumpFails(pydantic.BaseModel):
+    def model_dump(self, **kwargs: object) -> dict[str, object]:  # type: ignore[override]
+        raise RuntimeError("no dump")
+
+
+@pytest.mark.anyio
+async def test_a_body_that_cannot_be_encoded_is_a_serialization_error(server: Server) -> None:
+    """Another attempt would fail alike (SerializationError fails a job at once)."""
+    cycle: list[object] = []
+    cycle.append(cycle)
+    for body in (cycle, _DumpFails(), {"x": object()}):
+        with pytest.raises(SerializationError, match="cannot be encoded"):
+            await send_json_callback(f"{server.base}/cb", body)
     assert server.received == []
 
 
