@@ -4,6 +4,7 @@ each job runs in its own cancel scope, and a finisher writes many outcomes per t
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import json
@@ -1968,12 +1969,18 @@ class BackgroundJobs:
                     if now - self._lease_renewed_at >= lease / 3:
                         await self._renew_lease()
                     if self._running:
-                        running = list(self._running)  # (a job started during the read is not)
+                        # The runs the read speaks of: not one started during the read (an
+                        # attempt failed, was requeued and claimed here again meanwhile, say).
+                        running = dict(self._running)
                         held = await self.store.held_jobs(self.node_id)
                         for job_id, cancel_asked in held.items():
                             if cancel_asked:
                                 self._cancel_local(job_id)
-                        taken = [i for i in running if i not in held]
+                        taken = [
+                            job_id
+                            for job_id, run in running.items()
+                            if job_id not in held and self._running.get(job_id) is run
+                        ]
                         self._stop_unleased(taken, "was taken over by another process")
                     if now - last_recover >= lease / 2:
                         final, requeued = await self.store.recover_orphans()
@@ -2201,10 +2208,27 @@ def _timeout_of(job: BackgroundJob) -> float:
 def _raised_by_the_job(exc: BaseException) -> bool:
     """Whether an exception out of a job's code is the job's failure: any, even SystemExit or
     another BaseException (a job must not stop the worker, nor be requeued without end
-    because it did), except the cancellation of its scope or of the runtime, and Ctrl-C."""
+    because it did), except the cancellation of its scope or of the runtime, and Ctrl-C. A
+    cancellation exception that no cancellation caused (the job awaited a task someone else
+    cancelled, or a sync command's asyncio.run ended cancelled) is the job's: raised on, it
+    would cancel the runtime's task group, and with it the application."""
     if isinstance(exc, BaseExceptionGroup):
         return all(_raised_by_the_job(inner) for inner in exc.exceptions)
-    return not isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt | GeneratorExit)
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return not _cancellation_in_effect()
+    return not isinstance(exc, KeyboardInterrupt | GeneratorExit)
+
+
+def _cancellation_in_effect() -> bool:
+    """Whether the running task is being cancelled: by a cancel scope around it (the job's
+    own, the runtime's), or itself (as asyncio.run's shutdown cancels every task)."""
+    if anyio.current_effective_deadline() == -math.inf:
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop runs: trio, whose Cancelled only a scope raises
+        return False
+    return task is not None and task.cancelling() > 0
 
 
 #: consecutive failures of the same batch of outcomes before they are written one by one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
@@ -293,6 +294,58 @@ async def test_a_job_raising_what_is_no_exception_fails_and_the_worker_goes_on(
         (2, "Abort", "abort 1"),
         (2, "SystemExit", "3"),
         (1, "SystemExit", "callback CallbackExits failed: 9"),  # retried within its attempt
+    ]
+
+
+class StrayCancel(AsyncCommand[Add]):
+    """Raises a cancellation that no cancellation caused: as awaiting a task that someone
+    else cancelled does."""
+
+    async def run(self, request: Add) -> None:
+        raise asyncio.CancelledError(f"stray {request.a}")
+
+
+class StrayCancelInAThread(SyncCommand[Add]):
+    def run(self, request: Add) -> None:
+        async def cancelled() -> None:
+            raise asyncio.CancelledError(f"stray {request.a}")
+
+        asyncio.run(cancelled())
+
+
+class CallbackStrayCancel(AsyncCommand[Sum]):
+    async def run(self, request: Sum) -> None:
+        raise asyncio.CancelledError("stray callback")
+
+
+async def test_a_cancellation_no_cancel_caused_is_the_jobs_failure(make_jobs: Factory) -> None:
+    """Raised on, it would cancel the runtime's task group and the application in it, and
+    leave the job queued to do the same to the next worker: it fails the job (retried as
+    usual), and the worker goes on."""
+    commands = [StrayCancel, StrayCancelInAThread, CallbackStrayCancel, AddCommand]
+    async with make_jobs(commands=commands, default_retry_limit=1) as jobs:
+        refs = [
+            await jobs.enqueue_command(StrayCancel, Add(1, 0)),
+            await jobs.enqueue_command(StrayCancelInAThread, Add(3, 0)),
+            await jobs.enqueue_command(
+                AddCommand, Add(1, 1), JobOptions(callback="CallbackStrayCancel")
+            ),
+        ]
+        with anyio.fail_after(10):
+            results = [await jobs.wait_for_job(ref.id) for ref in refs]
+        with pytest.raises(JobFailedError, match="stray 2"):
+            await jobs.run_command_async(StrayCancel, Add(2, 0))
+        assert await _run(jobs, AddCommand, Add(2, 2)) == '{"total":4}'  # still running jobs
+    errors = []
+    for result in results:
+        assert result.state is JobState.FAILED and result.failed is not None
+        assert result.failed.error is not None
+        error = result.failed.error
+        errors.append((result.failed.attempts, error.type, error.message))
+    assert errors == [
+        (2, "CancelledError", "stray 1"),
+        (2, "CancelledError", "stray 3"),
+        (1, "CancelledError", "callback CallbackStrayCancel failed: stray callback"),
     ]
 
 

@@ -15,6 +15,7 @@ import pytest
 import asyncjobs.runtime
 from asyncjobs import (
     AsyncCommand,
+    AsyncNoRequestCommand,
     BackgroundJob,
     BackgroundJobs,
     JobOptions,
@@ -1015,3 +1016,57 @@ async def test_a_cancel_reaches_a_job_waiting_for_its_named_worker(make_jobs: Fa
         assert ("start", "stored") not in [(e[0], e[1]) for e in EVENTS]
         assert transient.state is JobState.STARTED
         assert await jobs.cancel_job(transient.id) is True
+
+
+class FailsFirstThenSleeps(AsyncNoRequestCommand):
+    """Attempt 1 fails after a moment; attempt 2 runs for a second."""
+
+    starts: list[int] = []
+
+    async def run(self) -> None:
+        attempt = current_job().attempts
+        FailsFirstThenSleeps.starts.append(attempt)
+        await anyio.sleep(0.3 if attempt == 1 else 1.0)
+        if attempt == 1:
+            raise RuntimeError("first attempt fails")
+
+
+async def test_the_heartbeat_stops_no_attempt_that_began_after_its_read(
+    make_jobs: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The heartbeat reads which jobs this node holds while a job's attempt fails, is
+    requeued and claimed here again: the read (without the job) speaks of the attempt that
+    ended, not of the next one, which runs to its end rather than being stopped as taken
+    over (and run once more). The store's calls are wrapped only to fix that order."""
+    FailsFirstThenSleeps.starts = []
+    jobs = make_jobs(commands=[FailsFirstThenSleeps])
+    real_held, real_finish = jobs.store.held_jobs, jobs.store.finish
+    job_ids: list[int] = []
+    stale: list[dict[int, bool]] = []
+    read_after_requeue = anyio.Event()
+
+    async def finish(node: str, outcomes: Any) -> Any:
+        report = await real_finish(node, outcomes)
+        if job_ids and not stale:
+            stale.append(await real_held(node))  # the heartbeat's read lands here
+            read_after_requeue.set()
+        return report
+
+    async def held_jobs(node: str) -> dict[int, bool]:
+        if not job_ids and jobs._running:
+            job_ids.extend(jobs._running)  # the heartbeat has seen attempt 1 running
+            await read_after_requeue.wait()
+            while jobs._running.get(job_ids[0]) is None:  # attempt 2 runs before the reply
+                await anyio.sleep(0.005)
+            return stale[0]
+        return await real_held(node)
+
+    jobs.store.held_jobs, jobs.store.finish = held_jobs, finish  # type: ignore[method-assign]
+    async with jobs:
+        ref = await jobs.enqueue_command(FailsFirstThenSleeps, None, JobOptions(retry_limit=1))
+        with anyio.fail_after(15):
+            final = await jobs.wait_for_job(ref.id)
+    assert stale == [{}]  # the read came between the requeue and the claim
+    assert FailsFirstThenSleeps.starts == [1, 2]
+    assert final.state is JobState.COMPLETED and final.summary.attempts == 2
+    assert "taken over" not in caplog.text
