@@ -202,11 +202,16 @@ JOIN job_summary AS s ON s.id = b.id
 OUTER APPLY OPENJSON(b.error) WITH (message nvarchar(max) '$.message') AS e;
 
 -- name: set_outcome
--- Record how one execution ended; only the node holding the job may do it.
+-- Record how one execution ended; only the node holding the job may do it. A failure of a job
+-- another process asked to cancel while it ran (before this node heard of it) ends Cancelled,
+-- as its retry would have (see cancel_requested_among).
 UPDATE background_job
-SET state = :state, completed_date = :now, last_activity_date = :now, duration_ms = :duration_ms,
+SET state = CASE WHEN cancel_requested = 1 AND :state = 'Failed' THEN 'Cancelled' ELSE :state END,
+    completed_date = :now, last_activity_date = :now, duration_ms = :duration_ms,
     response = :response, response_body = :response_body, error = :error,
-    error_code = :error_code, progress = COALESCE(:progress, progress),
+    error_code = CASE WHEN cancel_requested = 1 AND :state = 'Failed' THEN 'Cancelled'
+                      ELSE :error_code END,
+    progress = COALESCE(:progress, progress),
     status = COALESCE(:status, status), notified_date = COALESCE(:notified_date, notified_date),
     logs = CASE WHEN :logs IS NULL THEN logs ELSE CONCAT(logs, :logs) END
 WHERE id = :id AND lease_owner = :node AND attempts = :attempts;

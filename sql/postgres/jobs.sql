@@ -154,11 +154,16 @@ WHERE b.id = s.id
   AND b.id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint));
 
 -- name: set_outcome
--- Record how one execution ended; only the node holding the job may do it.
+-- Record how one execution ended; only the node holding the job may do it. A failure of a job
+-- another process asked to cancel while it ran (before this node heard of it) ends Cancelled,
+-- as its retry would have (see cancel_requested_among).
 UPDATE background_job
-SET state = :state, completed_date = :now, last_activity_date = :now, duration_ms = :duration_ms,
+SET state = CASE WHEN cancel_requested AND :state = 'Failed' THEN 'Cancelled' ELSE :state END,
+    completed_date = :now, last_activity_date = :now, duration_ms = :duration_ms,
     response = :response, response_body = :response_body, error = :error::jsonb,
-    error_code = :error_code, progress = COALESCE(:progress::float8, progress),
+    error_code = CASE WHEN cancel_requested AND :state = 'Failed' THEN 'Cancelled'
+                      ELSE :error_code END,
+    progress = COALESCE(:progress::float8, progress),
     status = COALESCE(:status::text, status),
     notified_date = COALESCE(:notified_date::timestamptz, notified_date),
     logs = CASE WHEN :logs::text IS NULL THEN logs ELSE COALESCE(logs, '') || :logs::text END

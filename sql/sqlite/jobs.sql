@@ -130,11 +130,16 @@ FROM background_job b
 WHERE b.id = job_summary.id AND b.id IN (SELECT value FROM json_each(:ids));
 
 -- name: set_outcome
--- Record how one execution ended; only the node holding the job may do it.
+-- Record how one execution ended; only the node holding the job may do it. A failure of a job
+-- another process asked to cancel while it ran (before this node heard of it) ends Cancelled,
+-- as its retry would have (see cancel_requested_among).
 UPDATE background_job
-SET state = :state, completed_date = :now, last_activity_date = :now, duration_ms = :duration_ms,
+SET state = CASE WHEN cancel_requested AND :state = 'Failed' THEN 'Cancelled' ELSE :state END,
+    completed_date = :now, last_activity_date = :now, duration_ms = :duration_ms,
     response = :response, response_body = :response_body, error = :error,
-    error_code = :error_code, progress = COALESCE(:progress, progress),
+    error_code = CASE WHEN cancel_requested AND :state = 'Failed' THEN 'Cancelled'
+                      ELSE :error_code END,
+    progress = COALESCE(:progress, progress),
     status = COALESCE(:status, status), notified_date = COALESCE(:notified_date, notified_date),
     logs = CASE WHEN :logs IS NULL THEN logs ELSE COALESCE(logs, '') || :logs END
 WHERE id = :id AND lease_owner = :node AND attempts = :attempts;

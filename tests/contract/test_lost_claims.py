@@ -178,16 +178,21 @@ async def test_a_cancel_asked_while_an_attempt_fails_is_not_lost_to_the_retry(
         make_jobs(commands=[FailsLater], **slow_to_hear) as node,
         make_jobs(commands=[FailsLater], execute=False) as other,
     ):
+        # With retries left the failure would be retried; without, it would end Failed.
         ref = await node.enqueue_command(FailsLater, Sleep(10, "asked"))
+        last = await node.enqueue_command(FailsLater, Sleep(10, "last"), JobOptions(retry_limit=0))
         with anyio.fail_after(10):
-            while starts("asked") < 1:
+            while starts("asked") < 1 or starts("last") < 1:
                 await anyio.sleep(0.01)
         assert await other.cancel_job(ref.id) is True
+        assert await other.cancel_job(last.id) is True
         asked.set()
         with anyio.fail_after(20):
-            result = await node.wait_for_job(ref.id)
-    assert result.state is JobState.CANCELLED and result.summary.attempts == 1
-    assert starts("asked") == 1
+            results = [await node.wait_for_job(ref.id), await node.wait_for_job(last.id)]
+    for result in results:
+        assert result.state is JobState.CANCELLED and result.summary.attempts == 1
+        assert result.summary.error_code == "Cancelled"
+    assert starts("asked") == 1 and starts("last") == 1
 
 
 async def test_jobs_of_a_claim_whose_reply_was_lost_go_back_unused_if_a_shutdown_comes_first(
