@@ -286,8 +286,11 @@ def _transition(tz: tzinfo, lo: datetime, hi: datetime) -> datetime:
     """The naive-UTC instant in (lo, hi] at which ``tz`` changes its offset.
 
     ``lo`` has the offset before the transition and ``hi`` the one after; the
-    binary search runs on whole seconds, the resolution of tz database transitions.
+    binary search runs on whole seconds, the resolution of tz database transitions,
+    from ``lo``'s whole second (from ``lo`` itself, a start with a fraction of a second,
+    as a clock reads, put the transition that fraction late).
     """
+    lo = lo.replace(microsecond=0)
     before = tz.fromutc(lo.replace(tzinfo=tz)).utcoffset()
     low, high = 0, math.ceil((hi - lo).total_seconds())
     while high - low > 1:

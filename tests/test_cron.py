@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asyncjobs import Schedule
 from asyncjobs.cron import CronExpression, CronFormatError
 from asyncjobs.exceptions import AsyncJobsError
 
@@ -435,6 +436,23 @@ def test_new_york_fall_back() -> None:
         ("2024-11-03T02:00:00-05:00", 0),
         ("2024-11-03T03:00:00-05:00", 0),
     ]
+    # The same from starts between whole seconds, as a clock reads them: the second pass
+    # is not skipped, and a fixed time at its end is not a day late.
+    assert between("0 * * * *", start.replace(microsecond=10_000), end) == [
+        ("2024-11-03T01:00:00-04:00", 0),
+        ("2024-11-03T01:00:00-05:00", 1),
+        ("2024-11-03T02:00:00-05:00", 0),
+        ("2024-11-03T03:00:00-05:00", 0),
+    ]
+    inside = datetime(2024, 11, 3, 1, 45, 0, 10_000, tzinfo=NY)
+    found = CronExpression.parse("*/15 * * * *").next(inside)
+    assert found is not None and wall([found]) == [("2024-11-03T01:00:00-05:00", 1)]
+    found = CronExpression.parse("0 * * * *").next(datetime(2024, 11, 3, 1, 0, 0, 10_000, NY))
+    assert found is not None and wall([found]) == [("2024-11-03T01:00:00-05:00", 1)]
+    in_second_pass = datetime(2024, 11, 3, 6, 30, 0, 500_000, tzinfo=UTC)
+    assert Schedule.cron("0 2 * * *", "America/New_York").next_after(in_second_pass) == (
+        datetime(2024, 11, 3, 7, 0, tzinfo=UTC)
+    )
     # A fixed time asked for from inside the second pass waits for the next day.
     second_pass = datetime(2024, 11, 3, 1, 10, tzinfo=NY, fold=1)
     found = CronExpression.parse("30 1 * * *").next(second_pass)
@@ -837,8 +855,9 @@ def test_iterated_next_is_strictly_increasing_and_matching(spec: Spec, start: da
         ]
     ),
     st.integers(0, 8 * 60),
+    st.sampled_from([0, 1, 250_000, 999_999]),
 )
-def test_dst_windows(spec: Spec, base: datetime, minutes: int) -> None:
+def test_dst_windows(spec: Spec, base: datetime, minutes: int, micros: int) -> None:
     """Around transitions, next() fires exactly where a UTC minute walk says it should.
 
     A matching wall time fires once per UTC instant, except in the second pass
@@ -848,7 +867,9 @@ def test_dst_windows(spec: Spec, base: datetime, minutes: int) -> None:
     tz = base.tzinfo
     assert tz is not None
     expr = CronExpression.parse(spec.text)
-    start = (base.astimezone(UTC) + timedelta(minutes=minutes)).astimezone(tz)
+    # A start between whole seconds too, as the scheduler's clock reads.
+    start_utc = base.astimezone(UTC) + timedelta(minutes=minutes, microseconds=micros)
+    start = start_utc.astimezone(tz)
     end = start.astimezone(UTC) + timedelta(hours=6)
     hours = sorted(spec.hour)
     interval_like = (
@@ -858,7 +879,7 @@ def test_dst_windows(spec: Spec, base: datetime, minutes: int) -> None:
     )
     expected: list[datetime] = []
     minute = timedelta(minutes=1)
-    u = start.astimezone(UTC) + minute
+    u = start_utc.replace(microsecond=0) + minute  # the first whole minute after the start
     previous = (u - minute).astimezone(tz)
     while u < end:
         local = u.astimezone(tz)
