@@ -1434,7 +1434,10 @@ class BackgroundJobs:
             self._unsure_claims = False
             known = {*self._running, *(o.job.id for o in (*self._outcomes, *self._flushing))}
             try:
-                final, requeued = await self.store.requeue_unknown(self.node_id, known)
+                # Bounded: it runs right after a claim got no answer, and one that never gets
+                # an answer either (its connection's host gone) would stop the dispatcher.
+                with anyio.fail_after(self._answer_bound):
+                    final, requeued = await self.store.requeue_unknown(self.node_id, known)
             except BaseException:
                 self._unsure_claims = True
                 raise
@@ -1720,7 +1723,9 @@ class BackgroundJobs:
                 error_code="CallbackFailed",
             )  # fmt: skip
         try:
-            await self.store.mark_executed(self.node_id, outcome)
+            # Bounded: an answer that never comes must not hold the job (and its worker).
+            with anyio.fail_after(self._answer_bound):
+                await self.store.mark_executed(self.node_id, outcome)
         except Exception as exc:
             # The mark only spares the command a second run should this process stop during
             # the callback: without it the callback still runs, and the outcome is written
@@ -2110,7 +2115,9 @@ class BackgroundJobs:
             cached = self._durations.get(key)
             # Averages are refreshed every minute ("no history yet" when one completes).
             if cached is None or time.monotonic() - cached[1] > 60:
-                durations = await self.store.recent_durations(job.command, job.worker)
+                # Bounded: a read that never gets an answer would stop progress writes.
+                with anyio.fail_after(self._answer_bound):
+                    durations = await self.store.recent_durations(job.command, job.worker)
                 average = sum(durations) / len(durations) if durations else None
                 cached = self._durations[key] = (average, time.monotonic())
             average_ms = cached[0]

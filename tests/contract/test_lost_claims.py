@@ -14,7 +14,14 @@ import pytest
 
 from asyncjobs import AsyncCommand, BackgroundJobs, JobOptions, JobState, current_job
 from asyncjobs.store import Store
-from tests.commands import EVENTS, SerialSleepCommand, Sleep, SleepCommand
+from tests.commands import (
+    EVENTS,
+    CallbackHangsFirstCommand,
+    EchoSleepCommand,
+    SerialSleepCommand,
+    Sleep,
+    SleepCommand,
+)
 
 pytestmark = pytest.mark.anyio
 Factory = Callable[..., BackgroundJobs]
@@ -272,3 +279,56 @@ async def test_an_outcome_the_database_refuses_holds_up_no_other(
     assert refused.failed.error_code == "UnrecordableOutcome"
     assert refused.failed.error is not None and "Data too long" in refused.failed.error.message
     assert starts("poisoned") == 1
+
+
+def no_answer_once(monkeypatch: pytest.MonkeyPatch, store: Store, method: str) -> list[bool]:
+    """Make the first call of ``store.<method>`` wait for an answer that never comes (its
+    connection's host gone); returns a list that holds True once that call was made."""
+    real = getattr(store, method)
+    waited: list[bool] = []
+
+    async def never_answered_once(*args: Any, **kwargs: Any) -> Any:
+        if not waited:
+            waited.append(True)
+            await anyio.sleep_forever()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, method, never_answered_once)
+    return waited
+
+
+async def test_a_give_back_after_a_lost_claim_that_gets_no_answer_is_tried_again(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim's reply is lost, and the call that gives back its jobs gets no answer either:
+    it gives up in time and is sent again, rather than stop the dispatcher (and its jobs,
+    leased to a node that lives on, would never run)."""
+    labels = ["claim-lost-then-no-answer"]
+    job_ids = await enqueue_labelled(make_jobs, SleepCommand, labels)
+    jobs = make_jobs(commands=COMMANDS)
+    jobs._answer_bound = 1.0  # (10 s at least otherwise)
+    lost = lose_first_reply(monkeypatch, jobs.store, "claim", lambda claim: bool(claim.jobs))
+    waited = no_answer_once(monkeypatch, jobs.store, "requeue_unknown")
+    async with jobs:
+        await assert_ran_once(jobs, job_ids, labels)
+    assert len(lost) == 1 and waited == [True]
+
+
+async def test_a_mark_executed_that_gets_no_answer_does_not_hold_the_job(
+    make_jobs: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's command succeeded and its callback is next: the mark that it was executed
+    gets no answer, gives up in time, and the callback runs (the mark only spares the command
+    a second run should the process stop during the callback)."""
+    EVENTS.clear()
+    jobs = make_jobs(commands=[EchoSleepCommand, CallbackHangsFirstCommand], default_retry_limit=0)
+    jobs._answer_bound = 1.0
+    waited = no_answer_once(monkeypatch, jobs.store, "mark_executed")
+    async with jobs:
+        ref = await jobs.enqueue_command(
+            EchoSleepCommand, Sleep(0, "marked"), JobOptions(callback="CallbackHangsFirstCommand")
+        )
+        with anyio.fail_after(20):
+            result = await jobs.wait_for_job(ref.id)
+    assert result.state is JobState.COMPLETED and waited == [True]
+    assert [event[0] for event in EVENTS] == ["start", "callback"]
