@@ -54,19 +54,28 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
 
 
 def check_text(
-    name: str, value: object, *, empty_ok: bool = False, max_chars: int | None = None
+    name: str,
+    value: object,
+    *,
+    empty_ok: bool = False,
+    max_chars: int | None = None,
+    secret: bool = False,
 ) -> None:
     """A string option every database can store: text, not empty, valid Unicode (a lone
     surrogate cannot be written as UTF-8), without NUL (PostgreSQL's text cannot hold it) and,
-    for a column of limited width, at most ``max_chars`` characters."""
+    for a column of limited width, at most ``max_chars`` characters. The error repeats the
+    value, unless it is ``secret`` (a ReplyTo may hold a password)."""
     if not isinstance(value, str) or not (value or empty_ok):
-        raise InvalidOptionsError(f"{name} must be a non-empty string, got {value!r}")
+        got = type(value).__name__ if secret and value else repr(value)
+        raise InvalidOptionsError(f"{name} must be a non-empty string, got {got}")
     if max_chars is not None and len(value) > max_chars:
+        start = "" if secret else f": {value[:40]!r}..."
         raise InvalidOptionsError(
-            f"{name} must be at most {max_chars} characters, got {len(value)}: {value[:40]!r}..."
+            f"{name} must be at most {max_chars} characters, got {len(value)}{start}"
         )
     if "\x00" in value:
-        raise InvalidOptionsError(f"{name} must not contain NUL characters, got {value!r}")
+        got = "" if secret else f", got {value!r}"
+        raise InvalidOptionsError(f"{name} must not contain NUL characters{got}")
     try:
         value.encode()
     except UnicodeEncodeError as exc:
@@ -207,7 +216,7 @@ class JobOptions:
             if value is not None:
                 check_name(name, value)
         if self.reply_to is not None:
-            check_text("reply_to", self.reply_to, max_chars=MAX_REPLY_TO_CHARS)
+            check_text("reply_to", self.reply_to, max_chars=MAX_REPLY_TO_CHARS, secret=True)
             from .replyto import check_reply_to  # (replyto reads the job context: no cycle)
 
             try:

@@ -37,7 +37,7 @@ def row_to_task(row: Row) -> ScheduledTask:
         options = JobOptions.from_dict(stored)
     except AsyncJobsError:
         raise
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
         raise ConfigurationError(f"recurring task {row['name']!r}: bad options: {exc}") from None
     return ScheduledTask(
         name=row["name"],

@@ -597,6 +597,31 @@ async def test_basic_auth_and_authorize_callable(admin: Admin) -> None:
         assert ok.status_code == 200
 
 
+async def test_malformed_credentials_and_origins_are_refused_not_errors(admin: Admin) -> None:
+    """A header no credential can be (not ASCII, not base64) is no credential: 401, and the
+    application's authorize still decides. An Origin that is no URL is a foreign one."""
+
+    async def by_cookie(request: AdminRequest) -> bool:
+        return "session=ok" in request.headers.get("cookie", "")
+
+    app = create_app(admin.jobs, basic_auth=("ops", "pw"), authorize=by_cookie)
+    async with client_for(app) as client:
+        for header in (b"Basic \xe9", b"Basic \xff\xfe", b"Bearer \xff\xfe", b"Basic =\xe9="):
+            refused = await client.get("/api/overview", headers={"authorization": header})
+            assert refused.status_code == 401, header
+            cookie = {"authorization": header, "cookie": "session=ok"}
+            assert (await client.get("/api/overview", headers=cookie)).status_code == 200
+    tokens = create_app(admin.jobs, bearer_token=TOKEN)
+    async with client_for(tokens) as client:
+        odd = await client.get("/api/overview", headers={"authorization": b"Bearer \xff\xfe"})
+        assert odd.status_code == 401
+    for origin in ("http://[::1", "http://admin.test:99999999999999999999"):
+        broken = await admin.client.post(
+            "/api/jobs/cancel", json={"state": "Queued"}, headers={**ACTION, "origin": origin}
+        )
+        assert broken.status_code == 403 and "Origin" in broken.json()["error"], origin
+
+
 @pytest.mark.dialects("sqlite")
 @pytest.mark.parametrize(
     ("settings", "message"),

@@ -358,12 +358,60 @@ def _circular() -> list[Any]:
         ({"reply_to": "not a url"}, "reply_to: ReplyTo contains whitespace"),
         ({"reply_to": "ftp://x.invalid/cb"}, "reply_to: ReplyTo URL has an unknown scheme"),
         ({"reply_to": "https://u:p@x.invalid/cb"}, "reply_to: ReplyTo URL contains credentials"),
-        ({"reply_to": "$1TOKEN@https://x.invalid/cb"}, "invalid environment variable"),
+        ({"reply_to": "$1TOKEN@https://x.invalid/cb"}, "no environment variable name"),
     ],
 )
 def test_bad_options_fail_where_they_are_made(options: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidOptionsError, match=message):
         JobOptions(**options)
+
+
+@pytest.mark.parametrize(
+    "reply_to",
+    [
+        "alice:Sup3rSecret@https://hooks.example/x\x00",
+        "alice:Sup3rSecret@https://hooks.example/" + "x" * 8192,
+        "$Sup3rSecret!@https://hooks.example/x",
+    ],
+)
+def test_a_bad_reply_to_is_not_repeated_in_its_error(reply_to: str) -> None:
+    """A ReplyTo may hold a password: the error (logged, shown in the admin) does not."""
+    with pytest.raises(InvalidOptionsError, match="reply_to") as refused:
+        JobOptions(reply_to=reply_to)
+    assert "Sup3rSecret" not in str(refused.value)
+
+
+def test_a_stored_task_whose_options_overflow_is_a_configuration_error() -> None:
+    """One unreadable task row is a task this version cannot read, not an error that takes
+    every task's listing down."""
+    from asyncjobs.scheduler import row_to_task
+
+    for options in ('{"timeout": 1e300}', '{"reply_to": "alice:Sup3rSecret@https://x\\u0000"}'):
+        with pytest.raises(AsyncJobsError) as refused:
+            row_to_task({"name": "t", "options": options})
+        assert "Sup3rSecret" not in str(refused.value)
+
+
+@pytest.mark.anyio
+async def test_the_admin_cache_holds_a_bounded_number_of_rows() -> None:
+    """Many large pages, each a different search, are served but not all kept; locks of
+    keys no longer computed go."""
+    from asyncjobs.web._api import TTLCache
+
+    cache = TTLCache(max_entries=256, max_rows=1_000)
+
+    async def page(rows: int) -> list[int]:
+        return list(range(rows))
+
+    for search in range(50):
+        assert len(await cache.get(("q", search), 60, lambda: page(300))) == 300
+    assert len(cache._entries) == 3 and cache._rows == 900
+    assert len(await cache.get("huge", 60, lambda: page(5_000))) == 5_000
+    assert "huge" not in cache._entries and cache._rows == 900
+    assert await cache.get(("q", 49), 60, lambda: page(1)) == list(range(300))  # still kept
+    assert not cache._locks
+    cache.clear()
+    assert not cache._entries and cache._rows == 0
 
 
 #: the longest names every database holds, with 4-byte characters (MySQL's VARCHAR counts

@@ -46,12 +46,17 @@ _SUMMARY_FIELDS = tuple(f.name for f in fields(JobSummary))
 
 
 class TTLCache:
-    """Values kept for a few seconds; concurrent misses of one key share one computation."""
+    """Values kept for a few seconds; concurrent misses of one key share one computation.
 
-    def __init__(self, max_entries: int = 256) -> None:
-        self._entries: dict[Hashable, tuple[float, Any]] = {}
+    Bounded by entries and by rows (a list counts its length, anything else one): a reader
+    asking for many large pages, each a different search, holds at most ``max_rows`` rows."""
+
+    def __init__(self, max_entries: int = 256, max_rows: int = 2_000) -> None:
+        self._entries: dict[Hashable, tuple[float, Any, int]] = {}
         self._locks: dict[Hashable, anyio.Lock] = {}
         self._max_entries = max_entries
+        self._max_rows = max_rows
+        self._rows = 0
 
     async def get(self, key: Hashable, ttl: float, compute: Callable[[], Awaitable[Any]]) -> Any:
         entry = self._entries.get(key)
@@ -63,24 +68,39 @@ class TTLCache:
             if entry is not None and entry[0] > time.monotonic():
                 return entry[1]  # another viewer refreshed it while this one waited
             value = await compute()
-            self._prune()
-            self._entries[key] = (time.monotonic() + ttl, value)
+            self._store(key, time.monotonic() + ttl, value)
+        self._drop_idle_locks()
         return value
 
-    def _prune(self) -> None:
-        if len(self._entries) < self._max_entries:
-            return
+    def _store(self, key: Hashable, expires: float, value: Any) -> None:
+        self._remove(key)
         now = time.monotonic()
-        for key in [k for k, (expires, _value) in self._entries.items() if expires <= now]:
-            del self._entries[key]
-        while len(self._entries) >= self._max_entries:  # all fresh: drop the oldest
-            del self._entries[next(iter(self._entries))]
-        for key in [k for k, lock in self._locks.items() if k not in self._entries]:
-            if not self._locks[key].locked():
-                del self._locks[key]
+        for old in [k for k, (until, _v, _n) in self._entries.items() if until <= now]:
+            self._remove(old)
+        rows = len(value) if isinstance(value, list) else 1
+        if rows > self._max_rows:
+            return  # served, not kept
+        # All fresh: the oldest go first.
+        while self._entries and (
+            len(self._entries) >= self._max_entries or self._rows + rows > self._max_rows
+        ):
+            self._remove(next(iter(self._entries)))
+        self._entries[key] = (expires, value, rows)
+        self._rows += rows
+
+    def _remove(self, key: Hashable) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._rows -= entry[2]
+
+    def _drop_idle_locks(self) -> None:
+        for key in [k for k, lock in self._locks.items() if not lock.locked()]:
+            del self._locks[key]
 
     def clear(self) -> None:
         self._entries.clear()
+        self._rows = 0
+        self._drop_idle_locks()
 
 
 def job_dict(job: BackgroundJob) -> dict[str, Any]:

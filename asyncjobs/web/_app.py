@@ -148,7 +148,9 @@ class AdminApp:
         except HTTPError as exc:
             response = error_response(exc)
         except Exception:
-            log.exception("admin request %s %s failed", request.method, request.path)
+            log.exception(
+                "admin request %s %r failed", request.method, request.path
+            )  # (%r: no forged lines)
             response = error_response(HTTPError(500, "internal error; see the server log"))
         if request.method == "HEAD":
             response.body = b""

@@ -12,7 +12,6 @@ an ``Origin`` (when the browser sends one) naming this very host.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
@@ -87,18 +86,24 @@ class Guard:
     async def _granted(self, request: AdminRequest) -> bool:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         scheme, credentials = scheme.lower(), credentials.strip()
+        # Credentials are ASCII: other text (a server may hand its bytes over as surrogate
+        # escapes) is no credential, not an error, and the application's authorize decides.
+        readable = credentials.isascii()
         if (
             self.bearer_token is not None
             and scheme == "bearer"
+            and readable
             and hmac.compare_digest(credentials.encode(), self.bearer_token.encode())
         ):
             return True
         if self.basic is not None and scheme == "basic":
             try:
+                if not readable:
+                    raise ValueError("not ASCII")
                 user, _, password = (
                     base64.b64decode(credentials, validate=True).decode().partition(":")
                 )
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # (binascii.Error and UnicodeDecodeError are ValueErrors)
                 user = password = ""
             # Both compared, always, so the time taken says nothing about which was wrong.
             user_ok = hmac.compare_digest(user.encode(), self.basic[0].encode())
@@ -123,7 +128,11 @@ def check_same_origin(request: AdminRequest) -> None:
     origin = request.headers.get("origin")
     if origin is not None:
         host = request.headers.get("host", "")
-        if origin == "null" or urlsplit(origin).netloc.lower() != host.lower():
+        try:
+            netloc = urlsplit(origin).netloc.lower()
+        except ValueError:  # no URL at all ("http://[::1", say): no origin of this host
+            netloc = None
+        if origin == "null" or netloc != host.lower():
             raise HTTPError(403, f"cross-site action refused (Origin {origin!r} is not {host!r})")
     if request.body.strip():
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
