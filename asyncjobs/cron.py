@@ -667,7 +667,10 @@ class CronExpression:
             return self._seek(after.year, after.month, after.day, after.hour, after.minute, s, tz)
         if tz is None or after.utcoffset() is None:
             raise ValueError("CronExpression.next() needs a timezone-aware datetime")
-        return self._next_zoned(after, tz, inclusive)
+        try:
+            return self._next_zoned(after, tz, inclusive)
+        except OverflowError:  # through UTC past year 9999 (or before year 1)
+            return None
 
     def _next_zoned(self, after: datetime, tz: tzinfo, inclusive: bool) -> datetime | None:
         offset = after.utcoffset()

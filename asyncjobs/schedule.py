@@ -159,15 +159,19 @@ class Schedule:
     def next_after(self, after: datetime) -> datetime | None:
         """The first run strictly after ``after`` (aware), as an aware UTC datetime.
 
-        None when the cron expression has no later occurrence.
+        None when the cron expression has no later occurrence, or none before the end of
+        year 9999.
         """
         if after.tzinfo is None or after.utcoffset() is None:
             raise ValueError("Schedule.next_after() needs a timezone-aware datetime")
-        if self.expression is None:
-            assert self._interval is not None
-            return after.astimezone(UTC) + self._interval
-        found = self.expression.next(after.astimezone(self._tz))
-        return None if found is None else found.astimezone(UTC)
+        try:
+            if self.expression is None:
+                assert self._interval is not None
+                return after.astimezone(UTC) + self._interval
+            found = self.expression.next(after.astimezone(self._tz))
+            return None if found is None else found.astimezone(UTC)
+        except OverflowError:  # past year 9999: no later run can be told
+            return None
 
     def to_text(self) -> str:
         """The storage form; :meth:`from_text` turns it back into an equal schedule."""

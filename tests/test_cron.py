@@ -360,6 +360,14 @@ def test_end_of_time() -> None:
         9999, 12, 31, 23, 59, tzinfo=UTC
     )
     assert first("* * * * *", datetime(9999, 12, 31, 23, 59, tzinfo=UTC)) is None
+    # In a zone whose UTC is past year 9999 there, or a schedule asked past it: no answer,
+    # not an error.
+    yearly = CronExpression.parse("0 0 1 1 *")
+    assert yearly.next(datetime(9999, 12, 31, 22, tzinfo=NY)) is None
+    tokyo = Schedule.cron("0 0 1 1 *", "Asia/Tokyo")
+    assert tokyo.next_after(datetime.max.replace(tzinfo=UTC)) is None
+    every_hour = Schedule.interval(timedelta(hours=1))
+    assert every_hour.next_after(datetime(9999, 12, 31, 23, 30, tzinfo=UTC)) is None
 
 
 def test_occurrences() -> None:
