@@ -1040,7 +1040,8 @@ async def test_the_heartbeat_stops_no_attempt_that_began_after_its_read(
     over (and run once more). The store's calls are wrapped only to fix that order."""
     FailsFirstThenSleeps.starts = []
     jobs = make_jobs(commands=[FailsFirstThenSleeps])
-    real_held, real_finish = jobs.store.held_jobs, jobs.store.finish
+    store = jobs.store
+    real_held, real_finish, real_claim = store.held_jobs, store.finish, store.complete_and_claim
     job_ids: list[int] = []
     stale: list[dict[int, bool]] = []
     read_after_requeue = anyio.Event()
@@ -1061,7 +1062,13 @@ async def test_the_heartbeat_stops_no_attempt_that_began_after_its_read(
             return stale[0]
         return await real_held(node)
 
-    jobs.store.held_jobs, jobs.store.finish = held_jobs, finish  # type: ignore[method-assign]
+    async def complete_and_claim(*args: Any, **kwargs: Any) -> Any:
+        if job_ids and not read_after_requeue.is_set():  # the claim of attempt 2 comes after
+            await read_after_requeue.wait()
+        return await real_claim(*args, **kwargs)
+
+    store.held_jobs, store.finish = held_jobs, finish  # type: ignore[method-assign]
+    store.complete_and_claim = complete_and_claim  # type: ignore[method-assign]
     async with jobs:
         ref = await jobs.enqueue_command(FailsFirstThenSleeps, None, JobOptions(retry_limit=1))
         with anyio.fail_after(15):
