@@ -46,7 +46,14 @@ MIGRATIONS = (
     "migration_5",
     "migration_6",
     "migration_7",
+    "migration_8",
 )
+
+
+#: the index that holds at most one running job per named worker (PostgreSQL), and how many
+#: times a claim that lost a race for such a worker is sent again
+_BUSY_WORKER_INDEX = "ix_background_job_worker_running"
+_BUSY_WORKER_RETRIES = 3
 
 
 def utcnow() -> datetime:
@@ -656,8 +663,34 @@ class Store:
         one round trip on PostgreSQL). A named worker whose job completes here can get its next
         job in the same call. With monthly archive tables, each month's jobs are one call (the
         last one claims). ``named_only`` claims named workers' jobs alone, ``skip_named``
-        all but theirs (their heads are not looked at)."""
+        all but theirs (their heads are not looked at).
+
+        Sent again while it fails for a named worker that another claim made busy since its
+        snapshot (PostgreSQL's index of running named jobs is unique: see migration 8). The
+        statement commits by itself, or its transaction fails with it: a failed one did
+        nothing."""
         now = now or utcnow()
+        for attempt in range(_BUSY_WORKER_RETRIES + 1):
+            try:
+                return await self._complete_and_claim(
+                    node, outcomes, limit, named_only, skip_named, now
+                )
+            except Exception as exc:
+                busy = self.dialect.is_unique_violation(exc) and _BUSY_WORKER_INDEX in str(exc)
+                if not busy or attempt == _BUSY_WORKER_RETRIES:
+                    raise
+                log.debug("a claim raced another for a named worker; claiming again: %r", exc)
+        raise AssertionError("unreachable")
+
+    async def _complete_and_claim(
+        self,
+        node: str,
+        outcomes: Sequence[Outcome],
+        limit: int,
+        named_only: bool,
+        skip_named: bool,
+        now: datetime,
+    ) -> Claim:
         claim = Claim()
         monthly = self.caps.monthly_archive_tables
         by_month: dict[str, list[Outcome]] = defaultdict(list)

@@ -24,6 +24,7 @@ from asyncjobs import BackgroundJobs, JobOptions, JobState
 from asyncjobs.dialects import create_dialect
 from asyncjobs.dialects.postgres import PostgresDialect, _asyncpg_dsn
 from asyncjobs.exceptions import ConfigurationError, InvalidDsnError
+from asyncjobs.models import JobError
 from asyncjobs.runtime import NOTIFY_CHANNEL
 from asyncjobs.store import Outcome, month_key, utcnow
 from tests import db_postgres
@@ -722,3 +723,67 @@ async def test_the_periodic_recovery_reads_a_row_per_parent_not_per_dependent(
 
 class _RolledBack(Exception):
     """Leaves a transaction by rolling it back."""
+
+
+async def test_a_named_worker_never_runs_two_jobs_when_a_claims_snapshot_is_stale(
+    make_jobs: Factory, dsn: str
+) -> None:
+    """A claim reads one snapshot. One waits (on a row it completes) while an older job of a
+    named worker goes back to the queue ahead of the worker's head and another claim takes
+    it: the waiting claim, whose snapshot shows the worker idle with the head first, must not
+    take the head too. (The unique index of running named jobs makes the later claim wait for
+    the earlier and fail; sent again, it sees the worker busy.)"""
+    async with (
+        make_jobs(commands=[AddCommand], execute=False) as jobs,
+        make_jobs(commands=[AddCommand], execute=False) as other,  # (connections of its own)
+    ):
+        store = jobs.store
+        on_w = JobOptions(worker="W", retry_limit=0)
+        old = await jobs.enqueue_command(AddCommand, Add(1, 1), on_w)
+        (first,) = (await store.claim("node-x", 5)).jobs
+        failed = Outcome(first, JobState.FAILED, error=JobError("boom", "RuntimeError"))
+        await store.finish("node-x", [failed])
+        head = await jobs.enqueue_command(AddCommand, Add(2, 2), on_w)
+        plain = await jobs.enqueue_command(AddCommand, Add(3, 3))
+        (running,) = (await store.claim("node-a", 1, skip_named=True)).jobs
+        assert running.id == plain.id
+        locker = await _connect(dsn)
+        waiting_on_locker = (
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))"
+        )
+        # (a session waiting for one that waits for the locker)
+        waiting_on_a = (
+            "SELECT count(*) FROM pg_stat_activity a WHERE EXISTS (SELECT 1 FROM"
+            " unnest(pg_blocking_pids(a.pid)) p WHERE $1 = ANY (pg_blocking_pids(p)))"
+        )
+        claims: dict[str, Any] = {}
+        try:
+            hold = locker.transaction()
+            await hold.start()
+            await locker.execute("SELECT id FROM background_job WHERE id = $1 FOR UPDATE", plain.id)
+            done = Outcome(running, JobState.COMPLETED, duration_ms=1)
+            async with anyio.create_task_group() as tg:
+
+                async def claim_a() -> None:
+                    claims["a"] = await store.complete_and_claim("node-a", [done], 5)
+
+                async def claim_b() -> None:
+                    claims["b"] = await other.store.claim("node-b", 5)
+
+                tg.start_soon(claim_a)
+                pid = locker.get_server_pid()
+                with anyio.fail_after(10):  # node-a's claim has its snapshot, and waits
+                    while not await locker.fetchval(waiting_on_locker, pid):
+                        await anyio.sleep(0.01)
+                await other.requeue_failed_job(old.id)  # the older job of W, ahead of the head
+                tg.start_soon(claim_b)
+                with anyio.fail_after(10):  # node-b's claim is done, or waits for node-a's
+                    while "b" not in claims and not await locker.fetchval(waiting_on_a, pid):
+                        await anyio.sleep(0.01)
+                await hold.rollback()
+        finally:
+            await locker.close()
+        assert claims["a"].final == {plain.id: JobState.COMPLETED}
+        taken = [job.id for claim in claims.values() for job in claim.jobs]
+        assert len(taken) == 1 and taken[0] in (old.id, head.id)
+        assert await store.select_job_ids(JobState.STARTED, "W") == taken

@@ -213,3 +213,8 @@ FROM background_job AS j
 LEFT JOIN job_summary AS p ON p.id = j.depends_on
 WHERE j.depends_on IS NOT NULL AND j.state = 'Queued'
   AND (p.state IS NULL OR p.state <> 'Completed');
+
+-- name: migration_8
+-- Nothing to change here: migration 8 makes PostgreSQL hold at most one running job per named
+-- worker (its claim reads one snapshot).
+SELECT 1;

@@ -289,3 +289,8 @@ UPDATE background_job j
 LEFT JOIN job_summary p ON p.id = j.depends_on
 SET j.parent_pending = 1
 WHERE j.depends_on IS NOT NULL AND j.state = 'Queued' AND NOT (p.state <=> 'Completed');
+
+-- name: migration_8
+-- Nothing to change here: migration 8 makes PostgreSQL hold at most one running job per named
+-- worker (its claim reads one snapshot; here the claim locks the worker's row and reads again).
+SELECT 1;

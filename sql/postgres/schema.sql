@@ -318,3 +318,23 @@ DROP INDEX ix_background_job_due;
 CREATE INDEX ix_background_job_due ON background_job (run_after)
     WHERE state = 'Queued' AND worker IS NULL AND run_after IS NOT NULL AND NOT parent_pending;
 CREATE INDEX ix_background_job_held ON background_job (depends_on) WHERE parent_pending;
+
+-- name: migration_8
+-- At most one running job per named worker, held by the database itself. The claim reads one
+-- snapshot: a claim whose snapshot predates a job of a worker going back to the queue ahead of
+-- its head (requeue_failed_job keeps the job's old id; an application's transaction commits a
+-- job after later ones of its worker) could take the head while another claim took that job.
+-- With this index the later of the two fails, and is sent again (Store.complete_and_claim),
+-- when its snapshot shows the worker busy. A database that already holds two running jobs of
+-- a worker keeps the plain index, with a warning, until it is migrated again.
+DO $$
+BEGIN
+    CREATE UNIQUE INDEX ix_background_job_worker_one_running ON background_job (worker)
+        WHERE state IN ('Started', 'Executed') AND worker IS NOT NULL;
+    DROP INDEX ix_background_job_worker_running;
+    ALTER INDEX ix_background_job_worker_one_running RENAME TO ix_background_job_worker_running;
+EXCEPTION WHEN unique_violation THEN
+    RAISE WARNING 'asyncjobs: a named worker has two running jobs; '
+        'ix_background_job_worker_running stays a plain index';
+END
+$$;

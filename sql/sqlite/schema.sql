@@ -170,3 +170,8 @@ DROP INDEX IF EXISTS ix_background_job_due;
 CREATE INDEX ix_background_job_due ON background_job (run_after)
     WHERE state = 'Queued' AND worker IS NULL AND run_after IS NOT NULL AND parent_pending = 0;
 CREATE INDEX ix_background_job_held ON background_job (depends_on) WHERE parent_pending = 1;
+
+-- name: migration_8
+-- Nothing to change here: migration 8 makes PostgreSQL hold at most one running job per named
+-- worker (its claim reads one snapshot; SQLite has one writer at a time).
+SELECT 1;
