@@ -28,6 +28,7 @@ from asyncjobs.dialects.mysql import MysqlDialect, create
 from asyncjobs.exceptions import (
     ConfigurationError,
     DatabaseError,
+    DuplicateRefIdError,
     InvalidDsnError,
     StatementTooLargeError,
 )
@@ -79,6 +80,35 @@ async def test_enqueue_in_a_rolled_back_transaction_leaves_no_job(
         await anyio.sleep(0.3)  # a poll or two: nothing may run
         assert await jobs.get_job(ref.id) is None
         assert await jobs.get_job_by_ref_id(ref.ref_id) is None
+        assert await jobs.store.select_job_ids(None, None) == []
+
+
+@pytest.mark.parametrize("in_transaction", [True, False])
+async def test_a_refused_enqueue_on_the_applications_connection_leaves_nothing(
+    make_jobs: Factory, dsn: str, in_transaction: bool
+) -> None:
+    """A ref id whose job completed (its row gone from the queue, its summary kept) is taken:
+    the enqueue's first statement succeeds, its second fails. On the application's connection
+    nothing of it may stay, or the job would sit in the queue without its summary, which every
+    claim returns and runs. In the application's transaction (which it then commits as if the
+    job were already there) and on an autocommitting connection alike."""
+    async with make_jobs(commands=[AddCommand]) as jobs:
+        first = await jobs.enqueue_command(AddCommand, Add(1, 1), JobOptions(ref_id="order-7"))
+        with anyio.fail_after(10):
+            assert (await jobs.wait_for_job(first.id)).state is JobState.COMPLETED
+        app = await connect(dsn, autocommit=not in_transaction)
+        try:
+            if in_transaction:
+                await app.begin()
+            with pytest.raises(DuplicateRefIdError):
+                await jobs.enqueue_command(
+                    AddCommand, Add(2, 2), JobOptions(ref_id="order-7"), connection=app
+                )
+            if in_transaction:
+                await app.commit()
+        finally:
+            app.close()
+        assert await query(dsn, "SELECT id FROM background_job") == []
         assert await jobs.store.select_job_ids(None, None) == []
 
 

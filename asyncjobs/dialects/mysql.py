@@ -83,10 +83,12 @@ from .._settings import check_pool_settings
 from .._sql import Queries, convert_params, each_groups, load_queries, split_statements
 from ..exceptions import ConfigurationError, InvalidDsnError, StatementTooLargeError
 from ._base import (
+    CLEANUP_SECONDS,
     Capabilities,
     Connection,
     Dialect,
     NewJobIds,
+    NoAnswerError,
     Params,
     Row,
     WatchedIds,
@@ -356,6 +358,8 @@ class MysqlConnection:
         #: safe (see _attempt)
         self._replace = replace
         self._in_transaction = in_transaction
+        #: the connection is ours (not an application's, adopted)
+        self._own = own
         #: nothing has run yet in this transaction, so a deadlock may be retried
         self._fresh = own
         #: our own transaction() not begun yet: its START TRANSACTION goes with the first query
@@ -437,6 +441,8 @@ class MysqlConnection:
 
     async def _run(self, prepared: _Prepared, values: dict[str, Any]) -> tuple[list[Row], int]:
         statements = prepared.statements
+        if not self._own and len(statements) > 1:
+            return await self._run_all_or_nothing(prepared, values)
         if not self._multi and len(statements) > 1:
             return await self._run_each(prepared, values)
         # Our own transaction around a sequence, or a transaction() begun by this query.
@@ -469,8 +475,7 @@ class MysqlConnection:
                     await cur.nextset()  # COMMIT: its error, if any, is raised here
         except BaseException as exc:
             if wrap and _is_server_error(exc):  # else the connection is dropped
-                with anyio.CancelScope(shield=True):
-                    await self._conn.rollback()
+                await _roll_back(self._conn)
             raise
         return rows, count
 
@@ -514,13 +519,43 @@ class MysqlConnection:
                         break
         except BaseException as exc:
             if _is_server_error(exc):  # the transaction may be open; else the connection goes
-                with anyio.CancelScope(shield=True):
-                    await self._conn.rollback()
+                await _roll_back(self._conn)
             raise
         if prepared.reply is not None:
             rows = prepared.answer(int(next(iter(rows[0].values()))), values)
             count = len(rows)
         return rows, count
+
+    async def _run_all_or_nothing(
+        self, prepared: _Prepared, values: dict[str, Any]
+    ) -> tuple[list[Row], int]:
+        """A sequence of statements on an application's connection (adopt): all of it or none.
+        In a transaction a failed statement ends only itself, leaving those before it applied
+        (a job without its summary, which the application's commit would keep, and every
+        claim would then return): a savepoint undoes them, and the error is raised as it was.
+        On a connection that autocommits outside a transaction, the sequence gets a
+        transaction of its own, as our own connections give it."""
+        conn = self._conn
+        if conn.get_autocommit() and not conn.get_transaction_status():
+            await conn.begin()
+            try:
+                result = await self._run_each(prepared, values)
+            except BaseException as exc:
+                if _is_server_error(exc):
+                    await _roll_back(conn)
+                raise
+            await answered_in_time(conn.commit(), "COMMIT", conn.close)
+            return result
+        await _statement(conn, "SAVEPOINT asyncjobs_batch")
+        try:
+            result = await self._run_each(prepared, values)
+        except BaseException as exc:
+            if _is_server_error(exc):
+                with anyio.move_on_after(CLEANUP_SECONDS, shield=True):
+                    await _statement(conn, "ROLLBACK TO SAVEPOINT asyncjobs_batch")
+            raise
+        await _statement(conn, "RELEASE SAVEPOINT asyncjobs_batch")
+        return result
 
     async def _run_each(self, prepared: _Prepared, values: dict[str, Any]) -> tuple[list[Row], int]:
         """A connection without multi-statements (an application's own): one round trip per
@@ -859,3 +894,16 @@ def create(dsn: Dsn, **settings: Any) -> MysqlDialect:
         except ValueError:
             raise InvalidDsnError(f"MySQL DSN option {key}={value!r} is not a number") from None
     return MysqlDialect(dsn, **{**options, **settings})
+
+
+async def _statement(conn: Any, sql: str) -> None:
+    async with conn.cursor(aiomysql.Cursor) as cur:
+        await cur.execute(sql)
+
+
+async def _roll_back(conn: Any) -> None:
+    """Roll back after a server error, shielded and bounded: a server that stops answering
+    meanwhile gets the connection closed (it is dropped from the pool), not a wait without
+    end."""
+    with contextlib.suppress(NoAnswerError):
+        await answered_in_time(conn.rollback(), "ROLLBACK", conn.close)
