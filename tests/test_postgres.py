@@ -51,6 +51,13 @@ async def _connect(dsn: str) -> Any:
     return await asyncpg.connect(SERVER, server_settings={"search_path": _schema(dsn)})
 
 
+async def _blocked(conn: Any, count_query: str, pid: int) -> int:
+    """``count_query`` of pg_stat_activity, read afresh: inside a transaction (a test's
+    locker holds one) its rows are otherwise the transaction's first reading of it."""
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(await conn.fetchval(count_query, pid))
+
+
 def _plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
@@ -622,10 +629,10 @@ async def test_a_dependent_committed_after_its_parent_completed_runs(
 async def test_a_completion_beside_a_cancel_of_its_dependent_does_not_deadlock(
     make_jobs: Factory,
 ) -> None:
-    """A cancel of a held dependent and of its running parent locks the dependent, then the
-    parent; the parent's completion holds the parent and releases its dependents. It skips the
-    dependent locked by the cancel rather than wait for it (the two deadlocked, and the
-    completion failed)."""
+    """A cancel of a held dependent and of its running parent locks both, in id order (the
+    parent first); the parent's completion holds the parent, and releases its dependents
+    skipping any another transaction locked. It waits for the cancel, then completes (the two
+    deadlocked, and the completion failed, when the cancel locked the dependent first)."""
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         parent = await jobs.enqueue_command(AddCommand, Add(1, 1))
         child = await jobs.enqueue_command(AddCommand, Add(2, 2), JobOptions(depends_on=parent.id))
@@ -637,16 +644,20 @@ async def test_a_completion_beside_a_cancel_of_its_dependent_does_not_deadlock(
             outcome = Outcome(job, JobState.COMPLETED, duration_ms=1)
             completed.append(await jobs.store.complete_and_claim("n1", [outcome], 0))
 
-        # Store.cancel's statements, in turn, with the completion between them
-        async with anyio.create_task_group() as tg, jobs.dialect.transaction() as tx:
-            await tx.fetch("cancel_queued", {"ids": ids, "now": utcnow(), "error": None})
-            tg.start_soon(complete)
-            with anyio.fail_after(10):  # it waited for the dependent's lock, then deadlocked
+        # Store.cancel's statements, in turn, with the completion sent between them
+        async with anyio.create_task_group() as tg:
+            async with jobs.dialect.transaction() as tx:
+                cancelled = await tx.fetch(
+                    "cancel_queued", {"ids": ids, "now": utcnow(), "error": None}
+                )
+                tg.start_soon(complete)
+                running = await tx.fetch("request_cancel", {"ids": ids})
+            with anyio.fail_after(10):  # (a deadlock would fail one of the two)
                 while not completed:
                     await anyio.sleep(0.01)
-            running = await tx.fetch("request_cancel", {"ids": ids})
+    assert [r["id"] for r in cancelled] == [child.id]
+    assert [r["id"] for r in running] == [parent.id]  # still running when the cancel came
     assert completed[0].final == {parent.id: JobState.COMPLETED}
-    assert running == []  # completed meanwhile: nothing left to stop
 
 
 @pytest.mark.parametrize("waiting", ["delayed", "dependents"])
@@ -773,12 +784,12 @@ async def test_a_named_worker_never_runs_two_jobs_when_a_claims_snapshot_is_stal
                 tg.start_soon(claim_a)
                 pid = locker.get_server_pid()
                 with anyio.fail_after(10):  # node-a's claim has its snapshot, and waits
-                    while not await locker.fetchval(waiting_on_locker, pid):
+                    while not await _blocked(locker, waiting_on_locker, pid):
                         await anyio.sleep(0.01)
                 await other.requeue_failed_job(old.id)  # the older job of W, ahead of the head
                 tg.start_soon(claim_b)
                 with anyio.fail_after(10):  # node-b's claim is done, or waits for node-a's
-                    while "b" not in claims and not await locker.fetchval(waiting_on_a, pid):
+                    while "b" not in claims and not await _blocked(locker, waiting_on_a, pid):
                         await anyio.sleep(0.01)
                 await hold.rollback()
         finally:
@@ -787,3 +798,60 @@ async def test_a_named_worker_never_runs_two_jobs_when_a_claims_snapshot_is_stal
         taken = [job.id for claim in claims.values() for job in claim.jobs]
         assert len(taken) == 1 and taken[0] in (old.id, head.id)
         assert await store.select_job_ids(JobState.STARTED, "W") == taken
+
+
+@pytest.mark.parametrize("how", ["retry", "recovery"])
+async def test_a_cancel_that_comes_while_a_job_goes_back_to_the_queue_is_not_lost(
+    make_jobs: Factory, dsn: str, how: str
+) -> None:
+    """A job's attempt ends and the job goes back to the queue (a retry, or the recovery of a
+    dead node's job) in a transaction still open when a cancel comes: the cancel waits for it
+    and cancels the job, rather than finding it neither queued nor running."""
+    async with (
+        make_jobs(commands=[AddCommand], execute=False) as worker,
+        make_jobs(commands=[AddCommand], execute=False) as app,
+    ):
+        ref = await app.enqueue_command(AddCommand, Add(1, 1))
+        (job,) = (await worker.store.claim("node-a", 1)).jobs
+        locker = await _connect(dsn)
+        pid = locker.get_server_pid()
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))"
+        chained = (  # a session waiting for one that waits for the locker
+            "SELECT count(*) FROM pg_stat_activity a WHERE EXISTS (SELECT 1 FROM"
+            " unnest(pg_blocking_pids(a.pid)) p WHERE $1 = ANY (pg_blocking_pids(p)))"
+        )
+        results: dict[str, Any] = {}
+        try:
+            hold = locker.transaction()
+            await hold.start()
+            # Holds the requeue's transaction open: it waits to update the job's summary.
+            await locker.execute("SELECT id FROM job_summary WHERE id = $1 FOR UPDATE", ref.id)
+            async with anyio.create_task_group() as tg:
+
+                async def go_back() -> None:
+                    if how == "retry":
+                        error = JobError("boom", "RuntimeError")
+                        outcome = Outcome(job, JobState.QUEUED, error=error, error_code="Failed")
+                        results["back"] = await worker.store.finish("node-a", [outcome])
+                    else:  # node-a never renewed a lease: its job is an orphan
+                        results["back"] = await worker.store.recover_orphans()
+
+                async def cancel() -> None:
+                    results["cancel"] = await app.store.cancel([ref.id], "cancelled")
+
+                tg.start_soon(go_back)
+                with anyio.fail_after(10):
+                    while not await _blocked(locker, waiting, pid):
+                        await anyio.sleep(0.01)
+                tg.start_soon(cancel)
+                with anyio.fail_after(10):  # the cancel waits for the transaction going back
+                    while "cancel" not in results and not await _blocked(locker, chained, pid):
+                        await anyio.sleep(0.01)
+                await hold.rollback()
+        finally:
+            await locker.close()
+        final, running = results["cancel"]
+        assert final == {ref.id: JobState.CANCELLED} and running == []
+        assert (await worker.store.claim("node-b", 1)).jobs == []
+        result = await app.get_job(ref.id)
+        assert result is not None and result.state is JobState.CANCELLED

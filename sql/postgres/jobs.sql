@@ -211,11 +211,22 @@ WHERE id = :id;
 
 -- name: cancel_queued
 -- Cancel jobs that have not started; they are archived by the caller.
-UPDATE background_job
+-- The jobs are locked first (in id order), and judged Queued by the version the lock returns:
+-- the newest. Judged by the statement's snapshot, a job that a transaction still open was
+-- putting back in the queue (a retry, the recovery) read as running, and request_cancel, which
+-- waits for that transaction, then found it queued: the cancel touched neither, and was lost.
+WITH locked AS (
+    SELECT id, state FROM background_job
+    WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint))
+    ORDER BY id
+    FOR UPDATE
+)
+UPDATE background_job b
 SET state = 'Cancelled', completed_date = :now, last_activity_date = :now, error = :error::jsonb,
     error_code = 'Cancelled'
-WHERE id = ANY (ARRAY(SELECT jsonb_array_elements_text(:ids::jsonb)::bigint)) AND state = 'Queued'
-RETURNING id;
+FROM locked l
+WHERE b.id = l.id AND l.state = 'Queued'
+RETURNING b.id;
 
 -- name: request_cancel
 -- Flag running jobs for cancellation; the node running each is told (or polls) and stops it.
