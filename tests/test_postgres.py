@@ -51,6 +51,15 @@ async def _connect(dsn: str) -> Any:
     return await asyncpg.connect(SERVER, server_settings={"search_path": _schema(dsn)})
 
 
+#: sessions waiting for a lock held by the session $1
+_WAITING_FOR = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))"
+#: sessions waiting for one that waits for the session $1
+_WAITING_BEHIND = (
+    "SELECT count(*) FROM pg_stat_activity a WHERE EXISTS (SELECT 1 FROM"
+    " unnest(pg_blocking_pids(a.pid)) p WHERE $1 = ANY (pg_blocking_pids(p)))"
+)
+
+
 async def _blocked(conn: Any, count_query: str, pid: int) -> int:
     """``count_query`` of pg_stat_activity, read afresh: inside a transaction (a test's
     locker holds one) its rows are otherwise the transaction's first reading of it."""
@@ -759,14 +768,6 @@ async def test_a_named_worker_never_runs_two_jobs_when_a_claims_snapshot_is_stal
         (running,) = (await store.claim("node-a", 1, skip_named=True)).jobs
         assert running.id == plain.id
         locker = await _connect(dsn)
-        waiting_on_locker = (
-            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))"
-        )
-        # (a session waiting for one that waits for the locker)
-        waiting_on_a = (
-            "SELECT count(*) FROM pg_stat_activity a WHERE EXISTS (SELECT 1 FROM"
-            " unnest(pg_blocking_pids(a.pid)) p WHERE $1 = ANY (pg_blocking_pids(p)))"
-        )
         claims: dict[str, Any] = {}
         try:
             hold = locker.transaction()
@@ -784,12 +785,12 @@ async def test_a_named_worker_never_runs_two_jobs_when_a_claims_snapshot_is_stal
                 tg.start_soon(claim_a)
                 pid = locker.get_server_pid()
                 with anyio.fail_after(10):  # node-a's claim has its snapshot, and waits
-                    while not await _blocked(locker, waiting_on_locker, pid):
+                    while not await _blocked(locker, _WAITING_FOR, pid):
                         await anyio.sleep(0.01)
                 await other.requeue_failed_job(old.id)  # the older job of W, ahead of the head
                 tg.start_soon(claim_b)
                 with anyio.fail_after(10):  # node-b's claim is done, or waits for node-a's
-                    while "b" not in claims and not await _blocked(locker, waiting_on_a, pid):
+                    while "b" not in claims and not await _blocked(locker, _WAITING_BEHIND, pid):
                         await anyio.sleep(0.01)
                 await hold.rollback()
         finally:
@@ -815,11 +816,6 @@ async def test_a_cancel_that_comes_while_a_job_goes_back_to_the_queue_is_not_los
         (job,) = (await worker.store.claim("node-a", 1)).jobs
         locker = await _connect(dsn)
         pid = locker.get_server_pid()
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))"
-        chained = (  # a session waiting for one that waits for the locker
-            "SELECT count(*) FROM pg_stat_activity a WHERE EXISTS (SELECT 1 FROM"
-            " unnest(pg_blocking_pids(a.pid)) p WHERE $1 = ANY (pg_blocking_pids(p)))"
-        )
         results: dict[str, Any] = {}
         try:
             hold = locker.transaction()
@@ -841,11 +837,13 @@ async def test_a_cancel_that_comes_while_a_job_goes_back_to_the_queue_is_not_los
 
                 tg.start_soon(go_back)
                 with anyio.fail_after(10):
-                    while not await _blocked(locker, waiting, pid):
+                    while not await _blocked(locker, _WAITING_FOR, pid):
                         await anyio.sleep(0.01)
                 tg.start_soon(cancel)
                 with anyio.fail_after(10):  # the cancel waits for the transaction going back
-                    while "cancel" not in results and not await _blocked(locker, chained, pid):
+                    while "cancel" not in results:
+                        if await _blocked(locker, _WAITING_BEHIND, pid):
+                            break
                         await anyio.sleep(0.01)
                 await hold.rollback()
         finally:

@@ -17,6 +17,7 @@ from asyncjobs import (
     AsyncCommand,
     BackgroundJobs,
     JobOptions,
+    JobResult,
     JobState,
     SyncCommand,
     current_job,
@@ -247,6 +248,17 @@ def test_command_without_request_type_is_rejected() -> None:
         Registry().add_command(NoRun)
 
 
+def _failures(results: list[JobResult]) -> list[tuple[int, str, str]]:
+    """Each failed job's attempts, error type and message."""
+    failures = []
+    for result in results:
+        assert result.state is JobState.FAILED and result.failed is not None
+        assert result.failed.error is not None
+        error = result.failed.error
+        failures.append((result.failed.attempts, error.type, error.message))
+    return failures
+
+
 class Abort(BaseException):
     """Not an Exception: what a library might raise to unwind everything."""
 
@@ -284,13 +296,7 @@ async def test_a_job_raising_what_is_no_exception_fails_and_the_worker_goes_on(
             await jobs.run_command_async(RaiseBaseException, Add(2, 0))
         assert isinstance(failed.value.__cause__, Abort)
         assert await _run(jobs, AddCommand, Add(2, 2)) == '{"total":4}'  # still running jobs
-    errors = []
-    for result in results:
-        assert result.state is JobState.FAILED and result.failed is not None
-        assert result.failed.error is not None
-        error = result.failed.error
-        errors.append((result.failed.attempts, error.type, error.message))
-    assert errors == [
+    assert _failures(results) == [
         (2, "Abort", "abort 1"),
         (2, "SystemExit", "3"),
         (1, "SystemExit", "callback CallbackExits failed: 9"),  # retried within its attempt
@@ -336,13 +342,7 @@ async def test_a_cancellation_no_cancel_caused_is_the_jobs_failure(make_jobs: Fa
         with pytest.raises(JobFailedError, match="stray 2"):
             await jobs.run_command_async(StrayCancel, Add(2, 0))
         assert await _run(jobs, AddCommand, Add(2, 2)) == '{"total":4}'  # still running jobs
-    errors = []
-    for result in results:
-        assert result.state is JobState.FAILED and result.failed is not None
-        assert result.failed.error is not None
-        error = result.failed.error
-        errors.append((result.failed.attempts, error.type, error.message))
-    assert errors == [
+    assert _failures(results) == [
         (2, "CancelledError", "stray 1"),
         (2, "CancelledError", "stray 3"),
         (1, "CancelledError", "callback CallbackStrayCancel failed: stray callback"),
