@@ -2063,7 +2063,8 @@ class BackgroundJobs:
                         taken.append((running, logs))
                         updates.append(
                             {"id": running.job.id, "progress": progress, "status": status,
-                             "logs": logs, "logs_at": running.logs_stored, "now": now}
+                             "logs": logs, "logs_at": running.logs_stored, "now": now,
+                             "node": self.node_id}
                         )  # fmt: skip
                 if not updates:
                     continue
@@ -2101,7 +2102,7 @@ class BackgroundJobs:
         writes outcomes."""
         self._unsettled_logs.append(
             {"id": running.job.id, "progress": None, "status": None, "logs": logs,
-             "logs_at": running.logs_stored, "now": now}
+             "logs_at": running.logs_stored, "now": now, "node": self.node_id}
         )  # fmt: skip
 
     async def _estimate_progress(self, now: datetime) -> None:

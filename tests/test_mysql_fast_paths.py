@@ -437,9 +437,10 @@ async def test_a_transaction_begins_with_its_first_query(
 async def test_executemany_sends_updates_together(make_jobs: Factory, dsn: str) -> None:
     async with make_jobs(commands=[AddCommand], execute=False) as jobs:
         refs = await jobs.enqueue_many((AddCommand, Add(i, 1)) for i in range(300))
+        assert len((await jobs.store.claim("n1", 300)).jobs) == 300
         updates = [
             {"id": ref.id, "progress": 0.5, "status": f"s{ref.id}", "logs": "l%", "logs_at": 0,
-             "now": datetime.now(UTC)}
+             "now": datetime.now(UTC), "node": "n1"}
             for ref in refs
         ]  # fmt: skip
         await jobs.store.update_progress(updates)

@@ -258,7 +258,7 @@ SET progress = COALESCE(:progress, progress), status = COALESCE(:status, status)
                          THEN DATALENGTH(logs) / 2 - :logs_at ELSE 0 END + 1, 2147483647))
            END,
     last_activity_date = :now
-WHERE id = :id;
+WHERE id = :id AND lease_owner = :node;
 
 -- name: cancel_queued
 -- Cancel jobs that have not started; they are archived by the caller. An UPDATE reads its target

@@ -200,6 +200,8 @@ WHERE n.oid = (SELECT relnamespace FROM pg_class WHERE oid = 'background_job'::r
 -- A running job's progress, status line and new log text (appended). :logs_at is how long the
 -- writer holds the stored text to be before :logs: what is stored past that is a prefix of
 -- :logs that an earlier write stored though its reply was lost, and is not appended again.
+-- Only the node holding the job writes: one whose job was taken over (its lease lapsed) would
+-- write into the next attempt's logs, whose own writes then start at the wrong offset.
 UPDATE background_job
 SET progress = COALESCE(:progress::float8, progress), status = COALESCE(:status::text, status),
     logs = CASE WHEN :logs::text IS NULL THEN logs
@@ -207,7 +209,7 @@ SET progress = COALESCE(:progress::float8, progress), status = COALESCE(:status:
                     :logs::text, GREATEST(length(COALESCE(logs, '')) - :logs_at::int, 0) + 1)
            END,
     last_activity_date = :now
-WHERE id = :id;
+WHERE id = :id AND lease_owner = :node;
 
 -- name: cancel_queued
 -- Cancel jobs that have not started; they are archived by the caller.

@@ -176,6 +176,8 @@ SELECT 1;
 -- A running job's progress, status line and new log text (appended). :logs_at is how long the
 -- writer holds the stored text to be before :logs: what is stored past that is a prefix of
 -- :logs that an earlier write stored though its reply was lost, and is not appended again.
+-- Only the node holding the job writes: one whose job was taken over (its lease lapsed) would
+-- write into the next attempt's logs, whose own writes then start at the wrong offset.
 UPDATE background_job
 SET progress = COALESCE(:progress, progress), status = COALESCE(:status, status),
     logs = CASE WHEN :logs IS NULL THEN logs
@@ -183,7 +185,7 @@ SET progress = COALESCE(:progress, progress), status = COALESCE(:status, status)
                     :logs, MAX(length(COALESCE(logs, '')) - :logs_at, 0) + 1)
            END,
     last_activity_date = :now
-WHERE id = :id;
+WHERE id = :id AND lease_owner = :node;
 
 -- name: cancel_queued
 -- Cancel jobs that have not started; they are archived by the caller.

@@ -154,10 +154,12 @@ async def test_a_progress_write_sent_again_appends_only_what_is_not_stored(
     lost is not appended twice, whatever the text (quotes, %, characters past the BMP)."""
     async with make_jobs(commands=[Chatty], execute=False) as jobs:
         ref = await jobs.enqueue_command(Chatty, Add(0, 0))
+        assert [job.id for job in (await jobs.store.claim("n1", 1)).jobs] == [ref.id]
 
         async def write(logs: str, logs_at: int) -> str | None:
             now = datetime.now(UTC)
-            row = {"id": ref.id, "progress": None, "status": None, "logs": logs, "now": now}
+            row = {"id": ref.id, "progress": None, "status": None, "logs": logs, "now": now,
+                   "node": "n1"}  # fmt: skip
             await jobs.store.update_progress([{**row, "logs_at": logs_at}])
             found = await jobs.get_job(ref.id)
             assert found is not None and found.job is not None
@@ -171,6 +173,15 @@ async def test_a_progress_write_sent_again_appends_only_what_is_not_stored(
         assert await write(first + second, 0) == whole  # and so was this one's
         length = jobs.dialect.text_length(whole)
         assert await write("last\n", length) == whole + "last\n"
+        # A node that no longer holds the job (its lease lapsed, the job went elsewhere)
+        # writes nothing into it.
+        await jobs.store.update_progress(
+            [{"id": ref.id, "progress": 0.5, "status": "stale", "logs": "stale\n",
+              "logs_at": 0, "now": datetime.now(UTC), "node": "n0"}]
+        )  # fmt: skip
+        found = await jobs.get_job(ref.id)
+        assert found is not None and found.job is not None
+        assert (found.job.logs, found.job.status) == (whole + "last\n", None)
 
 
 async def test_stored_logs_are_capped_with_a_marker(make_jobs: Factory) -> None:
