@@ -148,9 +148,8 @@ class AdminApp:
         except HTTPError as exc:
             response = error_response(exc)
         except Exception:
-            log.exception(
-                "admin request %s %r failed", request.method, request.path
-            )  # (%r: no forged lines)
+            # %r: a path with a newline in it writes no line of its own into the log
+            log.exception("admin request %s %r failed", request.method, request.path)
             response = error_response(HTTPError(500, "internal error; see the server log"))
         if request.method == "HEAD":
             response.body = b""
